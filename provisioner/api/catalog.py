@@ -1,0 +1,67 @@
+"""/api/v1/roles and /api/v1/images: read by viewers, managed by admins."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from provisioner import catalog
+from provisioner.api.deps import Admin, SessionDep, Viewer
+from provisioner.models import OsImage, Role
+from provisioner.schemas import ImageIn, ImageOut, ImagePatch, RoleIn, RoleOut, RolePatch
+
+roles = APIRouter(prefix="/api/v1/roles", tags=["roles"])
+images = APIRouter(prefix="/api/v1/images", tags=["images"])
+
+
+@roles.get("", response_model=list[RoleOut])
+def list_roles(session: SessionDep, _: Viewer) -> list[Role]:
+    return catalog.listing(session, Role)
+
+
+@roles.post("", status_code=status.HTTP_201_CREATED, response_model=RoleOut)
+def create_role(body: RoleIn, session: SessionDep, _: Admin) -> Role:
+    return catalog.create(session, Role, body)
+
+
+@roles.get("/{name}", response_model=RoleOut)
+def show_role(name: str, session: SessionDep, _: Viewer) -> Role:
+    return catalog.get(session, Role, name)
+
+
+@roles.patch("/{name}", response_model=RoleOut)
+def change_role(name: str, body: RolePatch, session: SessionDep, _: Admin) -> Role:
+    role = catalog.get(session, Role, name)
+    catalog.change(session, role, body)
+    return role
+
+
+@roles.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def delete_role(name: str, session: SessionDep, _: Admin) -> None:
+    catalog.remove(session, catalog.get(session, Role, name))
+
+
+@images.get("", response_model=list[ImageOut])
+def list_images(session: SessionDep, _: Viewer) -> list[OsImage]:
+    return catalog.listing(session, OsImage)
+
+
+@images.post("", status_code=status.HTTP_201_CREATED, response_model=ImageOut)
+def create_image(body: ImageIn, session: SessionDep, _: Admin) -> OsImage:
+    return catalog.create(session, OsImage, body)
+
+
+@images.get("/{name}", response_model=ImageOut)
+def show_image(name: str, session: SessionDep, _: Viewer) -> OsImage:
+    return catalog.get(session, OsImage, name)
+
+
+@images.patch("/{name}", response_model=ImageOut)
+def change_image(name: str, body: ImagePatch, session: SessionDep, _: Admin) -> OsImage:
+    image = catalog.get(session, OsImage, name)
+    catalog.change(session, image, body)
+    return image
+
+
+@images.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
+def delete_image(name: str, session: SessionDep, _: Admin) -> None:
+    catalog.remove(session, catalog.get(session, OsImage, name))

@@ -1,0 +1,123 @@
+"""Errors as RFC 9457 ``application/problem+json``: a title, the status, and a ``detail``
+sentence that tells the caller what to do. Field errors are listed in ``errors``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.exceptions import HTTPException
+
+from provisioner.lifecycle import IllegalAction
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    412: "Precondition failed",
+    413: "Content too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    428: "Precondition required",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+class Problem(Exception):
+    """Raise from services and routers; rendered as problem+json."""
+
+    def __init__(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+def problem_response(
+    status: int, detail: str, headers: Mapping[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def field_errors(errors: Any) -> list[dict[str, str]]:
+    """Pydantic errors as ``{"field", "message"}``, without echoing the input (it may be
+    a password)."""
+    out = []
+    for err in errors:
+        message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        out.append({"field": _field(tuple(err.get("loc", ()))), "message": message})
+    return out
+
+
+async def _on_problem(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Problem)
+    return problem_response(exc.status, exc.detail, headers=exc.headers, **exc.extra)
+
+
+async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
+    return problem_response(exc.status_code, detail, headers=exc.headers)
+
+
+async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = field_errors(exc.errors())
+    fields = ", ".join(sorted({e["field"] for e in errors}))
+    return problem_response(422, f"The request has invalid fields: {fields}.", errors=errors)
+
+
+async def _on_illegal(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, IllegalAction)
+    return problem_response(409, str(exc).capitalize() + ".", allowed_actions=exc.allowed)
+
+
+async def _on_integrity(_: Request, exc: Exception) -> JSONResponse:
+    # Services check uniqueness first with a precise message; this is the race fallback.
+    log.warning("integrity error: %s", type(exc.__cause__ or exc).__name__)
+    return problem_response(
+        409, "The change conflicts with existing data (a name or MAC is already in use)."
+    )
+
+
+async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
+    log.error("database unavailable: %s", type(exc).__name__)
+    return problem_response(503, "The database is unavailable; try again shortly.")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(Problem, _on_problem)
+    app.add_exception_handler(HTTPException, _on_http)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(IllegalAction, _on_illegal)
+    app.add_exception_handler(IntegrityError, _on_integrity)
+    app.add_exception_handler(OperationalError, _on_database_down)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+    return problem_response(500, "The service hit an unexpected error; it is in the service log.")

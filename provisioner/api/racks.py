@@ -1,0 +1,61 @@
+"""/api/v1/racks/import: enroll a whole rack from a manifest, all rows or none."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, status
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
+
+from provisioner import manifest, nodes
+from provisioner.api.deps import Operator, SessionDep, VaultDep
+from provisioner.api.problems import Problem
+from provisioner.schemas import ImportResult
+from provisioner.secrets import Vault
+
+MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/csv"})
+
+router = APIRouter(prefix="/api/v1/racks", tags=["racks"])
+
+_MANIFEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A rack manifest (see docs/rack-manifest.md).",
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/import",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ImportResult,
+    openapi_extra=_MANIFEST_BODY,
+)
+async def import_rack(
+    request: Request, session: SessionDep, vault: VaultDep, token: Operator
+) -> ImportResult:
+    """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in MEDIA_TYPES:
+        raise Problem(415, "Send the manifest as application/yaml or text/csv.")
+    body = await request.body()
+    # Parsing and inserting a thousand rows takes a while: keep the event loop free.
+    return await run_in_threadpool(_import, body, media_type, session, vault, token.name)
+
+
+def _import(
+    body: bytes, media_type: str, session: Session, vault: Vault, actor: str
+) -> ImportResult:
+    try:
+        items = manifest.parse_manifest(body, media_type)
+    except manifest.ManifestError as exc:
+        raise Problem(
+            422,
+            f"The manifest has {len(exc.errors)} error(s); nothing was imported.",
+            errors=exc.errors,
+        ) from None
+    created = nodes.enroll(session, vault, items, actor, "imported from a rack manifest")
+    return ImportResult(created=len(created), nodes=nodes.present(session, created))

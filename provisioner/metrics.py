@@ -1,0 +1,80 @@
+"""Prometheus metrics: HTTP requests by route and status, and nodes by state."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from provisioner.lifecycle import State
+
+
+class NodeStateCollector(Collector):
+    """Counts nodes per state when scraped, so the numbers are never stale."""
+
+    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+        self._count = count_by_state
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self._count()
+        family = GaugeMetricFamily(
+            "provisioner_nodes", "Nodes by lifecycle state.", labels=["state"]
+        )
+        for state in State:
+            family.add_metric([state.value], counts.get(state.value, 0))
+        yield family
+
+
+class Metrics:
+    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+        # One registry per app: tests build many apps in one process.
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "provisioner_http_requests",
+            "HTTP requests handled.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "provisioner_http_request_duration_seconds",
+            "Time to answer HTTP requests.",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.registry.register(NodeStateCollector(count_by_state))
+
+
+class MetricsMiddleware:
+    """Pure ASGI, so it adds little to every request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")
+            # Route templates, not raw paths: node names must not explode the label set.
+            path = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.requests.labels(method, path, str(status)).inc()
+            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)

@@ -1,0 +1,147 @@
+"""Database tables (SQLModel).
+
+One class per table; API shapes live in ``schemas.py`` so that what is stored and what
+is shown can differ (a BMC password is stored encrypted and never shown).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index
+from sqlmodel import Field, SQLModel
+
+# Named constraints keep migrations identical on SQLite and PostgreSQL.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(index: bool = False) -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_type=DateTime(timezone=True),
+        nullable=False,
+        index=index,
+    )
+
+
+class Node(SQLModel, table=True):
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=63, unique=True, index=True)
+    rack: str | None = Field(default=None, max_length=63, index=True)
+    rack_unit: int | None = None
+    role: str | None = Field(default=None, max_length=63, index=True)
+    hardware_profile: str | None = Field(default=None, max_length=63)
+    image: str | None = Field(default=None, max_length=63)
+    state: str = Field(max_length=16, index=True)
+    # The working state a failed node failed in: retry goes back there.
+    failed_from: str | None = Field(default=None, max_length=16)
+    power_state: str = Field(default="unknown", max_length=16)
+    maintenance: bool = Field(default=False, index=True)
+    maintenance_reason: str | None = Field(default=None, max_length=255)
+    last_error: str | None = Field(default=None, max_length=2000)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+    version: int = Field(default=1)
+
+
+class Bmc(SQLModel, table=True):
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), primary_key=True)
+    )
+    driver: str = Field(default="ipmi", max_length=16)
+    address: str = Field(max_length=253)
+    port: int = Field(default=623)
+    username: str = Field(max_length=64)
+    password_encrypted: str = Field(max_length=512)
+
+
+class Nic(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    mac: str = Field(max_length=17, unique=True, index=True)
+    pxe: bool = Field(default=False)
+
+
+class InventoryFact(SQLModel, table=True):
+    __tablename__ = "inventory_fact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    source: str = Field(max_length=32)
+    collected_at: datetime = _timestamp()
+    facts: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class Event(SQLModel, table=True):
+    __table_args__ = (Index("ix_event_node_id_id", "node_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False)
+    )
+    time: datetime = _timestamp()
+    actor: str = Field(max_length=64)
+    kind: str = Field(max_length=32)
+    from_state: str | None = Field(default=None, max_length=16)
+    to_state: str | None = Field(default=None, max_length=16)
+    message: str = Field(default="", max_length=2000)
+
+
+class Role(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=63)
+    description: str = Field(default="", max_length=255)
+    default_image: str | None = Field(default=None, max_length=63)
+    auto_provision: bool = True
+    puppet_environment: str = Field(default="production", max_length=63)
+    puppet_classes: list[str] = Field(default_factory=list, sa_type=JSON)
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    packages: list[str] = Field(default_factory=list, sa_type=JSON)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class OsImage(SQLModel, table=True):
+    __tablename__ = "os_image"
+
+    name: str = Field(primary_key=True, max_length=63)
+    os_family: str = Field(max_length=16)
+    version: str = Field(max_length=32)
+    kernel_url: str = Field(max_length=1024)
+    initrd_url: str = Field(max_length=1024)
+    repo_url: str = Field(default="", max_length=1024)
+    answer_template: str = Field(max_length=32)
+    kernel_args: str = Field(default="", max_length=1024)
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=64)
+    scope: str = Field(max_length=16)
+    # SHA-256 of the token: tokens are 256-bit random, so a slow hash adds nothing.
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    prefix: str = Field(max_length=12)
+    created_at: datetime = _timestamp()
+    expires_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+    )

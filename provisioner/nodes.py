@@ -1,0 +1,469 @@
+"""Node inventory: enrollment (one node or a whole manifest), lookup, listing, changes,
+lifecycle actions and the event timeline.
+
+Every change to a node row goes through :func:`_save`, which bumps ``version`` only if
+nobody else changed the row since it was read: concurrent writers cannot lose updates.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import func, insert, update
+from sqlmodel import Session, col, select
+
+from provisioner.api.problems import Problem
+from provisioner.lifecycle import Action, State, Transition, allowed_actions, decide
+from provisioner.models import Bmc, Event, Nic, Node, OsImage, Role, utcnow
+from provisioner.schemas import (
+    ActionRequest,
+    BmcOut,
+    EventOut,
+    NicIn,
+    NicOut,
+    NodeCreate,
+    NodeOut,
+    NodePatch,
+)
+from provisioner.secrets import Vault
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 1000
+
+
+# ---- reading -----------------------------------------------------------------------
+
+
+def find(session: Session, ident: str) -> Node:
+    """A node by id or by name; 404 otherwise."""
+    try:
+        node = session.get(Node, uuid.UUID(ident))
+    except ValueError:
+        node = session.exec(select(Node).where(Node.name == ident.lower())).first()
+    if node is None:
+        raise Problem(404, f"No node has the id or name {ident!r}.")
+    return node
+
+
+def etag(node: Node) -> str:
+    return f'"{node.version}"'
+
+
+def _failed_from(node: Node) -> State | None:
+    return State(node.failed_from) if node.failed_from else None
+
+
+def present(session: Session, nodes: Sequence[Node]) -> list[NodeOut]:
+    """API views of ``nodes``, with their BMC and NICs fetched in two queries."""
+    ids = [n.id for n in nodes]
+    bmcs = {b.node_id: b for b in session.exec(select(Bmc).where(col(Bmc.node_id).in_(ids)))}
+    nics: dict[uuid.UUID, list[Nic]] = defaultdict(list)
+    for nic in session.exec(select(Nic).where(col(Nic.node_id).in_(ids)).order_by(col(Nic.id))):
+        nics[nic.node_id].append(nic)
+    out = []
+    for node in nodes:
+        bmc = bmcs.get(node.id)
+        out.append(
+            NodeOut(
+                **node.model_dump(),
+                bmc=BmcOut.model_validate(bmc) if bmc else None,
+                nics=[NicOut.model_validate(n) for n in nics[node.id]],
+                allowed_actions=allowed_actions(
+                    State(node.state),
+                    maintenance=node.maintenance,
+                    failed_from=_failed_from(node),
+                ),
+            )
+        )
+    return out
+
+
+def _encode_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise Problem(400, "The cursor is not one this service handed out.") from None
+
+
+def page(
+    session: Session,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    state: str | None = None,
+    role: str | None = None,
+    rack: str | None = None,
+    mac: str | None = None,
+    maintenance: bool | None = None,
+) -> tuple[list[Node], str | None]:
+    """One page of nodes ordered by name, and the cursor of the next page."""
+    query = select(Node).order_by(col(Node.name)).limit(limit + 1)
+    if cursor:
+        query = query.where(Node.name > _decode_cursor(cursor))
+    if state:
+        query = query.where(Node.state == state)
+    if role:
+        query = query.where(Node.role == role)
+    if rack:
+        query = query.where(Node.rack == rack)
+    if maintenance is not None:
+        query = query.where(Node.maintenance == maintenance)
+    if mac:
+        query = query.join(Nic, col(Nic.node_id) == col(Node.id)).where(Nic.mac == mac)
+    nodes = list(session.exec(query))
+    if len(nodes) > limit:
+        return nodes[:limit], _encode_cursor(nodes[limit - 1].name)
+    return nodes, None
+
+
+def events(session: Session, node: Node) -> list[EventOut]:
+    rows = session.exec(
+        select(Event).where(Event.node_id == node.id).order_by(col(Event.id)).limit(MAX_EVENTS)
+    )
+    return [EventOut.model_validate(e) for e in rows]
+
+
+def count_by_state(session: Session) -> dict[str, int]:
+    rows = session.exec(select(Node.state, func.count()).group_by(Node.state))
+    return dict(rows.all())
+
+
+# ---- checks shared by enrollment and changes -------------------------------------------
+
+
+def _known(session: Session, model: type[Role] | type[OsImage], names: set[str]) -> set[str]:
+    if not names:
+        return set()
+    key = col(model.name)
+    return set(session.exec(select(key).where(key.in_(names))))
+
+
+def reference_errors(
+    session: Session, items: Sequence[NodeCreate | NodePatch]
+) -> list[dict[str, Any]]:
+    """Rows naming a role or image that does not exist."""
+    roles = _known(session, Role, {i.role for i in items if i.role})
+    images = _known(session, OsImage, {i.image for i in items if i.image})
+    errors: list[dict[str, Any]] = []
+    for row, item in enumerate(items, start=1):
+        if item.role and item.role not in roles:
+            errors.append(
+                {
+                    "row": row,
+                    "field": "role",
+                    "message": f"unknown role {item.role!r}; create it first (POST /api/v1/roles)",
+                }
+            )
+        if item.image and item.image not in images:
+            errors.append(
+                {
+                    "row": row,
+                    "field": "image",
+                    "message": f"unknown image {item.image!r}; see GET /api/v1/images",
+                }
+            )
+    return errors
+
+
+def conflict_errors(
+    session: Session,
+    names: Sequence[str | None],
+    nic_lists: Sequence[Iterable[NicIn] | None],
+    exclude: uuid.UUID | None = None,
+) -> list[dict[str, Any]]:
+    """Rows whose name or MACs already belong to another node."""
+    wanted_names = {n for n in names if n}
+    wanted_macs = {nic.mac for nics in nic_lists if nics for nic in nics}
+    taken_names: set[str] = set()
+    if wanted_names:
+        q = select(Node.name).where(col(Node.name).in_(wanted_names))
+        if exclude:
+            q = q.where(Node.id != exclude)
+        taken_names = set(session.exec(q))
+    owners: dict[str, str] = {}
+    if wanted_macs:
+        q2 = select(Nic.mac, Node.name).join(Node, col(Node.id) == col(Nic.node_id))
+        q2 = q2.where(col(Nic.mac).in_(wanted_macs))
+        if exclude:
+            q2 = q2.where(Node.id != exclude)
+        owners = dict(session.exec(q2).all())
+    errors: list[dict[str, Any]] = []
+    for row, (name, nics) in enumerate(zip(names, nic_lists, strict=True), start=1):
+        if name in taken_names:
+            errors.append({"row": row, "field": "name", "message": f"a node named {name!r} exists"})
+        for nic in nics or ():
+            if nic.mac in owners:
+                errors.append(
+                    {
+                        "row": row,
+                        "field": "macs",
+                        "message": f"MAC {nic.mac} belongs to node {owners[nic.mac]!r}",
+                    }
+                )
+    return errors
+
+
+# ---- writing -----------------------------------------------------------------------
+
+
+def _event(
+    node_id: uuid.UUID,
+    actor: str,
+    kind: str,
+    message: str,
+    transition: Transition | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+) -> dict[str, Any]:
+    if transition is not None:
+        from_state, to_state = transition.from_state.value, transition.to_state.value
+    return {
+        "node_id": node_id,
+        "time": utcnow(),
+        "actor": actor,
+        "kind": kind,
+        "from_state": from_state,
+        "to_state": to_state,
+        "message": message,
+    }
+
+
+def enroll(
+    session: Session, vault: Vault, items: Sequence[NodeCreate], actor: str, how: str
+) -> list[Node]:
+    """Create ``items`` as enrolled nodes in one transaction: all or none.
+
+    Raises :class:`Problem` 422 for unknown roles/images and 409 for names or MACs in use,
+    with ``errors`` naming each row (1-based).
+    """
+    if errors := reference_errors(session, items):
+        raise Problem(422, "Some nodes name a role or image that does not exist.", errors=errors)
+    if errors := conflict_errors(session, [i.name for i in items], [i.nics for i in items]):
+        raise Problem(409, "Some names or MACs are already in use.", errors=errors)
+    now = utcnow()
+    node_rows: list[dict[str, Any]] = []
+    bmc_rows: list[dict[str, Any]] = []
+    nic_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    ids: list[uuid.UUID] = []
+    for item in items:
+        node_id = uuid.uuid4()
+        ids.append(node_id)
+        node_rows.append(
+            {
+                "id": node_id,
+                "name": item.name,
+                "rack": item.rack,
+                "rack_unit": item.rack_unit,
+                "role": item.role,
+                "hardware_profile": item.hardware_profile,
+                "image": item.image,
+                "state": State.ENROLLED.value,
+                "power_state": "unknown",
+                "maintenance": False,
+                "created_at": now,
+                "updated_at": now,
+                "version": 1,
+            }
+        )
+        bmc_rows.append(
+            {
+                "node_id": node_id,
+                "driver": item.bmc.driver,
+                "address": item.bmc.address,
+                "port": item.bmc.port,
+                "username": item.bmc.username,
+                "password_encrypted": vault.encrypt(item.bmc.password.get_secret_value()),
+            }
+        )
+        nic_rows.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
+        event_rows.append(_event(node_id, actor, "enroll", how, to_state=State.ENROLLED.value))
+    session.execute(insert(Node), node_rows)
+    session.execute(insert(Bmc), bmc_rows)
+    if nic_rows:
+        session.execute(insert(Nic), nic_rows)
+    session.execute(insert(Event), event_rows)
+    session.commit()
+    by_id = {n.id: n for n in session.exec(select(Node).where(col(Node.id).in_(ids)))}
+    return [by_id[i] for i in ids]
+
+
+def _save(
+    session: Session, node: Node, changes: dict[str, Any], events: list[dict[str, Any]]
+) -> Node:
+    """Write ``changes`` if the node is still at the version we read; then the events."""
+    changes = {**changes, "version": node.version + 1, "updated_at": utcnow()}
+    result = session.execute(
+        update(Node)
+        .where(col(Node.id) == node.id, col(Node.version) == node.version)
+        .values(**changes)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise Problem(409, "The node changed while this request ran; read it again and retry.")
+    if events:
+        session.execute(insert(Event), events)
+    session.commit()
+    session.refresh(node)
+    return node
+
+
+def check_if_match(node: Node, if_match: str | None) -> None:
+    if if_match is None or if_match.strip() == "*":
+        return
+    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    if etag(node) not in tags:
+        raise Problem(
+            412,
+            f"The node has changed (its ETag is now {etag(node)}); fetch it again and "
+            "reapply your change.",
+        )
+
+
+def change(
+    session: Session, vault: Vault, node: Node, patch: NodePatch, actor: str, if_match: str | None
+) -> Node:
+    check_if_match(node, if_match)
+    given = patch.model_fields_set
+    if errors := reference_errors(session, [patch]):
+        raise Problem(
+            422, "The change names a role or image that does not exist.", errors=_fields(errors)
+        )
+    names = [patch.name if "name" in given and patch.name != node.name else None]
+    nics = [patch.nics if "nics" in given else None]
+    if errors := conflict_errors(session, names, nics, exclude=node.id):
+        raise Problem(409, "The name or a MAC is already in use.", errors=_fields(errors))
+    if "name" in given and patch.name is None:
+        raise Problem(
+            422,
+            "A node must keep a name.",
+            errors=[{"field": "name", "message": "may not be null"}],
+        )
+    changes: dict[str, Any] = {
+        field: getattr(patch, field)
+        for field in ("name", "rack", "rack_unit", "role", "hardware_profile", "image")
+        if field in given
+    }
+    touched = sorted(given)
+    if patch.bmc is not None:
+        _change_bmc(session, vault, node, patch)
+    if patch.nics is not None:
+        session.execute(sql_delete(Nic).where(col(Nic.node_id) == node.id))
+        if patch.nics:
+            rows = [{"node_id": node.id, "mac": n.mac, "pxe": n.pxe} for n in patch.nics]
+            session.execute(insert(Nic), rows)
+    event = _event(node.id, actor, "update", f"changed {', '.join(touched) or 'nothing'}")
+    return _save(session, node, changes, [event])
+
+
+def _fields(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Single-node errors: the row number means nothing to the caller."""
+    return [{k: v for k, v in e.items() if k != "row"} for e in errors]
+
+
+def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) -> None:
+    assert patch.bmc is not None
+    bmc = session.get(Bmc, node.id)
+    fields = patch.bmc.model_dump(exclude_unset=True, exclude={"password"})
+    if bmc is None:
+        missing = [f for f in ("address", "username", "password") if getattr(patch.bmc, f) is None]
+        if missing:
+            raise Problem(
+                422,
+                "This node has no BMC yet: give address, username and password.",
+                errors=[{"field": f"bmc.{f}", "message": "required"} for f in missing],
+            )
+        bmc = Bmc(node_id=node.id, password_encrypted="", **fields)
+    else:
+        for key, value in fields.items():
+            if value is not None:
+                setattr(bmc, key, value)
+    if patch.bmc.password is not None:
+        bmc.password_encrypted = vault.encrypt(patch.bmc.password.get_secret_value())
+    session.add(bmc)
+    session.flush()
+
+
+def remove(session: Session, node: Node, actor: str) -> None:
+    state = State(node.state)
+    if state in (State.INSPECTING, State.PROVISIONING, State.WIPING) and not node.maintenance:
+        raise Problem(
+            409,
+            f"The node is {state.value}; abort it first, or set maintenance-on to delete it "
+            "anyway.",
+        )
+    session.execute(sql_delete(Node).where(col(Node.id) == node.id))
+    session.commit()
+    log.info("node %s (%s) deleted by %s", node.name, node.id, actor)
+
+
+def act(session: Session, node: Node, action: Action, body: ActionRequest, actor: str) -> Node:
+    """Validate ``action`` against the lifecycle and record it; the reconciler does the work."""
+    transition = decide(
+        State(node.state), action, maintenance=node.maintenance, failed_from=_failed_from(node)
+    )
+    changes: dict[str, Any] = {"state": transition.to_state.value}
+    message = body.reason or f"{action.value} requested"
+    if action is Action.MAINTENANCE_ON:
+        changes.update(maintenance=True, maintenance_reason=body.reason)
+    elif action is Action.MAINTENANCE_OFF:
+        changes.update(maintenance=False, maintenance_reason=None)
+    elif action in (Action.PROVISION, Action.REIMAGE):
+        changes.update(_deployment_choice(session, node, body))
+        message = f"{action.value} as role {changes['role']} with image {changes['image']}"
+        if body.reason:
+            message += f": {body.reason}"
+    if transition.to_state is State.FAILED:
+        changes.update(
+            failed_from=transition.from_state.value,
+            last_error=f"aborted by {actor} while {transition.from_state.value}",
+        )
+    elif transition.from_state is State.FAILED:
+        changes.update(failed_from=None, last_error=None)
+    event = _event(node.id, actor, action.value, message, transition)
+    return _save(session, node, changes, [event])
+
+
+def _deployment_choice(session: Session, node: Node, body: ActionRequest) -> dict[str, str]:
+    role_name = body.role or node.role
+    if role_name is None:
+        raise Problem(
+            422,
+            'Provisioning needs a role: pass {"role": ...} or set the node\'s role.',
+            errors=[{"field": "role", "message": "required"}],
+        )
+    role = session.get(Role, role_name)
+    if role is None:
+        raise Problem(
+            422,
+            f"Unknown role {role_name!r}; create it first (POST /api/v1/roles).",
+            errors=[{"field": "role", "message": "unknown role"}],
+        )
+    image_name = body.image or (node.image if not body.role else None) or role.default_image
+    if image_name is None:
+        raise Problem(
+            422,
+            f'Provisioning needs an image: pass {{"image": ...}} or set role {role.name!r}\'s '
+            "default_image.",
+            errors=[{"field": "image", "message": "required"}],
+        )
+    if session.get(OsImage, image_name) is None:
+        raise Problem(
+            422,
+            f"Unknown image {image_name!r}; see GET /api/v1/images.",
+            errors=[{"field": "image", "message": "unknown image"}],
+        )
+    return {"role": role.name, "image": image_name}

@@ -1,0 +1,259 @@
+"""What the API accepts and returns. Input models forbid unknown fields so that a typo
+is an error, not a silently ignored setting."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
+
+from provisioner import validation
+
+Mac = Annotated[str, AfterValidator(validation.normalize_mac)]
+NodeName = Annotated[str, AfterValidator(validation.node_name)]
+RackName = Annotated[str, AfterValidator(validation.rack_name)]
+Slug = Annotated[str, AfterValidator(validation.slug)]
+Host = Annotated[str, AfterValidator(validation.host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+RackUnit = Annotated[int, Field(ge=1, le=60)]
+Scope = Literal["viewer", "operator", "admin"]
+
+
+def _as_utc(value: Any) -> Any:
+    # SQLite hands back naive datetimes; everything is stored in UTC.
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+UtcDatetime = Annotated[datetime, BeforeValidator(_as_utc)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class BmcIn(Strict):
+    driver: Literal["ipmi"] = "ipmi"
+    address: Host
+    port: Port = 623
+    username: Annotated[str, Field(min_length=1, max_length=16)]
+    # IPMI 2.0 passwords are at most 20 bytes; longer ones are silently truncated by BMCs.
+    password: Annotated[SecretStr, Field(min_length=1, max_length=20)]
+
+
+class BmcPatch(Strict):
+    driver: Literal["ipmi"] | None = None
+    address: Host | None = None
+    port: Port | None = None
+    username: Annotated[str, Field(min_length=1, max_length=16)] | None = None
+    password: Annotated[SecretStr, Field(min_length=1, max_length=20)] | None = None
+
+
+class BmcOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    driver: str
+    address: str
+    port: int
+    username: str
+
+
+class NicIn(Strict):
+    mac: Mac
+    pxe: bool = False
+
+
+class NicOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    mac: str
+    pxe: bool
+
+
+def _check_nics(nics: list[NicIn] | None) -> list[NicIn] | None:
+    if not nics:
+        return nics
+    seen: set[str] = set()
+    for nic in nics:
+        if nic.mac in seen:
+            raise ValueError(f"MAC {nic.mac} is listed twice")
+        seen.add(nic.mac)
+    if not any(nic.pxe for nic in nics):
+        # A node boots from one NIC; without a choice, the first one is it.
+        nics = [nics[0].model_copy(update={"pxe": True}), *nics[1:]]
+    return nics
+
+
+class NodeCreate(Strict):
+    name: NodeName
+    rack: RackName | None = None
+    rack_unit: RackUnit | None = None
+    role: Slug | None = None
+    hardware_profile: Slug | None = None
+    image: Slug | None = None
+    bmc: BmcIn
+    nics: list[NicIn] = Field(default_factory=list, max_length=16)
+
+    _nics = field_validator("nics")(_check_nics)
+
+
+class NodePatch(Strict):
+    """Fields left out are unchanged; ``nics`` replaces the whole list."""
+
+    name: NodeName | None = None
+    rack: RackName | None = None
+    rack_unit: RackUnit | None = None
+    role: Slug | None = None
+    hardware_profile: Slug | None = None
+    image: Slug | None = None
+    bmc: BmcPatch | None = None
+    nics: list[NicIn] | None = Field(default=None, max_length=16)
+
+    _nics = field_validator("nics")(_check_nics)
+
+
+class NodeOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    rack: str | None
+    rack_unit: int | None
+    role: str | None
+    hardware_profile: str | None
+    image: str | None
+    state: str
+    failed_from: str | None
+    power_state: str
+    maintenance: bool
+    maintenance_reason: str | None
+    last_error: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    version: int
+    bmc: BmcOut | None
+    nics: list[NicOut]
+    allowed_actions: list[str]
+
+
+class NodePage(BaseModel):
+    items: list[NodeOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` to get the next page; null on the last page."
+    )
+
+
+class ActionRequest(Strict):
+    reason: Annotated[str, Field(max_length=255)] | None = None
+    role: Slug | None = None
+    image: Slug | None = None
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    time: UtcDatetime
+    actor: str
+    kind: str
+    from_state: str | None
+    to_state: str | None
+    message: str
+
+
+class ImportResult(BaseModel):
+    created: int
+    nodes: list[NodeOut]
+
+
+class RoleIn(Strict):
+    name: Slug
+    description: Annotated[str, Field(max_length=255)] = ""
+    default_image: Slug | None = None
+    auto_provision: bool = True
+    puppet_environment: Slug = "production"
+    puppet_classes: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    packages: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
+
+
+class RolePatch(Strict):
+    description: Annotated[str, Field(max_length=255)] | None = None
+    default_image: Slug | None = None
+    auto_provision: bool | None = None
+    puppet_environment: Slug | None = None
+    puppet_classes: list[Annotated[str, Field(max_length=255)]] | None = None
+    parameters: dict[str, Any] | None = None
+    packages: list[Annotated[str, Field(max_length=255)]] | None = None
+
+
+class RoleOut(RoleIn):
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+OsFamily = Literal["rhel", "debian", "ubuntu"]
+AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
+Url = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^(https?|file)://\S+$")]
+
+
+class ImageIn(Strict):
+    name: Slug
+    os_family: OsFamily
+    version: Annotated[str, Field(min_length=1, max_length=32)]
+    kernel_url: Url
+    initrd_url: Url
+    repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] = ""
+    answer_template: AnswerTemplate
+    kernel_args: Annotated[str, Field(max_length=1024)] = ""
+
+
+class ImagePatch(Strict):
+    os_family: OsFamily | None = None
+    version: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    kernel_url: Url | None = None
+    initrd_url: Url | None = None
+    repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] | None = (
+        None
+    )
+    answer_template: AnswerTemplate | None = None
+    kernel_args: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class ImageOut(ImageIn):
+    model_config = ConfigDict(from_attributes=True, extra="ignore")
+
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class TokenIn(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._@-]+$")]
+    scope: Scope
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+
+
+class TokenOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    scope: str
+    prefix: str
+    created_at: UtcDatetime
+    expires_at: UtcDatetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="Shown once; only its hash is stored.")

@@ -1,0 +1,76 @@
+"""Validators for what operators type: MACs, names, hosts. Each raises ValueError with
+a sentence that says what a good value looks like."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+
+_HEX = re.compile(r"^[0-9a-f]{12}$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_RACK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def normalize_mac(value: str) -> str:
+    """Accept aa:bb:.., AA-BB-.., aabb.ccdd.eeff or aabbccddeeff; return aa:bb:cc:dd:ee:ff."""
+    raw = value.strip().lower()
+    digits = re.sub(r"[:\-.]", "", raw)
+    if not _HEX.match(digits) or not re.fullmatch(r"[0-9a-f:.\-]+", raw):
+        raise ValueError(
+            f"{value!r} is not a MAC address (expected six hex octets, aa:bb:cc:dd:ee:ff)"
+        )
+    if int(digits[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast/broadcast address, not a NIC's MAC")
+    if digits == "0" * 12:
+        raise ValueError(f"{value!r} is the all-zero MAC, not a NIC's MAC")
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def node_name(value: str) -> str:
+    name = value.strip().lower()
+    if len(name) > 63 or not _HOSTNAME.match(name):
+        raise ValueError(
+            f"{value!r} is not a valid node name: use a hostname of at most 63 characters "
+            "(letters, digits, '-', '.'; no leading or trailing '-')"
+        )
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return name
+    raise ValueError(f"{value!r} looks like a node id; names must not be UUIDs")
+
+
+def rack_name(value: str) -> str:
+    rack = value.strip().lower()
+    if not _RACK.match(rack):
+        raise ValueError(
+            f"{value!r} is not a valid rack name: 1-63 letters, digits, '.', '_' or '-'"
+        )
+    return rack
+
+
+def slug(value: str) -> str:
+    """Names of roles, images and profiles."""
+    name = value.strip().lower()
+    if not _SLUG.match(name):
+        raise ValueError(
+            f"{value!r} is not a valid name: 1-63 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def host(value: str) -> str:
+    """An IPv4/IPv6 address or a DNS hostname."""
+    text = value.strip()
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    lowered = text.lower().rstrip(".")
+    if re.fullmatch(r"[0-9.]+", lowered) or len(lowered) > 253 or not _HOSTNAME.match(lowered):
+        raise ValueError(f"{value!r} is neither an IP address nor a valid hostname")
+    return lowered
