@@ -12,11 +12,12 @@ import binascii
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, insert, true, update
 from sqlmodel import Session, col, select
 
 from provisioner.api.problems import Problem
@@ -26,7 +27,6 @@ from provisioner.schemas import (
     ActionRequest,
     BmcOut,
     EventOut,
-    NicIn,
     NicOut,
     NodeCreate,
     NodeOut,
@@ -178,41 +178,60 @@ def reference_errors(
     return errors
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What a new or changed node wants for itself alone: a name, MACs, a rack position."""
+
+    name: str | None = None
+    macs: tuple[str, ...] = ()
+    position: tuple[str, int] | None = None
+
+    @classmethod
+    def of(cls, item: NodeCreate) -> Claim:
+        return cls(item.name, tuple(n.mac for n in item.nics), _position(item.rack, item.rack_unit))
+
+
+def _position(rack: str | None, unit: int | None) -> tuple[str, int] | None:
+    return (rack, unit) if rack is not None and unit is not None else None
+
+
 def conflict_errors(
-    session: Session,
-    names: Sequence[str | None],
-    nic_lists: Sequence[Iterable[NicIn] | None],
-    exclude: uuid.UUID | None = None,
+    session: Session, claims: Sequence[Claim], exclude: uuid.UUID | None = None
 ) -> list[dict[str, Any]]:
-    """Rows whose name or MACs already belong to another node."""
-    wanted_names = {n for n in names if n}
-    wanted_macs = {nic.mac for nics in nic_lists if nics for nic in nics}
+    """Rows (1-based) whose name, MACs or rack position belong to another node."""
+    others = col(Node.id) != exclude if exclude else true()
+    names = {c.name for c in claims if c.name}
     taken_names: set[str] = set()
-    if wanted_names:
-        q = select(Node.name).where(col(Node.name).in_(wanted_names))
-        if exclude:
-            q = q.where(Node.id != exclude)
-        taken_names = set(session.exec(q))
+    if names:
+        taken_names = set(session.exec(select(Node.name).where(col(Node.name).in_(names), others)))
+    macs = {mac for c in claims for mac in c.macs}
     owners: dict[str, str] = {}
-    if wanted_macs:
-        q2 = select(Nic.mac, Node.name).join(Node, col(Node.id) == col(Nic.node_id))
-        q2 = q2.where(col(Nic.mac).in_(wanted_macs))
-        if exclude:
-            q2 = q2.where(Node.id != exclude)
-        owners = dict(session.exec(q2).all())
+    if macs:
+        query = select(Nic.mac, Node.name).join(Node, col(Node.id) == col(Nic.node_id))
+        owners = dict(session.exec(query.where(col(Nic.mac).in_(macs), others)).all())
+    racks = {c.position[0] for c in claims if c.position}
+    occupants: dict[tuple[str, int], str] = {}
+    if racks:
+        query3 = select(Node.rack, Node.rack_unit, Node.name).where(
+            col(Node.rack).in_(racks), others
+        )
+        occupants = {
+            (r, u): n for r, u, n in session.exec(query3) if r is not None and u is not None
+        }
     errors: list[dict[str, Any]] = []
-    for row, (name, nics) in enumerate(zip(names, nic_lists, strict=True), start=1):
-        if name in taken_names:
-            errors.append({"row": row, "field": "name", "message": f"a node named {name!r} exists"})
-        for nic in nics or ():
-            if nic.mac in owners:
-                errors.append(
-                    {
-                        "row": row,
-                        "field": "macs",
-                        "message": f"MAC {nic.mac} belongs to node {owners[nic.mac]!r}",
-                    }
-                )
+    for row, claim in enumerate(claims, start=1):
+        if claim.name in taken_names:
+            errors.append(
+                {"row": row, "field": "name", "message": f"a node named {claim.name!r} exists"}
+            )
+        for mac in claim.macs:
+            if mac in owners:
+                message = f"MAC {mac} belongs to node {owners[mac]!r}"
+                errors.append({"row": row, "field": "macs", "message": message})
+        if claim.position in occupants:
+            rack, unit = claim.position
+            message = f"rack {rack} U{unit} holds node {occupants[claim.position]!r}"
+            errors.append({"row": row, "field": "u", "message": message})
     return errors
 
 
@@ -251,8 +270,8 @@ def enroll(
     """
     if errors := reference_errors(session, items):
         raise Problem(422, "Some nodes name a role or image that does not exist.", errors=errors)
-    if errors := conflict_errors(session, [i.name for i in items], [i.nics for i in items]):
-        raise Problem(409, "Some names or MACs are already in use.", errors=errors)
+    if errors := conflict_errors(session, [Claim.of(i) for i in items]):
+        raise Problem(409, "Some names, MACs or rack positions are taken.", errors=errors)
     now = utcnow()
     node_rows: list[dict[str, Any]] = []
     bmc_rows: list[dict[str, Any]] = []
@@ -342,10 +361,16 @@ def change(
         raise Problem(
             422, "The change names a role or image that does not exist.", errors=_fields(errors)
         )
-    names = [patch.name if "name" in given and patch.name != node.name else None]
-    nics = [patch.nics if "nics" in given else None]
-    if errors := conflict_errors(session, names, nics, exclude=node.id):
-        raise Problem(409, "The name or a MAC is already in use.", errors=_fields(errors))
+    claim = Claim(
+        name=patch.name if "name" in given else None,
+        macs=tuple(n.mac for n in patch.nics or ()),
+        position=_position(
+            patch.rack if "rack" in given else node.rack,
+            patch.rack_unit if "rack_unit" in given else node.rack_unit,
+        ),
+    )
+    if errors := conflict_errors(session, [claim], exclude=node.id):
+        raise Problem(409, "The name, a MAC or the rack position is taken.", errors=_fields(errors))
     if "name" in given and patch.name is None:
         raise Problem(
             422,
@@ -369,9 +394,23 @@ def change(
     return _save(session, node, changes, [event])
 
 
+_API_FIELDS = {"macs": "nics", "u": "rack_unit"}
+
+
 def _fields(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Single-node errors: the row number means nothing to the caller."""
-    return [{k: v for k, v in e.items() if k != "row"} for e in errors]
+    """Errors about one node in the API's terms: no row number, request field names."""
+    return [
+        {"field": _API_FIELDS.get(e["field"], e["field"]), "message": e["message"]} for e in errors
+    ]
+
+
+def enroll_one(session: Session, vault: Vault, item: NodeCreate, actor: str) -> Node:
+    try:
+        (node,) = enroll(session, vault, [item], actor, "enrolled through the API")
+    except Problem as problem:
+        problem.extra["errors"] = _fields(problem.extra.get("errors", []))
+        raise
+    return node
 
 
 def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) -> None:

@@ -40,7 +40,9 @@ UtcDatetime = Annotated[datetime, BeforeValidator(_as_utc)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # No global whitespace stripping: it would alter passwords. Validators of names,
+    # MACs and hosts strip what they normalise.
+    model_config = ConfigDict(extra="forbid")
 
 
 class BmcIn(Strict):

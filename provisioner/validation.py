@@ -8,6 +8,9 @@ import re
 import uuid
 
 _HEX = re.compile(r"^[0-9a-f]{12}$")
+_MAC_CHARS = re.compile(r"^[0-9a-f:.\-]+$")
+_MAC_SEPARATORS = re.compile(r"[:\-.]")
+_DIGITS_AND_DOTS = re.compile(r"^[0-9.]+$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _RACK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -17,8 +20,8 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 def normalize_mac(value: str) -> str:
     """Accept aa:bb:.., AA-BB-.., aabb.ccdd.eeff or aabbccddeeff; return aa:bb:cc:dd:ee:ff."""
     raw = value.strip().lower()
-    digits = re.sub(r"[:\-.]", "", raw)
-    if not _HEX.match(digits) or not re.fullmatch(r"[0-9a-f:.\-]+", raw):
+    digits = _MAC_SEPARATORS.sub("", raw)
+    if not _HEX.match(digits) or not _MAC_CHARS.match(raw):
         raise ValueError(
             f"{value!r} is not a MAC address (expected six hex octets, aa:bb:cc:dd:ee:ff)"
         )
@@ -71,6 +74,6 @@ def host(value: str) -> str:
     except ValueError:
         pass
     lowered = text.lower().rstrip(".")
-    if re.fullmatch(r"[0-9.]+", lowered) or len(lowered) > 253 or not _HOSTNAME.match(lowered):
+    if _DIGITS_AND_DOTS.match(lowered) or len(lowered) > 253 or not _HOSTNAME.match(lowered):
         raise ValueError(f"{value!r} is neither an IP address nor a valid hostname")
     return lowered

@@ -94,7 +94,6 @@ def node_body(
     body: dict[str, object] = {
         "name": name,
         "rack": "r01",
-        "rack_unit": 1,
         "bmc": {
             "driver": "ipmi",
             "address": "127.0.0.1",

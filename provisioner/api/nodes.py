@@ -31,7 +31,7 @@ def enroll_node(
     body: NodeCreate, session: SessionDep, vault: VaultDep, token: Operator, response: Response
 ) -> NodeOut:
     """Enroll one server by its BMC; it starts in the ``enrolled`` state."""
-    (node,) = nodes.enroll(session, vault, [body], token.name, "enrolled through the API")
+    node = nodes.enroll_one(session, vault, body, token.name)
     response.headers["ETag"] = nodes.etag(node)
     response.headers["Location"] = f"/api/v1/nodes/{node.id}"
     return nodes.present(session, [node])[0]

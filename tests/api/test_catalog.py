@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+from datetime import UTC, datetime
 
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from provisioner.models import ApiToken
 from tests.conftest import auth, node_body
 
 IMAGE = {
@@ -89,17 +93,10 @@ def test_expired_token_is_refused(client: TestClient, admin: dict[str, str]) -> 
         json={"name": "short", "scope": "viewer", "expires_in_days": 1},
         headers=admin,
     ).json()
-    from provisioner.models import ApiToken
-
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    with engine.begin() as connection:
-        connection.execute(
-            ApiToken.__table__.update()  # type: ignore[attr-defined]
-            .where(ApiToken.__table__.c.name == "short")  # type: ignore[attr-defined]
-            .values(
-                expires_at=__import__("datetime").datetime(
-                    2000, 1, 1, tzinfo=__import__("datetime").UTC
-                )
-            )
-        )
+    with Session(engine) as session:
+        row = session.exec(select(ApiToken).where(ApiToken.name == "short")).one()
+        row.expires_at = datetime(2000, 1, 1, tzinfo=UTC)
+        session.add(row)
+        session.commit()
     assert client.get("/api/v1/nodes", headers=auth(created["token"])).status_code == 401

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
+import uuid
 
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from provisioner.models import Bmc, Node
 from tests.conftest import node_body
 
 
@@ -132,22 +137,20 @@ def test_patch_with_etag_and_stale_etag(client: TestClient, operator: dict[str, 
 
 
 def test_patch_bmc_keeps_the_password_unless_given(
-    client: TestClient, operator: dict[str, str], app: object
+    client: TestClient, operator: dict[str, str], app: FastAPI
 ) -> None:
-    node = enroll(client, operator)
+    body = node_body()
+    body["bmc"]["password"] = " pass with spaces "  # type: ignore[index]
+    node = client.post("/api/v1/nodes", json=body, headers=operator).json()
     response = client.patch(
         f"/api/v1/nodes/{node['id']}", json={"bmc": {"port": 6231}}, headers=operator
     )
     assert response.status_code == 200, response.text
     assert response.json()["bmc"]["port"] == 6231
-    from sqlmodel import Session
-
-    from provisioner.models import Bmc
-
-    with Session(app.state.engine) as session:  # type: ignore[attr-defined]
-        bmc = session.get(Bmc, __import__("uuid").UUID(node["id"]))
+    with Session(app.state.engine) as session:
+        bmc = session.get(Bmc, uuid.UUID(node["id"]))
         assert bmc is not None
-        assert app.state.vault.decrypt(bmc.password_encrypted) == "s3cret-bmc-pw"  # type: ignore[attr-defined]
+        assert app.state.vault.decrypt(bmc.password_encrypted) == " pass with spaces "
 
 
 def test_delete(client: TestClient, operator: dict[str, str]) -> None:
@@ -240,8 +243,6 @@ def test_provision_needs_a_known_role_and_image(
     enroll(client, operator)
     client.post("/api/v1/nodes/r01-u01/actions/inspect", headers=operator)
     # Inspection is the reconciler's job (a later issue); here we only check the API.
-    from provisioner.models import Node
-
     engine = client.app.state.engine  # type: ignore[attr-defined]
     with engine.begin() as connection:
         connection.execute(Node.__table__.update().values(state="ready"))  # type: ignore[attr-defined]

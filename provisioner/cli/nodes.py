@@ -1,0 +1,241 @@
+"""``provisioner node ...`` and ``provisioner rack import``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from provisioner.cli.client import ApiError, CliError, api, field_errors, path_segment
+from provisioner.cli.output import (
+    JsonOption,
+    events_table,
+    info,
+    node_detail,
+    node_table,
+    print_json,
+    print_table,
+    spinner,
+)
+from provisioner.lifecycle import Action, State
+
+node_app = typer.Typer(help="List, enroll and act on nodes.", no_args_is_help=True)
+rack_app = typer.Typer(help="Bulk operations on racks.", no_args_is_help=True)
+
+NodeArg = Annotated[str, typer.Argument(help="Node name or id.", show_default=False)]
+
+MANIFEST_TYPES = {".yaml": "application/yaml", ".yml": "application/yaml", ".csv": "text/csv"}
+
+
+@node_app.command("list")
+def list_nodes(
+    ctx: typer.Context,
+    state: Annotated[State | None, typer.Option(help="Only nodes in this state.")] = None,
+    role: Annotated[str | None, typer.Option(help="Only nodes with this role.")] = None,
+    rack: Annotated[str | None, typer.Option(help="Only nodes in this rack.")] = None,
+    mac: Annotated[str | None, typer.Option(help="The node with this NIC.")] = None,
+    maintenance: Annotated[
+        bool | None,
+        typer.Option(
+            "--maintenance/--no-maintenance", help="Only nodes in (or out of) maintenance."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Nodes per page.")] = None,
+    all_pages: Annotated[bool, typer.Option("--all", help="Follow the cursor to the end.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List nodes (one page unless --all)."""
+    filters = {"state": state, "role": role, "rack": rack, "mac": mac, "limit": limit}
+    params: dict[str, str | int] = {k: v for k, v in filters.items() if v is not None}
+    if maintenance is not None:
+        params["maintenance"] = "true" if maintenance else "false"
+    with api(ctx) as client:
+        page = client.get("/nodes", params=params)
+        items: list[dict[str, Any]] = list(page["items"])
+        while all_pages and page.get("next_cursor"):
+            page = client.get("/nodes", params={**params, "cursor": page["next_cursor"]})
+            items.extend(page["items"])
+    if as_json:
+        print_json({"items": items, "next_cursor": page.get("next_cursor")})
+        return
+    node_table(items)
+    if page.get("next_cursor"):
+        info(f"showing the first {len(items)} nodes; pass --all for the rest")
+
+
+@node_app.command("show")
+def show_node(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
+    """Show one node."""
+    with api(ctx) as client:
+        data = client.get(f"/nodes/{path_segment(node)}")
+    if as_json:
+        print_json(data)
+    else:
+        node_detail(data)
+
+
+def _bmc_password(from_stdin: bool) -> str:
+    # Never an option: command lines end up in shell history and `ps`.
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = os.environ.get("PROVISIONER_BMC_PASSWORD") or typer.prompt(
+            "BMC password", hide_input=True, err=True
+        )
+    if not password:
+        raise CliError("the BMC password is empty")
+    return password
+
+
+@node_app.command("enroll")
+def enroll(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Hostname of the node.", show_default=False)],
+    bmc_address: Annotated[str, typer.Option(help="BMC IP address or hostname.")],
+    bmc_username: Annotated[str, typer.Option(help="BMC (IPMI) user.")],
+    bmc_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="IPMI port (default 623).")
+    ] = None,
+    bmc_password_stdin: Annotated[
+        bool,
+        typer.Option(
+            help="Read the BMC password from stdin; else PROVISIONER_BMC_PASSWORD, else a prompt."
+        ),
+    ] = False,
+    mac: Annotated[
+        list[str] | None, typer.Option(help="NIC MAC address; repeat for more (first boots).")
+    ] = None,
+    rack: Annotated[str | None, typer.Option(help="Rack name.")] = None,
+    u: Annotated[int | None, typer.Option("--u", min=1, max=60, help="Rack unit.")] = None,
+    role: Annotated[str | None, typer.Option(help="Role to provision.")] = None,
+    image: Annotated[str | None, typer.Option(help="OS image (else the role's default).")] = None,
+    hardware_profile: Annotated[str | None, typer.Option(help="Hardware profile.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Enroll a node by its BMC."""
+    bmc: dict[str, Any] = {
+        "address": bmc_address,
+        "username": bmc_username,
+        "password": _bmc_password(bmc_password_stdin),
+    }
+    if bmc_port is not None:
+        bmc["port"] = bmc_port
+    optional = {
+        "rack": rack,
+        "rack_unit": u,
+        "role": role,
+        "image": image,
+        "hardware_profile": hardware_profile,
+    }
+    body = {
+        "name": name,
+        "bmc": bmc,
+        "nics": [{"mac": m} for m in mac or []],
+        **{k: v for k, v in optional.items() if v is not None},
+    }
+    with api(ctx) as client:
+        data = client.post("/nodes", json=body)
+    if as_json:
+        print_json(data)
+        return
+    info(f"enrolled {data['name']} ({data['state']})")
+    node_detail(data)
+
+
+@node_app.command("delete")
+def delete_node(
+    ctx: typer.Context,
+    node: NodeArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a node from the inventory (the machine itself is untouched)."""
+    if not yes:
+        typer.confirm(f"Delete node {node}?", abort=True, err=True)
+    with api(ctx) as client:
+        client.delete(f"/nodes/{path_segment(node)}")
+    info(f"deleted node {node}")
+
+
+@node_app.command("action")
+def node_action(
+    ctx: typer.Context,
+    node: NodeArg,
+    action: Annotated[Action, typer.Argument(help="What to do.", show_default=False)],
+    reason: Annotated[str | None, typer.Option(help="Why (kept in the event log).")] = None,
+    role: Annotated[str | None, typer.Option(help="Role to provision with.")] = None,
+    image: Annotated[str | None, typer.Option(help="Image to provision with.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask for a lifecycle or power action; it runs in the background."""
+    optional = {"reason": reason, "role": role, "image": image}
+    body = {k: v for k, v in optional.items() if v is not None}
+    with api(ctx) as client:
+        data = client.post(f"/nodes/{path_segment(node)}/actions/{action.value}", json=body)
+    if as_json:
+        print_json(data)
+        return
+    info(f"{action.value} accepted for {data['name']}: now {data['state']}")
+    node_table([data])
+
+
+@node_app.command("events")
+def node_events(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
+    """Show a node's event log, oldest first."""
+    with api(ctx) as client:
+        events = client.get(f"/nodes/{path_segment(node)}/events")
+    if as_json:
+        print_json(events)
+    else:
+        events_table(events)
+
+
+def _manifest_type(path: Path) -> str:
+    content_type = MANIFEST_TYPES.get(path.suffix.lower())
+    if content_type is None:
+        raise CliError(f"cannot tell the format of {path.name}: name it .yaml, .yml or .csv")
+    return content_type
+
+
+@rack_app.command("import")
+def import_rack(
+    ctx: typer.Context,
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="Manifest (.yaml, .yml or .csv)."
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Enroll every node of a rack manifest, all or nothing."""
+    content_type = _manifest_type(file)
+    with api(ctx) as client:
+        try:
+            with spinner(f"importing {file.name}"):
+                result = client.request(
+                    "POST",
+                    "/racks/import",
+                    content=file.read_bytes(),
+                    headers={"Content-Type": content_type},
+                    timeout=300,
+                )
+        except ApiError as exc:
+            errors = [e for e in field_errors(exc.problem) if isinstance(e, dict)]
+            if exc.status not in (409, 422) or not errors:
+                raise
+            print_table(
+                ("ROW", "FIELD", "MESSAGE"),
+                ((e.get("row"), e.get("field") or e.get("loc"), e.get("message")) for e in errors),
+                stderr=True,
+            )
+            raise CliError(
+                f"{file.name} was not imported: {len(errors)} problem(s), listed above"
+            ) from exc
+    if as_json:
+        print_json(result)
+        return
+    node_table(result["nodes"])
+    info(f"created {result['created']} node(s) from {file.name}")

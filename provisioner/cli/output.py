@@ -1,0 +1,182 @@
+"""What commands print: rich tables for people, the API's JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.status import Status
+from rich.table import Table
+from rich.text import Text
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
+
+# Piped output goes to grep and awk: one row per line rather than wrapped at 80 columns.
+_PIPE_WIDTH = 240
+
+STATE_STYLES = {
+    "discovered": "dim",
+    "enrolled": "cyan",
+    "inspecting": "yellow",
+    "ready": "green",
+    "provisioning": "yellow",
+    "provisioned": "blue",
+    "active": "bold green",
+    "wiping": "yellow",
+    "failed": "bold red",
+}
+
+
+def console(stderr: bool = False) -> Console:
+    # Built per call: the streams differ between invocations (tests swap sys.stdout).
+    out = Console(stderr=stderr, highlight=False)
+    if not out.is_terminal:
+        out = Console(stderr=stderr, highlight=False, width=_PIPE_WIDTH)
+    return out
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2))
+
+
+def info(message: str) -> None:
+    """A status line for people, on stderr so that stdout stays parseable."""
+    typer.echo(message, err=True)
+
+
+def _text(value: Any, style: str = "") -> Text:
+    # Text, not str: rich would read brackets in names and messages as markup.
+    if value is None or value == "":
+        return Text("-", style="dim")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no", style=style)
+    return Text(str(value), style=style)
+
+
+def state_text(state: str) -> Text:
+    return Text(state, style=STATE_STYLES.get(state, ""))
+
+
+def when(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def _table(*columns: str) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def print_table(
+    columns: Sequence[str], rows: Iterable[Sequence[Any]], stderr: bool = False
+) -> None:
+    table = _table(*columns)
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else _text(cell) for cell in row))
+    console(stderr).print(table)
+
+
+def _pxe_mac(node: dict[str, Any]) -> str | None:
+    return next((nic["mac"] for nic in node.get("nics", []) if nic.get("pxe")), None)
+
+
+def node_table(nodes: list[dict[str, Any]]) -> None:
+    if not nodes:
+        info("no nodes")
+        return
+    print_table(
+        ("NAME", "STATE", "POWER", "RACK", "U", "ROLE", "MAINT", "PXE MAC"),
+        (
+            (
+                n["name"],
+                state_text(n["state"]),
+                n["power_state"],
+                n["rack"],
+                n["rack_unit"],
+                n["role"],
+                _text("yes", "bold magenta") if n["maintenance"] else _text(None),
+                _pxe_mac(n),
+            )
+            for n in nodes
+        ),
+    )
+
+
+def _bmc(bmc: dict[str, Any]) -> str:
+    return f"{bmc['driver']}://{bmc['username']}@{bmc['address']}:{bmc['port']}"
+
+
+def node_detail(node: dict[str, Any]) -> None:
+    bmc = node.get("bmc")
+    state = state_text(node["state"])
+    if node.get("failed_from"):
+        state.append(f" (failed while {node['failed_from']})", style="red")
+    maintenance = (
+        _text(f"yes: {node.get('maintenance_reason') or 'no reason given'}", "bold magenta")
+        if node["maintenance"]
+        else _text(False)
+    )
+    rows: list[tuple[str, Any]] = [
+        ("Name", node["name"]),
+        ("ID", node["id"]),
+        ("State", state),
+        ("Power", node["power_state"]),
+        ("Maintenance", maintenance),
+        ("Rack", node["rack"]),
+        ("Rack unit", node["rack_unit"]),
+        ("Role", node["role"]),
+        ("Image", node["image"]),
+        ("Hardware profile", node["hardware_profile"]),
+        ("BMC", _bmc(bmc) if bmc else None),
+        ("NICs", ", ".join(f"{n['mac']}{' (pxe)' if n['pxe'] else ''}" for n in node["nics"])),
+        ("Allowed actions", ", ".join(node["allowed_actions"])),
+        ("Last error", _text(node["last_error"], "red")),
+        ("Created", when(node["created_at"])),
+        ("Updated", when(node["updated_at"])),
+    ]
+    key_values(rows)
+
+
+def key_values(rows: Iterable[tuple[str, Any]]) -> None:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value if isinstance(value, Text) else _text(value))
+    console().print(table)
+
+
+def events_table(events: list[dict[str, Any]]) -> None:
+    if not events:
+        info("no events")
+        return
+    print_table(
+        ("TIME", "ACTOR", "KIND", "FROM", "TO", "MESSAGE"),
+        (
+            (
+                when(e["time"]),
+                e["actor"],
+                e["kind"],
+                state_text(e["from_state"]) if e["from_state"] else None,
+                state_text(e["to_state"]) if e["to_state"] else None,
+                e["message"],
+            )
+            for e in events
+        ),
+    )
+
+
+def spinner(message: str) -> Status:
+    """A spinner on stderr while a long request runs; silent when stderr is not a terminal."""
+    return console(stderr=True).status(message)

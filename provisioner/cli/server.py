@@ -1,0 +1,136 @@
+"""Commands that run on the server itself and open the database directly: ``serve``,
+``db upgrade`` and offline ``token create`` (which must work before the API is up).
+
+The service's modules are imported inside the functions: client commands such as
+``provisioner node list`` should not pay for SQLAlchemy, Alembic and the app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from provisioner.cli.client import CliError
+from provisioner.cli.output import info
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from provisioner.settings import Settings
+
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
+    from provisioner.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PROVISIONER_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise CliError(f"invalid settings: {problems}") from exc
+    # Options were validated by Typer already; they win over the environment.
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def masked_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _reason(exc: Exception) -> str:
+    # The driver's own first line; SQLAlchemy's wrapper adds SQL and a docs link.
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return lines[0] if lines else type(orig).__name__
+
+
+def _migrated_engine(settings: Settings) -> Engine:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from provisioner.db import make_engine, upgrade
+
+    try:
+        engine = make_engine(settings.resolved_database_url)
+        upgrade(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        shown = masked_url(settings.resolved_database_url)
+        raise CliError(f"cannot open the database {shown}: {_reason(exc)}") from exc
+    return engine
+
+
+def create_token_offline(name: str, scope: str, expires_in_days: int | None) -> str:
+    """Store a new token straight in the database; return the token itself."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import Session
+
+    from provisioner.schemas import TokenIn
+    from provisioner.tokens import create_token
+
+    try:
+        request = TokenIn.model_validate(
+            {"name": name, "scope": scope, "expires_in_days": expires_in_days}
+        )
+    except ValidationError as exc:
+        raise CliError(
+            "invalid token: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
+        ) from exc
+    settings = _settings()
+    engine = _migrated_engine(settings)
+    try:
+        with Session(engine) as session:
+            row, token = create_token(
+                session,
+                name=request.name,
+                scope=request.scope,
+                expires_in_days=request.expires_in_days,
+            )
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot store the token: {_reason(exc)}") from exc
+    finally:
+        engine.dispose()
+    info(
+        f"created {row.scope} token {row.name!r} (id {row.id}) in "
+        f"{masked_url(settings.resolved_database_url)}"
+    )
+    return token
+
+
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Listen address (default PROVISIONER_HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Listen port (default PROVISIONER_PORT or 8080)."),
+    ] = None,
+) -> None:
+    """Run the API service (migrates the database on start)."""
+    import uvicorn
+
+    from provisioner.app import create_app
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = _settings(**overrides)
+    info(f"database: {masked_url(settings.resolved_database_url)}")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+@db_app.command("upgrade")
+def upgrade_db() -> None:
+    """Create the database or migrate it to the latest schema."""
+    settings = _settings()
+    _migrated_engine(settings).dispose()
+    info(f"migrated {masked_url(settings.resolved_database_url)} to the latest schema")
