@@ -7,7 +7,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 from sqlmodel import Session, SQLModel, col, func, select
 
-from provisioner.api.problems import Problem
+from provisioner.errors import Problem
 from provisioner.models import Node, OsImage, Role, utcnow
 from provisioner.schemas import ImageIn, RoleIn
 

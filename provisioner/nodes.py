@@ -20,7 +20,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy import func, insert, true, update
 from sqlmodel import Session, col, select
 
-from provisioner.api.problems import Problem
+from provisioner.errors import Problem
 from provisioner.lifecycle import Action, State, Transition, allowed_actions, decide
 from provisioner.models import Bmc, Event, Nic, Node, OsImage, Role, utcnow
 from provisioner.schemas import (

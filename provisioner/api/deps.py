@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from provisioner.api.problems import Problem
+from provisioner.errors import Problem
 from provisioner.models import ApiToken
 from provisioner.schemas import Scope
 from provisioner.secrets import Vault

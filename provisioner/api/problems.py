@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 
+from provisioner.errors import Problem
 from provisioner.lifecycle import IllegalAction
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,6 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
 }
-
-
-class Problem(Exception):
-    """Raise from services and routers; rendered as problem+json."""
-
-    def __init__(
-        self, status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers
-        self.extra = extra
 
 
 def problem_response(
@@ -78,10 +66,15 @@ async def _on_problem(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status, exc.detail, headers=exc.headers, **exc.extra)
 
 
-async def _on_http(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
-    return problem_response(exc.status_code, detail, headers=exc.headers)
+    detail = exc.detail
+    # Starlette's own 404/405 carry just the status phrase: say what was asked for.
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"There is no {request.url.path}; the API is described at /docs."
+    elif exc.status_code == 405 and detail == "Method Not Allowed":
+        detail = f"{request.method} is not allowed on {request.url.path}; see /docs."
+    return problem_response(exc.status_code, str(detail), headers=exc.headers)
 
 
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:

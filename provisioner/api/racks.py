@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from provisioner import manifest, nodes
 from provisioner.api.deps import Operator, SessionDep, VaultDep
-from provisioner.api.problems import Problem
+from provisioner.errors import Problem
 from provisioner.schemas import ImportResult
 from provisioner.secrets import Vault
 

@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from provisioner import tokens
 from provisioner.api.deps import Admin, SessionDep
-from provisioner.api.problems import Problem
+from provisioner.errors import Problem
 from provisioner.models import ApiToken
 from provisioner.schemas import TokenCreated, TokenIn, TokenOut
 

@@ -54,3 +54,13 @@ def test_openapi_documents_the_api(client: TestClient) -> None:
     manifest = paths["/api/v1/racks/import"]["post"]["requestBody"]["content"]
     assert set(manifest) == {"application/yaml", "text/csv"}
     assert "password" not in str(spec["components"]["schemas"]["NodeOut"])
+
+
+def test_unknown_paths_and_methods_are_problems(client: TestClient) -> None:
+    missing = client.get("/api/v2/things")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["detail"] == "There is no /api/v2/things; the API is described at /docs."
+    wrong = client.put("/healthz")
+    assert wrong.status_code == 405
+    assert "PUT" in wrong.json()["detail"]
