@@ -55,7 +55,7 @@ _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _MAX_DEPTH = 5
 
 Error = dict[str, object]
-Problem = tuple[str, str]  # (column, message) within one row
+RowProblem = tuple[str, str]  # (column, message) within one row
 
 
 class ManifestError(ValueError):
@@ -339,7 +339,7 @@ def _node(
     return None if problems else node
 
 
-def _macs(value: object, problems: list[Problem]) -> list[object]:
+def _macs(value: object, problems: list[RowProblem]) -> list[object]:
     """The MACs to validate, from a YAML list or one string separated by spaces or ';'."""
     macs = [mac for mac in _MAC_SEPARATORS.split(value) if mac] if isinstance(value, str) else value
     if not isinstance(macs, list):
@@ -354,7 +354,7 @@ def _macs(value: object, problems: list[Problem]) -> list[object]:
 
 def _validate(
     row: dict[str, object], macs: list[object]
-) -> tuple[NodeCreate | None, list[Problem]]:
+) -> tuple[NodeCreate | None, list[RowProblem]]:
     try:
         return NodeCreate.model_validate(_payload(row, macs)), []
     except ValidationError as exc:
@@ -372,7 +372,7 @@ def _payload(row: dict[str, object], macs: list[object]) -> dict[str, object]:
     return payload
 
 
-def _problem(error: ErrorDetails) -> Problem:
+def _problem(error: ErrorDetails) -> RowProblem:
     loc = error["loc"]
     column = _column(loc)
     kind = error["type"]
@@ -417,7 +417,7 @@ def _identity(node: NodeCreate | None, row: dict[str, object], macs: list[object
     return [mac for mac in normalised_macs if mac], name, position
 
 
-def _duplicates(number: int, identity: Identity, seen: _Seen) -> Iterator[Problem]:
+def _duplicates(number: int, identity: Identity, seen: _Seen) -> Iterator[RowProblem]:
     macs, name, position = identity
     for mac in dict.fromkeys(macs):
         first = seen.macs.setdefault(mac, number)

@@ -12,8 +12,6 @@ from provisioner.errors import Problem
 from provisioner.schemas import ImportResult
 from provisioner.secrets import Vault
 
-MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/csv"})
-
 router = APIRouter(prefix="/api/v1/racks", tags=["racks"])
 
 _MANIFEST_BODY = {
@@ -39,7 +37,7 @@ async def import_rack(
 ) -> ImportResult:
     """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type not in MEDIA_TYPES:
+    if media_type not in manifest.YAML_TYPES | manifest.CSV_TYPES:
         raise Problem(415, "Send the manifest as application/yaml or text/csv.")
     body = await request.body()
     # Parsing and inserting a thousand rows takes a while: keep the event loop free.
