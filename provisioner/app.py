@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,25 +13,57 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import __version__, db, nodes
-from provisioner.api import catalog, problems, racks, service, tokens
+from provisioner.api import bmc, catalog, problems, racks, service, tokens
 from provisioner.api import nodes as nodes_api
+from provisioner.api import profiles as profiles_api
+from provisioner.bmc.pool import BmcPool, DriverFactory
 from provisioner.limits import BodySizeLimit
 from provisioner.metrics import Metrics, MetricsMiddleware
+from provisioner.power import PowerSync
+from provisioner.profiles import load_profiles, shipped_profiles_dir
+from provisioner.reconciler import Reconciler
 from provisioner.secrets import Vault
 from provisioner.settings import Settings, get_settings
+from provisioner.tokens import TokenCache
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, driver_factory: DriverFactory | None = None
+) -> FastAPI:
+    """The service. ``driver_factory`` replaces the IPMI driver (tests use the fake one)."""
     settings = settings or get_settings()
     engine = db.make_engine(settings.resolved_database_url)
+    vault = Vault.from_settings(settings)
+    profiles = load_profiles(settings.profiles_dir or shipped_profiles_dir())
+    pool = BmcPool(
+        max_workers=settings.bmc_workers,
+        per_bmc=settings.bmc_per_bmc,
+        driver_factory=driver_factory,
+    )
+    reconciler = Reconciler(engine, vault, pool, settings, lambda: app.state.profiles)
+    power_sync = PowerSync(engine, vault, pool, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(db.upgrade, engine)
         log.info("database ready at %s", engine.url.render_as_string(hide_password=True))
+        # The modules loaded by now are permanent: keep full collections from walking
+        # them again and again (they set the latency tail of every request otherwise).
+        gc.collect()
+        gc.freeze()
+        loops = []
+        if settings.reconciler:
+            loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+            if settings.power_sync_interval > 0:
+                loops.append(asyncio.create_task(power_sync.run(), name="power-sync"))
         yield
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await reconciler.drain()
+        pool.close()
         engine.dispose()
 
     def count_by_state() -> dict[str, int]:
@@ -44,13 +78,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.vault = Vault.from_settings(settings)
+    app.state.vault = vault
+    app.state.token_cache = TokenCache()
     app.state.metrics = Metrics(count_by_state)
+    app.state.profiles = profiles
+    app.state.bmc_pool = pool
+    app.state.reconciler = reconciler
+    app.state.power_sync = power_sync
 
     problems.install(app)
     for router in (
         service.router,
         nodes_api.router,
+        bmc.router,
+        profiles_api.router,
         racks.router,
         catalog.roles,
         catalog.images,

@@ -10,7 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Named constraints keep migrations identical on SQLite and PostgreSQL.
@@ -37,6 +37,9 @@ def _timestamp(index: bool = False) -> Any:
 
 
 class Node(SQLModel, table=True):
+    # One server per rack unit; rows without a rack or unit do not collide (NULLs differ).
+    __table_args__ = (UniqueConstraint("rack", "rack_unit"),)
+
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=63, unique=True, index=True)
     rack: str | None = Field(default=None, max_length=63, index=True)
@@ -48,6 +51,18 @@ class Node(SQLModel, table=True):
     # The working state a failed node failed in: retry goes back there.
     failed_from: str | None = Field(default=None, max_length=16)
     power_state: str = Field(default="unknown", max_length=16)
+    # Why the power state is unknown or in error, from the last failed BMC call.
+    power_reason: str | None = Field(default=None, max_length=500)
+    power_checked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Consecutive failed power polls; at the configured limit the node is flagged.
+    power_failures: int = Field(default=0)
+    # A power action an operator asked for that the reconciler has not carried out yet.
+    target_power: str | None = Field(default=None, max_length=16)
+    # Set at enrollment: the reconciler starts an inspection once, then clears it.
+    auto_inspect: bool = Field(default=False)
+    # The reconciler replica working on the node, until when (see reconciler.py).
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     maintenance: bool = Field(default=False, index=True)
     maintenance_reason: str | None = Field(default=None, max_length=255)
     last_error: str | None = Field(default=None, max_length=2000)
@@ -65,6 +80,10 @@ class Bmc(SQLModel, table=True):
     port: int = Field(default=623)
     username: str = Field(max_length=64)
     password_encrypted: str = Field(max_length=512)
+    # Per-BMC overrides of the service-wide defaults; None means "use the default".
+    timeout: float | None = None
+    retries: int | None = None
+    cipher_suite: int | None = None
 
 
 class Nic(SQLModel, table=True):

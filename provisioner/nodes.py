@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, cast
 
+from sqlalchemy import Row, func, insert, true, update
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import func, insert, true, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
-from provisioner.lifecycle import Action, State, Transition, allowed_actions, decide
+from provisioner.lifecycle import (
+    POWER_ACTIONS,
+    Action,
+    State,
+    Transition,
+    allowed_actions,
+    decide,
+)
 from provisioner.models import Bmc, Event, Nic, Node, OsImage, Role, utcnow
 from provisioner.schemas import (
     ActionRequest,
     BmcOut,
     EventOut,
-    NicOut,
     NodeCreate,
     NodeOut,
     NodePatch,
@@ -61,29 +69,67 @@ def _failed_from(node: Node) -> State | None:
     return State(node.failed_from) if node.failed_from else None
 
 
-def present(session: Session, nodes: Sequence[Node]) -> list[NodeOut]:
-    """API views of ``nodes``, with their BMC and NICs fetched in two queries."""
+# What a node view shows of each table; everything else (leases, counters) is internal.
+_NODE_FIELDS = tuple(f for f in NodeOut.model_fields if f not in ("bmc", "nics", "allowed_actions"))
+_BMC_FIELDS = tuple(BmcOut.model_fields)
+_BMC_COLUMNS = [col(Bmc.node_id), *(getattr(Bmc, f) for f in _BMC_FIELDS)]
+
+
+class _Nic(NamedTuple):
+    mac: str
+    pxe: bool
+
+
+class _Bmc(NamedTuple):
+    driver: str
+    address: str
+    port: int
+    username: str
+    timeout: float | None
+    retries: int | None
+    cipher_suite: int | None
+
+
+@functools.cache
+def _allowed(state: str, maintenance: bool, failed_from: str | None) -> list[str]:
+    return allowed_actions(
+        State(state),
+        maintenance=maintenance,
+        failed_from=State(failed_from) if failed_from else None,
+    )
+
+
+def _view(node: Mapping[str, Any], bmc: Any | None, nics: Sequence[Any]) -> dict[str, Any]:
+    view = {f: node[f] for f in _NODE_FIELDS}
+    view["bmc"] = {f: getattr(bmc, f) for f in _BMC_FIELDS} if bmc is not None else None
+    view["nics"] = [{"mac": n.mac, "pxe": n.pxe} for n in nics]
+    view["allowed_actions"] = _allowed(node["state"], node["maintenance"], node["failed_from"])
+    return view
+
+
+def _mapping(node: Node | Row[Any]) -> Mapping[str, Any]:
+    if isinstance(node, Node):
+        return {f: getattr(node, f) for f in _NODE_FIELDS}
+    return cast(Mapping[str, Any], node._mapping)
+
+
+def present(session: Session, nodes: Sequence[Node | Row[Any]]) -> list[dict[str, Any]]:
+    """API views of ``nodes`` (NodeOut-shaped dicts), their BMCs and NICs read in two
+    queries of plain rows: listing pages is the hottest path of the API."""
+    if not nodes:
+        return []
     ids = [n.id for n in nodes]
-    bmcs = {b.node_id: b for b in session.exec(select(Bmc).where(col(Bmc.node_id).in_(ids)))}
-    nics: dict[uuid.UUID, list[Nic]] = defaultdict(list)
-    for nic in session.exec(select(Nic).where(col(Nic.node_id).in_(ids)).order_by(col(Nic.id))):
+    bmcs = {
+        r.node_id: r
+        for r in session.execute(select(*_BMC_COLUMNS).where(col(Bmc.node_id).in_(ids)))
+    }
+    nics: dict[uuid.UUID, list[Any]] = defaultdict(list)
+    nic_rows = session.execute(
+        select(Nic.node_id, Nic.mac, Nic.pxe).where(col(Nic.node_id).in_(ids)).order_by(col(Nic.id))
+    )
+    for nic in nic_rows:
         nics[nic.node_id].append(nic)
-    out = []
-    for node in nodes:
-        bmc = bmcs.get(node.id)
-        out.append(
-            NodeOut(
-                **node.model_dump(),
-                bmc=BmcOut.model_validate(bmc) if bmc else None,
-                nics=[NicOut.model_validate(n) for n in nics[node.id]],
-                allowed_actions=allowed_actions(
-                    State(node.state),
-                    maintenance=node.maintenance,
-                    failed_from=_failed_from(node),
-                ),
-            )
-        )
-    return out
+    return [_view(_mapping(n), bmcs.get(n.id), nics[n.id]) for n in nodes]
 
 
 def _encode_cursor(name: str) -> str:
@@ -108,9 +154,9 @@ def page(
     rack: str | None = None,
     mac: str | None = None,
     maintenance: bool | None = None,
-) -> tuple[list[Node], str | None]:
+) -> tuple[list[Row[Any]], str | None]:
     """One page of nodes ordered by name, and the cursor of the next page."""
-    query = select(Node).order_by(col(Node.name)).limit(limit + 1)
+    query = select(Node.__table__).order_by(col(Node.name)).limit(limit + 1)  # type: ignore[attr-defined]
     if cursor:
         query = query.where(Node.name > _decode_cursor(cursor))
     if state:
@@ -123,7 +169,7 @@ def page(
         query = query.where(Node.maintenance == maintenance)
     if mac:
         query = query.join(Nic, col(Nic.node_id) == col(Node.id)).where(Nic.mac == mac)
-    nodes = list(session.exec(query))
+    nodes = list(session.execute(query))
     if len(nodes) > limit:
         return nodes[:limit], _encode_cursor(nodes[limit - 1].name)
     return nodes, None
@@ -261,26 +307,29 @@ def _event(
 
 
 def enroll(
-    session: Session, vault: Vault, items: Sequence[NodeCreate], actor: str, how: str
-) -> list[Node]:
+    session: Session,
+    vault: Vault,
+    items: Sequence[NodeCreate],
+    actor: str,
+    how: str,
+    *,
+    inspect: bool = False,
+) -> list[dict[str, Any]]:
     """Create ``items`` as enrolled nodes in one transaction: all or none.
 
     Raises :class:`Problem` 422 for unknown roles/images and 409 for names or MACs in use,
-    with ``errors`` naming each row (1-based).
+    with ``errors`` naming each row (1-based). With ``inspect``, the reconciler inspects
+    each new node once on its own.
     """
     if errors := reference_errors(session, items):
         raise Problem(422, "Some nodes name a role or image that does not exist.", errors=errors)
-    if errors := conflict_errors(session, [Claim.of(i) for i in items]):
-        raise Problem(409, "Some names, MACs or rack positions are taken.", errors=errors)
     now = utcnow()
     node_rows: list[dict[str, Any]] = []
     bmc_rows: list[dict[str, Any]] = []
     nic_rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
-    ids: list[uuid.UUID] = []
     for item in items:
         node_id = uuid.uuid4()
-        ids.append(node_id)
         node_rows.append(
             {
                 "id": node_id,
@@ -291,8 +340,16 @@ def enroll(
                 "hardware_profile": item.hardware_profile,
                 "image": item.image,
                 "state": State.ENROLLED.value,
+                "failed_from": None,
                 "power_state": "unknown",
+                "target_power": None,
+                "power_reason": None,
+                "power_checked_at": None,
                 "maintenance": False,
+                "maintenance_reason": None,
+                "last_error": None,
+                "auto_inspect": inspect,
+                "power_failures": 0,
                 "created_at": now,
                 "updated_at": now,
                 "version": 1,
@@ -306,18 +363,33 @@ def enroll(
                 "port": item.bmc.port,
                 "username": item.bmc.username,
                 "password_encrypted": vault.encrypt(item.bmc.password.get_secret_value()),
+                "timeout": item.bmc.timeout,
+                "retries": item.bmc.retries,
+                "cipher_suite": item.bmc.cipher_suite,
             }
         )
         nic_rows.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
         event_rows.append(_event(node_id, actor, "enroll", how, to_state=State.ENROLLED.value))
-    session.execute(insert(Node), node_rows)
-    session.execute(insert(Bmc), bmc_rows)
-    if nic_rows:
-        session.execute(insert(Nic), nic_rows)
-    session.execute(insert(Event), event_rows)
-    session.commit()
-    by_id = {n.id: n for n in session.exec(select(Node).where(col(Node.id).in_(ids)))}
-    return [by_id[i] for i in ids]
+    try:
+        session.execute(insert(Node), node_rows)
+        session.execute(insert(Bmc), bmc_rows)
+        if nic_rows:
+            session.execute(insert(Nic), nic_rows)
+        session.execute(insert(Event), event_rows)
+        session.commit()
+    except IntegrityError:
+        # The unique constraints are the check; asking first would cost every enrollment
+        # three queries to help only the ones that fail.
+        session.rollback()
+        errors = conflict_errors(session, [Claim.of(i) for i in items])
+        raise Problem(409, "Some names, MACs or rack positions are taken.", errors=errors) from None
+    nics_by_node: dict[uuid.UUID, list[Any]] = defaultdict(list)
+    for nic in nic_rows:
+        nics_by_node[nic["node_id"]].append(_Nic(nic["mac"], nic["pxe"]))
+    return [
+        _view(node, _Bmc(**{f: bmc[f] for f in _BMC_FIELDS}), nics_by_node[node["id"]])
+        for node, bmc in zip(node_rows, bmc_rows, strict=True)
+    ]
 
 
 def _save(
@@ -385,6 +457,8 @@ def change(
     touched = sorted(given)
     if patch.bmc is not None:
         _change_bmc(session, vault, node, patch)
+        # New BMC settings deserve a fresh start of the power sync.
+        changes.update(_POWER_RESET)
     if patch.nics is not None:
         session.execute(sql_delete(Nic).where(col(Nic.node_id) == node.id))
         if patch.nics:
@@ -404,9 +478,11 @@ def _fields(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def enroll_one(session: Session, vault: Vault, item: NodeCreate, actor: str) -> Node:
+def enroll_one(
+    session: Session, vault: Vault, item: NodeCreate, actor: str, *, inspect: bool = False
+) -> dict[str, Any]:
     try:
-        (node,) = enroll(session, vault, [item], actor, "enrolled through the API")
+        (node,) = enroll(session, vault, [item], actor, "enrolled through the API", inspect=inspect)
     except Problem as problem:
         problem.extra["errors"] = _fields(problem.extra.get("errors", []))
         raise
@@ -460,6 +536,8 @@ def act(session: Session, node: Node, action: Action, body: ActionRequest, actor
         changes.update(maintenance=True, maintenance_reason=body.reason)
     elif action is Action.MAINTENANCE_OFF:
         changes.update(maintenance=False, maintenance_reason=None)
+    elif action in POWER_ACTIONS:
+        changes.update(_POWER_RESET, target_power=action.value.removeprefix("power-"))
     elif action in (Action.PROVISION, Action.REIMAGE):
         changes.update(_deployment_choice(session, node, body))
         message = f"{action.value} as role {changes['role']} with image {changes['image']}"
@@ -474,6 +552,10 @@ def act(session: Session, node: Node, action: Action, body: ActionRequest, actor
         changes.update(failed_from=None, last_error=None)
     event = _event(node.id, actor, action.value, message, transition)
     return _save(session, node, changes, [event])
+
+
+# Clears a node flagged by the power sync: an operator has acted on its BMC.
+_POWER_RESET: dict[str, Any] = {"power_failures": 0, "power_reason": None}
 
 
 def _deployment_choice(session: Session, node: Node, body: ActionRequest) -> dict[str, str]:

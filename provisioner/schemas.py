@@ -45,6 +45,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+BmcTimeout = Annotated[float, Field(gt=0, le=120, description="Seconds per attempt.")]
+BmcRetries = Annotated[int, Field(ge=0, le=10)]
+# pyghmi speaks suite 3 (SHA-1) and 17 (SHA-256); BMCs differ in which they allow.
+CipherSuite = Literal[3, 17]
+
+
 class BmcIn(Strict):
     driver: Literal["ipmi"] = "ipmi"
     address: Host
@@ -52,6 +58,9 @@ class BmcIn(Strict):
     username: Annotated[str, Field(min_length=1, max_length=16)]
     # IPMI 2.0 passwords are at most 20 bytes; longer ones are silently truncated by BMCs.
     password: Annotated[SecretStr, Field(min_length=1, max_length=20)]
+    timeout: BmcTimeout | None = None
+    retries: BmcRetries | None = None
+    cipher_suite: CipherSuite | None = None
 
 
 class BmcPatch(Strict):
@@ -60,6 +69,9 @@ class BmcPatch(Strict):
     port: Port | None = None
     username: Annotated[str, Field(min_length=1, max_length=16)] | None = None
     password: Annotated[SecretStr, Field(min_length=1, max_length=20)] | None = None
+    timeout: BmcTimeout | None = None
+    retries: BmcRetries | None = None
+    cipher_suite: CipherSuite | None = None
 
 
 class BmcOut(BaseModel):
@@ -69,6 +81,9 @@ class BmcOut(BaseModel):
     address: str
     port: int
     username: str
+    timeout: float | None = Field(description="null: the service default")
+    retries: int | None
+    cipher_suite: int | None
 
 
 class NicIn(Strict):
@@ -136,6 +151,9 @@ class NodeOut(BaseModel):
     state: str
     failed_from: str | None
     power_state: str
+    target_power: str | None = Field(description="A power action not yet carried out.")
+    power_reason: str | None
+    power_checked_at: UtcDatetime | None
     maintenance: bool
     maintenance_reason: str | None
     last_error: str | None

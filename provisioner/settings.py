@@ -41,6 +41,28 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     log_level: str = "info"
 
+    # BMC calls: defaults for every BMC, each overridable per BMC.
+    bmc_timeout: float = Field(default=5.0, gt=0, description="Seconds per IPMI attempt.")
+    bmc_retries: int = Field(default=2, ge=0, le=10)
+    bmc_cipher_suite: int = Field(default=3, description="IPMI cipher suite: 3 or 17.")
+    bmc_workers: int = Field(default=64, ge=1, description="BMC calls in flight at once.")
+    bmc_per_bmc: int = Field(default=1, ge=1, description="Calls in flight per BMC.")
+
+    profiles_dir: Path | None = Field(
+        default=None, description="Hardware profiles; the shipped ones when unset."
+    )
+
+    reconciler: bool = Field(default=True, description="Carry out actions and inspections.")
+    reconcile_interval: float = Field(default=1.0, gt=0)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    inspect_on_enroll: bool = True
+    power_sync_interval: float = Field(
+        default=60.0, ge=0, description="Seconds between power polls of every node; 0 stops it."
+    )
+    power_sync_failure_limit: int = Field(
+        default=5, ge=1, description="Failed polls in a row before a node is flagged."
+    )
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -45,7 +45,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
-    return Settings(data_dir=tmp_path / "data", database_url=database_url)
+    # No background work: API tests see exactly what their requests did.
+    return Settings(data_dir=tmp_path / "data", database_url=database_url, reconciler=False)
 
 
 @pytest.fixture

@@ -51,7 +51,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     data_dir = tmp_path_factory.mktemp("cli-service")
     port = _free_port()
     config = uvicorn.Config(
-        create_app(Settings(data_dir=data_dir)), host="127.0.0.1", port=port, log_level="warning"
+        create_app(Settings(data_dir=data_dir, reconciler=False)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -481,6 +484,8 @@ def test_demo_runs_to_the_end() -> None:
         [str(DEMO), "--no-wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "a01-" in result.stdout
+    assert "lab-r01-u01" in result.stdout
+    assert "ready=8" in result.stdout
+    assert "power is on" in result.stdout
     assert "/docs" in result.stdout
     assert "export PROVISIONER_TOKEN=prov_" in result.stdout

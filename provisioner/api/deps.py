@@ -3,23 +3,31 @@ bearer-token authentication with a minimum scope."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session
+from sqlalchemy import Engine
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
 
 from provisioner.errors import Problem
 from provisioner.models import ApiToken
 from provisioner.schemas import Scope
-from provisioner.secrets import Vault
-from provisioner.tokens import find_token, scope_allows
+from provisioner.secrets import Vault, hash_token
+from provisioner.settings import Settings
+from provisioner.tokens import TokenCache, is_live, scope_allows
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with Session(request.app.state.engine, expire_on_commit=False) as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    # Async so that FastAPI does not spend a thread-pool hand-off on it: making a Session
+    # does no I/O; the endpoint uses it in the thread pool.
+    session = Session(request.app.state.engine, expire_on_commit=False)
+    try:
         yield session
+    finally:
+        session.close()
 
 
 def get_vault(request: Request) -> Vault:
@@ -27,15 +35,26 @@ def get_vault(request: Request) -> Vault:
     return vault
 
 
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 SessionDep = Annotated[Session, Depends(get_session)]
 VaultDep = Annotated[Vault, Depends(get_vault)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `provisioner token create`")
 
 
-def require(scope: Scope) -> Callable[..., ApiToken]:
-    def check(
-        session: SessionDep,
+def _lookup(engine: Engine, digest: str) -> ApiToken | None:
+    with Session(engine, expire_on_commit=False) as session:
+        return session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[ApiToken]]:
+    async def check(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiToken:
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -46,8 +65,14 @@ def require(scope: Scope) -> Callable[..., ApiToken]:
                 "(create one with `provisioner token create`).",
                 headers=challenge,
             )
-        token = find_token(session, credentials.credentials)
+        cache: TokenCache = request.app.state.token_cache
+        digest = hash_token(credentials.credentials)
+        token = cache.get(digest)
         if token is None:
+            token = await run_in_threadpool(_lookup, request.app.state.engine, digest)
+            if token is not None:
+                cache.put(digest, token)
+        if token is None or not is_live(token):
             raise Problem(401, "The API token is unknown, revoked or expired.", headers=challenge)
         if not scope_allows(token.scope, scope):
             raise Problem(

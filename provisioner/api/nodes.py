@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
-from pydantic import AfterValidator
+from pydantic import AfterValidator, TypeAdapter
 
 from provisioner import nodes, validation
-from provisioner.api.deps import Operator, SessionDep, VaultDep, Viewer
+from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
 from provisioner.lifecycle import Action, State
 from provisioner.schemas import (
     ActionRequest,
@@ -26,15 +26,27 @@ router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
 NodeRef = Annotated[str, "a node's id or name"]
 
 
+_NODE = TypeAdapter(NodeOut)
+
+
+def node_response(
+    view: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """One node as JSON. Handlers return Responses so that FastAPI does not validate the
+    same data a second time against ``response_model``, which still documents them."""
+    body = _NODE.dump_json(_NODE.validate_python(view))
+    etag = {"ETag": f'"{view["version"]}"'}
+    return Response(body, status_code, {**etag, **(headers or {})}, "application/json")
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=NodeOut)
 def enroll_node(
-    body: NodeCreate, session: SessionDep, vault: VaultDep, token: Operator, response: Response
-) -> NodeOut:
-    """Enroll one server by its BMC; it starts in the ``enrolled`` state."""
-    node = nodes.enroll_one(session, vault, body, token.name)
-    response.headers["ETag"] = nodes.etag(node)
-    response.headers["Location"] = f"/api/v1/nodes/{node.id}"
-    return nodes.present(session, [node])[0]
+    body: NodeCreate, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
+) -> Response:
+    """Enroll one server by its BMC; it starts ``enrolled`` and, unless the service is
+    configured otherwise, is inspected right after."""
+    view = nodes.enroll_one(session, vault, body, token.name, inspect=settings.inspect_on_enroll)
+    return node_response(view, 201, {"Location": f"/api/v1/nodes/{view['id']}"})
 
 
 @router.get("", response_model=NodePage)
@@ -48,7 +60,7 @@ def list_nodes(
     maintenance: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> NodePage:
+) -> Response:
     """Nodes ordered by name, filtered, one page at a time (follow ``next_cursor``)."""
     items, next_cursor = nodes.page(
         session,
@@ -60,14 +72,15 @@ def list_nodes(
         mac=mac,
         maintenance=maintenance,
     )
-    return NodePage(items=nodes.present(session, items), next_cursor=next_cursor)
+    page = NodePage.model_validate(
+        {"items": nodes.present(session, items), "next_cursor": next_cursor}
+    )
+    return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{ref}", response_model=NodeOut)
-def show_node(ref: NodeRef, session: SessionDep, _: Viewer, response: Response) -> NodeOut:
-    node = nodes.find(session, ref)
-    response.headers["ETag"] = nodes.etag(node)
-    return nodes.present(session, [node])[0]
+def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
+    return node_response(nodes.present(session, [nodes.find(session, ref)])[0])
 
 
 @router.patch("/{ref}", response_model=NodeOut)
@@ -77,13 +90,11 @@ def change_node(
     session: SessionDep,
     vault: VaultDep,
     token: Operator,
-    response: Response,
     if_match: Annotated[str | None, Header()] = None,
-) -> NodeOut:
+) -> Response:
     """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write."""
     node = nodes.change(session, vault, nodes.find(session, ref), body, token.name, if_match)
-    response.headers["ETag"] = nodes.etag(node)
-    return nodes.present(session, [node])[0]
+    return node_response(nodes.present(session, [node])[0])
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
@@ -99,13 +110,11 @@ def act_on_node(
     action: Action,
     session: SessionDep,
     token: Operator,
-    response: Response,
     body: Annotated[ActionRequest | None, Body()] = None,
-) -> NodeOut:
+) -> Response:
     """Ask for a lifecycle or power action. 409 names the actions allowed now."""
     node = nodes.act(session, nodes.find(session, ref), action, body or ActionRequest(), token.name)
-    response.headers["ETag"] = nodes.etag(node)
-    return nodes.present(session, [node])[0]
+    return node_response(nodes.present(session, [node])[0], 202)
 
 
 @router.get("/{ref}/events", response_model=list[EventOut])

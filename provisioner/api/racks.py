@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Request, Response, status
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import manifest, nodes
-from provisioner.api.deps import Operator, SessionDep, VaultDep
+from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep
 from provisioner.errors import Problem
 from provisioner.schemas import ImportResult
 from provisioner.secrets import Vault
@@ -33,20 +33,22 @@ _MANIFEST_BODY = {
     openapi_extra=_MANIFEST_BODY,
 )
 async def import_rack(
-    request: Request, session: SessionDep, vault: VaultDep, token: Operator
-) -> ImportResult:
+    request: Request, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
+) -> Response:
     """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in manifest.YAML_TYPES | manifest.CSV_TYPES:
         raise Problem(415, "Send the manifest as application/yaml or text/csv.")
     body = await request.body()
     # Parsing and inserting a thousand rows takes a while: keep the event loop free.
-    return await run_in_threadpool(_import, body, media_type, session, vault, token.name)
+    return await run_in_threadpool(
+        _import, body, media_type, session, vault, token.name, settings.inspect_on_enroll
+    )
 
 
 def _import(
-    body: bytes, media_type: str, session: Session, vault: Vault, actor: str
-) -> ImportResult:
+    body: bytes, media_type: str, session: Session, vault: Vault, actor: str, inspect: bool
+) -> Response:
     try:
         items = manifest.parse_manifest(body, media_type)
     except manifest.ManifestError as exc:
@@ -55,5 +57,8 @@ def _import(
             f"The manifest has {len(exc.errors)} error(s); nothing was imported.",
             errors=exc.errors,
         ) from None
-    created = nodes.enroll(session, vault, items, actor, "imported from a rack manifest")
-    return ImportResult(created=len(created), nodes=nodes.present(session, created))
+    created = nodes.enroll(
+        session, vault, items, actor, "imported from a rack manifest", inspect=inspect
+    )
+    result = ImportResult.model_validate({"created": len(created), "nodes": created})
+    return Response(result.model_dump_json(), status_code=201, media_type="application/json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlmodel import col, select
 
 from provisioner import tokens
@@ -31,9 +31,10 @@ def create_token(body: TokenIn, session: SessionDep, _: Admin) -> TokenCreated:
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def revoke_token(token_id: uuid.UUID, session: SessionDep, _: Admin) -> None:
+def revoke_token(token_id: uuid.UUID, request: Request, session: SessionDep, _: Admin) -> None:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise Problem(404, f"No token has the id {token_id}.")
     session.delete(row)
     session.commit()
+    request.app.state.token_cache.forget(token_id)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/inventory)
 from provisioner.cli.catalog import image_app, role_app, token_app
 from provisioner.cli.client import CliError, GlobalOptions
 from provisioner.cli.nodes import node_app, rack_app

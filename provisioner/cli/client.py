@@ -213,6 +213,9 @@ class ApiClient:
     def patch(self, path: str, json: Any) -> Any:
         return self.request("PATCH", path, json=json)
 
+    def put(self, path: str, json: Any) -> Any:
+        return self.request("PUT", path, json=json)
+
     def delete(self, path: str) -> None:
         self.request("DELETE", path)
 

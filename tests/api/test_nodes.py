@@ -38,6 +38,9 @@ def test_enroll_returns_the_node_without_its_password(
         "address": "127.0.0.1",
         "port": 6230,
         "username": "admin",
+        "timeout": None,
+        "retries": None,
+        "cipher_suite": None,
     }
     assert "inspect" in node["allowed_actions"]
     assert "s3cret-bmc-pw" not in response.text

@@ -1,0 +1,209 @@
+"""``provisioner-lab``: start a lab of virtual BMCs, and change their faults while it runs.
+
+provisioner-lab up --nodes 48 --manifest rack.csv --seed 7
+provisioner-lab fault lab-r01-u03 no-answer
+provisioner-lab status
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lab import control, faults, rack
+from lab.bmc import SESSION_IDLE_SECONDS
+
+DEFAULT_CONTROL_DIR = Path(".provisioner-lab")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.command(args)
+    except (ValueError, LookupError, OSError) as exc:
+        print(f"provisioner-lab: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="provisioner-lab", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start virtual BMCs and write their manifest")
+    up.add_argument("--nodes", type=int, required=True, help="number of BMCs")
+    up.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("lab-manifest.csv"),
+        help="manifest to write, CSV or .yaml (default: %(default)s)",
+    )
+    up.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="makes serials, MACs, passwords and packet drops reproducible",
+    )
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=6230,
+        help="UDP port of the first BMC; the others follow (default: %(default)s)",
+    )
+    up.add_argument("--address", default="127.0.0.1", help="address every BMC listens on")
+    up.add_argument("--username", default="admin", help="BMC user name (default: %(default)s)")
+    up.add_argument("--password", help="one password for every BMC (default: one per node)")
+    up.add_argument("--role", help="role to write into the manifest (it must exist)")
+    up.add_argument(
+        "--power",
+        choices=("on", "off"),
+        default="off",
+        help="power state the machines start in (default: %(default)s)",
+    )
+    up.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NODE=FAULT",
+        help="e.g. lab-r01-u03=no-answer, =wrong-password, =slow:500, =drop:0.3",
+    )
+    up.add_argument(
+        "--faults", type=Path, metavar="FILE", help="YAML mapping of node name to fault, as --fault"
+    )
+    up.add_argument(
+        "--per-process",
+        type=int,
+        default=rack.PER_PROCESS,
+        help="BMCs per process (default: %(default)s)",
+    )
+    up.add_argument(
+        "--session-timeout",
+        type=float,
+        default=SESSION_IDLE_SECONDS,
+        metavar="SECONDS",
+        help="a BMC drops a session idle this long (default: %(default)s)",
+    )
+    up.add_argument(
+        "--control-dir",
+        type=Path,
+        default=DEFAULT_CONTROL_DIR,
+        help="where the control sockets live (default: %(default)s)",
+    )
+    up.set_defaults(command=_up)
+
+    fault = commands.add_parser("fault", help="set a running node's fault ('none' clears it)")
+    fault.add_argument("node")
+    fault.add_argument("fault", metavar="FAULT")
+    fault.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
+    fault.set_defaults(command=_fault)
+
+    status = commands.add_parser("status", help="power, boot flags and fault of every node")
+    status.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
+    status.set_defaults(command=_status)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    began = time.monotonic()
+    if not 1 <= args.per_process <= 900:
+        raise ValueError("--per-process takes 1 to 900 (select() stops near 1,024 sockets)")
+    node_faults = _faults_file(args.faults) if args.faults else {}
+    node_faults.update(faults.parse_assignment(text) for text in args.fault)
+    plans = rack.plan_rack(
+        args.nodes,
+        seed=args.seed,
+        base_port=args.base_port,
+        address=args.address,
+        username=args.username,
+        password=args.password,
+        node_faults=node_faults,
+    )
+    rack.write_manifest(args.manifest, plans, role=args.role)
+    processes = -(-len(plans) // args.per_process)
+    last_port = plans[-1].port
+    print(
+        f"starting {len(plans)} BMCs on {args.address}:{args.base_port}-{last_port} "
+        f"in {processes} process(es); manifest {args.manifest}",
+        flush=True,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    progress = _Progress(len(plans), processes, began)
+    settings = rack.LabSettings(
+        seed=args.seed,
+        control_dir=args.control_dir,
+        power_on=args.power == "on",
+        session_timeout=args.session_timeout,
+    )
+    ok = rack.run(plans, settings, per_process=args.per_process, on_event=progress.event, stop=stop)
+    print("lab stopped" if ok else "lab failed to start", flush=True)
+    return 0 if ok else 1
+
+
+class _Progress:
+    """Prints the start-up of one or many serving processes as one story."""
+
+    def __init__(self, total: int, processes: int, began: float) -> None:
+        self.total = total
+        self.processes = processes
+        self.began = began
+        self.started: dict[str, int] = {}
+        self.ready: dict[str, tuple[int, list[str], int]] = {}
+
+    def event(self, label: str, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "started":
+            self.started[label] = event[1]
+            print(f"  started {sum(self.started.values())}/{self.total}", flush=True)
+        elif kind == "failed":
+            print(f"  {label}: {event[1]}", file=sys.stderr, flush=True)
+        elif kind == "ready":
+            self.ready[label] = (event[1], event[2], event[3])
+            if len(self.ready) == self.processes:
+                self._summary()
+
+    def _summary(self) -> None:
+        answering = sum(r[0] for r in self.ready.values())
+        silent = [name for r in self.ready.values() for name in r[1]]
+        rss_mib = sum(r[2] for r in self.ready.values()) / 1024
+        seconds = time.monotonic() - self.began
+        quiet = f"; silent: {', '.join(silent)}" if silent else ""
+        print(
+            f"lab up: {answering}/{self.total} BMCs answering in {seconds:.1f} s, "
+            f"{self.processes} process(es), {rss_mib:.0f} MiB RSS{quiet}; Ctrl-C stops",
+            flush=True,
+        )
+
+
+def _faults_file(path: Path) -> dict[str, faults.Fault]:
+    document = yaml.safe_load(path.read_text())
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: expected a mapping of node name to fault")
+    return {str(node).lower(): faults.parse_fault(str(text)) for node, text in document.items()}
+
+
+def _fault(args: argparse.Namespace) -> int:
+    answer = control.set_fault(args.control_dir, args.node, faults.parse_fault(args.fault))
+    if "error" in answer:
+        raise ValueError(answer["error"])
+    print(f"{answer['node']}: {answer['fault']}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    print(json.dumps(control.status(args.control_dir), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

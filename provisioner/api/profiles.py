@@ -1,0 +1,52 @@
+"""/api/v1/profiles: the hardware profiles loaded at start, read by viewers.
+
+``GET /api/v1/profiles`` returns ``{"items": [...], "errors": [...]}``: ``items`` are the
+valid profiles, highest priority first, then by name, with every field (patterns as
+strings); ``errors`` lists the files skipped at load as ``{"file", "field", "message"}``
+for operator and admin tokens, and is null for viewer tokens, which are not the ones to
+fix a profile. ``GET /api/v1/profiles/{name}`` returns one profile.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from provisioner.api.deps import Viewer
+from provisioner.errors import Problem
+from provisioner.profiles import LoadError, Profile, ProfileSet
+from provisioner.tokens import scope_allows
+
+router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
+
+
+class ProfileList(BaseModel):
+    items: list[Profile]
+    errors: list[LoadError] | None = Field(
+        description="Profile files skipped at load and why; null for viewer tokens."
+    )
+
+
+def get_profiles(request: Request) -> ProfileSet:
+    profiles: ProfileSet = request.app.state.profiles
+    return profiles
+
+
+ProfilesDep = Annotated[ProfileSet, Depends(get_profiles)]
+
+
+@router.get("", response_model=ProfileList)
+def list_profiles(token: Viewer, profiles: ProfilesDep) -> ProfileList:
+    errors = list(profiles.errors) if scope_allows(token.scope, "operator") else None
+    return ProfileList(items=list(profiles.profiles), errors=errors)
+
+
+@router.get("/{name}", response_model=Profile)
+def show_profile(name: str, _: Viewer, profiles: ProfilesDep) -> Profile:
+    profile = profiles.get(name)
+    if profile is None:
+        known = ", ".join(p.name for p in profiles.profiles) or "none"
+        raise Problem(404, f"There is no hardware profile {name!r}; loaded profiles: {known}.")
+    return profile

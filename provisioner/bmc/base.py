@@ -1,0 +1,112 @@
+"""What the service needs from a BMC, independent of the protocol that reaches it.
+
+One small interface per capability (power, boot device, inventory, health), as in
+Ironic; drivers implement it (IPMI first). Driver calls block; the service runs them in
+a bounded thread pool so they never block the API's event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class ErrorKind(StrEnum):
+    UNREACHABLE = "unreachable"
+    AUTH = "authentication-failed"
+    UNSUPPORTED = "not-supported"
+    TIMEOUT = "timed-out"
+    PROTOCOL = "protocol-error"
+
+
+class BmcError(Exception):
+    """A BMC call failed; ``str(err)`` is a sentence an operator can act on."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class PowerAction(StrEnum):
+    ON = "on"
+    OFF = "off"
+    CYCLE = "cycle"
+    RESET = "reset"
+    SOFT_OFF = "soft-off"
+
+
+class BootDevice(StrEnum):
+    NETWORK = "network"
+    DISK = "disk"
+    # Reported, never chosen by the service: DEFAULT is "no override, the firmware's own
+    # order" (setting it clears an override); OTHER is an override it does not use (CD, setup).
+    DEFAULT = "default"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class BootSetting:
+    device: BootDevice
+    persistent: bool = False
+    uefi: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach one BMC. The password is plaintext here: never log a Target."""
+
+    address: str
+    username: str
+    password: str = field(repr=False)
+    port: int = 623
+    timeout: float = 10.0
+    retries: int = 2
+    cipher_suite: int = 3
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """BMCs are limited per address and port, whoever logs in."""
+        return (self.address, self.port)
+
+
+@dataclass(frozen=True)
+class SensorReading:
+    name: str
+    value: float | None
+    units: str
+    health: str  # "ok", "warning", "critical" or "unknown"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Facts read from the BMC: FRU, device id, MACs where reported. ``facts`` is what
+    gets stored and matched against hardware profiles."""
+
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Health:
+    health: str
+    sensors: list[SensorReading]
+
+
+class Driver(Protocol):
+    """One BMC session. Methods block and raise :class:`BmcError`."""
+
+    def power_state(self) -> str:
+        """'on' or 'off'."""
+        ...
+
+    def set_power(self, action: PowerAction) -> None: ...
+
+    def boot_device(self) -> BootSetting: ...
+
+    def set_boot_device(self, setting: BootSetting) -> None: ...
+
+    def inventory(self) -> Inventory: ...
+
+    def health(self) -> Health: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,185 @@
+"""In-memory BMCs for service tests, in the spirit of httpx's MockTransport.
+
+    fleet = FakeFleet()
+    bmc = fleet.add("10.0.0.5", password="secret")
+    pool = BmcPool(driver_factory=fleet.driver)
+    ...
+    bmc.fail("power_state", ErrorKind.UNREACHABLE)   # the next power_state call fails
+    assert bmc.boots == [BootDevice.NETWORK]         # what the machine booted from
+
+A :class:`FakeBmc` behaves like the IPMI driver's BMC as the service sees it: power
+actions change the power state at once, a one-time boot override is used by the next
+boot and then cleared, and errors carry the same kinds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisioner.bmc.base import (
+    BmcError,
+    BootDevice,
+    BootSetting,
+    ErrorKind,
+    Health,
+    Inventory,
+    PowerAction,
+    SensorReading,
+    Target,
+)
+
+
+def _facts(address: str) -> dict[str, Any]:
+    tail = address.replace(".", "").replace(":", "")[-6:]
+    return {
+        "manufacturer": "Fake Systems",
+        "product": "FS-1000",
+        "serial": f"FS{tail}",
+        "asset_tag": None,
+        "board_manufacturer": "Fake Systems",
+        "board_product": "FS-1000 mainboard",
+        "board_serial": f"FB{tail}",
+        "firmware": "1.00",
+        "device_id": {"manufacturer_id": 0, "product_id": 0, "device_revision": 0},
+        "guid": None,
+        "macs": [],
+    }
+
+
+@dataclass
+class FakeBmc:
+    """State of one fake BMC and the machine behind it. Thread-safe."""
+
+    address: str
+    port: int = 623
+    users: dict[str, str] = field(default_factory=lambda: {"admin": "admin"}, repr=False)
+    """Username to password."""
+    power: str = "off"
+    boot: BootSetting = field(default_factory=lambda: BootSetting(BootDevice.DEFAULT, True))
+    facts: dict[str, Any] = field(default_factory=dict)
+    health: Health = field(
+        default_factory=lambda: Health(
+            "ok",
+            [
+                SensorReading("Inlet Temp", 24.0, "°C", "ok"),
+                SensorReading("PSU1 Power", 180.0, "W", "ok"),
+            ],
+        )
+    )
+    delay: float = 0.0
+    """Seconds every call takes, to simulate a slow or hung BMC."""
+    logins: int = 0
+    boots: list[BootDevice] = field(default_factory=list)
+    """The device each boot (power on, cycle, reset) used: the override, else DEFAULT."""
+    calls: list[str] = field(default_factory=list)
+    _errors: dict[str, deque[BmcError]] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.facts:
+            self.facts = _facts(self.address)
+
+    def fail(self, method: str, error: BmcError | ErrorKind, times: int = 1) -> None:
+        """Make the next ``times`` calls of ``method`` ("login", "power_state",
+        "set_power", "boot_device", "set_boot_device", "inventory", "health") raise."""
+        if isinstance(error, ErrorKind):
+            error = BmcError(error, f"Injected {error} from the fake BMC at {self.address}.")
+        with self._lock:
+            self._errors.setdefault(method, deque()).extend([error] * times)
+
+    def _enter(self, method: str) -> None:
+        if self.delay:
+            threading.Event().wait(self.delay)
+        with self._lock:
+            self.calls.append(method)
+            queue = self._errors.get(method)
+            if queue:
+                raise queue.popleft()
+
+    def _boot(self) -> None:
+        self.boots.append(self.boot.device)
+        if not self.boot.persistent:
+            self.boot = BootSetting(BootDevice.DEFAULT, persistent=True)
+
+
+class FakeDriver:
+    """A session to a :class:`FakeBmc`; implements :class:`base.Driver`."""
+
+    def __init__(self, bmc: FakeBmc, target: Target) -> None:
+        bmc._enter("login")
+        if bmc.users.get(target.username) != target.password:
+            raise BmcError(
+                ErrorKind.AUTH,
+                f"The BMC at {target.address}:{target.port} refused the credentials for "
+                f"user {target.username!r}; check the username and password.",
+            )
+        with bmc._lock:
+            bmc.logins += 1
+        self.bmc = bmc
+        self.closed = False
+
+    def power_state(self) -> str:
+        self.bmc._enter("power_state")
+        return self.bmc.power
+
+    def set_power(self, action: PowerAction) -> None:
+        bmc = self.bmc
+        bmc._enter("set_power")
+        with bmc._lock:
+            if action in (PowerAction.OFF, PowerAction.SOFT_OFF):
+                bmc.power = "off"
+            elif action is PowerAction.ON and bmc.power == "on":
+                return
+            else:  # on from off, cycle, reset: the machine boots
+                bmc.power = "on"
+                bmc._boot()
+
+    def boot_device(self) -> BootSetting:
+        self.bmc._enter("boot_device")
+        return self.bmc.boot
+
+    def set_boot_device(self, setting: BootSetting) -> None:
+        self.bmc._enter("set_boot_device")
+        if setting.device is BootDevice.OTHER:
+            raise BmcError(
+                ErrorKind.UNSUPPORTED,
+                f"Boot device {setting.device!r} cannot be set; use network, disk or default.",
+            )
+        self.bmc.boot = setting
+
+    def inventory(self) -> Inventory:
+        self.bmc._enter("inventory")
+        return Inventory(facts=dict(self.bmc.facts))
+
+    def health(self) -> Health:
+        self.bmc._enter("health")
+        return self.bmc.health
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeFleet:
+    """Fake BMCs by (address, port); :meth:`driver` is a ``BmcPool`` driver factory."""
+
+    def __init__(self) -> None:
+        self.bmcs: dict[tuple[str, int], FakeBmc] = {}
+
+    def add(self, address: str, **state: Any) -> FakeBmc:
+        bmc = FakeBmc(address, **state)
+        self.bmcs[(bmc.address, bmc.port)] = bmc
+        return bmc
+
+    def driver(self, target: Target) -> FakeDriver:
+        bmc = self.bmcs.get(target.key)
+        if bmc is None:
+            raise BmcError(
+                ErrorKind.UNREACHABLE,
+                f"No answer from the BMC at {target.address}:{target.port} within "
+                f"{target.timeout:g} s; check the address, the port and that IPMI over LAN "
+                "is enabled.",
+            )
+        return FakeDriver(bmc, target)

@@ -1,0 +1,135 @@
+"""``provisioner node power|bootdev|inventory``: what the node's BMC controls directly."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from provisioner.cli.client import CliError, api, path_segment
+from provisioner.cli.nodes import NodeArg, node_app
+from provisioner.cli.output import JsonOption, info, key_values, print_json, spinner
+
+
+class PowerVerb(StrEnum):
+    ON = "on"
+    OFF = "off"
+    CYCLE = "cycle"
+    STATUS = "status"
+
+
+class BootTarget(StrEnum):
+    PXE = "pxe"
+    DISK = "disk"
+
+
+@node_app.command("power")
+def node_power(
+    ctx: typer.Context,
+    node: NodeArg,
+    verb: Annotated[PowerVerb, typer.Argument(help="on, off, cycle or status.")],
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until the BMC has done it.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Read the power state live from the BMC, or switch it."""
+    ref = path_segment(node)
+    with api(ctx) as client:
+        if verb is PowerVerb.STATUS:
+            data = client.get(f"/nodes/{ref}/power")
+            if as_json:
+                print_json(data)
+            else:
+                info(f"{node}: power is {data['power_state']}")
+            return
+        data = client.post(f"/nodes/{ref}/actions/power-{verb.value}", json={})
+        if wait:
+            data = _wait_for_power(client, ref, timeout)
+    if as_json:
+        print_json(data)
+    elif data["target_power"]:
+        info(f"power {verb.value} requested for {data['name']}")
+    elif data["power_reason"]:
+        raise CliError(f"{data['name']}: {data['power_reason']}")
+    else:
+        info(f"{data['name']}: power is {data['power_state']}")
+
+
+def _wait_for_power(client: Any, ref: str, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    with spinner("waiting for the BMC"):
+        while True:
+            data = client.get(f"/nodes/{ref}")
+            if not data["target_power"]:
+                return data
+            if time.monotonic() > deadline:
+                raise CliError(
+                    f"the power action is still pending after {timeout:.0f} s; "
+                    f"see `provisioner node events {ref}`"
+                )
+            time.sleep(0.5)
+
+
+@node_app.command("bootdev")
+def node_bootdev(
+    ctx: typer.Context,
+    node: NodeArg,
+    device: Annotated[BootTarget, typer.Argument(help="pxe (network) or disk.")],
+    persistent: Annotated[bool, typer.Option(help="Every boot, not only the next one.")] = False,
+    uefi: Annotated[
+        bool | None,
+        typer.Option("--uefi/--bios", help="Boot mode; default: the hardware profile's."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set the boot device through the BMC."""
+    body: dict[str, Any] = {
+        "device": "network" if device is BootTarget.PXE else "disk",
+        "persistent": persistent,
+    }
+    if uefi is not None:
+        body["uefi"] = uefi
+    with api(ctx) as client:
+        data = client.put(f"/nodes/{path_segment(node)}/boot-device", json=body)
+    if as_json:
+        print_json(data)
+        return
+    how = "every boot" if data["persistent"] else "next boot"
+    info(f"{node}: {how} from {data['device']} ({'UEFI' if data['uefi'] else 'BIOS'})")
+
+
+@node_app.command("inventory")
+def node_inventory(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
+    """What the last inspection read from the BMC."""
+    with api(ctx) as client:
+        data = client.get(f"/nodes/{path_segment(node)}/inventory")
+    if as_json:
+        print_json(data)
+        return
+    facts = data["facts"]
+    device = facts.get("device_id") or {}
+    key_values(
+        [
+            ("Manufacturer", facts.get("manufacturer")),
+            ("Product", facts.get("product")),
+            ("Serial", facts.get("serial")),
+            ("Asset tag", facts.get("asset_tag")),
+            (
+                "Board",
+                " ".join(
+                    filter(None, [facts.get("board_manufacturer"), facts.get("board_product")])
+                ),
+            ),
+            ("Board serial", facts.get("board_serial")),
+            ("BMC firmware", facts.get("firmware")),
+            ("Device id", ", ".join(f"{k}={v}" for k, v in device.items())),
+            ("GUID", facts.get("guid")),
+            ("MACs", ", ".join(facts.get("macs") or [])),
+            ("Profile", data["hardware_profile"]),
+            ("Read", f"{data['collected_at']} over {data['source']}"),
+        ]
+    )

@@ -1,0 +1,182 @@
+"""Power: carrying out an operator's power action, and the periodic power sync that keeps
+every node's recorded power state true to its BMC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, bindparam, update
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+
+from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
+from provisioner.bmc.credentials import deadline_for, target_for
+from provisioner.bmc.pool import BmcPool
+from provisioner.lifecycle import State
+from provisioner.models import Bmc, Event, Node, utcnow
+from provisioner.secrets import Vault
+from provisioner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _apply(driver: Driver, action: PowerAction) -> str:
+    # A cycle of a machine that is off would be refused by the BMC: power it on instead,
+    # which is what an operator asking for a cycle wants.
+    if action is PowerAction.CYCLE and driver.power_state() == "off":
+        action = PowerAction.ON
+    driver.set_power(action)
+    return driver.power_state()
+
+
+async def carry_out(pool: BmcPool, target: Target, action: str) -> str:
+    """Do ``action`` (on, off, cycle, reset, soft-off); return the power state after."""
+    wanted = PowerAction(action)
+    return await pool.call(target, lambda d: _apply(d, wanted), deadline=2 * deadline_for(target))
+
+
+@dataclass
+class SyncReport:
+    polled: int = 0
+    changed: int = 0
+    failed: int = 0
+    flagged: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Polled:
+    node_id: uuid.UUID
+    name: str
+    before: str
+    failures: int
+    state: str | None
+    error: str | None
+
+
+class PowerSync:
+    """Polls every enrolled node's BMC; a silent BMC marks only its own node."""
+
+    def __init__(self, engine: Engine, vault: Vault, pool: BmcPool, settings: Settings) -> None:
+        self.engine = engine
+        self.vault = vault
+        self.pool = pool
+        self.settings = settings
+
+    async def run(self) -> None:
+        while True:
+            try:
+                report = await self.sync_once()
+                log.info(
+                    "power sync: %d polled, %d changed, %d failed",
+                    report.polled,
+                    report.changed,
+                    report.failed,
+                )
+            except Exception:
+                log.exception("power sync failed")
+            await asyncio.sleep(self.settings.power_sync_interval)
+
+    async def sync_once(self) -> SyncReport:
+        rows = await run_in_threadpool(self._due)
+        polled = await asyncio.gather(*(self._poll(*row) for row in rows))
+        return await run_in_threadpool(self._record, polled)
+
+    def _due(self) -> list[tuple[Node, Target]]:
+        limit = self.settings.power_sync_failure_limit
+        with Session(self.engine) as session:
+            query = (
+                select(Node, Bmc)
+                .join(Bmc, col(Bmc.node_id) == col(Node.id))
+                .where(
+                    col(Node.state) != State.DISCOVERED.value,
+                    col(Node.maintenance).is_(False),
+                    col(Node.target_power).is_(None),
+                    col(Node.power_failures) < limit,
+                )
+            )
+            return [
+                (node, target_for(bmc, self.vault, self.settings))
+                for node, bmc in session.exec(query).all()
+            ]
+
+    async def _poll(self, node: Node, target: Target) -> _Polled:
+        try:
+            state = await self.pool.call(
+                target, lambda d: d.power_state(), deadline=deadline_for(target), idempotent=True
+            )
+        except BmcError as err:
+            return _Polled(
+                node.id, node.name, node.power_state, node.power_failures, None, str(err)
+            )
+        return _Polled(node.id, node.name, node.power_state, node.power_failures, state, None)
+
+    def _record(self, polled: list[_Polled]) -> SyncReport:
+        report = SyncReport(polled=len(polled))
+        now = utcnow()
+        quiet: list[dict[str, Any]] = []
+        limit = self.settings.power_sync_failure_limit
+        with Session(self.engine) as session:
+            for p in polled:
+                if p.state is not None and p.state == p.before and p.failures == 0:
+                    quiet.append({"nid": p.node_id})
+                    continue
+                if p.state is not None:
+                    report.changed += p.state != p.before
+                    changes: dict[str, Any] = {
+                        "power_state": p.state,
+                        "power_failures": 0,
+                        "power_reason": None,
+                    }
+                    message = f"power is {p.state} (was {p.before})"
+                    kind = "power-sync"
+                else:
+                    report.failed += 1
+                    failures = p.failures + 1
+                    flagged = failures >= limit
+                    changes = {
+                        "power_state": "error" if flagged else "unknown",
+                        "power_failures": failures,
+                        "power_reason": (
+                            f"no longer polled after {failures} failures in a row: {p.error}"
+                            if flagged
+                            else p.error
+                        ),
+                    }
+                    if flagged:
+                        report.flagged.append(p.name)
+                    kind = "power-sync-flagged" if flagged else "power-sync-failed"
+                    message = str(changes["power_reason"])
+                session.execute(
+                    update(Node)
+                    .where(col(Node.id) == p.node_id)
+                    .values(
+                        **changes,
+                        power_checked_at=now,
+                        version=col(Node.version) + 1,
+                        updated_at=now,
+                    )
+                )
+                # One event when a node's power changes or first fails, not one per poll.
+                if p.state is not None or p.failures == 0 or kind == "power-sync-flagged":
+                    session.add(
+                        Event(
+                            node_id=p.node_id,
+                            time=now,
+                            actor="power-sync",
+                            kind=kind,
+                            message=message,
+                        )
+                    )
+            if quiet:
+                session.connection().execute(
+                    update(Node)
+                    .where(col(Node.id) == bindparam("nid"))
+                    .values(power_checked_at=now),
+                    quiet,
+                )
+            session.commit()
+        return report

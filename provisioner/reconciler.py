@@ -1,0 +1,291 @@
+"""The reconciler: carries out what the API only records.
+
+Each replica runs :meth:`Reconciler.run`. A tick *claims* nodes that need work by writing
+a lease (owner, expiry) on their rows in one short transaction, runs one step per node
+(power action, inspection), records the outcome and releases the lease. A crashed
+replica's leases expire and the work is picked up again; steps are idempotent, so doing
+one twice is harmless. Nothing is held only in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, or_, update
+from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
+
+from provisioner import inspection, power
+from provisioner.bmc.base import BmcError
+from provisioner.bmc.credentials import target_for
+from provisioner.bmc.pool import BmcPool
+from provisioner.lifecycle import Action, IllegalAction, Outcome, State, decide
+from provisioner.models import Bmc, Event, InventoryFact, Node, utcnow
+from provisioner.profiles import ProfileSet
+from provisioner.secrets import Vault
+from provisioner.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ACTOR = "provisioner"
+
+
+def _needs_work() -> Any:
+    working = and_(
+        col(Node.maintenance).is_(False),
+        or_(
+            col(Node.state) == State.INSPECTING.value,
+            and_(col(Node.state) == State.ENROLLED.value, col(Node.auto_inspect).is_(True)),
+        ),
+    )
+    # An explicit power request is carried out even in maintenance: an operator asked.
+    return or_(col(Node.target_power).is_not(None), working)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        engine: Engine,
+        vault: Vault,
+        pool: BmcPool,
+        settings: Settings,
+        profiles: Callable[[], ProfileSet],
+    ) -> None:
+        self.engine = engine
+        self.vault = vault
+        self.pool = pool
+        self.settings = settings
+        self.profiles = profiles
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                # A database blip must not end the loop; the next tick tries again.
+                log.exception("reconciler tick failed")
+            await asyncio.sleep(self.settings.reconcile_interval)
+
+    async def tick(self) -> int:
+        """Claim what is due and start one step per claimed node; returns how many."""
+        room = self.settings.bmc_workers - len(self._running)
+        if room <= 0:
+            return 0
+        claimed = await run_in_threadpool(self._claim, room)
+        for node_id in claimed:
+            self._running[node_id] = asyncio.create_task(self._work(node_id))
+        return len(claimed)
+
+    async def drain(self) -> None:
+        """Wait for the steps in flight (tests and shutdown)."""
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    def _claim(self, limit: int) -> list[uuid.UUID]:
+        now = utcnow()
+        free = or_(col(Node.lease_owner).is_(None), col(Node.lease_expires_at) < now)
+        with Session(self.engine) as session:
+            query = select(Node.id).where(_needs_work(), free).order_by(col(Node.updated_at))
+            query = query.limit(limit)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            claimed = []
+            for node_id in session.exec(query).all():
+                # Conditional: another replica may have claimed it since the select.
+                result = session.execute(
+                    update(Node)
+                    .where(col(Node.id) == node_id, free)
+                    .values(
+                        lease_owner=self.owner,
+                        lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
+                    )
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(node_id)
+            session.commit()
+        return claimed
+
+    def _release(self, node_id: uuid.UUID) -> None:
+        with Session(self.engine) as session:
+            session.execute(
+                update(Node)
+                .where(col(Node.id) == node_id, col(Node.lease_owner) == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            session.commit()
+
+    async def _work(self, node_id: uuid.UUID) -> None:
+        try:
+            loaded = await run_in_threadpool(self._load, node_id)
+            if loaded is None:
+                return
+            node, bmc = loaded
+            if node.target_power:
+                await self._power(node, bmc)
+            elif node.state == State.ENROLLED.value and node.auto_inspect:
+                await run_in_threadpool(self._start_inspection, node)
+                await self._inspect(node, bmc)
+            elif node.state == State.INSPECTING.value:
+                await self._inspect(node, bmc)
+        except Exception:
+            log.exception("step failed unexpectedly on node %s", node_id)
+        finally:
+            await run_in_threadpool(self._release, node_id)
+            self._running.pop(node_id, None)
+
+    def _load(self, node_id: uuid.UUID) -> tuple[Node, Bmc | None] | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            node = session.get(Node, node_id)
+            if node is None:
+                return None
+            return node, session.get(Bmc, node_id)
+
+    # ---- steps ---------------------------------------------------------------------
+
+    async def _power(self, node: Node, bmc: Bmc | None) -> None:
+        action = node.target_power or ""
+        if bmc is None:
+            message = f"power {action}: the node has no BMC"
+            await run_in_threadpool(self._record_power, node.id, None, message)
+            return
+        target = target_for(bmc, self.vault, self.settings)
+        try:
+            state = await power.carry_out(self.pool, target, action)
+        except BmcError as err:
+            await run_in_threadpool(
+                self._record_power, node.id, None, f"power {action} failed: {err}"
+            )
+            return
+        await run_in_threadpool(self._record_power, node.id, state, f"power {action} done: {state}")
+
+    def _record_power(self, node_id: uuid.UUID, state: str | None, message: str) -> None:
+        changes: dict[str, Any] = {"target_power": None, "power_checked_at": utcnow()}
+        if state is None:
+            changes.update(power_state="unknown", power_reason=message)
+        else:
+            changes.update(power_state=state, power_reason=None, power_failures=0)
+        kind = "power" if state else "power-failed"
+        self._write(node_id, changes, kind, message)
+
+    def _start_inspection(self, node: Node) -> None:
+        transition = decide(State(node.state), Action.INSPECT, maintenance=node.maintenance)
+        self._write(
+            node.id,
+            {"state": transition.to_state.value, "auto_inspect": False},
+            Action.INSPECT.value,
+            "inspection after enrollment",
+            from_state=transition.from_state.value,
+            to_state=transition.to_state.value,
+        )
+        node.state = transition.to_state.value
+
+    async def _inspect(self, node: Node, bmc: Bmc | None) -> None:
+        if bmc is None:
+            await run_in_threadpool(
+                self._finish, node.id, Outcome.FAIL, {}, "inspection failed: the node has no BMC"
+            )
+            return
+        target = target_for(bmc, self.vault, self.settings)
+        try:
+            found = await inspection.inspect(self.pool, target, self.profiles())
+        except BmcError as err:
+            await run_in_threadpool(
+                self._finish, node.id, Outcome.FAIL, {}, f"inspection failed: {err}"
+            )
+            return
+        changes: dict[str, Any] = {"power_state": found.power_state, "power_checked_at": utcnow()}
+        if found.profile and not node.hardware_profile:
+            changes["hardware_profile"] = found.profile
+        await run_in_threadpool(
+            self._finish, node.id, Outcome.INSPECTED, changes, found.summary, found.facts
+        )
+
+    # ---- recording -----------------------------------------------------------------
+
+    def _finish(
+        self,
+        node_id: uuid.UUID,
+        outcome: Outcome,
+        changes: dict[str, Any],
+        message: str,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        """Move the node along the lifecycle, unless an operator moved it meanwhile."""
+        for _ in range(5):
+            with Session(self.engine) as session:
+                node = session.get(Node, node_id)
+            if node is None:
+                return
+            failed_from = State(node.failed_from) if node.failed_from else None
+            try:
+                transition = decide(State(node.state), outcome, failed_from=failed_from)
+            except IllegalAction:
+                log.info("node %s: %s no longer applies (%s)", node.name, outcome.value, message)
+                return
+            final = {**changes, "state": transition.to_state.value}
+            if transition.to_state is State.FAILED:
+                final.update(failed_from=transition.from_state.value, last_error=message)
+                log.warning("node %s: %s", node.name, message)
+            written = self._write(
+                node_id,
+                final,
+                outcome.value,
+                message,
+                from_state=transition.from_state.value,
+                to_state=transition.to_state.value,
+                facts=facts,
+                expect_version=node.version,
+            )
+            if written:
+                return
+        log.error("node %s: could not record %s: the node kept changing", node_id, outcome.value)
+
+    def _write(
+        self,
+        node_id: uuid.UUID,
+        changes: dict[str, Any],
+        kind: str,
+        message: str,
+        *,
+        from_state: str | None = None,
+        to_state: str | None = None,
+        facts: dict[str, Any] | None = None,
+        expect_version: int | None = None,
+    ) -> bool:
+        """One transaction: the node's changes (a new version), its event, its facts.
+        With ``expect_version``, only if nobody changed the node since it was read."""
+        now = utcnow()
+        query = update(Node).where(col(Node.id) == node_id)
+        if expect_version is not None:
+            query = query.where(col(Node.version) == expect_version)
+        with Session(self.engine) as session:
+            result = session.execute(
+                query.values(**changes, version=col(Node.version) + 1, updated_at=now)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                session.rollback()
+                return False
+            session.add(
+                Event(
+                    node_id=node_id,
+                    time=now,
+                    actor=ACTOR,
+                    kind=kind,
+                    from_state=from_state,
+                    to_state=to_state,
+                    message=message,
+                )
+            )
+            if facts is not None:
+                session.add(InventoryFact(node_id=node_id, source="ipmi", facts=facts))
+            session.commit()
+        return True

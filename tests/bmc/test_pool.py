@@ -1,0 +1,344 @@
+"""BmcPool: bounds, deadlines, retries and session reuse, against the real fixture BMC
+(tests/bmc/conftest.py) and, where exact concurrency is measured, the fake driver."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from provisioner.bmc import (
+    BmcError,
+    BmcPool,
+    BootDevice,
+    BootSetting,
+    Driver,
+    ErrorKind,
+    PowerAction,
+    Target,
+)
+from provisioner.bmc.fake import FakeFleet
+
+TargetFor = Callable[..., Target]
+
+
+def power_state(driver: Driver) -> str:
+    return driver.power_state()
+
+
+@pytest.fixture
+def pool() -> Iterator[BmcPool]:
+    p = BmcPool(max_workers=32)
+    yield p
+    p.close()
+
+
+async def _fails(kind: ErrorKind, call: Any) -> tuple[BmcError, float]:
+    started = time.monotonic()
+    with pytest.raises(BmcError) as info:
+        await call
+    assert info.value.kind is kind, str(info.value)
+    return info.value, time.monotonic() - started
+
+
+# --- against the fixture BMC over UDP ----------------------------------------------
+
+
+def test_calls_reuse_one_session(pool: BmcPool, bmc: Any, target_for: TargetFor) -> None:
+    target = target_for(bmc)
+
+    async def scenario() -> None:
+        await pool.call(target, lambda d: d.set_power(PowerAction.ON))
+        assert await pool.call(target, power_state, idempotent=True) == "on"
+        assert await pool.call(target, power_state, idempotent=True) == "on"
+
+    asyncio.run(scenario())
+    assert bmc.logins == 1
+
+
+def test_session_is_discarded_after_an_error(
+    pool: BmcPool, bmc: Any, target_for: TargetFor
+) -> None:
+    target = target_for(bmc)
+
+    async def scenario() -> None:
+        await pool.call(target, power_state)
+        await _fails(ErrorKind.UNSUPPORTED, pool.call(target, lambda d: d.health()))
+        await pool.call(target, power_state)
+
+    asyncio.run(scenario())
+    assert bmc.logins == 2
+
+
+def test_unreachable_after_bounded_retries(
+    pool: BmcPool, bmc: Any, target_for: TargetFor, free_port: int
+) -> None:
+    target = target_for(bmc, port=free_port, timeout=0.5, retries=2)
+    err, elapsed = asyncio.run(
+        _fails(ErrorKind.UNREACHABLE, pool.call(target, power_state, idempotent=True))
+    )
+    assert 1.5 <= elapsed < target.timeout * (target.retries + 1) + 1
+    assert "check the address, the port and that IPMI over LAN is enabled" in str(err)
+
+
+def test_wrong_password_is_not_retried(pool: BmcPool, bmc: Any, target_for: TargetFor) -> None:
+    target = target_for(bmc, password="wrong-one", retries=3)
+    err, elapsed = asyncio.run(
+        _fails(ErrorKind.AUTH, pool.call(target, power_state, idempotent=True))
+    )
+    assert elapsed < 1.0
+    assert bmc.logins == 1
+    assert "wrong-one" not in str(err)
+
+
+def test_unknown_user_on_a_silent_bmc_stops_within_the_deadline(
+    pool: BmcPool, bmc: Any, target_for: TargetFor
+) -> None:
+    target = target_for(bmc, username="nobody", timeout=5.0, retries=0)
+    _, elapsed = asyncio.run(
+        _fails(ErrorKind.TIMEOUT, pool.call(target, power_state, deadline=1.0))
+    )
+    assert elapsed < 1.3
+
+
+def test_deadline_holds_against_a_hung_bmc(pool: BmcPool, bmc: Any, target_for: TargetFor) -> None:
+    target = target_for(bmc, timeout=5.0)
+
+    async def scenario() -> tuple[BmcError, float]:
+        await pool.call(target, power_state)  # logged in
+        bmc.hang = True
+        return await _fails(ErrorKind.TIMEOUT, pool.call(target, power_state, deadline=0.5))
+
+    err, elapsed = asyncio.run(scenario())
+    assert elapsed < 0.8
+    assert "will not be reused" in str(err)
+
+
+def test_a_hung_bmc_does_not_delay_other_bmcs(
+    make_bmc: Callable[[], Any], target_for: TargetFor
+) -> None:
+    hung = make_bmc()
+    healthy = [target_for(make_bmc()) for _ in range(20)]
+    pool = BmcPool(max_workers=8)
+
+    async def scenario() -> float:
+        await pool.call(target_for(hung), power_state)
+        hung.hang = True
+        stuck = asyncio.create_task(pool.call(target_for(hung), power_state, deadline=3.0))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        states = await asyncio.gather(*(pool.call(t, power_state) for t in healthy))
+        elapsed = time.monotonic() - started
+        assert states == ["off"] * 20
+        assert not stuck.done()
+        await _fails(ErrorKind.TIMEOUT, stuck)
+        return elapsed
+
+    try:
+        assert asyncio.run(scenario()) < 1.5
+    finally:
+        pool.close()
+
+
+def test_blocking_calls_leave_the_event_loop_free(
+    pool: BmcPool, make_bmc: Callable[[], Any], target_for: TargetFor
+) -> None:
+    targets = [target_for(make_bmc()) for _ in range(10)]
+
+    async def scenario() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        await asyncio.gather(*(pool.call(t, lambda d: time.sleep(0.2)) for t in targets))
+        tick.cancel()
+        return ticks
+
+    assert asyncio.run(scenario()) >= 10
+
+
+# --- exact bounds, with the fake driver ---------------------------------------------
+
+
+class _InFlight:
+    """Counts calls running at once, overall and per BMC port."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now: Counter[int] = Counter()
+        self.peak: Counter[int] = Counter()
+        self.total = 0
+        self.peak_total = 0
+
+    def work(self, port: int, seconds: float = 0.05) -> Callable[[Driver], None]:
+        def fn(driver: Driver) -> None:
+            with self.lock:
+                self.now[port] += 1
+                self.total += 1
+                self.peak[port] = max(self.peak[port], self.now[port])
+                self.peak_total = max(self.peak_total, self.total)
+            time.sleep(seconds)
+            with self.lock:
+                self.now[port] -= 1
+                self.total -= 1
+
+        return fn
+
+
+def _target(port: int, username: str = "admin", **kw: Any) -> Target:
+    return Target("10.0.0.1", username, "admin", port=port, timeout=2.0, **kw)
+
+
+def test_calls_to_one_bmc_run_one_at_a_time() -> None:
+    fleet = FakeFleet()
+    fleet.add("10.0.0.1", port=1000)
+    pool = BmcPool(max_workers=16, driver_factory=fleet.driver)
+    seen = _InFlight()
+
+    async def scenario() -> None:
+        await asyncio.gather(*(pool.call(_target(1000), seen.work(1000)) for _ in range(6)))
+
+    asyncio.run(scenario())
+    pool.close()
+    assert seen.peak[1000] == 1
+
+
+def test_per_bmc_bound_lets_two_users_overlap_but_no_more() -> None:
+    fleet = FakeFleet()
+    users = {f"user{i}": "admin" for i in range(4)}
+    fleet.add("10.0.0.1", port=1000, users=users)
+    pool = BmcPool(max_workers=16, per_bmc=2, driver_factory=fleet.driver)
+    seen = _InFlight()
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            *(pool.call(_target(1000, username=u), seen.work(1000, 0.1)) for u in list(users) * 2)
+        )
+
+    asyncio.run(scenario())
+    pool.close()
+    assert seen.peak[1000] == 2
+
+
+def test_global_bound() -> None:
+    fleet = FakeFleet()
+    for port in range(1000, 1012):
+        fleet.add("10.0.0.1", port=port)
+    pool = BmcPool(max_workers=4, driver_factory=fleet.driver)
+    seen = _InFlight()
+
+    async def scenario() -> None:
+        await asyncio.gather(*(pool.call(_target(p), seen.work(p)) for p in range(1000, 1012)))
+
+    asyncio.run(scenario())
+    pool.close()
+    assert seen.peak_total == 4
+
+
+def test_an_abandoned_session_is_closed_and_never_reused() -> None:
+    fleet = FakeFleet()
+    bmc = fleet.add("10.0.0.1", port=1000)
+    drivers: list[Any] = []
+
+    def factory(target: Target) -> Driver:
+        drivers.append(fleet.driver(target))
+        return drivers[-1]
+
+    pool = BmcPool(driver_factory=factory)
+
+    async def scenario() -> None:
+        await pool.call(_target(1000), power_state)
+        bmc.delay = 0.6
+        _, elapsed = await _fails(
+            ErrorKind.TIMEOUT, pool.call(_target(1000), power_state, deadline=0.2)
+        )
+        assert elapsed < 0.4
+        bmc.delay = 0
+        # The next call waits for the stuck one to end, then logs in afresh.
+        assert await pool.call(_target(1000), power_state, deadline=2.0) == "off"
+
+    asyncio.run(scenario())
+    pool.close()
+    assert bmc.logins == 2
+    assert drivers[0].closed
+
+
+def test_only_idempotent_calls_are_retried() -> None:
+    fleet = FakeFleet()
+    bmc = fleet.add("10.0.0.1", port=1000)
+    pool = BmcPool(driver_factory=fleet.driver)
+    target = _target(1000, retries=2)
+
+    async def scenario() -> None:
+        bmc.fail("power_state", ErrorKind.UNREACHABLE, times=2)
+        assert await pool.call(target, power_state, idempotent=True) == "off"
+        bmc.fail("set_power", ErrorKind.TIMEOUT)
+        await _fails(ErrorKind.TIMEOUT, pool.call(target, lambda d: d.set_power(PowerAction.ON)))
+        bmc.fail("power_state", ErrorKind.UNSUPPORTED)
+        await _fails(ErrorKind.UNSUPPORTED, pool.call(target, power_state, idempotent=True))
+
+    asyncio.run(scenario())
+    pool.close()
+    assert bmc.calls.count("power_state") == 4
+    assert bmc.calls.count("set_power") == 1
+
+
+def test_changed_credentials_replace_the_cached_session() -> None:
+    fleet = FakeFleet()
+    bmc = fleet.add("10.0.0.1", port=1000)
+    pool = BmcPool(driver_factory=fleet.driver)
+
+    async def scenario() -> None:
+        await pool.call(_target(1000), power_state)
+        bmc.users["admin"] = "new"
+        await _fails(
+            ErrorKind.AUTH, pool.call(Target("10.0.0.1", "admin", "bad", port=1000), power_state)
+        )
+        await pool.call(Target("10.0.0.1", "admin", "new", port=1000), power_state)
+
+    asyncio.run(scenario())
+    pool.close()
+    assert bmc.logins == 2
+
+
+def test_a_closed_pool_logs_out_and_refuses_calls() -> None:
+    fleet = FakeFleet()
+    fleet.add("10.0.0.1", port=1000)
+    drivers: list[Any] = []
+
+    def factory(target: Target) -> Driver:
+        drivers.append(fleet.driver(target))
+        return drivers[-1]
+
+    pool = BmcPool(driver_factory=factory)
+    asyncio.run(pool.call(_target(1000), power_state))
+    pool.close()
+    assert drivers[0].closed
+    with pytest.raises(RuntimeError):
+        asyncio.run(pool.call(_target(1000), power_state))
+
+
+def test_fake_bmc_boots_from_a_one_time_override_once() -> None:
+    fleet = FakeFleet()
+    bmc = fleet.add("10.0.0.1", port=1000)
+    pool = BmcPool(driver_factory=fleet.driver)
+
+    async def scenario() -> None:
+        t = _target(1000)
+        await pool.call(t, lambda d: d.set_boot_device(BootSetting(BootDevice.NETWORK)))
+        await pool.call(t, lambda d: d.set_power(PowerAction.ON))
+        await pool.call(t, lambda d: d.set_power(PowerAction.CYCLE))
+
+    asyncio.run(scenario())
+    pool.close()
+    assert bmc.boots == [BootDevice.NETWORK, BootDevice.DEFAULT]
