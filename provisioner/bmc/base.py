@@ -109,4 +109,9 @@ class Driver(Protocol):
 
     def health(self) -> Health: ...
 
+    def abort(self) -> None:
+        """From another thread: make the call in progress give up soon. Never blocks;
+        the driver is not used again afterwards."""
+        ...
+
     def close(self) -> None: ...

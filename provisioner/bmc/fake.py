@@ -90,9 +90,9 @@ class FakeBmc:
         with self._lock:
             self._errors.setdefault(method, deque()).extend([error] * times)
 
-    def _enter(self, method: str) -> None:
+    def _enter(self, method: str, aborted: threading.Event | None = None) -> None:
         if self.delay:
-            threading.Event().wait(self.delay)
+            (aborted or threading.Event()).wait(self.delay)
         with self._lock:
             self.calls.append(method)
             queue = self._errors.get(method)
@@ -120,14 +120,18 @@ class FakeDriver:
             bmc.logins += 1
         self.bmc = bmc
         self.closed = False
+        self.aborted = threading.Event()
+
+    def _enter(self, method: str) -> None:
+        self.bmc._enter(method, self.aborted)
 
     def power_state(self) -> str:
-        self.bmc._enter("power_state")
+        self._enter("power_state")
         return self.bmc.power
 
     def set_power(self, action: PowerAction) -> None:
         bmc = self.bmc
-        bmc._enter("set_power")
+        self._enter("set_power")
         with bmc._lock:
             if action in (PowerAction.OFF, PowerAction.SOFT_OFF):
                 bmc.power = "off"
@@ -138,11 +142,11 @@ class FakeDriver:
                 bmc._boot()
 
     def boot_device(self) -> BootSetting:
-        self.bmc._enter("boot_device")
+        self._enter("boot_device")
         return self.bmc.boot
 
     def set_boot_device(self, setting: BootSetting) -> None:
-        self.bmc._enter("set_boot_device")
+        self._enter("set_boot_device")
         if setting.device is BootDevice.OTHER:
             raise BmcError(
                 ErrorKind.UNSUPPORTED,
@@ -151,12 +155,15 @@ class FakeDriver:
         self.bmc.boot = setting
 
     def inventory(self) -> Inventory:
-        self.bmc._enter("inventory")
+        self._enter("inventory")
         return Inventory(facts=dict(self.bmc.facts))
 
     def health(self) -> Health:
-        self.bmc._enter("health")
+        self._enter("health")
         return self.bmc.health
+
+    def abort(self) -> None:
+        self.aborted.set()  # a delayed call returns at once
 
     def close(self) -> None:
         self.closed = True

@@ -71,6 +71,13 @@ def _sendto_keeping_mode(sock: socket.socket, packet: bytes, sockaddr: Any) -> N
 # Every pyghmi caller (client and server sessions) looks the attribute up at call time.
 pyghmi_session._io_sendto = _sendto_keeping_mode
 
+# pyghmi takes its two global locks in opposite orders: a send holds KEEPALIVE_SESSIONS
+# and then takes WAITING_SESSIONS, while its event loop holds WAITING_SESSIONS and, on a
+# timeout, takes KEEPALIVE_SESSIONS. Two threads doing so at once deadlock every IPMI
+# session of the process for good (seen in this module's tests). One re-entrant lock for
+# both cannot deadlock; the module looks both names up at each use.
+pyghmi_session.WAITING_SESSIONS = pyghmi_session.KEEPALIVE_SESSIONS
+
 
 _keepalive_lock = threading.Lock()
 _keepalive_thread: threading.Thread | None = None
@@ -103,8 +110,8 @@ def _keepalive_loop() -> None:
 
 
 class _Session(pyghmi_session.Session):  # type: ignore[misc]
-    """A client session that proposes the target's cipher suite and keeps handler faults
-    to itself.
+    """A client session that proposes the target's cipher suite, handles the answers to
+    its commands in the thread that waits for them, and keeps handler faults to itself.
 
     Stock pyghmi always proposes suite 17 first; a BMC that ignores the proposal and
     answers with suite 3 makes the client fail with a ``struct.error`` deep in RAKP2
@@ -114,6 +121,8 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
 
     suite = 17
     fault: BaseException | None = None
+    # The thread waiting in awaitresponse for this session's answer, if any.
+    _owner: int | None = None
 
     @classmethod
     def _assignsocket(cls, server: Any = None, forbiddensockets: Any = ()) -> Any:
@@ -129,7 +138,28 @@ class _Session(pyghmi_session.Session):  # type: ignore[misc]
         # pyghmi's attemptedhash: 256 proposes suite 17 (then falls back to 3), 1 suite 3.
         self.attemptedhash = 1 if self.suite == 3 else 256
 
+    def _mark_broken(self, error: Any = None) -> None:
+        # Its logout sends through raw_command, which first waits for the command in
+        # progress to end; when a command times out, that is the very command failing
+        # here, in this thread, while pyghmi holds its session lock: every session of
+        # the process would wait with it. The failing command is over; say so first.
+        self.incommand = False
+        super()._mark_broken(error)
+
+    def awaitresponse(self, retry: bool, netfn: int, command: int) -> None:
+        self._owner = threading.get_ident()
+        try:
+            super().awaitresponse(retry, netfn, command)
+        finally:
+            self._owner = None
+
     def process_pktqueue(self) -> None:
+        owner = self._owner
+        if owner is not None and owner != threading.get_ident():
+            # Leave the answer to the thread waiting for it: pyghmi wakes that thread for
+            # it, but if another thread took the packet first, the waiter found nothing,
+            # slept again and noticed the answer only at its retry timer (0.5-1 s late).
+            return
         try:
             super().process_pktqueue()
         except Exception as exc:
@@ -303,6 +333,12 @@ class IpmiDriver:
             sensors.append(SensorReading(r.name, value, r.units or "", _health_word(r.health)))
         return Health(_health_word(worst), sensors)
 
+    def abort(self) -> None:
+        # pyghmi gives up on a command when its retry interval outgrows maxtimeout; with
+        # 0 that happens at the next retry timer. A single attribute store: safe from
+        # any thread, never blocks.
+        self._session.maxtimeout = 0
+
     def close(self) -> None:
         """Log out; never raises (the session may already be gone)."""
         try:
@@ -351,6 +387,11 @@ class IpmiDriver:
             raise self._login_silent(session, time.monotonic() - started)
         if "error" in outcome:
             raise self._login_failed(session, outcome["error"], time.monotonic() - started)
+        # pyghmi logs in again when a command times out, from inside whichever thread
+        # handles the answer, which then waits there for the timed-out command (up to
+        # tens of seconds): a login or call for another BMC would be stuck with it. A
+        # timed-out command fails instead; the pool retries reads with a new session.
+        session.logontries = 0
         return session
 
     def _attach_command(self) -> Command:

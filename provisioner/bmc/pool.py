@@ -39,13 +39,18 @@ class _Ticket:
     whether the worker's session may go back to the cache."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    driver: Driver | None = None
     abandoned: bool = False
     finished: bool = False
 
     def abandon(self) -> None:
         with self.lock:
-            if not self.finished:
-                self.abandoned = True
+            if self.finished:
+                return
+            self.abandoned = True
+            driver = self.driver
+        if driver is not None:
+            driver.abort()  # frees the worker thread, and the BMC's slot, sooner
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,10 @@ class BmcPool:
     def _run(self, target: Target, fn: Callable[[Driver], T], ticket: _Ticket) -> T:
         """In a worker thread: check a driver out, call, then cache or drop it."""
         driver = self._checkout(target)
-        if ticket.abandoned:  # the caller gave up while we were logging in
+        with ticket.lock:
+            ticket.driver = driver
+            abandoned = ticket.abandoned
+        if abandoned:  # the caller gave up while we were logging in
             driver.close()
             raise BmcError(ErrorKind.TIMEOUT, "abandoned")
         try:
