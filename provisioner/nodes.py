@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, Table, func, insert, true, update
+from sqlalchemy import Row, func, insert, true, update
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
 from provisioner.lifecycle import (
@@ -31,7 +31,7 @@ from provisioner.lifecycle import (
     allowed_actions,
     decide,
 )
-from provisioner.models import Bmc, Event, Nic, Node, OsImage, Role, utcnow
+from provisioner.models import Bmc, Event, Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.schemas import (
     ActionRequest,
     BmcOut,
@@ -73,11 +73,6 @@ def _failed_from(node: Node) -> State | None:
 _NODE_FIELDS = tuple(f for f in NodeOut.model_fields if f not in ("bmc", "nics", "allowed_actions"))
 _BMC_FIELDS = tuple(BmcOut.model_fields)
 _BMC_COLUMNS = [col(Bmc.node_id), *(getattr(Bmc, f) for f in _BMC_FIELDS)]
-
-
-def _table(model: type[SQLModel]) -> Table:
-    table: Table = model.__table__  # type: ignore[attr-defined]
-    return table
 
 
 class _Nic(NamedTuple):
@@ -379,11 +374,11 @@ def enroll(
         # Core inserts on the session's connection: the ORM's bulk path costs several
         # times more Python per row, and enrollment is the API's hottest write.
         connection = session.connection()
-        connection.execute(_table(Node).insert(), node_rows)
-        connection.execute(_table(Bmc).insert(), bmc_rows)
+        connection.execute(table_of(Node).insert(), node_rows)
+        connection.execute(table_of(Bmc).insert(), bmc_rows)
         if nic_rows:
-            connection.execute(_table(Nic).insert(), nic_rows)
-        connection.execute(_table(Event).insert(), event_rows)
+            connection.execute(table_of(Nic).insert(), nic_rows)
+        connection.execute(table_of(Event).insert(), event_rows)
         session.commit()
     except IntegrityError:
         # The unique constraints are the check; asking first would cost every enrollment

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, update
+from sqlalchemy import Engine, bindparam
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -17,7 +17,7 @@ from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
 from provisioner.lifecycle import State
-from provisioner.models import Bmc, Event, Node, utcnow
+from provisioner.models import Bmc, Event, Node, table_of, utcnow
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 
@@ -115,68 +115,73 @@ class PowerSync:
         return _Polled(node.id, node.name, node.power_state, node.power_failures, state, None)
 
     def _record(self, polled: list[_Polled]) -> SyncReport:
+        """Write a sync's results in one transaction of three executemany statements: a
+        thousand ORM updates would take longer than polling the BMCs did."""
         report = SyncReport(polled=len(polled))
         now = utcnow()
-        quiet: list[dict[str, Any]] = []
         limit = self.settings.power_sync_failure_limit
-        with Session(self.engine) as session:
-            for p in polled:
-                if p.state is not None and p.state == p.before and p.failures == 0:
-                    quiet.append({"nid": p.node_id})
-                    continue
-                if p.state is not None:
-                    report.changed += p.state != p.before
-                    changes: dict[str, Any] = {
-                        "power_state": p.state,
-                        "power_failures": 0,
-                        "power_reason": None,
-                    }
-                    message = f"power is {p.state} (was {p.before})"
-                    kind = "power-sync"
-                else:
-                    report.failed += 1
-                    failures = p.failures + 1
-                    flagged = failures >= limit
-                    changes = {
-                        "power_state": "error" if flagged else "unknown",
-                        "power_failures": failures,
-                        "power_reason": (
-                            f"no longer polled after {failures} failures in a row: {p.error}"
-                            if flagged
-                            else p.error
-                        ),
-                    }
-                    if flagged:
-                        report.flagged.append(p.name)
-                    kind = "power-sync-flagged" if flagged else "power-sync-failed"
-                    message = str(changes["power_reason"])
-                session.execute(
-                    update(Node)
-                    .where(col(Node.id) == p.node_id)
-                    .values(
-                        **changes,
-                        power_checked_at=now,
-                        version=col(Node.version) + 1,
-                        updated_at=now,
-                    )
+        quiet: list[dict[str, Any]] = []
+        changed: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for p in polled:
+            if p.state is not None and p.state == p.before and p.failures == 0:
+                quiet.append({"nid": p.node_id})
+                continue
+            if p.state is not None:
+                report.changed += p.state != p.before
+                row = {"ps": p.state, "pf": 0, "pr": None}
+                kind, message = "power-sync", f"power is {p.state} (was {p.before})"
+            else:
+                report.failed += 1
+                failures = p.failures + 1
+                flagged = failures >= limit
+                reason = (
+                    f"no longer polled after {failures} failures in a row: {p.error}"
+                    if flagged
+                    else p.error
                 )
-                # One event when a node's power changes or first fails, not one per poll.
-                if p.state is not None or p.failures == 0 or kind == "power-sync-flagged":
-                    session.add(
-                        Event(
-                            node_id=p.node_id,
-                            time=now,
-                            actor="power-sync",
-                            kind=kind,
-                            message=message,
-                        )
-                    )
+                row = {"ps": "error" if flagged else "unknown", "pf": failures, "pr": reason}
+                if flagged:
+                    report.flagged.append(p.name)
+                kind = "power-sync-flagged" if flagged else "power-sync-failed"
+                message = str(reason)
+            changed.append({"nid": p.node_id, **row})
+            # One event when a node's power changes or first fails, not one per poll.
+            if p.state is not None or p.failures == 0 or kind == "power-sync-flagged":
+                events.append(
+                    {
+                        "node_id": p.node_id,
+                        "time": now,
+                        "actor": "power-sync",
+                        "kind": kind,
+                        "from_state": None,
+                        "to_state": None,
+                        "message": message,
+                    }
+                )
+        node = table_of(Node)
+        with Session(self.engine) as session:
+            connection = session.connection()
+            if changed:
+                connection.execute(
+                    node.update()
+                    .where(node.c.id == bindparam("nid"))
+                    .values(
+                        power_state=bindparam("ps"),
+                        power_failures=bindparam("pf"),
+                        power_reason=bindparam("pr"),
+                        power_checked_at=now,
+                        version=node.c.version + 1,
+                        updated_at=now,
+                    ),
+                    changed,
+                )
             if quiet:
-                session.connection().execute(
-                    update(Node)
-                    .where(col(Node.id) == bindparam("nid"))
-                    .values(power_checked_at=now),
+                connection.execute(
+                    node.update().where(node.c.id == bindparam("nid")).values(power_checked_at=now),
                     quiet,
                 )
+            if events:
+                connection.execute(table_of(Event).insert(), events)
             session.commit()
         return report
