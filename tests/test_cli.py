@@ -486,6 +486,6 @@ def test_demo_runs_to_the_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "lab-r01-u01" in result.stdout
     assert "ready=8" in result.stdout
-    assert "power is on" in result.stdout
+    assert "power is on" in result.stderr  # confirmations go to stderr, data to stdout
     assert "/docs" in result.stdout
     assert "export PROVISIONER_TOKEN=prov_" in result.stdout

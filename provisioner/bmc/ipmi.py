@@ -71,6 +71,36 @@ def _sendto_keeping_mode(sock: socket.socket, packet: bytes, sockaddr: Any) -> N
 # Every pyghmi caller (client and server sessions) looks the attribute up at call time.
 pyghmi_session._io_sendto = _sendto_keeping_mode
 
+
+def _io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
+    """Replaces ``pyghmi...session._io_wait`` (same steps), closing a lost wake-up.
+
+    A thread waiting for a BMC's answer is woken by the I/O thread only for a packet
+    that arrives after its wait was registered; an answer that came in just before was
+    left queued until pyghmi's retry timer, 0.5-1 s later. So look for one after
+    registering, before sleeping.
+    """
+    evt = threading.Event()
+    if evq is not None:
+        evq.append(evt)
+    deadline = timeout + pyghmi_session._monotonic_time()  # pyghmi's clock, not ours
+    pyghmi_session.ioqueue.append((deadline, evt, myaddr))
+    # Only for a wait for an answer (pyghmi's _cmdwait passes evq and is woken through it;
+    # it does not read packets, so returning early there would only spin).
+    if myaddr is not None and evq is None and _answer_queued(myaddr):
+        return
+    if deadline < pyghmi_session.selectdeadline:
+        _wake_event_loop()
+    evt.wait()
+
+
+def _answer_queued(sockaddr: Any) -> bool:
+    sessions = pyghmi_session.Session.bmc_handlers.get(sockaddr)
+    return bool(sessions) and any(s.pktqueue for s in list(sessions.values()))
+
+
+pyghmi_session._io_wait = _io_wait
+
 # pyghmi takes its two global locks in opposite orders: a send holds KEEPALIVE_SESSIONS
 # and then takes WAITING_SESSIONS, while its event loop holds WAITING_SESSIONS and, on a
 # timeout, takes KEEPALIVE_SESSIONS. Two threads doing so at once deadlock every IPMI

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from provisioner.bmc.base import BmcError, Driver, ErrorKind, Target
 from provisioner.bmc.ipmi import IpmiDriver, start_keepalive
@@ -103,7 +103,9 @@ class BmcPool:
 
         ``deadline``: seconds from now after which the caller gets a TIMEOUT error, even
         if the BMC or pyghmi hangs; by default enough for every attempt. Each attempt is
-        also cut off at ``target.timeout`` (plus a little grace). Pass
+        cut off at ``target.timeout`` (plus a little grace) or, with a deadline, at its
+        share of what is left of it: ``fn`` may make many IPMI calls (an inventory reads
+        FRU, SDR and more), each bounded by ``target.timeout`` in the driver. Pass
         ``idempotent=True`` for reads: failed attempts are then retried with a fresh
         session up to ``target.retries`` times.
         """
@@ -116,7 +118,13 @@ class BmcPool:
         attempt = 1
         while True:
             try:
-                return await self._attempt(target, fn, end, budget)
+                left = end - loop.time()
+                limit = (
+                    left / (attempts - attempt + 1)
+                    if deadline is not None
+                    else min(left, target.timeout + _GRACE)
+                )
+                return await self._attempt(target, fn, end, budget, limit)
             except BmcError as err:
                 if attempt >= attempts or err.kind not in _RETRYABLE or loop.time() >= end:
                     raise
@@ -142,8 +150,9 @@ class BmcPool:
             entry.driver.close()
 
     async def _attempt(
-        self, target: Target, fn: Callable[[Driver], T], end: float, budget: float
+        self, target: Target, fn: Callable[[Driver], T], end: float, budget: float, limit: float
     ) -> T:
+        """One try, given ``limit`` seconds once a worker has started it."""
         loop = asyncio.get_running_loop()
         where = f"{target.address}:{target.port}"
         releases: list[Callable[[], None]] = []
@@ -175,8 +184,8 @@ class BmcPool:
 
         ticket = _Ticket()
         future = loop.run_in_executor(self._executor, self._run, target, fn, ticket)
-        future.add_done_callback(lambda _: release())
-        stop = min(end, loop.time() + target.timeout + _GRACE)
+        future.add_done_callback(_settle(release))
+        stop = min(end, loop.time() + limit)
         timer = asyncio.timeout_at(stop)
         try:
             async with timer:
@@ -187,9 +196,9 @@ class BmcPool:
             ticket.abandon()
             raise BmcError(
                 ErrorKind.TIMEOUT,
-                f"The BMC at {where} did not complete the call within "
-                f"{min(budget, target.timeout + _GRACE):g} s; it was abandoned and its "
-                "session will not be reused. Check that the BMC is responsive.",
+                f"The BMC at {where} did not complete the call within {limit:.3g} s; it "
+                "was abandoned and its session will not be reused. Check that the BMC is "
+                "responsive.",
             ) from None
         except asyncio.CancelledError:
             ticket.abandon()
@@ -229,3 +238,15 @@ class BmcPool:
                 return idle.driver
             idle.driver.close()  # password, timeout or cipher suite changed
         return self._factory(target)
+
+
+def _settle(release: Callable[[], None]) -> Callable[[asyncio.Future[Any]], None]:
+    """Done-callback of a worker's future: free its slots, and mark an error seen; the
+    caller may have stopped waiting for it."""
+
+    def done(future: asyncio.Future[Any]) -> None:
+        release()
+        if not future.cancelled():
+            future.exception()
+
+    return done

@@ -36,6 +36,10 @@ class _ServerSession(serversession.ServerSession):  # type: ignore[misc]
         result: bytearray = super().create_open_session_response(request)
         return result
 
+    def process_pktqueue(self) -> None:
+        with self.bmc.lock:
+            super().process_pktqueue()
+
     def sessionless_data(self, data: bytearray, sockaddr: Any) -> None:
         # pyghmi hands a session a packet from an address it no longer knows (a new
         # client on an old client port) through this method, which only the BMC has:
@@ -59,6 +63,15 @@ class FixtureBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         self.boot_code = 0
         self.logins = 0
         self.hang = False
+        # In this process the client's threads handle the BMC's packets too, several at
+        # once; pyghmi's server sends RAKP4 before it switches the session to its keys,
+        # so a client's next request, handled meanwhile, was dropped (a 1 s retry). One
+        # packet at a time per BMC, as in a BMC process of its own.
+        self.lock = threading.RLock()
+
+    def process_pktqueue(self) -> None:
+        with self.lock:
+            super().process_pktqueue()
 
     def sessionless_data(self, data: bytes, sockaddr: Any) -> None:
         data = bytearray(data)
