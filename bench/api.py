@@ -1,0 +1,1365 @@
+"""API benchmark: enroll 10,000 nodes, list them, look them up; beside OpenStack Ironic.
+
+Run by hand (not in CI), from the checkout, with the project's venv:
+
+    .venv/bin/python bench/api.py                 # full size, Ironic too if installed
+    .venv/bin/python bench/api.py --nodes 1000 --no-reference --no-write-results
+
+Each service runs as its own process on 127.0.0.1 with a fresh data directory, so the
+memory figures are the server's alone; the client (this script) shares the machine's
+cores with it, which the results say. See bench/README.md for what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import platform
+import random
+import shlex
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+IRONIC_DIR = BENCH_DIR / "ironic"
+IRONIC_VENV = IRONIC_DIR / ".venv"
+RESULTS_BEGIN = "<!-- bench/api.py writes from here -->"
+RESULTS_END = "<!-- bench/api.py writes up to here -->"
+
+# 100 nodes per rack: a 1,000-row manifest is then ten racks, and a rack filter returns
+# exactly one full page of 100.
+NODES_PER_RACK = 100
+# Import chunks: the service refuses bodies over 1 MiB; 1,000 CSV rows are ~100 KiB.
+MANIFEST_ROWS = 1000
+PAGE = 100
+BIG_PAGE = 1000  # the largest page both services allow: "list 1,000 nodes in detail"
+WARM_UP = 5
+SWEEP = (1, 2, 4, 8)  # POSTs in flight tried by --clients auto
+ROLES = ("compute", "storage", "gpu")
+IRONIC_HEADERS = {"X-OpenStack-Ironic-API-Version": "latest"}
+MIB = 1024 * 1024
+# The API alone is measured: the service's background work (reconciler, inspection on
+# enrollment, power polling) would compete for the same cores and call the fake BMCs.
+# Settings the service does not know (yet) are ignored by it.
+SERVER_ENV = {
+    "PYTHONUNBUFFERED": "1",
+    "PROVISIONER_RECONCILER": "false",
+    "PROVISIONER_INSPECT_ON_ENROLL": "false",
+    "PROVISIONER_POWER_SYNC_INTERVAL": "0",
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# The issue's targets, each checked against one measured figure.
+TARGETS: dict[str, tuple[str, float]] = {
+    "bulk_import_nodes_per_s": (">=", 2000),
+    "single_post_nodes_per_s": (">=", 400),
+    "list_page_p99_ms": ("<=", 30),
+    "list_filtered_rack_p99_ms": ("<=", 30),
+    "list_filtered_role_p99_ms": ("<=", 30),
+    "lookup_mac_p99_ms": ("<=", 10),
+    "rss_after_mib": ("<=", 150),
+}
+
+T = TypeVar("T")
+
+
+# ---- the fleet ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    name: str
+    rack: str
+    role: str
+    bmc_address: str
+    macs: tuple[str, str]
+
+
+def mac(serial: int) -> str:
+    # Locally administered unicast (02:...): never a real vendor's address.
+    octets = [0x02, 0x00] + [(serial >> shift) & 0xFF for shift in (24, 16, 8, 0)]
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def fleet(count: int) -> list[FakeNode]:
+    nodes = []
+    for i in range(count):
+        rack_no, slot = divmod(i, NODES_PER_RACK)
+        # 70% compute, 20% storage, 10% gpu: role filters walk many, fewer and few pages.
+        role = ROLES[0] if i % 10 < 7 else ROLES[1] if i % 10 < 9 else ROLES[2]
+        name = f"r{rack_no:03d}-n{slot:02d}"
+        nodes.append(
+            FakeNode(
+                name=name,
+                rack=f"r{rack_no:03d}",
+                role=role,
+                # Loopback addresses: nothing here should ever be contacted, and were
+                # anything to try, it would reach only this machine.
+                bmc_address=f"127.{1 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}",
+                macs=(mac(2 * i), mac(2 * i + 1)),
+            )
+        )
+    return nodes
+
+
+def manifest_csv(nodes: Sequence[FakeNode]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    # No `u` column: the service refuses two nodes on one rack unit, and 100 nodes share
+    # each rack name here.
+    writer.writerow(["name", "rack", "role", "bmc_address", "bmc_username", "bmc_password", "macs"])
+    for n in nodes:
+        row = [n.name, n.rack, n.role, n.bmc_address, "ADMIN", "bench-pass", ";".join(n.macs)]
+        writer.writerow(row)
+    return out.getvalue().encode()
+
+
+def node_json(n: FakeNode) -> bytes:
+    return json.dumps(
+        {
+            "name": n.name,
+            "rack": n.rack,
+            "role": n.role,
+            "bmc": {"address": n.bmc_address, "username": "ADMIN", "password": "bench-pass"},
+            "nics": [{"mac": n.macs[0], "pxe": True}, {"mac": n.macs[1]}],
+        }
+    ).encode()
+
+
+def ironic_node_json(n: FakeNode) -> dict[str, Any]:
+    # Ironic keeps the BMC in driver_info and has no rack: it goes to `extra`.
+    return {
+        "name": n.name,
+        "driver": "fake-hardware",
+        "resource_class": n.role,
+        "driver_info": {
+            "ipmi_address": n.bmc_address,
+            "ipmi_username": "ADMIN",
+            "ipmi_password": "bench-pass",
+        },
+        "extra": {"rack": n.rack},
+    }
+
+
+# ---- figures --------------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: int) -> float:
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def latency(samples: Sequence[float]) -> dict[str, float]:
+    """Seconds in, milliseconds out."""
+    ms = [s * 1000 for s in samples]
+    return {
+        "count": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+    }
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used since boot (steal excluded), from /proc/stat."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / TICKS
+
+
+# Set from --wait-quiet: how long a phase may wait for other processes to go quiet.
+QUIET_WAIT_S = 0.0
+QUIET_CORES = 0.15  # other processes' use of the machine, in cores, that counts as quiet
+
+
+def wait_for_quiet(server: Server) -> dict[str, float]:
+    """Wait, up to QUIET_WAIT_S, until the rest of the machine has used less than
+    QUIET_CORES over a few seconds: on a shared machine, another job's burst lands in
+    the tails."""
+    start = time.monotonic()
+    others = 0.0
+    while True:
+        busy0, server0, client0 = machine_busy_seconds(), server.cpu_seconds(), time.process_time()
+        time.sleep(3)
+        used = machine_busy_seconds() - busy0
+        others = (used - (server.cpu_seconds() - server0) - (time.process_time() - client0)) / 3
+        waited = time.monotonic() - start
+        if others < QUIET_CORES or waited >= QUIET_WAIT_S:
+            return {"waited_s": round(waited, 1), "others_cores_at_start": round(others, 2)}
+
+
+@contextmanager
+def meter(server: Server, into: dict[str, Any]) -> Iterator[None]:
+    """CPU used during a phase by the server, by this client, and by anything else: both
+    share the machine's cores, and another busy process skews every figure."""
+    if QUIET_WAIT_S > 0:
+        into["quiet"] = wait_for_quiet(server)
+    server0, client0, busy0 = server.cpu_seconds(), time.process_time(), machine_busy_seconds()
+    start = time.perf_counter()
+    yield
+    wall = time.perf_counter() - start
+    server_cpu = server.cpu_seconds() - server0
+    client_cpu = time.process_time() - client0
+    other = machine_busy_seconds() - busy0 - server_cpu - client_cpu
+    into["cpu"] = {
+        "wall_s": round(wall, 2),
+        "server_s": round(server_cpu, 2),
+        "client_s": round(client_cpu, 2),
+        "others_s": round(max(other, 0.0), 2),
+    }
+
+
+# ---- server processes -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _kib(value: str) -> int:
+    return int(value.split()[0])
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces or parentheses: split after the last ')'.
+        return f.read().rsplit(")", 1)[1].split()
+
+
+class Server:
+    """A service under test in its own session; its memory and CPU come from /proc."""
+
+    def __init__(self, label: str, argv: list[str], log_path: Path) -> None:
+        self.label = label
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **SERVER_ENV},
+                # Not the checkout: `python -c` puts its working directory first on the
+                # import path, which would shadow --rev.
+                cwd=self.log_path.parent,
+                start_new_session=True,
+            )
+
+    def pids(self) -> list[int]:
+        """The server and its descendants: Ironic forks its service from a launcher."""
+        assert self.proc is not None
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    parents[int(entry)] = int(_stat_fields(int(entry))[1])
+                except (OSError, IndexError):
+                    continue
+        tree = [self.proc.pid]
+        for pid in tree:
+            tree.extend(child for child, parent in parents.items() if parent == pid)
+        return tree
+
+    def memory(self) -> dict[str, float]:
+        """VmRSS, peak VmHWM and PSS summed over the process tree, in MiB. PSS splits the
+        pages a fork shares between parent and child, so it does not count them twice."""
+        rss = hwm = pss = 0
+        pids = self.pids()
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            rss += _kib(line.split(":")[1])
+                        elif line.startswith("VmHWM:"):
+                            hwm += _kib(line.split(":")[1])
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    pss += sum(_kib(line.split(":")[1]) for line in f if line.startswith("Pss:"))
+            except OSError:
+                continue
+        return {
+            "rss_mib": round(rss / 1024, 1),
+            "hwm_mib": round(hwm / 1024, 1),
+            "pss_mib": round(pss / 1024, 1),
+            "processes": len(pids),
+        }
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = _stat_fields(pid)
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / TICKS
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Its own session: the whole group goes, and nothing else.
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_ready(client: httpx.Client, path: str, server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.proc is not None
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.label} exited during start:\n{server.tail()}")
+        try:
+            if client.get(path).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{server.label} not ready after {timeout:.0f} s:\n{server.tail()}")
+
+
+def expect(response: httpx.Response, status: int) -> Any:
+    if response.status_code != status:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url} -> {response.status_code}, "
+            f"expected {status}: {response.text[:500]}"
+        )
+    return response.json() if response.content else None
+
+
+def new_client(base_url: str, headers: dict[str, str]) -> httpx.Client:
+    # The synchronous client: on this machine httpx's AsyncClient spent 2-3 ms more per
+    # request than the server did, which would bury the latencies under client time.
+    return httpx.Client(base_url=base_url, headers=headers, timeout=120)
+
+
+def fan_out(
+    items: Iterable[T],
+    concurrency: int,
+    make_client: Callable[[], httpx.Client],
+    call: Callable[[httpx.Client, T], None],
+) -> None:
+    """``call`` over ``items`` with ``concurrency`` requests in flight: one thread and one
+    keep-alive connection each, so connection setup is not what we measure."""
+    shared = iter(items)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        with make_client() as client:
+            while not errors:
+                with lock:
+                    item = next(shared, None)
+                if item is None:
+                    return
+                try:
+                    call(client, item)
+                except BaseException as exc:  # Reported below, in the caller's thread.
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def timed_get(
+    client: httpx.Client, url: str, params: dict[str, Any] | None, samples: list[float]
+) -> Any:
+    start = time.perf_counter()
+    response = client.get(url, params=params)
+    samples.append(time.perf_counter() - start)
+    return expect(response, 200)
+
+
+def warm(client: httpx.Client, url: str, params: dict[str, Any] | None = None) -> None:
+    # First calls build validators and fill SQLite's page cache; steady state is the point.
+    for _ in range(WARM_UP):
+        timed_get(client, url, params, [])
+
+
+# ---- provisioner ----------------------------------------------------------------------
+
+LAUNCHER = """
+import sys
+import uvicorn
+from provisioner.app import create_app
+from provisioner.settings import Settings
+
+uvicorn.run(
+    create_app(Settings(data_dir=sys.argv[1])),
+    host="127.0.0.1",
+    port=int(sys.argv[2]),
+    log_level="warning",
+    access_log=False,
+)
+"""
+
+
+# Run in its own process with the server's environment, so that it uses the same code
+# (see --rev) and this client process stays free of the service's modules.
+TOKEN_SCRIPT = """
+import sys
+from sqlmodel import Session
+from provisioner import db, tokens
+from provisioner.settings import Settings
+
+engine = db.make_engine(Settings(data_dir=sys.argv[1]).resolved_database_url)
+db.upgrade(engine)
+with Session(engine) as session:
+    print(tokens.create_token(session, name="bench", scope="admin")[1])
+engine.dispose()
+"""
+
+
+def provisioner_token(data_dir: Path) -> str:
+    """An admin token written straight into the service's database before it starts."""
+    argv = [sys.executable, "-c", TOKEN_SCRIPT, str(data_dir)]
+    env = {**os.environ, **SERVER_ENV}
+    run = subprocess.run(argv, env=env, cwd=data_dir, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"creating a token failed:\n{run.stderr[-3000:]}")
+    return run.stdout.strip().splitlines()[-1]
+
+
+def export_revision(rev: str, into: Path) -> str:
+    """Check ``rev`` out into ``into`` (git archive: the repository is left untouched) and
+    run the service from there; the full commit id it named."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    # Ahead of the editable install on the server's import path: provisioner and its
+    # migrations come from the export.
+    SERVER_ENV["PYTHONPATH"] = str(into)
+    return commit
+
+
+def git(*args: str) -> str:
+    run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    return run.stdout.strip() if run.returncode == 0 else ""
+
+
+def code_state(rev: str | None, commit: str | None) -> dict[str, Any]:
+    if rev:
+        return {"source": f"git archive of {rev}", "commit": commit, "uncommitted_files": []}
+    changed = git("status", "--porcelain", "--", "provisioner", "migrations", "pyproject.toml")
+    return {
+        "source": "working tree",
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
+@dataclass
+class Provisioner:
+    data_dir: Path
+    server: Server
+    base_url: str
+    headers: dict[str, str]
+    client: httpx.Client
+    memory_start: dict[str, float] = field(default_factory=dict)
+
+    def new_client(self) -> httpx.Client:
+        return new_client(self.base_url, self.headers)
+
+
+@contextmanager
+def provisioner(work: Path, label: str) -> Iterator[Provisioner]:
+    data_dir = work / label
+    data_dir.mkdir(parents=True)
+    headers = {"Authorization": f"Bearer {provisioner_token(data_dir)}"}
+    port = free_port()
+    argv = [sys.executable, "-c", LAUNCHER, str(data_dir), str(port)]
+    server = Server(label, argv, data_dir / "server.log")
+    base_url = f"http://127.0.0.1:{port}"
+    server.start()
+    try:
+        with new_client(base_url, headers) as client:
+            wait_ready(client, "/readyz", server, timeout=60)
+            # Before any API call: the memory of an idle, freshly started service.
+            memory = server.memory()
+            for role in ROLES:
+                expect(client.post("/api/v1/roles", json={"name": role}), 201)
+            yield Provisioner(data_dir, server, base_url, headers, client, memory)
+    finally:
+        server.stop()
+
+
+def provisioner_bulk(nodes: list[FakeNode], work: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with provisioner(work, "provisioner-bulk") as p:
+        manifests = [
+            manifest_csv(nodes[i : i + MANIFEST_ROWS]) for i in range(0, len(nodes), MANIFEST_ROWS)
+        ]
+        samples: list[float] = []
+        with meter(p.server, out):
+            for body in manifests:
+                t0 = time.perf_counter()
+                response = p.client.post(
+                    "/api/v1/racks/import", content=body, headers={"Content-Type": "text/csv"}
+                )
+                samples.append(time.perf_counter() - t0)
+                assert expect(response, 201)["created"] == body.count(b"\n") - 1
+        out.update(
+            nodes=len(nodes),
+            requests=len(manifests),
+            rows_per_request=MANIFEST_ROWS,
+            largest_body_bytes=max(len(m) for m in manifests),
+            nodes_per_s=rate(len(nodes), out["cpu"]["wall_s"]),
+            request=latency(samples),
+            memory_start=p.memory_start,
+            memory_after=p.server.memory(),
+        )
+    return out
+
+
+def provisioner_single(p: Provisioner, nodes: list[FakeNode], concurrency: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    samples: list[float] = []
+    headers = {"Content-Type": "application/json"}
+
+    def enroll(client: httpx.Client, n: FakeNode) -> None:
+        body = node_json(n)
+        t0 = time.perf_counter()
+        response = client.post("/api/v1/nodes", content=body, headers=headers)
+        samples.append(time.perf_counter() - t0)
+        expect(response, 201)
+
+    with meter(p.server, out):
+        fan_out(nodes, concurrency, p.new_client, enroll)
+    out.update(
+        nodes=len(nodes),
+        concurrency=concurrency,
+        nodes_per_s=rate(len(nodes), out["cpu"]["wall_s"]),
+        request=latency(samples),
+        memory_after=p.server.memory(),
+    )
+    return out
+
+
+def choose_concurrency(args: argparse.Namespace, work: Path) -> tuple[int, dict[str, float]]:
+    """The number of POSTs in flight that enrolls fastest: a short trial of each choice,
+    each on a fresh database."""
+    if args.clients != "auto":
+        return int(args.clients), {}
+    trial = fleet(args.sweep_nodes)
+    rates: dict[str, float] = {}
+    for concurrency in SWEEP:
+        with provisioner(work, f"provisioner-sweep-{concurrency}") as p:
+            rates[str(concurrency)] = provisioner_single(p, trial, concurrency)["nodes_per_s"]
+        progress(f"  {concurrency} in flight: {rates[str(concurrency)]} nodes/s")
+    best = max(SWEEP, key=lambda c: rates[str(c)])
+    return best, rates
+
+
+def walk(client: httpx.Client, params: dict[str, Any], samples: list[float]) -> int:
+    """Every page of a listing, following next_cursor; how many nodes it held."""
+    seen = 0
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        page = timed_get(client, "/api/v1/nodes", query, samples)
+        seen += len(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+def provisioner_reads(
+    p: Provisioner, nodes: list[FakeNode], args: argparse.Namespace
+) -> dict[str, Any]:
+    c = p.client
+    rng = random.Random(args.seed)
+    out: dict[str, Any] = {}
+    with meter(p.server, out):
+        warm(c, "/api/v1/nodes", {"limit": PAGE})
+        samples: list[float] = []
+        for _ in range(args.walks):
+            assert walk(c, {"limit": PAGE}, samples) == len(nodes)
+        out["list_page"] = latency(samples)
+
+        warm(c, "/api/v1/nodes", {"limit": BIG_PAGE})
+        samples = []
+        while len(samples) < args.big_pages:
+            walk(c, {"limit": BIG_PAGE}, samples)
+        out["list_1000"] = latency(samples)
+
+        racks = sorted({n.rack for n in nodes})
+        warm(c, "/api/v1/nodes", {"state": "enrolled", "rack": racks[0], "limit": PAGE})
+        samples = []
+        for _ in range(args.filtered):
+            rack = rng.choice(racks)
+            query = {"state": "enrolled", "rack": rack, "limit": PAGE}
+            page = timed_get(c, "/api/v1/nodes", query, samples)
+            assert len(page["items"]) == NODES_PER_RACK
+        out["list_filtered_rack"] = latency(samples)
+
+        warm(c, "/api/v1/nodes", {"role": ROLES[0], "limit": PAGE})
+        samples = []
+        for _ in range(args.walks):
+            for role in ROLES:
+                expected = sum(1 for n in nodes if n.role == role)
+                assert walk(c, {"role": role, "limit": PAGE}, samples) == expected
+        out["list_filtered_role"] = latency(samples)
+
+        warm(c, "/api/v1/nodes", {"mac": nodes[0].macs[0]})
+        samples = []
+        for _ in range(args.lookups):
+            n = rng.choice(nodes)
+            page = timed_get(c, "/api/v1/nodes", {"mac": rng.choice(n.macs)}, samples)
+            assert [i["name"] for i in page["items"]] == [n.name]
+        out["lookup_mac"] = latency(samples)
+
+        warm(c, f"/api/v1/nodes/{nodes[0].name}")
+        samples = []
+        for _ in range(args.lookups):
+            n = rng.choice(nodes)
+            assert timed_get(c, f"/api/v1/nodes/{n.name}", None, samples)["name"] == n.name
+        out["get_node"] = latency(samples)
+    return out
+
+
+def provisioner_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    progress(f"provisioner: bulk import of {len(nodes)} nodes")
+    bulk = provisioner_bulk(nodes, work)
+    progress(f"  {bulk['nodes_per_s']} nodes/s")
+    progress(f"provisioner: POSTs in flight for the best rate ({args.clients})")
+    args.clients, sweep = choose_concurrency(args, work)
+    progress(f"provisioner: {len(nodes)} single POSTs, {args.clients} in flight")
+    with provisioner(work, "provisioner-single") as p:
+        single = provisioner_single(p, nodes, args.clients)
+        single["concurrency_trials"] = sweep
+        single["concurrency_trial_nodes"] = args.sweep_nodes
+        progress(f"  {single['nodes_per_s']} nodes/s")
+        progress("provisioner: reads")
+        reads = provisioner_reads(p, nodes, args)
+        memory_after = p.server.memory()
+        files = p.data_dir.glob("provisioner.db*")
+        db_mib = sum(f.stat().st_size for f in files) / MIB
+    return {
+        "bulk_import": bulk,
+        "single_post": single,
+        "reads": reads,
+        "memory_start": p.memory_start,
+        "memory_after": memory_after,
+        "database_mib": round(db_mib, 1),
+    }
+
+
+# ---- OpenStack Ironic (reference) ---------------------------------------------------
+
+
+@dataclass
+class Ironic:
+    server: Server
+    base_url: str
+    client: httpx.Client
+    uuids: dict[str, str] = field(default_factory=dict)
+
+    def new_client(self) -> httpx.Client:
+        return new_client(self.base_url, IRONIC_HEADERS)
+
+
+def ironic_version() -> str:
+    python = IRONIC_VENV / "bin" / "python"
+    code = "from importlib.metadata import version; print(version('ironic'))"
+    run = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return run.stdout.strip()
+
+
+@contextmanager
+def ironic(work: Path) -> Iterator[Ironic]:
+    data_dir = work / "ironic"
+    (data_dir / "locks").mkdir(parents=True)
+    port = free_port()
+    template = (IRONIC_DIR / "ironic.conf.template").read_text()
+    conf = data_dir / "ironic.conf"
+    conf.write_text(template.replace("@DATA_DIR@", str(data_dir)).replace("@PORT@", str(port)))
+    bin_dir = IRONIC_VENV / "bin"
+    subprocess.run(
+        [bin_dir / "ironic-dbsync", "--config-file", conf, "create_schema"],
+        check=True,
+        capture_output=True,
+    )
+    argv = [str(bin_dir / "ironic"), "--config-file", str(conf)]
+    server = Server("ironic", argv, data_dir / "stdout.log")
+    base_url = f"http://127.0.0.1:{port}"
+    server.start()
+    try:
+        with new_client(base_url, IRONIC_HEADERS) as client:
+            wait_ready(client, "/v1", server, timeout=120)
+            # The conductor registers its drivers just after the API answers; a node
+            # cannot be created before.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                drivers = expect(client.get("/v1/drivers"), 200)["drivers"]
+                if any(d["name"] == "fake-hardware" for d in drivers):
+                    break
+                time.sleep(0.5)
+            yield Ironic(server, base_url, client)
+    except Exception:
+        progress(
+            f"ironic log tail:\n{server.tail()}\n{(data_dir / 'ironic.log').read_text()[-3000:]}"
+        )
+        raise
+    finally:
+        server.stop()
+
+
+def ironic_create(ir: Ironic, nodes: list[FakeNode], concurrency: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node_samples: list[float] = []
+    port_samples: list[float] = []
+    enroll_samples: list[float] = []
+
+    def enroll(client: httpx.Client, n: FakeNode) -> None:
+        # The closest equivalent of one provisioner POST: the node with its BMC details,
+        # then a port per NIC, since Ironic keeps MACs on ports.
+        t0 = time.perf_counter()
+        response = client.post("/v1/nodes", json=ironic_node_json(n))
+        node_samples.append(time.perf_counter() - t0)
+        uuid = expect(response, 201)["uuid"]
+        ir.uuids[n.name] = uuid
+        for index, address in enumerate(n.macs):
+            t1 = time.perf_counter()
+            port = {"node_uuid": uuid, "address": address, "pxe_enabled": index == 0}
+            response = client.post("/v1/ports", json=port)
+            port_samples.append(time.perf_counter() - t1)
+            expect(response, 201)
+        enroll_samples.append(time.perf_counter() - t0)
+
+    with meter(ir.server, out):
+        fan_out(nodes, concurrency, ir.new_client, enroll)
+    out.update(
+        nodes=len(nodes),
+        concurrency=concurrency,
+        nodes_per_s=rate(len(nodes), out["cpu"]["wall_s"]),
+        node_post=latency(node_samples),
+        port_post=latency(port_samples),
+        node_with_ports=latency(enroll_samples),
+    )
+    return out
+
+
+def ironic_walk(
+    client: httpx.Client, params: dict[str, Any], expected: int, samples: list[float]
+) -> int:
+    """Pages of /v1/nodes/detail by marker, stopping once ``expected`` nodes are seen: a
+    full last page would otherwise cost one more, empty, request."""
+    seen = 0
+    marker = None
+    while seen < expected:
+        query = {**params, **({"marker": marker} if marker else {})}
+        page = timed_get(client, "/v1/nodes/detail", query, samples)
+        if not page["nodes"]:
+            break
+        seen += len(page["nodes"])
+        marker = page["nodes"][-1]["uuid"]
+    return seen
+
+
+def ironic_reads(ir: Ironic, nodes: list[FakeNode], args: argparse.Namespace) -> dict[str, Any]:
+    c = ir.client
+    rng = random.Random(args.seed)
+    out: dict[str, Any] = {}
+    by_name = {"sort_key": "name"}
+    with meter(ir.server, out):
+        warm(c, "/v1/nodes/detail", {"limit": PAGE, **by_name})
+        samples: list[float] = []
+        for _ in range(args.walks):
+            assert ironic_walk(c, {"limit": PAGE, **by_name}, len(nodes), samples) == len(nodes)
+        out["list_page"] = latency(samples)
+
+        warm(c, "/v1/nodes/detail", {"limit": BIG_PAGE, **by_name})
+        samples = []
+        while len(samples) < args.big_pages:
+            ironic_walk(c, {"limit": BIG_PAGE, **by_name}, len(nodes), samples)
+        out["list_1000"] = latency(samples)
+
+        # Ironic cannot filter by rack; a role maps to resource_class, a state to
+        # provision_state.
+        warm(c, "/v1/nodes/detail", {"resource_class": ROLES[0], "limit": PAGE, **by_name})
+        samples = []
+        for _ in range(args.walks):
+            for role in ROLES:
+                expected = sum(1 for n in nodes if n.role == role)
+                query = {"provision_state": "enroll", "resource_class": role, "limit": PAGE}
+                assert ironic_walk(c, {**query, **by_name}, expected, samples) == expected
+        out["list_filtered_role"] = latency(samples)
+
+        warm(c, "/v1/ports/detail", {"address": nodes[0].macs[0]})
+        samples = []
+        for _ in range(args.lookups):
+            n = rng.choice(nodes)
+            ports = timed_get(c, "/v1/ports/detail", {"address": rng.choice(n.macs)}, samples)
+            assert [p["node_uuid"] for p in ports["ports"]] == [ir.uuids[n.name]]
+        out["lookup_mac"] = latency(samples)
+
+        warm(c, f"/v1/nodes/{nodes[0].name}")
+        samples = []
+        for _ in range(args.lookups):
+            n = rng.choice(nodes)
+            assert timed_get(c, f"/v1/nodes/{n.name}", None, samples)["name"] == n.name
+        out["get_node"] = latency(samples)
+    return out
+
+
+def ironic_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    progress(f"ironic: creating {len(nodes)} nodes with 2 ports each, {args.clients} in flight")
+    with ironic(work) as ir:
+        memory_start = ir.server.memory()
+        create = ironic_create(ir, nodes, args.clients)
+        progress(f"  {create['nodes_per_s']} nodes/s")
+        progress("ironic: reads")
+        reads = ironic_reads(ir, nodes, args)
+        memory_after = ir.server.memory()
+    return {
+        "version": ironic_version(),
+        "create": create,
+        "reads": reads,
+        "memory_start": memory_start,
+        "memory_after": memory_after,
+    }
+
+
+# ---- report ---------------------------------------------------------------------------
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = _kib(f.readline().split(":", 1)[1])
+    packages = ("fastapi", "starlette", "uvicorn", "pydantic", "sqlalchemy", "sqlmodel", "httpx")
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "packages": versions,
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
+Row = tuple[str, float | None, float | None, str, str]  # label, ours, Ironic's, unit, target
+
+# label, provisioner figure, Ironic figure (dotted paths into the results), unit, target.
+ROWS: tuple[tuple[str, str, str, str, str], ...] = (
+    (
+        "Bulk import (CSV manifests of 1,000 rows)",
+        "bulk_import.nodes_per_s",
+        "",
+        "nodes/s",
+        "bulk_import_nodes_per_s",
+    ),
+    ("Bulk import, per manifest request, p50", "bulk_import.request.p50_ms", "", "ms", ""),
+    ("Bulk import, per manifest request, p99", "bulk_import.request.p99_ms", "", "ms", ""),
+    (
+        "Single POSTs (Ironic: node + 2 ports)",
+        "single_post.nodes_per_s",
+        "create.nodes_per_s",
+        "nodes/s",
+        "single_post_nodes_per_s",
+    ),
+    (
+        "Enroll one node, p50",
+        "single_post.request.p50_ms",
+        "create.node_with_ports.p50_ms",
+        "ms",
+        "",
+    ),
+    (
+        "Enroll one node, p99",
+        "single_post.request.p99_ms",
+        "create.node_with_ports.p99_ms",
+        "ms",
+        "",
+    ),
+    (
+        "POST the node only (Ironic: no ports), p50",
+        "single_post.request.p50_ms",
+        "create.node_post.p50_ms",
+        "ms",
+        "",
+    ),
+    (
+        "Server CPU per node, bulk import",
+        "bulk_import.server_cpu_per_node_ms",
+        "",
+        "ms",
+        "",
+    ),
+    (
+        "Server CPU per node, single POSTs (Ironic: + ports)",
+        "single_post.server_cpu_per_node_ms",
+        "create.server_cpu_per_node_ms",
+        "ms",
+        "",
+    ),
+    ("List page of 100, p50", "reads.list_page.p50_ms", "reads.list_page.p50_ms", "ms", ""),
+    (
+        "List page of 100, p99",
+        "reads.list_page.p99_ms",
+        "reads.list_page.p99_ms",
+        "ms",
+        "list_page_p99_ms",
+    ),
+    ("List page of 1,000, p50", "reads.list_1000.p50_ms", "reads.list_1000.p50_ms", "ms", ""),
+    ("List page of 1,000, p99", "reads.list_1000.p99_ms", "reads.list_1000.p99_ms", "ms", ""),
+    ("Filtered: state=enrolled&rack=R, p50", "reads.list_filtered_rack.p50_ms", "", "ms", ""),
+    (
+        "Filtered: state=enrolled&rack=R, p99",
+        "reads.list_filtered_rack.p99_ms",
+        "",
+        "ms",
+        "list_filtered_rack_p99_ms",
+    ),
+    (
+        "Filtered: role=X, p50",
+        "reads.list_filtered_role.p50_ms",
+        "reads.list_filtered_role.p50_ms",
+        "ms",
+        "",
+    ),
+    (
+        "Filtered: role=X, p99",
+        "reads.list_filtered_role.p99_ms",
+        "reads.list_filtered_role.p99_ms",
+        "ms",
+        "list_filtered_role_p99_ms",
+    ),
+    ("Lookup by MAC, p50", "reads.lookup_mac.p50_ms", "reads.lookup_mac.p50_ms", "ms", ""),
+    (
+        "Lookup by MAC, p99",
+        "reads.lookup_mac.p99_ms",
+        "reads.lookup_mac.p99_ms",
+        "ms",
+        "lookup_mac_p99_ms",
+    ),
+    ("Get one node by name, p50", "reads.get_node.p50_ms", "reads.get_node.p50_ms", "ms", ""),
+    ("Get one node by name, p99", "reads.get_node.p99_ms", "reads.get_node.p99_ms", "ms", ""),
+    ("Memory at start (VmRSS)", "memory_start.rss_mib", "memory_start.rss_mib", "MiB", ""),
+    (
+        "Memory after the run (VmRSS)",
+        "memory_after.rss_mib",
+        "memory_after.rss_mib",
+        "MiB",
+        "rss_after_mib",
+    ),
+    ("Peak memory (VmHWM)", "memory_after.hwm_mib", "memory_after.hwm_mib", "MiB", ""),
+    ("Memory after the run (PSS)", "memory_after.pss_mib", "memory_after.pss_mib", "MiB", ""),
+)
+
+
+def lookup(tree: dict[str, Any] | None, path: str) -> float | None:
+    node: Any = tree
+    if not path:
+        return None
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) else None
+
+
+def derive(results: dict[str, Any]) -> None:
+    """Figures computed from the raw ones. Server CPU per node hardly moves when other
+    processes compete for the machine, unlike rates and tails, so it compares fairly."""
+    phases = [results["provisioner"]["bulk_import"], results["provisioner"]["single_post"]]
+    if results.get("ironic"):
+        phases.append(results["ironic"]["create"])
+    for phase in phases:
+        per_node = phase["cpu"]["server_s"] * 1000 / phase["nodes"]
+        phase["server_cpu_per_node_ms"] = round(per_node, 2)
+
+
+def rows(results: dict[str, Any]) -> list[Row]:
+    derive(results)
+    ours, theirs = results["provisioner"], results.get("ironic")
+    return [
+        (label, lookup(ours, mine), lookup(theirs, ironic), unit, target)
+        for label, mine, ironic, unit, target in ROWS
+    ]
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+def ratio(ours: float | None, theirs: float | None, unit: str) -> str:
+    """How many times better the provisioner is: more per second, faster, or smaller."""
+    if ours is None or theirs is None or ours <= 0 or theirs <= 0:
+        return ""
+    times = ours / theirs if unit.endswith("/s") else theirs / ours
+    return f"{times:.1f}x"
+
+
+def verdict(key: str, value: float | None) -> tuple[str, str]:
+    if not key:
+        return "", ""
+    op, limit = TARGETS[key]
+    text = f"{op} {limit:,.0f}"
+    if value is None:
+        return text, "not measured"
+    ok = value >= limit if op == ">=" else value <= limit
+    return text, "pass" if ok else "**FAIL**"
+
+
+def table_lines(results: dict[str, Any], markdown: bool) -> list[str]:
+    head = ["Measure", "provisioner", "Ironic", "x better", "Unit", "Target", "Result"]
+    body = []
+    for label, ours, theirs, unit, key in rows(results):
+        target, result = verdict(key, ours)
+        body.append(
+            [label, fmt(ours), fmt(theirs), ratio(ours, theirs, unit), unit, target, result]
+        )
+    if markdown:
+        rule = "|" + "|".join(["---", "---:", "---:", "---:", "---", "---", "---"]) + "|"
+        return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in body]
+    plain = [[cell.replace("**", "") for cell in r] for r in [head, *body]]
+    widths = [max(len(r[i]) for r in plain) for i in range(len(head))]
+    lines = []
+    for r in plain:
+        cells = zip(r, widths, strict=True)
+        # Text columns left, figures right.
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i in (0, 4, 5, 6) else c.rjust(w) for i, (c, w) in enumerate(cells)
+            )
+        )
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def cpu_note(phase: dict[str, Any]) -> str:
+    cpu = phase["cpu"]
+    return (
+        f"{cpu['wall_s']} s wall clock; CPU: server {cpu['server_s']} s, "
+        f"client {cpu['client_s']} s, other processes {cpu['others_s']} s"
+    )
+
+
+def contention(results: dict[str, Any]) -> list[str]:
+    """Phases during which other processes took more than a tenth of the machine: their
+    figures understate the services, the rates and the tails most of all."""
+    cores = results["machine"]["cores"] or 1
+    phases = {
+        "bulk import": results["provisioner"]["bulk_import"],
+        "single POSTs": results["provisioner"]["single_post"],
+        "provisioner reads": results["provisioner"]["reads"],
+    }
+    if results.get("ironic"):
+        phases["Ironic create"] = results["ironic"]["create"]
+        phases["Ironic reads"] = results["ironic"]["reads"]
+    noisy = []
+    for name, phase in phases.items():
+        cpu = phase["cpu"]
+        share = cpu["others_s"] / max(cpu["wall_s"] * cores, 1e-9)
+        if share > 0.1:
+            noisy.append(f"{name} {share:.0%}")
+    return noisy
+
+
+def code_note(code: dict[str, Any]) -> str:
+    note = f"{code['source']}, commit {code['commit'][:12]}"
+    if code["uncommitted_files"]:
+        note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
+    return note
+
+
+def sweep_note(single: dict[str, Any]) -> str:
+    trials = single.get("concurrency_trials")
+    if not trials:
+        return ""
+    tried = ", ".join(f"{k}: {v} nodes/s" for k, v in trials.items())
+    size = single["concurrency_trial_nodes"]
+    return f" (the fastest in trials of {size:,} nodes on fresh databases: {tried})"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    p = results["provisioner"]
+    ir = results.get("ironic")
+    bulk, single, reads = p["bulk_import"], p["single_post"], p["reads"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    lines = [
+        RESULTS_BEGIN,
+        "",
+        f"## Run of {results['date']}",
+        "",
+        "```",
+        results["command"],
+        "```",
+        "",
+        f"- Code: {code_note(results['code'])}.",
+        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}; Python {m['python']}, SQLite {m['sqlite']}; {packages}. "
+        f"Load average when the run began: {m['loadavg_at_start']:.2f}.",
+        "- Both services on SQLite in a fresh data directory on local disk, each one process "
+        "(Ironic: a launcher and its forked service), serving 127.0.0.1. The client (this "
+        "script, httpx) shares the same cores: latencies are what the client saw, its own "
+        "time included. Each phase says how much CPU the server, the client and other "
+        "processes used.",
+        f"- Bulk import: {bulk['nodes']:,} nodes as {bulk['requests']} CSV manifests of "
+        f"{bulk['rows_per_request']:,} rows (ten racks each), sent one after another, because "
+        f"the service refuses bodies over 1 MiB (the largest manifest was "
+        f"{bulk['largest_body_bytes'] / 1024:.0f} KiB). Fresh database; {cpu_note(bulk)}.",
+        f"- Single POSTs: {single['nodes']:,} POST /api/v1/nodes on another fresh database, "
+        f"{single['concurrency']} requests in flight{sweep_note(single)}; "
+        f"{cpu_note(single)}. Every node has a BMC and two NICs.",
+        f"- Reads, on that {single['nodes']:,}-node database ({p['database_mib']} MiB on disk), "
+        f"one request at a time after {WARM_UP} untimed warm-up requests each: every page of "
+        "100 walked by cursor; pages of 1,000; random racks (state=enrolled&rack=R, 100 "
+        "hits); every page of each role; random MACs; random names. "
+        f"{cpu_note(reads)}.",
+        f"- Memory: the server's VmRSS from /proc just after it answered /readyz (start) and "
+        f"after the reads (after the run); VmHWM is its peak. The bulk-import server used "
+        f"{bulk['memory_start']['rss_mib']} MiB at start and "
+        f"{bulk['memory_after']['rss_mib']} MiB after its import.",
+    ]
+    if ir:
+        c = ir["create"]
+        lines.append(
+            f"- Reference: OpenStack Ironic {ir['version']} from PyPI, standalone (the "
+            "`ironic` command: API and conductor in one service, rpc_transport=none, noauth, "
+            "fake-hardware, SQLite), set up by bench/ironic/setup.sh from "
+            "bench/ironic/ironic.conf.template, run after the provisioner in the same run. "
+            f"{c['nodes']:,} nodes, each POST /v1/nodes then POST /v1/ports for each of its two "
+            f"MACs, {c['concurrency']} nodes in flight; {cpu_note(c)}. Reads as above on "
+            f"those nodes ({cpu_note(ir['reads'])}), pages by marker sorted by name, in "
+            "detail. Memory is summed over its two processes; PSS counts the pages they share "
+            "once. Lookup by MAC is GET /v1/ports/detail?address= (the port, with its node's "
+            "UUID); role is resource_class; Ironic cannot filter by rack."
+        )
+    else:
+        lines.append(f"- Reference: not run ({results.get('ironic_status', 'skipped')}).")
+    if noisy := contention(results):
+        lines.append(
+            "- **Warning: other processes were busy during this run** (their share of the "
+            f"machine: {', '.join(noisy)}); rates and tails are pessimistic. Rerun on a quiet "
+            "machine."
+        )
+    lines += [
+        "- x better: the provisioner's figure over Ironic's for rates, Ironic's over the "
+        "provisioner's for times and memory; above 1 means the provisioner does better.",
+        "",
+        *table_lines(results, markdown=True),
+        "",
+        f"Raw figures: `{results['raw']}` (not committed).",
+        "",
+        RESULTS_END,
+    ]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, generated: str) -> None:
+    """Replace the generated block and keep whatever was written around it by hand."""
+    text = path.read_text() if path.exists() else "# API benchmark results\n\n"
+    if RESULTS_BEGIN in text and RESULTS_END in text:
+        before, rest = text.split(RESULTS_BEGIN, 1)
+        text = before + generated + rest.split(RESULTS_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + generated + "\n"
+    path.write_text(text)
+
+
+# ---- main -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--nodes", type=int, default=10_000, help="nodes to enroll (default 10,000)")
+    add(
+        "--clients",
+        default="auto",
+        help="POSTs in flight, for both services; 'auto' (the default) tries "
+        f"{', '.join(map(str, SWEEP))} on --sweep-nodes nodes each and keeps the fastest",
+    )
+    add("--sweep-nodes", type=int, default=1000, help="nodes per 'auto' trial (default 1,000)")
+    add("--walks", type=int, default=3, help="times to walk every page (default 3)")
+    add("--big-pages", type=int, default=30, help="pages of 1,000 to time (default 30)")
+    add("--filtered", type=int, default=300, help="rack-filtered pages (default 300)")
+    add("--lookups", type=int, default=1000, help="MAC lookups, and gets by name (default 1,000)")
+    add(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="before each timed phase, wait up to this long for other processes to go "
+        f"quiet (under {QUIET_CORES} cores busy); default 0: do not wait",
+    )
+    add("--seed", type=int, default=1, help="for the random racks, MACs and names")
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument(
+        "--reference",
+        choices=["ironic"],
+        default="ironic" if IRONIC_VENV.exists() else None,
+        help="run OpenStack Ironic too (the default when bench/ironic/.venv exists)",
+    )
+    reference.add_argument("--no-reference", dest="reference", action="store_const", const=None)
+    add("--ironic-nodes", type=int, default=1000, help="nodes for Ironic (default 1,000: slow)")
+    add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
+    add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
+    add(
+        "--no-write-results",
+        dest="write_results",
+        action="store_false",
+        help="leave bench/RESULTS.md alone (trial runs)",
+    )
+    add(
+        "--rev",
+        help="run the service from this git revision (exported to a scratch directory) "
+        "instead of the working tree, e.g. HEAD while the tree is mid-edit",
+    )
+    add("--keep", action="store_true", help="keep the data directories and server logs")
+    add(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: rewrite bench/RESULTS.md from the raw figures of an earlier run",
+    )
+    args = parser.parse_args(argv)
+    if args.clients != "auto" and not (args.clients.isdigit() and int(args.clients) > 0):
+        parser.error("--clients takes a positive number or 'auto'")
+    if args.nodes < BIG_PAGE or args.nodes % NODES_PER_RACK:
+        parser.error(f"--nodes must be a multiple of {NODES_PER_RACK}, at least {BIG_PAGE}")
+    if args.reference and args.ironic_nodes < BIG_PAGE:
+        parser.error(f"--ironic-nodes must be at least {BIG_PAGE}")
+    return args
+
+
+def command_line() -> str:
+    python = Path(sys.executable)
+    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
+    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), REPO), *sys.argv[1:]])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command_line(),
+        "machine": machine(),
+        "settings": {k: str(v) for k, v in vars(args).items()},
+    }
+    try:
+        commit = export_revision(args.rev, work / "source") if args.rev else None
+        results["code"] = code_state(args.rev, commit)
+        results["provisioner"] = provisioner_run(fleet(args.nodes), args, work)
+        if args.reference == "ironic":
+            try:
+                results["ironic"] = ironic_run(fleet(args.ironic_nodes), args, work)
+            except Exception as exc:  # The reference failing must not lose our figures.
+                results["ironic_status"] = f"failed: {type(exc).__name__}: {exc}"[:500]
+                progress(results["ironic_status"])
+        else:
+            results["ironic_status"] = "skipped: --no-reference, or no bench/ironic/.venv"
+    finally:
+        if args.keep:
+            progress(f"data directories kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    global QUIET_WAIT_S
+    args = parse_args(argv)
+    QUIET_WAIT_S = args.wait_quiet
+    if args.render:
+        results = json.loads(args.render.read_text())
+        print("\n".join(table_lines(results, markdown=False)))
+        write_results(args.results, results_markdown(results))
+        print(f"results: {args.results}")
+        return 0
+    results = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    raw = (args.out / f"api-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").resolve()
+    results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
+    raw.write_text(json.dumps(results, indent=2) + "\n")
+    print("\n".join(table_lines(results, markdown=False)))
+    if noisy := contention(results):
+        print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
+    print(f"\nraw figures: {raw}")
+    if args.write_results:
+        write_results(args.results, results_markdown(results))
+        print(f"results: {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
