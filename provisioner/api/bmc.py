@@ -4,7 +4,8 @@ these routes read live state and set the boot device."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,7 +13,7 @@ from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import nodes
-from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
+from provisioner.api.deps import Operator, SessionDep, Viewer
 from provisioner.bmc.base import BmcError, BootDevice, BootSetting, Driver
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
@@ -22,6 +23,8 @@ from provisioner.models import Bmc, Event, InventoryFact, Node, utcnow
 from provisioner.schemas import UtcDatetime
 
 router = APIRouter(prefix="/api/v1/nodes", tags=["bmc"])
+
+T = TypeVar("T")
 
 _BMC_ERROR_STATUS = {"unreachable": 504, "timed-out": 504, "authentication-failed": 502}
 
@@ -70,36 +73,32 @@ def _node_and_bmc(session: SessionDep, ref: str) -> tuple[Node, Bmc]:
     return node, bmc
 
 
-@router.get("/{ref}/power", response_model=PowerOut)
-async def read_power(
-    ref: str,
-    request: Request,
-    session: SessionDep,
-    vault: VaultDep,
-    settings: SettingsDep,
-    _viewer: Viewer,
-) -> PowerOut:
-    """Ask the BMC now (the node's ``power_state`` is what the last poll saw)."""
-    _, bmc = _node_and_bmc(session, ref)
-    target = target_for(bmc, vault, settings)
+async def _ask(request: Request, bmc: Bmc, fn: Callable[[Driver], T], *, read: bool) -> T:
+    """Call the node's BMC through the pool; reads are retried, changes are not."""
+    target = target_for(bmc, request.app.state.vault, request.app.state.settings)
+    deadline = deadline_for(target) * (1 if read else 2)
     try:
-        state = await _pool(request).call(
-            target, lambda d: d.power_state(), deadline=deadline_for(target), idempotent=True
-        )
+        return await _pool(request).call(target, fn, deadline=deadline, idempotent=read)
     except BmcError as err:
         raise _bmc_problem(err) from None
-    return PowerOut(power_state=state)
+
+
+def _boot_out(setting: BootSetting) -> BootDeviceOut:
+    return BootDeviceOut(
+        device=setting.device.value, persistent=setting.persistent, uefi=setting.uefi
+    )
+
+
+@router.get("/{ref}/power", response_model=PowerOut)
+async def read_power(ref: str, request: Request, session: SessionDep, _viewer: Viewer) -> PowerOut:
+    """Ask the BMC now (the node's ``power_state`` is what the last poll saw)."""
+    _, bmc = _node_and_bmc(session, ref)
+    return PowerOut(power_state=await _ask(request, bmc, lambda d: d.power_state(), read=True))
 
 
 @router.put("/{ref}/boot-device", response_model=BootDeviceOut)
 async def set_boot_device(
-    ref: str,
-    body: BootDeviceIn,
-    request: Request,
-    session: SessionDep,
-    vault: VaultDep,
-    settings: SettingsDep,
-    token: Operator,
+    ref: str, body: BootDeviceIn, request: Request, session: SessionDep, token: Operator
 ) -> BootDeviceOut:
     """Set the next (or every, with ``persistent``) boot to the network or the disk."""
     node, bmc = _node_and_bmc(session, ref)
@@ -114,37 +113,21 @@ async def set_boot_device(
         driver.set_boot_device(wanted)
         return driver.boot_device()
 
-    target = target_for(bmc, vault, settings)
-    try:
-        now = await _pool(request).call(target, apply, deadline=2 * deadline_for(target))
-    except BmcError as err:
-        raise _bmc_problem(err) from None
+    now = await _ask(request, bmc, apply, read=False)
     message = (
         f"boot device {now.device.value}, {'persistent' if now.persistent else 'next boot only'}"
         f", {'UEFI' if now.uefi else 'BIOS'}"
     )
     await run_in_threadpool(_record, session, node, token.name, message)
-    return BootDeviceOut(device=now.device.value, persistent=now.persistent, uefi=now.uefi)
+    return _boot_out(now)
 
 
 @router.get("/{ref}/boot-device", response_model=BootDeviceOut)
 async def read_boot_device(
-    ref: str,
-    request: Request,
-    session: SessionDep,
-    vault: VaultDep,
-    settings: SettingsDep,
-    _viewer: Viewer,
+    ref: str, request: Request, session: SessionDep, _viewer: Viewer
 ) -> BootDeviceOut:
     _, bmc = _node_and_bmc(session, ref)
-    target = target_for(bmc, vault, settings)
-    try:
-        now = await _pool(request).call(
-            target, lambda d: d.boot_device(), deadline=deadline_for(target), idempotent=True
-        )
-    except BmcError as err:
-        raise _bmc_problem(err) from None
-    return BootDeviceOut(device=now.device.value, persistent=now.persistent, uefi=now.uefi)
+    return _boot_out(await _ask(request, bmc, lambda d: d.boot_device(), read=True))
 
 
 @router.get("/{ref}/inventory", response_model=InventoryOut)
