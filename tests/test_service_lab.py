@@ -117,3 +117,55 @@ def test_inspection_power_and_sync_over_ipmi(
     assert "lab-r01-u03" in report.flagged
     assert nodes(client, operator)["lab-r01-u03"]["power_state"] == "error"
     lab.fault(lab.nodes[2], "none")
+
+
+@pytest.fixture(scope="module")
+def flaky_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    running = Lab(tmp_path_factory.mktemp("flaky"), 4, "--password", "lab-pw")
+    yield running
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "expect"),
+    [
+        # Each answer 150 ms late: a login's five exchanges still fit the 1 s timeout.
+        ("slow:150", "answers"),
+        ("drop:0.3", "answers"),  # lost packets: pyghmi's and the pool's retries cover them
+        ("slow:3000", "fails"),  # slower than the timeout: an error, not a hang
+        ("no-answer", "fails"),
+    ],
+)
+def test_every_fault_kind_through_the_driver(
+    client: TestClient, operator: dict[str, str], flaky_lab: Lab, fault: str, expect: str
+) -> None:
+    imported = client.post(
+        "/api/v1/racks/import",
+        content=flaky_lab.manifest.read_bytes(),
+        headers={**operator, "Content-Type": "text/csv"},
+    )
+    assert imported.status_code == 201, imported.text
+    victim, *others = flaky_lab.nodes
+    flaky_lab.fault(victim, fault)
+    try:
+        power_sync = client.app.state.power_sync  # type: ignore[attr-defined]
+        started = time.monotonic()
+        report = client.portal.call(power_sync.sync_once)  # type: ignore[union-attr]
+        elapsed = time.monotonic() - started
+    finally:
+        flaky_lab.fault(victim, "none")
+    # timeout 1 s and one retry: the worst case is bounded by the pool's deadline.
+    assert elapsed < 6
+    by_name = nodes(client, operator)
+    for other in others:
+        assert by_name[other.name]["power_state"] == "off", by_name[other.name]
+    if expect == "answers":
+        assert report.failed == 0
+        assert by_name[victim.name]["power_state"] == "off"
+    else:
+        assert report.failed == 1
+        assert by_name[victim.name]["power_state"] == "unknown"
+        reason = by_name[victim.name]["power_reason"]
+        # Unreachable or timed out, each says how long it waited and what to check.
+        assert f"127.0.0.1:{victim.port}" in reason
+        assert "within" in reason, reason
