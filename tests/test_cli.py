@@ -486,6 +486,10 @@ def test_demo_runs_to_the_end() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "lab-r01-u01" in result.stdout
     assert "ready=8" in result.stdout
-    assert "power is on" in result.stderr  # confirmations go to stderr, data to stdout
+    # Confirmations go to stderr, data to stdout.
+    assert "power is on" in result.stderr
+    assert "next boot from network" in result.stderr
+    assert "Virtual Server VS-1" in result.stdout  # node inventory, read over IPMI
+    assert "lab-virtual-server" in result.stdout
     assert "/docs" in result.stdout
     assert "export PROVISIONER_TOKEN=prov_" in result.stdout
