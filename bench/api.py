@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -69,7 +70,6 @@ SERVER_ENV = {
     "PROVISIONER_INSPECT_ON_ENROLL": "false",
     "PROVISIONER_POWER_SYNC_INTERVAL": "0",
 }
-TICKS = os.sysconf("SC_CLK_TCK")
 
 # The issue's targets, each checked against one measured figure.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -188,13 +188,6 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1)
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (steal excluded), from /proc/stat."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / TICKS
-
-
 # Set from --wait-quiet: how long a phase may wait for other processes to go quiet.
 QUIET_WAIT_S = 0.0
 QUIET_CORES = 0.15  # other processes' use of the machine, in cores, that counts as quiet
@@ -251,12 +244,6 @@ def _kib(value: str) -> int:
     return int(value.split()[0])
 
 
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces or parentheses: split after the last ')'.
-        return f.read().rsplit(")", 1)[1].split()
-
-
 class Server:
     """A service under test in its own session; its memory and CPU come from /proc."""
 
@@ -286,7 +273,7 @@ class Server:
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
-                    parents[int(entry)] = int(_stat_fields(int(entry))[1])
+                    parents[int(entry)] = int(stat_fields(int(entry))[1])
                 except (OSError, IndexError):
                     continue
         tree = [self.proc.pid]
@@ -322,7 +309,7 @@ class Server:
         total = 0
         for pid in self.pids():
             try:
-                fields = _stat_fields(pid)
+                fields = stat_fields(pid)
             except OSError:
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime
@@ -484,11 +471,6 @@ def export_revision(rev: str, into: Path) -> str:
     # migrations come from the export.
     SERVER_ENV["PYTHONPATH"] = str(into)
     return commit
-
-
-def git(*args: str) -> str:
-    run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-    return run.stdout.strip() if run.returncode == 0 else ""
 
 
 def code_state(rev: str | None, commit: str | None) -> dict[str, Any]:
@@ -877,10 +859,6 @@ def ironic_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path) -> d
 # ---- report ---------------------------------------------------------------------------
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def machine() -> dict[str, Any]:
     model = "unknown"
     with open("/proc/cpuinfo") as f:
@@ -1222,17 +1200,6 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, generated: str) -> None:
-    """Replace the generated block and keep whatever was written around it by hand."""
-    text = path.read_text() if path.exists() else "# API benchmark results\n\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before, rest = text.split(RESULTS_BEGIN, 1)
-        text = before + generated + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    path.write_text(text)
-
-
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -1343,7 +1310,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads(args.render.read_text())
         print("\n".join(table_lines(results, markdown=False)))
-        write_results(args.results, results_markdown(results))
+        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
         print(f"results: {args.results}")
         return 0
     results = run(args)
@@ -1356,7 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
     print(f"\nraw figures: {raw}")
     if args.write_results:
-        write_results(args.results, results_markdown(results))
+        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
         print(f"results: {args.results}")
     return 0
 

@@ -41,12 +41,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 VENV_BIN = Path(sys.executable).parent
 RESULTS_BEGIN = "<!-- bench/power_sync.py writes from here -->"
 RESULTS_END = "<!-- bench/power_sync.py writes up to here -->"
-TICKS = os.sysconf("SC_CLK_TCK")
 USERNAME = "admin"
 # One shared lab password: the ipmitool command lines then differ only by port.
 PASSWORD = "bench-power-sync"
@@ -71,10 +72,6 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 }
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
     return {**env, **SERVICE_ENV, **extra}
@@ -83,25 +80,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 # ---- CPU accounting -------------------------------------------------------------------
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all processes have used since boot (steal excluded), from /proc/stat."""
-    with open("/proc/stat") as f:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, f.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / TICKS
-
-
-def _stat_fields(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces or parentheses: split after the last ')'.
-        return f.read().rsplit(")", 1)[1].split()
-
-
 def process_tree(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                parents[int(entry)] = int(_stat_fields(int(entry))[1])
+                parents[int(entry)] = int(stat_fields(int(entry))[1])
             except (OSError, IndexError):
                 continue
     tree = [root]
@@ -114,7 +98,7 @@ def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
         try:
-            fields = _stat_fields(pid)
+            fields = stat_fields(pid)
         except OSError:
             continue  # gone: its time is lost, which only understates the lab
         total += int(fields[11]) + int(fields[12])  # utime, stime
@@ -742,12 +726,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def git(*args: str) -> str:
-    run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
-    # Not strip(): `status --porcelain` lines begin with a meaningful space.
-    return run.stdout.rstrip() if run.returncode == 0 else ""
-
-
 def code_state() -> dict[str, Any]:
     changed = git("status", "--porcelain", "--", "provisioner", "lab", "migrations")
     return {
@@ -1105,18 +1083,6 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: Path, generated: str) -> None:
-    """Replace this bench's block and keep everything else (the API bench's block, text
-    written by hand)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if RESULTS_BEGIN in text and RESULTS_END in text:
-        before, rest = text.split(RESULTS_BEGIN, 1)
-        text = before + generated + rest.split(RESULTS_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + generated + "\n"
-    path.write_text(text)
-
-
 # ---- main -----------------------------------------------------------------------------
 
 
@@ -1211,7 +1177,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
     print(f"\nraw figures: {raw}")
     if args.write_results:
-        write_results(args.results, results_markdown(results))
+        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
         print(f"results: {args.results}")
     return 0
 
