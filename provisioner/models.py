@@ -44,7 +44,14 @@ def _timestamp(index: bool = False) -> Any:
 
 class Node(SQLModel, table=True):
     # One server per rack unit; rows without a rack or unit do not collide (NULLs differ).
-    __table_args__ = (UniqueConstraint("rack", "rack_unit"),)
+    # The (filter, name) indexes make a filtered cursor page (WHERE rack = ? AND name > ?
+    # ORDER BY name) an index range scan instead of a walk in name order.
+    __table_args__ = (
+        UniqueConstraint("rack", "rack_unit"),
+        Index("ix_node_rack_name", "rack", "name"),
+        Index("ix_node_role_name", "role", "name"),
+        Index("ix_node_state_name", "state", "name"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=63, unique=True, index=True)
@@ -99,6 +106,9 @@ class Nic(SQLModel, table=True):
     )
     mac: str = Field(max_length=17, unique=True, index=True)
     pxe: bool = Field(default=False)
+    # The address this NIC last network-booted from: TFTP requests carry no MAC, so
+    # their hops are put on the node's timeline by this address.
+    boot_ip: str | None = Field(default=None, max_length=45, index=True)
 
 
 class InventoryFact(SQLModel, table=True):
@@ -170,3 +180,46 @@ class ApiToken(SQLModel, table=True):
         default=None,
         sa_type=DateTime(timezone=True),
     )
+
+
+class Deployment(SQLModel, table=True):
+    """One attempt to install (or wipe) a node, and the one-time token that proves which
+    node and which attempt a boot request or installer callback belongs to.
+
+    The token and the Puppet challenge are kept encrypted (the iPXE script is rendered
+    whenever the node asks, so the service needs them back) and the token's hash is the
+    lookup key. A newer deployment of the same node supersedes the older one; once a
+    deployment has ended its token is refused.
+    """
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    kind: str = Field(max_length=16)
+    role: str | None = Field(default=None, max_length=63)
+    image: str | None = Field(default=None, max_length=63)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    token_encrypted: str = Field(max_length=512)
+    challenge_encrypted: str = Field(max_length=512)
+    status: str = Field(default="pending", max_length=16)
+    message: str = Field(default="", max_length=2000)
+    created_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class BootHop(SQLModel, table=True):
+    """A boot request no node could be found for (a TFTP fetch from an address never
+    seen before, say). Kept for discovery and debugging, trimmed to the newest few
+    thousand."""
+
+    __tablename__ = "boot_hop"
+
+    id: int | None = Field(default=None, primary_key=True)
+    time: datetime = _timestamp()
+    client: str = Field(max_length=45)
+    mac: str | None = Field(default=None, max_length=17)
+    kind: str = Field(max_length=16)
+    detail: str = Field(default="", max_length=500)

@@ -22,6 +22,7 @@ from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from provisioner.boot import deployments
 from provisioner.errors import Problem
 from provisioner.lifecycle import (
     POWER_ACTIONS,
@@ -528,8 +529,21 @@ def remove(session: Session, node: Node, actor: str) -> None:
     log.info("node %s (%s) deleted by %s", node.name, node.id, actor)
 
 
-def act(session: Session, node: Node, action: Action, body: ActionRequest, actor: str) -> Node:
-    """Validate ``action`` against the lifecycle and record it; the reconciler does the work."""
+def act(
+    session: Session,
+    node: Node,
+    action: Action,
+    body: ActionRequest,
+    actor: str,
+    *,
+    vault: Vault,
+    deploy_timeout: float,
+) -> Node:
+    """Validate ``action`` against the lifecycle and record it; the reconciler does the work.
+
+    Entering provisioning or wiping starts a deployment at once, so a machine that
+    network-boots from now on gets its installer even before the reconciler powers it.
+    """
     transition = decide(
         State(node.state), action, maintenance=node.maintenance, failed_from=_failed_from(node)
     )
@@ -553,8 +567,27 @@ def act(session: Session, node: Node, action: Action, body: ActionRequest, actor
         )
     elif transition.from_state is State.FAILED:
         changes.update(failed_from=None, last_error=None)
+    if transition.to_state in _DEPLOYING:
+        kind = _DEPLOYING[transition.to_state]
+        if action in (Action.PROVISION, Action.REIMAGE):
+            kind = action.value
+        deployments.start(
+            session,
+            vault,
+            node.id,
+            kind=kind,
+            role=changes.get("role", node.role),
+            image=changes.get("image", node.image),
+            timeout=deploy_timeout,
+        )
+    elif action is Action.ABORT:
+        deployments.end_live(session, node.id, "aborted", f"aborted by {actor}")
     event = _event(node.id, actor, action.value, message, transition)
     return _save(session, node, changes, [event])
+
+
+# States whose work is a deployment, and the deployment kind a retry starts in each.
+_DEPLOYING = {State.PROVISIONING: "provision", State.WIPING: "wipe"}
 
 
 # Clears a node flagged by the power sync: an operator has acted on its BMC.

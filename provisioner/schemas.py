@@ -223,17 +223,36 @@ class RoleOut(RoleIn):
     updated_at: UtcDatetime
 
 
-OsFamily = Literal["rhel", "debian", "ubuntu"]
+OsFamily = Literal["rhel", "fedora", "debian", "ubuntu"]
 AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
-Url = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^(https?|file)://\S+$")]
+
+
+def _boot_location(value: str) -> str:
+    if "://" not in value and ".." in value.split("/"):
+        raise ValueError("a path in the images directory may not contain '..'")
+    return value
+
+
+# A kernel or initrd: a URL the machine fetches itself, or a path below the service's
+# images directory (served at /boot/files/<path>).
+BootLocation = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^(https?://\S+|[A-Za-z0-9_][A-Za-z0-9._/-]*)$",
+        description="http(s) URL, or a path in the images directory",
+    ),
+    AfterValidator(_boot_location),
+]
 
 
 class ImageIn(Strict):
     name: Slug
     os_family: OsFamily
     version: Annotated[str, Field(min_length=1, max_length=32)]
-    kernel_url: Url
-    initrd_url: Url
+    kernel_url: BootLocation
+    initrd_url: BootLocation
     repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] = ""
     answer_template: AnswerTemplate
     kernel_args: Annotated[str, Field(max_length=1024)] = ""
@@ -242,8 +261,8 @@ class ImageIn(Strict):
 class ImagePatch(Strict):
     os_family: OsFamily | None = None
     version: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    kernel_url: Url | None = None
-    initrd_url: Url | None = None
+    kernel_url: BootLocation | None = None
+    initrd_url: BootLocation | None = None
     repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] | None = (
         None
     )

@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     profiles_dir: Path | None = Field(
         default=None, description="Hardware profiles; the shipped ones when unset."
     )
+    images_dir: Path | None = Field(
+        default=None,
+        description="Kernels, initrds and disk images served under /boot/files; "
+        "<data_dir>/images when unset.",
+    )
+    accel_redirect: str | None = Field(
+        default=None,
+        description="Internal nginx location (e.g. /_boot_files/) to hand file bytes to "
+        "with X-Accel-Redirect; the service then only authorises.",
+    )
 
     reconciler: bool = Field(default=True, description="Carry out actions and inspections.")
     reconcile_interval: float = Field(default=1.0, gt=0)
@@ -62,6 +72,54 @@ class Settings(BaseSettings):
     power_sync_failure_limit: int = Field(
         default=5, ge=1, description="Failed polls in a row before a node is flagged."
     )
+
+    # The boot network (node-facing routes and the embedded TFTP server).
+    boot_url: str | None = Field(
+        default=None,
+        description="Base URL booting nodes reach this service at, e.g. "
+        "http://10.0.0.2:8080; the URL each request arrived on when unset.",
+    )
+    deploy_timeout: float = Field(
+        default=3600.0, gt=0, description="Seconds an installation may take before it fails."
+    )
+    discovery_kernel_url: str | None = Field(
+        default=None,
+        description="Kernel unknown machines boot to be inventoried; they boot from their "
+        "local disk when unset.",
+    )
+    discovery_initrd_url: str | None = None
+    discovery_kernel_args: str = ""
+    wipe_kernel_url: str | None = Field(
+        default=None,
+        description="Kernel released machines boot to erase their disks; the wipe image "
+        "calls back done when finished.",
+    )
+    wipe_initrd_url: str | None = None
+    wipe_kernel_args: str = ""
+    domain: str | None = Field(default=None, description="DNS domain of installed nodes.")
+    puppet_server: str | None = Field(
+        default=None, description="Puppet server installed nodes use; no Puppet when unset."
+    )
+    ssh_authorized_keys: list[str] = Field(
+        default_factory=list, description="SSH public keys for root on installed nodes (JSON)."
+    )
+    boot_hops_kept: int = Field(
+        default=10_000, ge=100, description="Boot requests of unknown machines kept."
+    )
+    tftp_enabled: bool = Field(default=False, description="Serve TFTP from this process.")
+    tftp_address: str = "0.0.0.0"  # noqa: S104 (boot networks reach it on any interface)
+    tftp_port: int = Field(default=69, ge=0, le=65535)
+    tftp_root: Path | None = Field(
+        default=None, description="iPXE binaries served by TFTP; <data_dir>/tftp when unset."
+    )
+
+    @property
+    def resolved_tftp_root(self) -> Path:
+        return self.tftp_root or self.data_dir / "tftp"
+
+    @property
+    def resolved_images_dir(self) -> Path:
+        return self.images_dir or self.data_dir / "images"
 
     @property
     def resolved_database_url(self) -> str:

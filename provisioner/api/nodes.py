@@ -110,10 +110,20 @@ def act_on_node(
     action: Action,
     session: SessionDep,
     token: Operator,
+    vault: VaultDep,
+    settings: SettingsDep,
     body: Annotated[ActionRequest | None, Body()] = None,
 ) -> Response:
     """Ask for a lifecycle or power action. 409 names the actions allowed now."""
-    node = nodes.act(session, nodes.find(session, ref), action, body or ActionRequest(), token.name)
+    node = nodes.act(
+        session,
+        nodes.find(session, ref),
+        action,
+        body or ActionRequest(),
+        token.name,
+        vault=vault,
+        deploy_timeout=settings.deploy_timeout,
+    )
     return node_response(nodes.present(session, [node])[0], 202)
 
 

@@ -11,6 +11,16 @@ from fastapi.testclient import TestClient
 from tests.conftest import auth
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
+# Firmware and installers cannot hold an API token; a deployment token guards these.
+NODE_FACING = ("/boot/", "/callback/")
+# ...except where the pxe process reports on the nodes' behalf, which writes timelines.
+PXE_REPORTS = {"/boot/trace/tftp"}
+
+
+def _needs_token(path: str) -> bool:
+    if path in PUBLIC:
+        return False
+    return path in PXE_REPORTS or not path.startswith(NODE_FACING)
 
 
 def _api_routes(app: FastAPI) -> list[tuple[str, str]]:
@@ -18,7 +28,7 @@ def _api_routes(app: FastAPI) -> list[tuple[str, str]]:
     return [
         (method.upper(), re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", path))
         for path, operations in app.openapi()["paths"].items()
-        if path not in PUBLIC
+        if _needs_token(path)
         for method in operations
     ]
 

@@ -11,10 +11,10 @@ from provisioner.models import ApiToken
 from tests.conftest import auth, node_body
 
 IMAGE = {
-    "name": "debian-12",
+    "name": "debian-12-local",
     "os_family": "debian",
     "version": "12",
-    "kernel_url": "https://deb.debian.org/debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/linux",
+    "kernel_url": "debian-12/linux",
     "initrd_url": "https://deb.debian.org/debian/dists/bookworm/main/installer-amd64/current/images/netboot/debian-installer/amd64/initrd.gz",
     "repo_url": "https://deb.debian.org/debian",
     "answer_template": "preseed",
@@ -26,7 +26,7 @@ def test_image_and_role_crud(
 ) -> None:
     assert client.post("/api/v1/images", json=IMAGE, headers=admin).status_code == 201
     assert client.post("/api/v1/images", json=IMAGE, headers=admin).status_code == 409
-    role = {"name": "storage", "default_image": "debian-12", "packages": ["ceph-osd"]}
+    role = {"name": "storage", "default_image": "debian-12-local", "packages": ["ceph-osd"]}
     created = client.post("/api/v1/roles", json=role, headers=admin)
     assert created.status_code == 201, created.text
     assert created.json()["auto_provision"] is True
@@ -44,11 +44,11 @@ def test_image_and_role_crud(
         client.post("/api/v1/nodes", json=node_body(role="storage"), headers=operator).status_code
         == 201
     )
-    assert client.delete("/api/v1/images/debian-12", headers=admin).status_code == 409
+    assert client.delete("/api/v1/images/debian-12-local", headers=admin).status_code == 409
     assert client.delete("/api/v1/roles/storage", headers=admin).status_code == 409
     assert client.delete("/api/v1/nodes/r01-u01", headers=operator).status_code == 204
     assert client.delete("/api/v1/roles/storage", headers=admin).status_code == 204
-    assert client.delete("/api/v1/images/debian-12", headers=admin).status_code == 204
+    assert client.delete("/api/v1/images/debian-12-local", headers=admin).status_code == 204
     assert client.get("/api/v1/roles/storage", headers=admin).status_code == 404
 
 

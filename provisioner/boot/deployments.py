@@ -1,0 +1,172 @@
+"""Deployments: one per installation (or wipe) of a node, with the one-time token that is
+the only credential a booting machine ever holds.
+
+A deployment is *live* from the accepted action until the installer reports ``done`` or
+``failed``, a newer deployment replaces it, the operator aborts, or its deadline passes.
+Only a live deployment's token opens its answer file and takes callbacks; anything else
+is refused and changes nothing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import insert, update
+from sqlmodel import Session, col, select
+
+from provisioner.errors import Problem
+from provisioner.models import Deployment, Event, table_of, utcnow
+from provisioner.secrets import Vault, hash_token
+
+LIVE = ("pending", "started")
+
+
+class Callback(StrEnum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# Where each callback may come from, and where it leads.
+_CALLBACK_RULES: dict[Callback, tuple[tuple[str, ...], str | None]] = {
+    Callback.STARTED: (("pending",), "started"),
+    Callback.PROGRESS: (LIVE, None),
+    Callback.DONE: (LIVE, "done"),
+    Callback.FAILED: (LIVE, "failed"),
+}
+
+
+@dataclass(frozen=True)
+class Live:
+    """A live deployment with its secrets decrypted, for rendering scripts and answers."""
+
+    row: Deployment
+    token: str
+    challenge: str
+
+
+def start(
+    session: Session,
+    vault: Vault,
+    node_id: uuid.UUID,
+    kind: str,
+    role: str | None,
+    image: str | None,
+    timeout: float,
+) -> None:
+    """Add a new deployment to the session, ending the node's live one.
+
+    Does not commit: the caller writes it in the same transaction as the node's state
+    change, so a request that loses an optimistic-concurrency race leaves no deployment.
+    """
+    end_live(session, node_id, "superseded", "replaced by a new deployment")
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.execute(
+        insert(table_of(Deployment)).values(
+            id=uuid.uuid4(),
+            node_id=node_id,
+            kind=kind,
+            role=role,
+            image=image,
+            token_hash=hash_token(token),
+            token_encrypted=vault.encrypt(token),
+            challenge_encrypted=vault.encrypt(secrets.token_urlsafe(24)),
+            status="pending",
+            message="",
+            created_at=now,
+            expires_at=now + timedelta(seconds=timeout),
+        )
+    )
+
+
+def end_live(session: Session, node_id: uuid.UUID, status: str, message: str) -> None:
+    """End the node's live deployment, if any (no commit)."""
+    session.execute(
+        update(table_of(Deployment))
+        .where(col(Deployment.node_id) == node_id, col(Deployment.status).in_(LIVE))
+        .values(status=status, message=message, finished_at=utcnow())
+    )
+
+
+def live_for_node(session: Session, vault: Vault, node_id: uuid.UUID) -> Live | None:
+    row = session.exec(
+        select(Deployment)
+        .where(col(Deployment.node_id) == node_id, col(Deployment.status).in_(LIVE))
+        .order_by(col(Deployment.created_at).desc())
+    ).first()
+    if row is None or _expired(row, utcnow()):
+        return None
+    return _reveal(vault, row)
+
+
+def by_token(session: Session, vault: Vault, token: str) -> Live:
+    """The live deployment ``token`` belongs to; 404 for a token never issued, 410 for
+    one whose deployment has ended."""
+    row = session.exec(select(Deployment).where(Deployment.token_hash == hash_token(token))).first()
+    if row is None:
+        raise Problem(404, "No deployment has this token.")
+    if row.status not in LIVE:
+        raise Problem(410, f"This deployment has ended ({row.status}); its token is spent.")
+    if _expired(row, utcnow()):
+        raise Problem(410, "This deployment's deadline has passed; its token has expired.")
+    return _reveal(vault, row)
+
+
+def callback(
+    session: Session, vault: Vault, token: str, kind: Callback, message: str, client: str
+) -> Deployment:
+    """Record an installer callback on the deployment and the node's timeline."""
+    live = by_token(session, vault, token)
+    row = live.row
+    allowed_from, new_status = _CALLBACK_RULES[kind]
+    if row.status not in allowed_from:
+        raise Problem(409, f"The installer already reported {row.status!r}; {kind} is late.")
+    now = utcnow()
+    values: dict[str, object] = {"message": message} if message else {}
+    if new_status is not None:
+        values["status"] = new_status
+        if new_status == "started":
+            values["started_at"] = now
+        else:
+            values["finished_at"] = now
+    if values:
+        result = session.execute(
+            update(table_of(Deployment))
+            .where(col(Deployment.id) == row.id, col(Deployment.status) == row.status)
+            .values(**values)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            raise Problem(409, "Another callback for this deployment won the race; retry.")
+    text = f"installer {kind.value} (deployment {str(row.id)[:8]}, from {client})"
+    if message:
+        text += f": {message}"
+    session.execute(
+        insert(Event).values(
+            node_id=row.node_id,
+            time=now,
+            actor="installer",
+            kind=f"callback-{kind.value}",
+            message=text[:2000],
+        )
+    )
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def _expired(row: Deployment, now: datetime) -> bool:
+    expires = row.expires_at
+    if expires.tzinfo is None:  # SQLite hands back naive datetimes, stored as UTC
+        expires = expires.replace(tzinfo=now.tzinfo)
+    return now >= expires
+
+
+def _reveal(vault: Vault, row: Deployment) -> Live:
+    return Live(row, vault.decrypt(row.token_encrypted), vault.decrypt(row.challenge_encrypted))

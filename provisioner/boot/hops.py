@@ -1,0 +1,160 @@
+"""The boot trace: every hop a machine makes (TFTP file, iPXE script, kernel, answer file)
+written to its node's timeline, or to a bounded table of hops no node could be found for.
+
+Hops are written in batches by a background task, not in the request: a boot storm is
+hundreds of requests a second, and one INSERT per request would make the boot routes
+wait on the database's write lock. A hop may therefore show up a fraction of a second
+after its response; a crash can lose the last fraction of a second of hops, never a
+state change (state changes are written in their own request's transaction).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from starlette.concurrency import run_in_threadpool
+
+from provisioner.models import BootHop, Deployment, Event, Nic, table_of, utcnow
+from provisioner.secrets import hash_token
+
+log = logging.getLogger(__name__)
+
+_nic = table_of(Nic)
+_hop = table_of(BootHop)
+_deployment = table_of(Deployment)
+
+
+@dataclass
+class _Pending:
+    events: list[dict[str, object]]
+    unknown: list[dict[str, object]]
+    boot_ips: dict[str, str]
+    # Hops named by a deployment token (boot files): the node is looked up at write time.
+    by_token: list[tuple[str, dict[str, object]]]
+
+
+class HopRecorder:
+    def __init__(self, engine: Engine, keep: int, interval: float = 0.25) -> None:
+        self._engine = engine
+        self._keep = keep
+        self._interval = interval
+        self._pending = _Pending([], [], {}, [])
+        self._writes = 0
+
+    def node(self, node_id: uuid.UUID, kind: str, message: str, actor: str = "node") -> None:
+        self._pending.events.append(self._event(node_id, kind, message, actor))
+
+    @staticmethod
+    def _event(
+        node_id: uuid.UUID | None, kind: str, message: str, actor: str = "node"
+    ) -> dict[str, object]:
+        return {
+            "node_id": node_id,
+            "time": utcnow(),
+            "actor": actor,
+            "kind": kind,
+            "from_state": None,
+            "to_state": None,
+            "message": message[:2000],
+        }
+
+    def by_token(self, token: str, client: str, kind: str, message: str) -> None:
+        """A hop of whichever node ``token``'s deployment belongs to."""
+        event = self._event(None, kind, message)
+        self._pending.by_token.append((hash_token(token), {**event, "client": client}))
+
+    def unknown(self, client: str, mac: str | None, kind: str, detail: str) -> None:
+        self._pending.unknown.append(
+            {"time": utcnow(), "client": client, "mac": mac, "kind": kind, "detail": detail[:500]}
+        )
+
+    def boot_ip(self, mac: str, address: str) -> None:
+        """Remember which address a NIC boots from, to place its later TFTP hops."""
+        self._pending.boot_ips[mac] = address
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        batch, self._pending = self._pending, _Pending([], [], {}, [])
+        if batch.events or batch.unknown or batch.boot_ips or batch.by_token:
+            try:
+                await run_in_threadpool(self._write, batch)
+            except Exception:
+                # The trace is a debugging aid: a database hiccup must not kill the task.
+                log.exception("could not write %d boot hops", len(batch.events))
+
+    def _write(self, batch: _Pending) -> None:
+        with self._engine.begin() as connection:
+            if batch.by_token:
+                self._place(connection, batch)
+            if batch.events:
+                connection.execute(insert(Event), batch.events)
+            if batch.boot_ips:
+                # DHCP hands a freed address to another machine: only its newest user
+                # keeps it.
+                connection.execute(
+                    update(_nic)
+                    .where(_nic.c.boot_ip.in_(set(batch.boot_ips.values())))
+                    .values(boot_ip=None)
+                )
+                connection.execute(
+                    update(_nic)
+                    .where(_nic.c.mac == bindparam("b_mac"))
+                    .values(boot_ip=bindparam("b_ip")),
+                    [{"b_mac": m, "b_ip": ip} for m, ip in batch.boot_ips.items()],
+                )
+            if batch.unknown:
+                connection.execute(insert(_hop), batch.unknown)
+                self._writes += len(batch.unknown)
+                # Trimming on every flush would rescan the table; every keep/10 rows is
+                # enough to hold it under 1.1 x keep.
+                if self._writes >= self._keep // 10:
+                    self._writes = 0
+                    newest = connection.execute(select(func.max(_hop.c.id))).scalar_one()
+                    connection.execute(delete(_hop).where(_hop.c.id <= newest - self._keep))
+
+    @staticmethod
+    def _place(connection: Connection, batch: _Pending) -> None:
+        hashes = {digest for digest, _ in batch.by_token}
+        owners = dict(
+            connection.execute(
+                select(_deployment.c.token_hash, _deployment.c.node_id).where(
+                    _deployment.c.token_hash.in_(hashes)
+                )
+            ).all()
+        )
+        for digest, event in batch.by_token:
+            client = str(event.pop("client"))
+            node_id = owners.get(digest)
+            if node_id is None:
+                batch.unknown.append(
+                    {
+                        "time": event["time"],
+                        "client": client,
+                        "mac": None,
+                        "kind": str(event["kind"])[:16],
+                        "detail": f"unknown token: {event['message']}"[:500],
+                    }
+                )
+            else:
+                batch.events.append({**event, "node_id": node_id})
+
+
+def nodes_by_address(engine: Engine, addresses: Iterable[str]) -> dict[str, uuid.UUID]:
+    """The node each boot address belongs to (the NIC that booted from it last)."""
+    wanted = set(addresses)
+    if not wanted:
+        return {}
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(_nic.c.boot_ip, _nic.c.node_id).where(_nic.c.boot_ip.in_(wanted))
+        )
+        return dict(rows.tuples().all())
