@@ -12,6 +12,7 @@ from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/
 from provisioner.cli.catalog import image_app, role_app, token_app
 from provisioner.cli.client import CliError, GlobalOptions
 from provisioner.cli.nodes import node_app, rack_app
+from provisioner.cli.pxe import pxe_app
 from provisioner.cli.server import db_app, serve
 
 
@@ -41,6 +42,7 @@ app.add_typer(role_app, name="role")
 app.add_typer(image_app, name="image")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
+app.add_typer(pxe_app, name="pxe")
 app.command()(serve)
 
 
