@@ -13,10 +13,12 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import __version__, db, nodes
-from provisioner.api import bmc, catalog, problems, racks, service, tokens
+from provisioner.api import bmc, boot, boot_files, catalog, problems, racks, service, tokens
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
 from provisioner.bmc.pool import BmcPool, DriverFactory
+from provisioner.boot.hops import HopRecorder
+from provisioner.boot.service import BootService
 from provisioner.limits import BodySizeLimit
 from provisioner.metrics import Metrics, MetricsMiddleware
 from provisioner.power import PowerSync
@@ -44,6 +46,8 @@ def create_app(
     )
     reconciler = Reconciler(engine, vault, pool, settings, lambda: app.state.profiles)
     power_sync = PowerSync(engine, vault, pool, settings)
+    hops = HopRecorder(engine, keep=settings.boot_hops_kept)
+    boot_service = BootService(engine, vault, settings, lambda: app.state.profiles, hops)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -53,7 +57,7 @@ def create_app(
         # them again and again (they set the latency tail of every request otherwise).
         gc.collect()
         gc.freeze()
-        loops = []
+        loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
             if settings.power_sync_interval > 0:
@@ -62,6 +66,7 @@ def create_app(
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await hops.flush()
         await reconciler.drain()
         pool.close()
         engine.dispose()
@@ -85,10 +90,15 @@ def create_app(
     app.state.bmc_pool = pool
     app.state.reconciler = reconciler
     app.state.power_sync = power_sync
+    app.state.boot = boot_service
+    app.state.file_observer = boot_service.file_served
 
     problems.install(app)
     for router in (
         service.router,
+        boot.router,
+        boot_files.router,
+        boot.api,
         nodes_api.router,
         bmc.router,
         profiles_api.router,

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from starlette.concurrency import run_in_threadpool
@@ -31,11 +31,18 @@ _deployment = table_of(Deployment)
 
 @dataclass
 class _Pending:
-    events: list[dict[str, object]]
-    unknown: list[dict[str, object]]
-    boot_ips: dict[str, str]
-    # Hops named by a deployment token (boot files): the node is looked up at write time.
-    by_token: list[tuple[str, dict[str, object]]]
+    events: list[dict[str, object]] = field(default_factory=list)
+    unknown: list[dict[str, object]] = field(default_factory=list)
+    boot_ips: dict[str, str] = field(default_factory=dict)
+    # Hops whose node is known only by a deployment token (boot files) or a booting
+    # address (TFTP): looked up at write time, after this batch's boot addresses.
+    by_token: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
+    by_address: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.events or self.unknown or self.boot_ips or self.by_token or self.by_address
+        )
 
 
 class HopRecorder:
@@ -43,11 +50,15 @@ class HopRecorder:
         self._engine = engine
         self._keep = keep
         self._interval = interval
-        self._pending = _Pending([], [], {}, [])
+        self._pending = _Pending()
         self._writes = 0
+        self._flushing = asyncio.Lock()
+        # Routes record hops from worker threads while flush swaps the batch out.
+        self._lock = threading.Lock()
 
     def node(self, node_id: uuid.UUID, kind: str, message: str, actor: str = "node") -> None:
-        self._pending.events.append(self._event(node_id, kind, message, actor))
+        with self._lock:
+            self._pending.events.append(self._event(node_id, kind, message, actor))
 
     @staticmethod
     def _event(
@@ -66,16 +77,24 @@ class HopRecorder:
     def by_token(self, token: str, client: str, kind: str, message: str) -> None:
         """A hop of whichever node ``token``'s deployment belongs to."""
         event = self._event(None, kind, message)
-        self._pending.by_token.append((hash_token(token), {**event, "client": client}))
+        with self._lock:
+            self._pending.by_token.append((hash_token(token), client, event))
+
+    def by_address(self, client: str, kind: str, message: str) -> None:
+        """A hop of whichever node last booted from ``client``."""
+        event = self._event(None, kind, message)
+        with self._lock:
+            self._pending.by_address.append((client, event))
 
     def unknown(self, client: str, mac: str | None, kind: str, detail: str) -> None:
-        self._pending.unknown.append(
-            {"time": utcnow(), "client": client, "mac": mac, "kind": kind, "detail": detail[:500]}
-        )
+        hop = {"time": utcnow(), "client": client, "mac": mac, "kind": kind, "detail": detail[:500]}
+        with self._lock:
+            self._pending.unknown.append(hop)
 
     def boot_ip(self, mac: str, address: str) -> None:
         """Remember which address a NIC boots from, to place its later TFTP hops."""
-        self._pending.boot_ips[mac] = address
+        with self._lock:
+            self._pending.boot_ips[mac] = address
 
     async def run(self) -> None:
         while True:
@@ -83,20 +102,20 @@ class HopRecorder:
             await self.flush()
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, _Pending([], [], {}, [])
-        if batch.events or batch.unknown or batch.boot_ips or batch.by_token:
-            try:
-                await run_in_threadpool(self._write, batch)
-            except Exception:
-                # The trace is a debugging aid: a database hiccup must not kill the task.
-                log.exception("could not write %d boot hops", len(batch.events))
+        """Write every hop recorded so far, including those a running flush has taken."""
+        async with self._flushing:
+            with self._lock:
+                batch, self._pending = self._pending, _Pending()
+            if batch:
+                try:
+                    await run_in_threadpool(self._write, batch)
+                except Exception:
+                    # The trace is a debugging aid: a database hiccup must not kill the
+                    # task.
+                    log.exception("could not write %d boot hops", len(batch.events))
 
     def _write(self, batch: _Pending) -> None:
         with self._engine.begin() as connection:
-            if batch.by_token:
-                self._place(connection, batch)
-            if batch.events:
-                connection.execute(insert(Event), batch.events)
             if batch.boot_ips:
                 # DHCP hands a freed address to another machine: only its newest user
                 # keeps it.
@@ -111,6 +130,9 @@ class HopRecorder:
                     .values(boot_ip=bindparam("b_ip")),
                     [{"b_mac": m, "b_ip": ip} for m, ip in batch.boot_ips.items()],
                 )
+            self._place(connection, batch)
+            if batch.events:
+                connection.execute(insert(Event), batch.events)
             if batch.unknown:
                 connection.execute(insert(_hop), batch.unknown)
                 self._writes += len(batch.unknown)
@@ -123,38 +145,41 @@ class HopRecorder:
 
     @staticmethod
     def _place(connection: Connection, batch: _Pending) -> None:
-        hashes = {digest for digest, _ in batch.by_token}
-        owners = dict(
-            connection.execute(
-                select(_deployment.c.token_hash, _deployment.c.node_id).where(
-                    _deployment.c.token_hash.in_(hashes)
+        by_token: dict[str, uuid.UUID] = {}
+        by_address: dict[str, uuid.UUID] = {}
+        if batch.by_token:
+            wanted = {digest for digest, _, _ in batch.by_token}
+            by_token = dict(
+                connection.execute(
+                    select(_deployment.c.token_hash, _deployment.c.node_id).where(
+                        _deployment.c.token_hash.in_(wanted)
+                    )
                 )
-            ).all()
-        )
-        for digest, event in batch.by_token:
-            client = str(event.pop("client"))
-            node_id = owners.get(digest)
-            if node_id is None:
+                .tuples()
+                .all()
+            )
+        if batch.by_address:
+            by_address = _owners_of(connection, {client for client, _ in batch.by_address})
+        placed = [(by_token.get(key), client, event) for key, client, event in batch.by_token]
+        placed += [(by_address.get(client), client, event) for client, event in batch.by_address]
+        for node_id, client, event in placed:
+            if node_id is not None:
+                batch.events.append({**event, "node_id": node_id})
+            else:
                 batch.unknown.append(
                     {
                         "time": event["time"],
                         "client": client,
                         "mac": None,
                         "kind": str(event["kind"])[:16],
-                        "detail": f"unknown token: {event['message']}"[:500],
+                        "detail": str(event["message"])[:500],
                     }
                 )
-            else:
-                batch.events.append({**event, "node_id": node_id})
 
 
-def nodes_by_address(engine: Engine, addresses: Iterable[str]) -> dict[str, uuid.UUID]:
+def _owners_of(connection: Connection, addresses: set[str]) -> dict[str, uuid.UUID]:
     """The node each boot address belongs to (the NIC that booted from it last)."""
-    wanted = set(addresses)
-    if not wanted:
-        return {}
-    with engine.connect() as connection:
-        rows = connection.execute(
-            select(_nic.c.boot_ip, _nic.c.node_id).where(_nic.c.boot_ip.in_(wanted))
-        )
-        return dict(rows.tuples().all())
+    rows = connection.execute(
+        select(_nic.c.boot_ip, _nic.c.node_id).where(_nic.c.boot_ip.in_(addresses))
+    )
+    return dict(rows.tuples().all())

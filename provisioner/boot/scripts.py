@@ -105,7 +105,8 @@ def grub(plan: Install | None, reason: str) -> str:
         f"# {plan.title}\n"
         "set timeout=0\n"
         "menuentry install {\n"
-        f"  linux {_grub_path(plan.kernel_url)} {plan.kernel_args}\n"
+        # ";" ends a GRUB command; Ubuntu's "ds=nocloud-net;s=..." must keep its own.
+        f"  linux {_grub_path(plan.kernel_url)} {plan.kernel_args.replace(';', chr(92) + ';')}\n"
         f"  initrd {_grub_path(plan.initrd_url)}\n"
         "}\n"
     )

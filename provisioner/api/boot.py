@@ -1,0 +1,154 @@
+"""Node-facing routes: what a network-booting machine and its installer ask for.
+
+No API token here (firmware cannot send one): ``/boot/ipxe`` answers by MAC with
+nothing secret in it but the node's own deployment token, answer files and callbacks
+take only that token. The pxe process's trace reports are the exception: they write to
+timelines, so they need an operator token like any other write.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from pydantic import AfterValidator, BaseModel, Field
+from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
+
+from provisioner.api.deps import Operator, SessionDep, Viewer
+from provisioner.boot import scripts
+from provisioner.boot.deployments import Callback
+from provisioner.boot.service import BootService, TftpTransfer
+from provisioner.errors import Problem
+from provisioner.models import BootHop
+from provisioner.validation import normalize_mac
+
+router = APIRouter(tags=["boot (node-facing)"])
+api = APIRouter(prefix="/api/v1/boot", tags=["boot"])
+
+_TEXT = "text/plain; charset=utf-8"
+_MAX_MESSAGE = 2000
+
+
+def _boot(request: Request) -> BootService:
+    service: BootService = request.app.state.boot
+    return service
+
+
+Boot = Annotated[BootService, Depends(_boot)]
+Mac = Annotated[str, AfterValidator(normalize_mac)]
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _base(request: Request, boot: BootService) -> str:
+    return boot.base_url(str(request.base_url))
+
+
+@router.get("/boot/bootstrap.ipxe", response_class=Response)
+def bootstrap(request: Request, boot: Boot) -> Response:
+    """The script DHCP names for iPXE: chains to /boot/ipxe with the machine's MAC."""
+    return Response(scripts.bootstrap(_base(request, boot)), media_type=_TEXT)
+
+
+@router.get("/boot/ipxe", response_class=Response)
+def ipxe(request: Request, boot: Boot, mac: Annotated[Mac, Query()]) -> Response:
+    """The iPXE script for the machine with this MAC, by what the service wants for it."""
+    script = boot.ipxe(mac, _client(request), _base(request, boot))
+    return Response(script, media_type=_TEXT)
+
+
+@router.get("/boot/answers/{token}", response_class=Response)
+def answer(request: Request, boot: Boot, token: str) -> Response:
+    """The deployment's kickstart, preseed or autoinstall file."""
+    text, media = boot.answer(token, "answer", _base(request, boot))
+    return Response(text, media_type=media)
+
+
+@router.get("/boot/answers/{token}/{part}", response_class=Response)
+def answer_part(request: Request, boot: Boot, token: str, part: str) -> Response:
+    """cloud-init's ``user-data`` and ``meta-data``: Ubuntu's installer fetches both
+    below the URL given in ``ds=nocloud-net;s=...``."""
+    if part not in ("user-data", "meta-data"):
+        raise Problem(404, f"No answer part {part!r}: use user-data or meta-data.")
+    text, media = boot.answer(token, part, _base(request, boot))
+    return Response(text, media_type=media)
+
+
+class CallbackOut(BaseModel):
+    status: str = Field(description="What was recorded.")
+
+
+@router.post("/callback/{token}/{kind}", response_model=CallbackOut)
+async def callback(request: Request, boot: Boot, token: str, kind: Callback) -> CallbackOut:
+    """An installer reports: started, progress, done or failed. Optional body: JSON
+    ``{"message": ...}`` or plain text."""
+    message = _message(await request.body())
+    await run_in_threadpool(boot.callback, token, kind, message, _client(request))
+    return CallbackOut(status=kind.value)
+
+
+def _message(body: bytes) -> str:
+    # Installers send what their shell can: JSON from curl, form or nothing from wget.
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            if isinstance(data, dict):
+                text = str(data.get("message", ""))
+    return " ".join(text.split())[:_MAX_MESSAGE]
+
+
+@router.get("/boot/tftp/{path:path}", response_class=Response)
+def tftp_file(
+    request: Request, boot: Boot, path: str, client: Annotated[str, Query(max_length=45)]
+) -> Response:
+    """Per-MAC files for loaders that are not iPXE (``pxelinux.cfg/01-<mac>``,
+    ``grub/grub.cfg-01-<mac>``), asked for by the pxe process on a machine's behalf."""
+    text = boot.tftp_file(path, client, _base(request, boot))
+    if text is None:
+        raise Problem(404, f"No dynamic boot file {path!r}.")
+    return Response(text, media_type=_TEXT)
+
+
+class TftpTrace(BaseModel):
+    transfers: list[TftpTransfer] = Field(max_length=1000)
+
+
+@router.post("/boot/trace/tftp", status_code=status.HTTP_202_ACCEPTED)
+def tftp_trace(body: TftpTrace, boot: Boot, _: Operator) -> dict[str, int]:
+    """Finished TFTP transfers, reported by a pxe process, for the nodes' timelines."""
+    boot.record_tftp(body.transfers)
+    return {"accepted": len(body.transfers)}
+
+
+class BootHopOut(BaseModel):
+    time: str
+    client: str
+    mac: str | None
+    kind: str
+    detail: str
+
+
+@api.get("/hops", response_model=list[BootHopOut])
+def unknown_hops(
+    session: SessionDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[BootHopOut]:
+    """Boot requests no node could be found for, newest first."""
+    rows = session.exec(select(BootHop).order_by(col(BootHop.id).desc()).limit(limit))
+    return [
+        BootHopOut(
+            time=row.time.isoformat(),
+            client=row.client,
+            mac=row.mac,
+            kind=row.kind,
+            detail=row.detail,
+        )
+        for row in rows
+    ]

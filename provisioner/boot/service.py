@@ -1,0 +1,326 @@
+"""The boot decisions: what a machine that network-boots gets, by what the service wants
+for its MAC, and the answer files and callbacks of its installer.
+
+One object per app (``app.state.boot``); every method opens its own short session, so
+the node-facing routes stay independent of the API's request sessions.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from provisioner.boot import answers, deployments, scripts
+from provisioner.boot.deployments import Callback, Live
+from provisioner.boot.hops import HopRecorder
+from provisioner.errors import Problem
+from provisioner.lifecycle import State
+from provisioner.models import Nic, Node, OsImage, Role, table_of, utcnow
+from provisioner.profiles import ProfileSet
+from provisioner.secrets import Vault
+from provisioner.settings import Settings
+from provisioner.validation import normalize_mac
+
+_node = table_of(Node)
+_nic = table_of(Nic)
+
+# PXELINUX asks for "01-<mac with dashes>" (01 = Ethernet); GRUB for "grub.cfg-01-<mac>".
+_PER_MAC_FILE = re.compile(
+    r"^(?:pxelinux\.cfg/01-|grub/grub\.cfg-01-)((?:[0-9a-f]{2}[-:]){5}[0-9a-f]{2})$", re.I
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A booting machine as the boot decisions need it."""
+
+    node_id: uuid.UUID
+    name: str
+    state: str
+    hardware_profile: str | None
+    mac: str
+    boot_ip: str | None
+
+
+class TftpTransfer(BaseModel):
+    """One finished transfer, as the pxe process reports it."""
+
+    client: str
+    server: str = ""
+    file: str
+    bytes: int
+    duration: float
+    result: str
+
+
+class BootService:
+    def __init__(
+        self,
+        engine: Engine,
+        vault: Vault,
+        settings: Settings,
+        profiles: Callable[[], ProfileSet],
+        hops: HopRecorder,
+    ) -> None:
+        self._engine = engine
+        self._vault = vault
+        self._settings = settings
+        self._profiles = profiles
+        self.hops = hops
+
+    def base_url(self, request_base: str) -> str:
+        """Where nodes reach the service: the configured URL, else the one they used."""
+        return (self._settings.boot_url or request_base).rstrip("/")
+
+    # --- iPXE ---------------------------------------------------------------------
+
+    def ipxe(self, mac: str, client: str, base: str) -> str:
+        with Session(self._engine) as session:
+            target = self._target(session, mac)
+            if target is None:
+                return self._discovered(session, mac, client, base)
+            self._seen(target, client)
+            plan, why = self._plan(session, target, base)
+        if plan is None:
+            self.hops.node(target.node_id, "boot-ipxe", f"iPXE script: local disk ({why})")
+            return scripts.local_disk(why)
+        self.hops.node(target.node_id, "boot-ipxe", f"iPXE script: {plan.title}")
+        return scripts.install(plan)
+
+    def _target(self, session: Session, mac: str) -> Target | None:
+        row = session.execute(
+            select(
+                _node.c.id,
+                _node.c.name,
+                _node.c.state,
+                _node.c.hardware_profile,
+                _nic.c.mac,
+                _nic.c.boot_ip,
+            )
+            .join(_nic, _nic.c.node_id == _node.c.id)
+            .where(_nic.c.mac == mac)
+        ).first()
+        return None if row is None else Target(*row)
+
+    def _seen(self, target: Target, client: str) -> None:
+        if target.boot_ip != client:
+            self.hops.boot_ip(target.mac, client)
+
+    def _discovered(self, session: Session, mac: str, client: str, base: str) -> str:
+        node_id = self._discover(session, mac)
+        self.hops.boot_ip(mac, client)
+        settings = self._settings
+        if settings.discovery_kernel_url and settings.discovery_initrd_url:
+            plan = scripts.Install(
+                title=f"discovery of {mac}",
+                kernel_url=self._file_url(settings.discovery_kernel_url, base, None),
+                initrd_url=self._file_url(settings.discovery_initrd_url, base, None),
+                kernel_args=f"{settings.discovery_kernel_args} provisioner.mac={mac}".strip(),
+            )
+            self.hops.node(node_id, "boot-ipxe", "iPXE script: discovery image")
+            return scripts.install(plan)
+        self.hops.node(node_id, "boot-ipxe", "iPXE script: local disk (no discovery image)")
+        return scripts.local_disk("unknown machine, no discovery image configured")
+
+    def _discover(self, session: Session, mac: str) -> uuid.UUID:
+        """Record an unknown MAC as a ``discovered`` node, once however often it asks."""
+        node_id = uuid.uuid4()
+        now = utcnow()
+        try:
+            session.execute(
+                insert(_node).values(
+                    id=node_id,
+                    name=f"discovered-{mac.replace(':', '')}",
+                    state=State.DISCOVERED.value,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            session.execute(insert(_nic).values(node_id=node_id, mac=mac, pxe=True))
+            self.hops.node(node_id, "discovered", f"network boot from unknown MAC {mac}")
+            session.commit()
+        except IntegrityError:
+            # A concurrent request for the same MAC (or a node already named so) won.
+            session.rollback()
+            target = self._target(session, mac)
+            if target is None:
+                raise
+            return target.node_id
+        return node_id
+
+    def _plan(
+        self, session: Session, target: Target, base: str
+    ) -> tuple[scripts.Install | None, str]:
+        state = target.state
+        if state not in (State.PROVISIONING, State.WIPING):
+            return None, f"{target.name} is {state}"
+        live = deployments.live_for_node(session, self._vault, target.node_id)
+        if live is None:
+            return None, f"{target.name} is {state} but has no live deployment"
+        if state == State.WIPING:
+            return self._wipe_plan(target, live, base)
+        return self._install_plan(session, target, live, base), ""
+
+    def _install_plan(
+        self, session: Session, target: Target, live: Live, base: str
+    ) -> scripts.Install:
+        context, image = self._answer_context(session, target.name, target, live, base)
+        return scripts.Install(
+            title=f"install {image.name} on {target.name} as role {live.row.role} "
+            f"(deployment {str(live.row.id)[:8]})",
+            kernel_url=self._file_url(image.kernel_url, base, live.token),
+            initrd_url=self._file_url(image.initrd_url, base, live.token),
+            kernel_args=answers.kernel_arguments(context),
+        )
+
+    def _wipe_plan(
+        self, target: Target, live: Live, base: str
+    ) -> tuple[scripts.Install | None, str]:
+        settings = self._settings
+        if not (settings.wipe_kernel_url and settings.wipe_initrd_url):
+            return None, f"{target.name} is wiping but no wipe image is configured"
+        callback = f"{base}/callback/{live.token}"
+        args = f"{settings.wipe_kernel_args} provisioner.callback={callback}".strip()
+        return (
+            scripts.Install(
+                title=f"wipe {target.name} (deployment {str(live.row.id)[:8]})",
+                kernel_url=self._file_url(settings.wipe_kernel_url, base, live.token),
+                initrd_url=self._file_url(settings.wipe_initrd_url, base, live.token),
+                kernel_args=args,
+            ),
+            "",
+        )
+
+    def _file_url(self, location: str, base: str, token: str | None) -> str:
+        """Absolute URLs (a public mirror) go as they are; anything else is a file in
+        the images directory, fetched with the token so the fetch joins the trace."""
+        if "://" in location:
+            return location
+        url = f"{base}/boot/files/{location.lstrip('/')}"
+        return f"{url}?token={token}" if token else url
+
+    def _answer_context(
+        self, session: Session, hostname: str, target: Target | None, live: Live, base: str
+    ) -> tuple[answers.AnswerContext, OsImage]:
+        row = live.row
+        image = session.get(OsImage, row.image) if row.image else None
+        role = session.get(Role, row.role) if row.role else None
+        if image is None or role is None:
+            raise Problem(
+                409,
+                f"Deployment {row.id} names role {row.role!r} and image {row.image!r}, which "
+                "no longer both exist; start a new deployment.",
+            )
+        profile_name = target.hardware_profile if target else _profile_of(session, row.node_id)
+        profile = self._profiles().get(profile_name) if profile_name else None
+        settings = self._settings
+        context = answers.AnswerContext(
+            hostname=hostname,
+            domain=settings.domain,
+            image=answers.ImageSpec(
+                name=image.name,
+                os_family=image.os_family,
+                version=image.version,
+                repo_url=image.repo_url,
+                answer_template=image.answer_template,
+                kernel_args=image.kernel_args,
+            ),
+            role=answers.RoleSpec(
+                name=role.name,
+                packages=tuple(role.packages),
+                puppet_server=settings.puppet_server,
+                puppet_environment=role.puppet_environment,
+            ),
+            profile=profile,
+            challenge=live.challenge,
+            callback_url=f"{base}/callback/{live.token}",
+            answer_url=f"{base}/boot/answers/{live.token}",
+            ssh_keys=tuple(settings.ssh_authorized_keys),
+        )
+        return context, image
+
+    # --- answer files and callbacks -----------------------------------------------
+
+    def answer(self, token: str, part: str, base: str) -> tuple[str, str]:
+        """The answer file (or, for autoinstall, its ``user-data``/``meta-data``)."""
+        with Session(self._engine) as session:
+            live = deployments.by_token(session, self._vault, token)
+            node = session.get(Node, live.row.node_id)
+            if node is None:  # deleted between the two reads
+                raise Problem(404, "No deployment has this token.")
+            context, image = self._answer_context(session, node.name, None, live, base)
+        if part == "meta-data":
+            text, media = answers.meta_data(context), "text/plain; charset=utf-8"
+        else:
+            text = answers.render_answer(context)
+            media = answers.answer_media_type(image.answer_template)
+        self.hops.node(
+            live.row.node_id, "boot-answer", f"answer file served: {image.answer_template} {part}"
+        )
+        return text, media
+
+    def callback(self, token: str, kind: Callback, message: str, client: str) -> None:
+        with Session(self._engine) as session:
+            deployments.callback(session, self._vault, token, kind, message, client)
+
+    # --- TFTP ---------------------------------------------------------------------
+
+    def tftp_file(self, path: str, client: str, base: str) -> str | None:
+        """Per-MAC configuration for loaders that are not iPXE; None: no such file."""
+        match = _PER_MAC_FILE.match(path)
+        if match is None:
+            return None
+        mac = normalize_mac(match.group(1).replace("-", ":"))
+        with Session(self._engine) as session:
+            target = self._target(session, mac)
+            if target is None:
+                self.hops.unknown(client, mac, "tftp-config", f"{path}: unknown MAC")
+                return None
+            self._seen(target, client)
+            plan, why = self._plan(session, target, base)
+        render = scripts.grub if path.startswith("grub/") else scripts.pxelinux
+        try:
+            text = render(plan, why or (plan.title if plan else ""))
+        except ValueError as exc:
+            text, why = render(None, str(exc)), str(exc)
+        self.hops.node(target.node_id, "boot-tftp", f"{path}: {why or 'install'}")
+        return text
+
+    def record_tftp(self, transfers: Sequence[TftpTransfer]) -> None:
+        """Put finished TFTP transfers on the timelines of the nodes that last booted
+        from their addresses (TFTP requests name no MAC)."""
+        for transfer in transfers:
+            detail = (
+                f"TFTP {transfer.file} to {transfer.client}: {transfer.result}, "
+                f"{transfer.bytes:,} bytes in {transfer.duration:.2f} s"
+            )
+            self.hops.by_address(transfer.client, "boot-tftp", detail)
+
+    def file_served(
+        self,
+        token: str | None,
+        client: str,
+        path: str,
+        bytes_sent: int,
+        status: int,
+        complete: bool,
+    ) -> None:
+        """The boot-file route's observer: kernels and initrds fetched with a token."""
+        detail = f"{path}: HTTP {status}, {bytes_sent:,} bytes" + ("" if complete else ", cut off")
+        if token:
+            self.hops.by_token(token, client, "boot-file", detail)
+        else:
+            self.hops.unknown(client, None, "http-file", detail)
+
+
+def _profile_of(session: Session, node_id: uuid.UUID) -> str | None:
+    return session.execute(
+        select(_node.c.hardware_profile).where(_node.c.id == node_id)
+    ).scalar_one_or_none()
