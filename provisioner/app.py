@@ -17,6 +17,7 @@ from provisioner.api import bmc, boot, boot_files, catalog, problems, racks, ser
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
 from provisioner.bmc.pool import BmcPool, DriverFactory
+from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
 from provisioner.boot.service import BootService
 from provisioner.limits import BodySizeLimit
@@ -57,6 +58,11 @@ def create_app(
         # them again and again (they set the latency tail of every request otherwise).
         gc.collect()
         gc.freeze()
+        tftp = None
+        if settings.tftp_enabled:
+            tftp = embedded_tftp(settings, boot_service, app.state.metrics.registry)
+            await tftp.start(settings.tftp_address, settings.tftp_port)
+            app.state.tftp = tftp
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
@@ -66,6 +72,8 @@ def create_app(
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        if tftp is not None:
+            await tftp.stop()
         await hops.flush()
         await reconciler.drain()
         pool.close()

@@ -15,6 +15,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 _nic = table_of(Nic)
 _hop = table_of(BootHop)
 _deployment = table_of(Deployment)
+
+# How far back a newly seen boot address claims anonymous hops: one boot's worth.
+CLAIM_WINDOW = timedelta(minutes=5)
 
 
 @dataclass
@@ -130,6 +134,7 @@ class HopRecorder:
                     .values(boot_ip=bindparam("b_ip")),
                     [{"b_mac": m, "b_ip": ip} for m, ip in batch.boot_ips.items()],
                 )
+                self._claim(connection, batch.boot_ips)
             self._place(connection, batch)
             if batch.events:
                 connection.execute(insert(Event), batch.events)
@@ -142,6 +147,35 @@ class HopRecorder:
                     self._writes = 0
                     newest = connection.execute(select(func.max(_hop.c.id))).scalar_one()
                     connection.execute(delete(_hop).where(_hop.c.id <= newest - self._keep))
+
+    @staticmethod
+    def _claim(connection: Connection, boot_ips: dict[str, str]) -> None:
+        """Move the recent anonymous hops of a newly known boot address to its node:
+        a machine's first TFTP fetch comes before the iPXE request that names it."""
+        since = utcnow() - CLAIM_WINDOW
+        owners = _owners_of(connection, set(boot_ips.values()))
+        for address, node_id in owners.items():
+            claimed = connection.execute(
+                delete(_hop)
+                .where(_hop.c.client == address, _hop.c.mac.is_(None), _hop.c.time >= since)
+                .returning(_hop.c.time, _hop.c.kind, _hop.c.detail)
+            ).all()
+            if claimed:
+                connection.execute(
+                    insert(Event),
+                    [
+                        {
+                            "node_id": node_id,
+                            "time": time,
+                            "actor": "node",
+                            "kind": kind,
+                            "from_state": None,
+                            "to_state": None,
+                            "message": detail,
+                        }
+                        for time, kind, detail in claimed
+                    ],
+                )
 
     @staticmethod
     def _place(connection: Connection, batch: _Pending) -> None:

@@ -1,0 +1,232 @@
+"""The whole boot chain against a real ``provisioner serve`` process with its embedded
+TFTP server, walked hop by hop with curl the way a machine would: bootloader over TFTP,
+bootstrap and per-node iPXE scripts, kernel and initrd, the kickstart, and the callbacks
+the kickstart itself contains. Then the node's timeline shows every hop."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, update
+
+from provisioner.models import Node, table_of
+from tests.test_serve import clean_env, free_port
+
+BIN = Path(sys.executable).parent
+IPXE_DIR = Path("/usr/lib/ipxe")
+MAC = "52:54:00:12:34:56"
+REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
+
+
+def free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    url: str
+    tftp_port: int
+    headers: dict[str, str]
+    env: dict[str, str]
+    database: Path
+    images: Path
+    tftp_root: Path
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Service]:
+    if shutil.which("curl") is None or not (IPXE_DIR / "undionly.kpxe").is_file():
+        if REQUIRE_TOOLS:
+            pytest.fail("PROVISIONER_REQUIRE_TOOLS=1 but curl or Debian's ipxe is missing")
+        pytest.skip("needs curl and Debian's ipxe package")
+    port, tftp_port = free_port(), free_udp_port()
+    tftp_root = tmp_path / "tftp"
+    tftp_root.mkdir()
+    shutil.copy(IPXE_DIR / "undionly.kpxe", tftp_root)
+    images = tmp_path / "images" / "tiny"
+    images.mkdir(parents=True)
+    (images / "vmlinuz").write_bytes(os.urandom(1 << 20))
+    (images / "initrd.img").write_bytes(os.urandom(3 << 20))
+    env = clean_env(tmp_path / "home")
+    env.update(
+        PROVISIONER_DATA_DIR=str(tmp_path / "data"),
+        PROVISIONER_IMAGES_DIR=str(tmp_path / "images"),
+        PROVISIONER_TFTP_ENABLED="1",
+        PROVISIONER_TFTP_ADDRESS="127.0.0.1",
+        PROVISIONER_TFTP_PORT=str(tftp_port),
+        PROVISIONER_TFTP_ROOT=str(tftp_root),
+        PROVISIONER_BOOT_URL=f"http://127.0.0.1:{port}",
+        PROVISIONER_RECONCILER="false",
+    )
+    token = subprocess.run(
+        [BIN / "provisioner", "token", "create", "--scope", "admin"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    process = subprocess.Popen(
+        [BIN / "provisioner", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[0].decode()
+            assert time.monotonic() < deadline, "service did not become ready in 30 s"
+            time.sleep(0.1)
+        yield Service(
+            url=url,
+            tftp_port=tftp_port,
+            headers={"Authorization": f"Bearer {token}"},
+            env={**env, "PROVISIONER_URL": url, "PROVISIONER_TOKEN": token},
+            database=tmp_path / "data" / "provisioner.db",
+            images=tmp_path / "images",
+            tftp_root=tftp_root,
+        )
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=10)[0].decode()
+        # Secrets never reach the log: neither the API token nor any deployment token.
+        assert token not in output
+
+
+def curl(*args: str) -> bytes:
+    return subprocess.run(["curl", "-fsS", *args], capture_output=True, check=True).stdout
+
+
+def test_a_machine_boots_through_every_hop(service: Service) -> None:
+    api = httpx.Client(base_url=service.url, headers=service.headers)
+    image = {
+        "name": "tiny",
+        "os_family": "rhel",
+        "version": "9",
+        "kernel_url": "tiny/vmlinuz",
+        "initrd_url": "tiny/initrd.img",
+        "repo_url": "https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/",
+        "answer_template": "kickstart",
+    }
+    assert api.post("/api/v1/images", json=image).status_code == 201
+    role = {"name": "compute", "default_image": "tiny"}
+    assert api.post("/api/v1/roles", json=role).status_code == 201
+    node = {
+        "name": "r01-u07",
+        "rack": "r01",
+        "bmc": {
+            "driver": "ipmi",
+            "address": "127.0.0.1",
+            "port": 9,
+            "username": "a",
+            "password": "bmc-pw",
+        },
+        "nics": [{"mac": MAC, "pxe": True}],
+    }
+    assert api.post("/api/v1/nodes", json=node).status_code == 201
+    # No BMC behind this node: the inspection the reconciler would do is written directly.
+    engine = create_engine(f"sqlite:///{service.database}")
+    with engine.begin() as connection:
+        connection.execute(update(table_of(Node)).values(state="ready"))
+    engine.dispose()
+    provision = api.post("/api/v1/nodes/r01-u07/actions/provision", json={"role": "compute"})
+    assert provision.status_code == 202
+
+    # 1. The firmware fetches iPXE over TFTP.
+    loader = curl("--tftp-blksize", "1468", f"tftp://127.0.0.1:{service.tftp_port}/undionly.kpxe")
+    assert loader == (service.tftp_root / "undionly.kpxe").read_bytes()
+
+    # 2. iPXE runs the bootstrap script DHCP named, which chains by MAC.
+    bootstrap = curl(f"{service.url}/boot/bootstrap.ipxe").decode()
+    chain = re.search(r"chain --autofree (\S+)", bootstrap)
+    assert chain
+    script_url = (
+        chain.group(1)
+        .replace("${net0/mac}", MAC)
+        .replace("${platform}", "pcbios")
+        .replace("${buildarch}", "i386")
+    )
+    script = curl(script_url).decode()
+
+    # 3. The per-node script: kernel and initrd from the images directory, and the answer.
+    kernel = re.search(r"^kernel --name kernel (\S+) (.*?) \|\| goto failed$", script, re.M)
+    initrd = re.search(r"^initrd --name initrd (\S+) \|\| goto failed$", script, re.M)
+    assert kernel, script
+    assert initrd, script
+    assert curl(kernel.group(1)) == (service.images / "tiny" / "vmlinuz").read_bytes()
+    assert curl(initrd.group(1)) == (service.images / "tiny" / "initrd.img").read_bytes()
+    answer_url = re.search(r"inst\.ks=(\S+)", kernel.group(2))
+    assert answer_url
+    kickstart = curl(answer_url.group(1)).decode()
+
+    # 4. The installer makes the callbacks its kickstart contains, in order.
+    calls = [line for line in kickstart.splitlines() if "/callback/" in line]
+    for kind in ("started", "progress", "done"):
+        (line,) = [c for c in calls if re.search(rf"/callback/\S+/{kind}\b", c)]
+        subprocess.run(["sh", "-c", line], check=True, timeout=30)
+
+    # 5. The timeline tells the whole story, and the CLI shows it.
+    wanted = [
+        "boot-tftp",
+        "boot-ipxe",
+        "boot-file",
+        "boot-file",
+        "boot-answer",
+        "callback-started",
+        "callback-progress",
+        "callback-done",
+    ]
+    deadline = time.monotonic() + 10
+    while True:
+        kinds = [e["kind"] for e in api.get("/api/v1/nodes/r01-u07/events").json()]
+        if all(kinds.count(k) >= wanted.count(k) for k in wanted):
+            break
+        assert time.monotonic() < deadline, kinds
+        time.sleep(0.1)
+    shown = subprocess.run(
+        [BIN / "provisioner", "node", "events", "r01-u07"],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for text in (
+        "TFTP undionly.kpxe",
+        "iPXE script: install tiny",
+        "tiny/vmlinuz",
+        "answer file served",
+        "installer done",
+    ):
+        assert text in " ".join(shown.split()), (text, shown)
+    deployment_token = answer_url.group(1).rsplit("/", 1)[-1]
+    assert deployment_token not in shown
+
+
+def test_tftp_refuses_escapes_through_the_service(service: Service) -> None:
+    for name in ("../../etc/passwd", "/etc/passwd"):
+        result = subprocess.run(
+            ["curl", "-fsS", f"tftp://127.0.0.1:{service.tftp_port}/{name}"],
+            capture_output=True,
+        )
+        assert result.returncode != 0
+        assert b"root:" not in result.stdout
