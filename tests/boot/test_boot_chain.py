@@ -230,3 +230,69 @@ def test_tftp_refuses_escapes_through_the_service(service: Service) -> None:
         )
         assert result.returncode != 0
         assert b"root:" not in result.stdout
+
+
+def test_standalone_pxe_serves_per_mac_files_from_the_api(service: Service) -> None:
+    """``provisioner pxe serve --api``: a PXELINUX machine's per-MAC file comes from the
+    service, and the transfer lands on the node's timeline."""
+    api = httpx.Client(base_url=service.url, headers=service.headers)
+    node = {
+        "name": "r01-u08",
+        "bmc": {
+            "driver": "ipmi",
+            "address": "127.0.0.1",
+            "port": 9,
+            "username": "a",
+            "password": "bmc-pw",
+        },
+        "nics": [{"mac": MAC, "pxe": True}],
+    }
+    assert api.post("/api/v1/nodes", json=node).status_code == 201
+    port = free_udp_port()
+    pxe = subprocess.Popen(
+        [
+            BIN / "provisioner",
+            "pxe",
+            "serve",
+            "--api",
+            service.url,
+            "--tftp-address",
+            "127.0.0.1",
+            "--tftp-port",
+            str(port),
+            "--root",
+            str(service.tftp_root),
+        ],
+        env=service.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        name = f"pxelinux.cfg/01-{MAC.replace(':', '-')}"
+        deadline = time.monotonic() + 15
+        while True:
+            result = subprocess.run(
+                ["curl", "-fsS", f"tftp://127.0.0.1:{port}/{name}"], capture_output=True
+            )
+            if result.returncode == 0:
+                break
+            assert pxe.poll() is None, pxe.communicate()[0].decode()
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.2)
+        assert "LOCALBOOT 0" in result.stdout.decode()
+        assert "r01-u08 is enrolled" in result.stdout.decode()
+
+        deadline = time.monotonic() + 10
+        while True:
+            events = api.get("/api/v1/nodes/r01-u08/events").json()
+            if any(
+                e["kind"] == "boot-tftp" and "TFTP pxelinux.cfg" in e["message"] for e in events
+            ):
+                break
+            assert time.monotonic() < deadline, events
+            time.sleep(0.1)
+    finally:
+        pxe.terminate()
+        output = pxe.communicate(timeout=10)[0].decode()
+    assert pxe.returncode == 0, output
+    assert service.headers["Authorization"].split()[1] not in output
