@@ -4,7 +4,11 @@ the machines behind them. The product never imports this package.
 - `lab.machine`: an emulated machine (power, boot flags, FRU inventory, MACs, sensors);
 - `lab.bmc`: the virtual BMC in front of it, on pyghmi's IPMI server, and the packet
   loop that serves many BMCs in one process;
-- `lab.faults`: the faults a BMC can show (no answer, wrong password, slow, lossy);
+- `lab.faults`: the faults a node can show (BMC: no answer, wrong password, slow, lossy;
+  machine: boot hangs, installer silent, installer fails);
+- `lab.netboot`: machines that boot from the network like real ones, with `lab.ipxe`
+  (enough of iPXE's script language), `lab.installer` (answer files and their
+  callbacks) and `lab.tftp_client`;
 - `lab.rack`: a rack of nodes, its manifest, and the processes that serve it;
 - `lab.control`: the run-time control channel; `lab.cli`: ``provisioner-lab``.
 

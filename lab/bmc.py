@@ -329,11 +329,13 @@ class LabBmc(_Bmc):  # type: ignore[misc]
             if len(data) < 3:
                 code = _REQUEST_TOO_SHORT
             else:
-                self.machine.boot = BootFlags(
-                    valid=bool(data[1] & 0x80),
-                    persistent=bool(data[1] & 0x40),
-                    uefi=bool(data[1] & 0x20),
-                    device=(data[2] >> 2) & 0x0F,
+                self.machine.set_boot_flags(
+                    BootFlags(
+                        valid=bool(data[1] & 0x80),
+                        persistent=bool(data[1] & 0x40),
+                        uefi=bool(data[1] & 0x20),
+                        device=(data[2] >> 2) & 0x0F,
+                    )
                 )
         elif parameter != 4:  # 4, boot info acknowledge, needs no state here
             code = _PARAMETER_NOT_SUPPORTED

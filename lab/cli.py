@@ -1,6 +1,8 @@
-"""``provisioner-lab``: start a lab of virtual BMCs, and change their faults while it runs.
+"""``provisioner-lab``: start a lab of virtual BMCs and the machines behind them, and
+change their faults while it runs.
 
-provisioner-lab up --nodes 48 --manifest rack.csv --seed 7
+provisioner-lab up --nodes 48 --manifest rack.csv --seed 7 \
+    --tftp 127.0.0.1:6969 --ipxe-url http://127.0.0.1:8000/boot/bootstrap.ipxe
 provisioner-lab fault lab-r01-u03 no-answer
 provisioner-lab status
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -20,6 +23,7 @@ import yaml
 
 from lab import control, faults, rack
 from lab.bmc import SESSION_IDLE_SECONDS
+from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
 
 DEFAULT_CONTROL_DIR = Path(".provisioner-lab")
 
@@ -74,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NODE=FAULT",
-        help="e.g. lab-r01-u03=no-answer, =wrong-password, =slow:500, =drop:0.3",
+        help="e.g. lab-r01-u03=no-answer, =wrong-password, =slow:500, =drop:0.3, "
+        "=boot-hang, =installer-silent, =installer-fails",
     )
     up.add_argument(
         "--faults", type=Path, metavar="FILE", help="YAML mapping of node name to fault, as --fault"
@@ -98,6 +103,46 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_CONTROL_DIR,
         help="where the control sockets live (default: %(default)s)",
     )
+    boot = up.add_argument_group(
+        "network boot",
+        "what a DHCP server would tell the machines; without both, a "
+        "network boot gets no DHCP answer",
+    )
+    boot.add_argument("--tftp", metavar="HOST:PORT", help="next-server: the pxe TFTP server")
+    boot.add_argument(
+        "--ipxe-url",
+        metavar="URL",
+        help="script URL handed to iPXE, e.g. http://SVC/boot/bootstrap.ipxe",
+    )
+    boot.add_argument(
+        "--boot-mode",
+        action="append",
+        default=[],
+        metavar="MODE|NODE=MODE",
+        help="bios (undionly.kpxe, the default) or uefi (ipxe.efi), lab-wide or per node",
+    )
+    defaults = NetbootSettings()
+    boot.add_argument(
+        "--install-time",
+        type=float,
+        default=defaults.install_seconds,
+        metavar="SECONDS",
+        help="the installer's work between its started and done callbacks (default: %(default)s)",
+    )
+    boot.add_argument(
+        "--reboot-delay",
+        type=float,
+        default=defaults.reboot_seconds,
+        metavar="SECONDS",
+        help="from an installer's done until the machine boots again (default: %(default)s)",
+    )
+    boot.add_argument(
+        "--sleep-scale",
+        type=float,
+        default=defaults.sleep_scale,
+        metavar="FACTOR",
+        help="an iPXE 'sleep N' waits N x FACTOR seconds (default: %(default)s)",
+    )
     up.set_defaults(command=_up)
 
     fault = commands.add_parser("fault", help="set a running node's fault ('none' clears it)")
@@ -106,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
     fault.set_defaults(command=_fault)
 
-    status = commands.add_parser("status", help="power, boot flags and fault of every node")
+    status = commands.add_parser(
+        "status", help="power, boot flags, boot progress, installed OS and fault of every node"
+    )
     status.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
     status.set_defaults(command=_status)
     return parser
@@ -118,6 +165,13 @@ def _up(args: argparse.Namespace) -> int:
         raise ValueError("--per-process takes 1 to 900 (select() stops near 1,024 sockets)")
     node_faults = _faults_file(args.faults) if args.faults else {}
     node_faults.update(faults.parse_assignment(text) for text in args.fault)
+    boot_mode, boot_modes = _boot_modes(args.boot_mode)
+    netboot = NetbootSettings(
+        dhcp=_dhcp(args.tftp, args.ipxe_url),
+        install_seconds=_seconds(args.install_time, "--install-time"),
+        reboot_seconds=_seconds(args.reboot_delay, "--reboot-delay"),
+        sleep_scale=_seconds(args.sleep_scale, "--sleep-scale"),
+    )
     plans = rack.plan_rack(
         args.nodes,
         seed=args.seed,
@@ -126,6 +180,8 @@ def _up(args: argparse.Namespace) -> int:
         username=args.username,
         password=args.password,
         node_faults=node_faults,
+        boot_mode=boot_mode,
+        boot_modes=boot_modes,
     )
     rack.write_manifest(args.manifest, plans, role=args.role)
     processes = -(-len(plans) // args.per_process)
@@ -135,6 +191,15 @@ def _up(args: argparse.Namespace) -> int:
         f"in {processes} process(es); manifest {args.manifest}",
         flush=True,
     )
+    if netboot.dhcp is None:
+        print("network boot: no DHCP answer (give --tftp and --ipxe-url)", flush=True)
+    else:
+        dhcp = netboot.dhcp
+        print(f"network boot: next-server {dhcp.tftp_host}:{dhcp.tftp_port}, iPXE {dhcp.ipxe_url}")
+    # Every boot hop, one line each; httpx's own request lines would repeat them with
+    # the deployment tokens in their URLs.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("lab").setLevel(logging.INFO)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -144,6 +209,7 @@ def _up(args: argparse.Namespace) -> int:
         control_dir=args.control_dir,
         power_on=args.power == "on",
         session_timeout=args.session_timeout,
+        netboot=netboot,
     )
     ok = rack.run(plans, settings, per_process=args.per_process, on_event=progress.event, stop=stop)
     print("lab stopped" if ok else "lab failed to start", flush=True)
@@ -183,6 +249,39 @@ class _Progress:
             f"{self.processes} process(es), {rss_mib:.0f} MiB RSS{quiet}; Ctrl-C stops",
             flush=True,
         )
+
+
+def _dhcp(tftp: str | None, ipxe_url: str | None) -> DhcpOffer | None:
+    if tftp is None and ipxe_url is None:
+        return None
+    if tftp is None or ipxe_url is None:
+        raise ValueError("--tftp and --ipxe-url go together: DHCP gives a machine both")
+    host, sep, port = tftp.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--tftp takes HOST:PORT, not {tftp!r}")
+    if not ipxe_url.startswith(("http://", "https://")):
+        raise ValueError(f"--ipxe-url takes an http(s) URL, not {ipxe_url!r}")
+    return DhcpOffer(host, int(port), ipxe_url)
+
+
+def _boot_modes(values: list[str]) -> tuple[str, dict[str, str]]:
+    """``--boot-mode uefi`` for the whole lab, ``--boot-mode NODE=uefi`` for one node."""
+    default, per_node = "bios", {}
+    for value in values:
+        node, sep, mode = value.rpartition("=")
+        if mode not in BOOT_MODES:
+            raise ValueError(f"unknown boot mode {mode!r} in {value!r}; known: bios, uefi")
+        if sep:
+            per_node[node.strip().lower()] = mode
+        else:
+            default = mode
+    return default, per_node
+
+
+def _seconds(value: float, option: str) -> float:
+    if not 0 <= value <= 3600:
+        raise ValueError(f"{option} takes 0 to 3600, not {value:g}")
+    return value
 
 
 def _faults_file(path: Path) -> dict[str, faults.Fault]:

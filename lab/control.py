@@ -2,8 +2,9 @@
 ``<control dir>/lab-<pid>.sock`` and answers one JSON line with one JSON line.
 
 Requests: ``{"op": "fault", "node": NAME, "fault": "slow:200"}`` sets a node's fault;
-``{"op": "status"}`` describes every node of the process. A client asks every socket in
-the directory, since it cannot know which process serves a node.
+``{"op": "status"}`` describes every node of the process (power, boot flags, boot
+progress, installed OS, fault). A client asks every socket in the directory, since it
+cannot know which process serves a node.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def _describe(bmc: LabBmc) -> dict[str, Any]:
             "device": machine.boot.device,
         },
         "boots": machine.boots[-20:],
+        "boot_mode": machine.boot_mode,
+        "state": machine.progress.state,
+        "last_hop": machine.progress.last_hop,
+        "installed": machine.installed.image if machine.installed else None,
+        "deployment": machine.installed.deployment if machine.installed else None,
         "fault": str(bmc.gate.fault),
         "sessions": len(bmc.sessions),
     }

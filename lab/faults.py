@@ -1,11 +1,18 @@
-"""Faults a virtual BMC can be told to show, so the service's error paths can be tested
-against misbehaving hardware:
+"""Faults a node can be told to show, so the service's error paths can be tested
+against misbehaving hardware. Its BMC:
 
 - ``no-answer``: silently drop every packet (a dead or unplugged BMC);
 - ``wrong-password``: the BMC's password differs from the manifest's;
 - ``slow:MS``: answer every packet MS milliseconds late;
 - ``drop:P``: drop each packet with probability P (0 < P < 1);
-- ``none``: behave.
+
+the machine behind it (see `lab.netboot`):
+
+- ``boot-hang``: a network boot hangs before DHCP, nothing reaches the network;
+- ``installer-silent``: the installer fetches its answer file and never calls back;
+- ``installer-fails``: the installer calls back ``started``, then ``failed``;
+
+and ``none``: behave. A node has one fault at a time.
 
 Written ``KIND`` or ``KIND:VALUE`` on the command line, in a faults file and on the
 control channel. Packet drops draw from a generator seeded by the rack seed and the
@@ -25,6 +32,9 @@ class Kind(StrEnum):
     WRONG_PASSWORD = "wrong-password"  # noqa: S105 - a fault's name
     SLOW = "slow"
     DROP = "drop"
+    BOOT_HANG = "boot-hang"
+    INSTALLER_SILENT = "installer-silent"
+    INSTALLER_FAILS = "installer-fails"
 
 
 @dataclass(frozen=True)
@@ -83,9 +93,10 @@ PASS = 0.0  # verdict: handle it now
 
 
 class FaultGate:
-    """One BMC's current fault, consulted for every packet it receives. The control
-    channel replaces `fault` from another thread; a single attribute store is atomic,
-    so the packet loop sees either the old fault or the new one."""
+    """One node's current fault, consulted for every packet its BMC receives and at each
+    step of its machine's boot. The control channel replaces `fault` from another
+    thread; a single attribute store is atomic, so readers see the old fault or the new
+    one."""
 
     def __init__(self, seed: int, node: str, fault: Fault = NO_FAULT) -> None:
         self.fault = fault

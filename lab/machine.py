@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import random
 import struct
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
+from typing import Protocol
 
 VENDOR = "Provisioner Lab"  # matched by hardware_profiles/lab-virtual-server.yaml
 PRODUCT = "Virtual Server VS-1"
@@ -51,6 +53,31 @@ class BootFlags:
     persistent: bool = False
     uefi: bool = False
     device: int = BootDevice.NONE
+
+
+class Firmware(Protocol):
+    """What the machine runs when it starts: the lab's boot emulation (`lab.netboot`).
+    Called from whichever thread pressed the button, so it must only hand work over."""
+
+    def booted(self, device: BootDevice) -> None: ...
+
+    def powered_off(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class InstalledOs:
+    """What an installer left on the machine's disk."""
+
+    image: str
+    deployment: str | None = None  # as the installer's console named it
+
+
+@dataclass
+class BootProgress:
+    """How far the machine got since it was last powered on, for `provisioner-lab status`."""
+
+    state: str = "off"
+    last_hop: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,6 +132,16 @@ class Machine:
     # Devices the firmware booted from, oldest first: what a test or a demo checks
     # after a provisioning run.
     boots: list[str] = field(default_factory=list)
+    boot_mode: str = "bios"  # "bios" or "uefi": which network bootloader the firmware asks for
+    firmware: Firmware | None = None
+    installed: InstalledOs | None = None
+    progress: BootProgress = field(default_factory=BootProgress)
+    # The BMC's packet thread and the boot emulation's thread both boot the machine
+    # (a power cycle; an installer's reboot): consuming a next-boot-only request must be
+    # atomic with setting new flags.
+    _lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     # --- power: each returns an IPMI completion code -------------------------------
 
@@ -112,41 +149,67 @@ class Machine:
         return "on" if self.power_on else "off"
 
     def press_power_on(self) -> int:
-        if not self.power_on:
+        with self._lock:
+            if self.power_on:
+                return OK
             self.power_on = True
-            self._firmware_boots()
+            device = self._firmware_boots()
+        self._start(device)
         return OK
 
     def press_power_off(self) -> int:
-        self.power_on = False
+        with self._lock:
+            self.power_on = False
+        self._stopped()
         return OK
 
     def power_cycle(self) -> int:
-        if not self.power_on:
-            return NOT_IN_PRESENT_STATE
-        self._firmware_boots()
+        with self._lock:
+            if not self.power_on:
+                return NOT_IN_PRESENT_STATE
+            device = self._firmware_boots()
+        self._start(device)
         return OK
 
     def hard_reset(self) -> int:
         return self.power_cycle()
 
+    def reboot(self) -> None:
+        """The running software restarts the machine (an installer's last step)."""
+        self.power_cycle()
+
     def soft_off(self) -> int:
         """ACPI power-button press: the emulated OS shuts down at once."""
-        if not self.power_on:
-            return NOT_IN_PRESENT_STATE
-        self.power_on = False
+        with self._lock:
+            if not self.power_on:
+                return NOT_IN_PRESENT_STATE
+            self.power_on = False
+        self._stopped()
         return OK
 
     def diagnostic_interrupt(self) -> int:
         return OK if self.power_on else NOT_IN_PRESENT_STATE
 
-    def _firmware_boots(self) -> None:
+    def set_boot_flags(self, flags: BootFlags) -> None:
+        with self._lock:
+            self.boot = flags
+
+    def _firmware_boots(self) -> BootDevice:
         flags = self.boot
         device = BootDevice(flags.device) if flags.valid else BootDevice.DISK
         self.boots.append(device.name.lower() + ("-uefi" if flags.uefi else ""))
         if flags.valid and not flags.persistent:
             # The firmware consumed a next-boot-only request.
             self.boot = BootFlags(valid=False, persistent=False, uefi=flags.uefi)
+        return device
+
+    def _start(self, device: BootDevice) -> None:
+        if self.firmware is not None:
+            self.firmware.booted(device)
+
+    def _stopped(self) -> None:
+        if self.firmware is not None:
+            self.firmware.powered_off()
 
     # --- sensors ----------------------------------------------------------------
 

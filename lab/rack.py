@@ -16,7 +16,7 @@ import string
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from lab import faults
 from lab.bmc import SESSION_IDLE_SECONDS, LabBmc, PacketLoop, install_io_fixes
 from lab.control import ControlServer
 from lab.machine import build_machine
+from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
 
 UNITS_PER_RACK = 42
 MACS_PER_NODE = 2
@@ -57,6 +58,7 @@ class NodePlan:
     password: str
     macs: tuple[str, ...]
     fault: faults.Fault = faults.NO_FAULT
+    boot_mode: str = "bios"  # which network bootloader its firmware asks for
 
 
 def plan_rack(
@@ -68,14 +70,21 @@ def plan_rack(
     username: str = "admin",
     password: str | None = None,
     node_faults: dict[str, faults.Fault] | None = None,
+    boot_mode: str = "bios",
+    boot_modes: dict[str, str] | None = None,
 ) -> list[NodePlan]:
     """Nodes lab-r01-u01 ... with 42 per rack. MACs (52:54:00:xx:xx:xx, unique) and,
-    unless one shared ``password`` is given, per-node passwords follow from ``seed``."""
+    unless one shared ``password`` is given, per-node passwords follow from ``seed``.
+    Every node boots in ``boot_mode`` but those named in ``boot_modes``."""
     if not 1 <= count <= 10_000:
         raise ValueError("a lab has 1 to 10000 nodes")
     if base_port < 1 or base_port + count - 1 > 65535:
         raise ValueError(f"ports {base_port}..{base_port + count - 1} are not all valid")
     node_faults = dict(node_faults or {})
+    boot_modes = dict(boot_modes or {})
+    for mode in (boot_mode, *boot_modes.values()):
+        if mode not in BOOT_MODES:
+            raise ValueError(f"unknown boot mode {mode!r}; known: {', '.join(BOOT_MODES)}")
     # Reproducible on purpose: lab passwords protect nothing, and a rerun with the same
     # seed must give the same manifest.
     rng = random.Random(f"{seed}/rack")  # noqa: S311
@@ -99,10 +108,15 @@ def plan_rack(
                 password=password if password is not None else secret,
                 macs=tuple(_mac(value) for value in own),
                 fault=node_faults.pop(name, faults.NO_FAULT),
+                boot_mode=boot_modes.pop(name, boot_mode),
             )
         )
     if node_faults:
         raise ValueError(f"faults given for nodes the lab does not have: {', '.join(node_faults)}")
+    if boot_modes:
+        raise ValueError(
+            f"boot modes given for nodes the lab does not have: {', '.join(boot_modes)}"
+        )
     return plans
 
 
@@ -153,6 +167,7 @@ class LabSettings:
     control_dir: Path
     power_on: bool = False
     session_timeout: float = SESSION_IDLE_SECONDS
+    netboot: NetbootSettings = field(default_factory=NetbootSettings)
 
 
 def serve(
@@ -161,11 +176,14 @@ def serve(
     """Serve ``plans`` in this process until ``stop`` is set."""
     install_io_fixes()
     loop = PacketLoop()
+    netboot = Netboot(settings.netboot)
     try:
         for done, plan in enumerate(plans, 1):
             machine = build_machine(plan.name, plan.index, settings.seed, list(plan.macs))
             machine.power_on = settings.power_on
+            machine.boot_mode = plan.boot_mode
             gate = faults.FaultGate(settings.seed, plan.name, plan.fault)
+            netboot.attach(machine, gate, plan.index)
             bmc = LabBmc(
                 machine,
                 plan.username,
@@ -181,7 +199,9 @@ def serve(
                 report(("started", done))
     except OSError as exc:
         report(("failed", f"cannot listen on {plan.address}:{plan.port}: {exc.strerror}"))
+        netboot.close()
         return
+    netboot.start()
     thread = threading.Thread(target=loop.run, name="bmc-packets", daemon=True)
     thread.start()
     control = ControlServer(settings.control_dir, {bmc.machine.name: bmc for bmc in loop.bmcs})
@@ -197,6 +217,7 @@ def serve(
         control.close()
         loop.stop()
         thread.join(timeout=5)
+        netboot.close()
         for bmc in loop.bmcs:
             bmc.close()
 

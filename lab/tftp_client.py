@@ -141,9 +141,11 @@ async def fetch(
     windowsize: int | None = None,
     timeout: float = 1.0,
     retries: int = 5,
+    local_address: str | None = None,
 ) -> bytes:
     """The file's content. Raises TftpError on an ERROR from the server, and TimeoutError
-    when ``retries`` silences of ``timeout`` seconds follow one another."""
+    when ``retries`` silences of ``timeout`` seconds follow one another. ``local_address``
+    is the source address to send from (the server sees it as the client)."""
     request = TftpPacketRRQ()
     request.filename = filename
     request.mode = "octet"
@@ -158,7 +160,9 @@ async def fetch(
     encoded = bytes(request.encode().buffer)
     loop = asyncio.get_running_loop()
     transport, download = await loop.create_datagram_endpoint(
-        lambda: _Download((host, port), encoded), family=socket.AF_INET
+        lambda: _Download((host, port), encoded),
+        family=socket.AF_INET,
+        local_addr=(local_address, 0) if local_address else None,
     )
     try:
         silences = 0

@@ -13,13 +13,25 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import __version__, db, nodes
-from provisioner.api import bmc, boot, boot_files, catalog, problems, racks, service, tokens
+from provisioner.api import (
+    actions,
+    bmc,
+    boot,
+    boot_files,
+    catalog,
+    problems,
+    racks,
+    service,
+    tokens,
+)
+from provisioner.api import handoff as handoff_api
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
 from provisioner.bmc.pool import BmcPool, DriverFactory
 from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
 from provisioner.boot.service import BootService
+from provisioner.handoff import WebhookSender
 from provisioner.limits import BodySizeLimit
 from provisioner.metrics import Metrics, MetricsMiddleware
 from provisioner.power import PowerSync
@@ -49,6 +61,7 @@ def create_app(
     power_sync = PowerSync(engine, vault, pool, settings)
     hops = HopRecorder(engine, keep=settings.boot_hops_kept)
     boot_service = BootService(engine, vault, settings, lambda: app.state.profiles, hops)
+    webhooks = WebhookSender(engine, vault, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -66,6 +79,7 @@ def create_app(
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+            loops.append(asyncio.create_task(webhooks.run(), name="webhooks"))
             if settings.power_sync_interval > 0:
                 loops.append(asyncio.create_task(power_sync.run(), name="power-sync"))
         yield
@@ -99,6 +113,7 @@ def create_app(
     app.state.reconciler = reconciler
     app.state.power_sync = power_sync
     app.state.boot = boot_service
+    app.state.webhooks = webhooks
     app.state.file_observer = boot_service.file_served
 
     problems.install(app)
@@ -108,12 +123,14 @@ def create_app(
         boot_files.router,
         boot.api,
         nodes_api.router,
+        actions.router,
         bmc.router,
         profiles_api.router,
         racks.router,
         catalog.roles,
         catalog.images,
         tokens.router,
+        handoff_api.router,
     ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

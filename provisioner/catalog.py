@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlmodel import Session, SQLModel, col, func, select
@@ -27,21 +27,26 @@ def listing(session: Session, model: type[Row]) -> list[Row]:
     return list(session.exec(select(model).order_by(col(model.name))))
 
 
-def create(session: Session, model: type[Row], data: RoleIn | ImageIn) -> Row:
+def create(
+    session: Session, model: type[Row], data: RoleIn | ImageIn, sealed: dict[str, Any] | None = None
+) -> Row:
+    """``sealed``: columns the caller derived from write-only input (encrypted secrets)."""
     name = data.name
     if session.get(model, name) is not None:
         raise Problem(409, f"A {_WHAT[model]} named {name!r} exists already.")
     _check_image(session, data)
-    row = model.model_validate(data.model_dump())
+    row = model.model_validate(data.model_dump() | (sealed or {}))
     session.add(row)
     session.commit()
     session.refresh(row)
     return row
 
 
-def change(session: Session, row: SQLModel, patch: BaseModel) -> None:
+def change(
+    session: Session, row: SQLModel, patch: BaseModel, sealed: dict[str, Any] | None = None
+) -> None:
     _check_image(session, patch)
-    for key, value in patch.model_dump(exclude_unset=True).items():
+    for key, value in (patch.model_dump(exclude_unset=True) | (sealed or {})).items():
         setattr(row, key, value)
     row.updated_at = utcnow()
     session.add(row)

@@ -73,6 +73,11 @@ class Node(SQLModel, table=True):
     target_power: str | None = Field(default=None, max_length=16)
     # Set at enrollment: the reconciler starts an inspection once, then clears it.
     auto_inspect: bool = Field(default=False)
+    # Set at enrollment with a role: once ready, the reconciler provisions it once.
+    auto_provision: bool = Field(default=False)
+    # When the reconciler should look at a deploying node again (a deadline, a poll);
+    # None: now. Bookkeeping like the lease, so it does not bump the version.
+    wake_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # The reconciler replica working on the node, until when (see reconciler.py).
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_expires_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -147,8 +152,16 @@ class Role(SQLModel, table=True):
     puppet_classes: list[str] = Field(default_factory=list, sa_type=JSON)
     parameters: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     packages: list[str] = Field(default_factory=list, sa_type=JSON)
+    # How a provisioned node is handed to configuration management (handoff/__init__.py).
+    handoff: str = Field(default="immediate", max_length=16)
+    webhook_url: str | None = Field(default=None, max_length=1024)
+    webhook_secret_encrypted: str | None = Field(default=None, max_length=512)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+
+    @property
+    def webhook_secret_set(self) -> bool:
+        return self.webhook_secret_encrypted is not None
 
 
 class OsImage(SQLModel, table=True):
@@ -203,11 +216,20 @@ class Deployment(SQLModel, table=True):
     token_encrypted: str = Field(max_length=512)
     challenge_encrypted: str = Field(max_length=512)
     status: str = Field(default="pending", max_length=16)
+    # Where the reconciler is in carrying it out (see provisioner/deploying.py).
+    step: str = Field(default="network", max_length=16)
     message: str = Field(default="", max_length=2000)
+    # Deployments started by one bulk request share a batch and its max-in-flight.
+    batch_id: uuid.UUID | None = Field(default=None, index=True)
+    batch_limit: int | None = None
     created_at: datetime = _timestamp()
     expires_at: datetime = Field(sa_type=DateTime(timezone=True), nullable=False)
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # When a CSR with this deployment's challenge was signed: a challenge signs once.
+    challenge_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # When configuration management took the node over (ENC fetched after the install).
+    handoff_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class BootHop(SQLModel, table=True):
@@ -223,3 +245,38 @@ class BootHop(SQLModel, table=True):
     mac: str | None = Field(default=None, max_length=17)
     kind: str = Field(max_length=16)
     detail: str = Field(default="", max_length=500)
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """The outbox of role webhooks: a row per event, written in the transaction that
+    caused it and deleted never, so a restart or a receiver outage loses nothing.
+
+    ``next_attempt_at`` doubles as the claim: a sender moves it past the request's
+    timeout before sending, so another replica skips the row until that sender has
+    either recorded the outcome or died.
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_due", "delivered_at", "next_attempt_at"),
+        Index("ix_webhook_delivery_node_id_id", "node_id", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False)
+    )
+    deployment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("deployment.id", ondelete="SET NULL"), nullable=True),
+    )
+    role: str = Field(max_length=63)
+    event: str = Field(max_length=32)
+    url: str = Field(max_length=1024)
+    payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    idempotency_key: str = Field(max_length=64, unique=True, index=True)
+    attempts: int = Field(default=0)
+    next_attempt_at: datetime = _timestamp()
+    delivered_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = _timestamp()

@@ -17,10 +17,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Row, func, insert, true, update
+from sqlalchemy import (
+    Row,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    true,
+    update,
+)
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from provisioner.boot import deployments
 from provisioner.errors import Problem
@@ -145,6 +156,67 @@ def _decode_cursor(cursor: str) -> str:
         raise Problem(400, "The cursor is not one this service handed out.") from None
 
 
+# A page is two statements built once per combination of filters (SQLAlchemy then skips
+# composing and cache-keying them on every request): the nodes with their BMC columns
+# joined, then the NICs of the nodes in the page's name range.
+_VIEW_COLUMNS = [
+    *(getattr(Node, f) for f in _NODE_FIELDS),
+    *(getattr(Bmc, f) for f in _BMC_FIELDS),
+]
+_N = len(_NODE_FIELDS)
+_STATE, _MAINTENANCE, _FAILED_FROM, _NAME = (
+    _NODE_FIELDS.index(f) for f in ("state", "maintenance", "failed_from", "name")
+)
+_DRIVER = _N + _BMC_FIELDS.index("driver")  # NOT NULL: None means the node has no BMC
+# The string filters by selectivity: a page uses the index of the first one given, on
+# (column, name), and reads the others off the rows. Without table statistics, SQLite
+# would as soon walk all nodes of a state in name order as the hundred of one rack.
+_INDEXED = ("rack", "role", "state")
+
+
+def _filters(shape: frozenset[str], *, lead: bool) -> list[Any]:
+    """WHERE terms for the filters in ``shape``; only the ``lead`` one may use an index
+    (``x || ''`` hides a column from the planner on SQLite and PostgreSQL alike)."""
+    first = "mac" if "mac" in shape or not lead else next((f for f in _INDEXED if f in shape), "")
+    terms: list[Any] = []
+    for name in _INDEXED:
+        if name in shape:
+            column = getattr(Node, name)
+            key = column if name == first else column.op("||")(literal_column("''"))
+            terms.append(key == bindparam(name))
+    if "maintenance" in shape:
+        terms.append(col(Node.maintenance) == bindparam("maintenance"))
+    return terms
+
+
+@functools.cache
+def _page_statements(shape: frozenset[str]) -> tuple[Any, Any]:
+    nodes = (
+        select(*_VIEW_COLUMNS)
+        .outerjoin(Bmc, col(Bmc.node_id) == col(Node.id))
+        .where(*_filters(shape, lead=True))
+        .order_by(col(Node.name))
+        .limit(bindparam("limit"))
+    )
+    if "cursor" in shape:
+        nodes = nodes.where(col(Node.name) > bindparam("cursor"))
+    if "mac" in shape:
+        nodes = nodes.join(Nic, col(Nic.node_id) == col(Node.id)).where(
+            col(Nic.mac) == bindparam("mac")
+        )
+    nics = (
+        select(Node.name, Nic.mac, Nic.pxe)
+        .join(Node, col(Node.id) == col(Nic.node_id))
+        .where(
+            *_filters(shape - {"mac"}, lead=False),
+            col(Node.name) >= bindparam("first"),
+            col(Node.name) <= bindparam("last"),
+        )
+        .order_by(col(Nic.id))
+    )
+    return nodes, nics
+
+
 def page(
     session: Session,
     *,
@@ -155,30 +227,51 @@ def page(
     rack: str | None = None,
     mac: str | None = None,
     maintenance: bool | None = None,
-) -> tuple[list[Row[Any]], str | None]:
-    """One page of nodes ordered by name, and the cursor of the next page."""
-    query = select(Node.__table__).order_by(col(Node.name)).limit(limit + 1)  # type: ignore[attr-defined]
-    if cursor:
-        query = query.where(Node.name > _decode_cursor(cursor))
-    if state:
-        query = query.where(Node.state == state)
-    if role:
-        query = query.where(Node.role == role)
-    if rack:
-        query = query.where(Node.rack == rack)
-    if maintenance is not None:
-        query = query.where(Node.maintenance == maintenance)
-    if mac:
-        query = query.join(Nic, col(Nic.node_id) == col(Node.id)).where(Nic.mac == mac)
-    nodes = list(session.execute(query))
-    if len(nodes) > limit:
-        return nodes[:limit], _encode_cursor(nodes[limit - 1].name)
-    return nodes, None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of node views ordered by name, and the cursor of the next page."""
+    given = {
+        "cursor": _decode_cursor(cursor) if cursor else None,
+        "state": state,
+        "role": role,
+        "rack": rack,
+        "mac": mac,
+        "maintenance": maintenance,
+    }
+    params = {k: v for k, v in given.items() if v is not None and v != ""}
+    nodes_statement, nics_statement = _page_statements(frozenset(params))
+    connection = session.connection()
+    rows = connection.execute(nodes_statement, {**params, "limit": limit + 1}).all()
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(rows[-1][_NAME])
+    if not rows:
+        return [], None
+    params.pop("cursor", None)
+    params.pop("mac", None)
+    params.update(first=rows[0][_NAME], last=rows[-1][_NAME])
+    nics: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for name, nic_mac, pxe in connection.execute(nics_statement, params):
+        nics[name].append({"mac": nic_mac, "pxe": pxe})
+    return [_row_view(row, nics[row[_NAME]]) for row in rows], next_cursor
+
+
+def _row_view(row: Row[Any], nics: list[dict[str, Any]]) -> dict[str, Any]:
+    view = dict(zip(_NODE_FIELDS, row, strict=False))
+    has_bmc = row[_DRIVER] is not None
+    view["bmc"] = dict(zip(_BMC_FIELDS, row[_N:], strict=True)) if has_bmc else None
+    view["nics"] = nics
+    view["allowed_actions"] = _allowed(row[_STATE], row[_MAINTENANCE], row[_FAILED_FROM])
+    return view
 
 
 def events(session: Session, node: Node) -> list[EventOut]:
     rows = session.exec(
-        select(Event).where(Event.node_id == node.id).order_by(col(Event.id)).limit(MAX_EVENTS)
+        select(Event)
+        .where(Event.node_id == node.id)
+        # By time first: boot hops are written in batches, a fraction of a second late.
+        .order_by(col(Event.time), col(Event.id))
+        .limit(MAX_EVENTS)
     )
     return [EventOut.model_validate(e) for e in rows]
 
@@ -191,11 +284,18 @@ def count_by_state(session: Session) -> dict[str, int]:
 # ---- checks shared by enrollment and changes -------------------------------------------
 
 
+@functools.cache
+def _names_statement(model: type[Role] | type[OsImage]) -> Any:
+    key = col(model.name)
+    return select(key).where(key.in_(bindparam("names", expanding=True)))
+
+
 def _known(session: Session, model: type[Role] | type[OsImage], names: set[str]) -> set[str]:
     if not names:
         return set()
-    key = col(model.name)
-    return set(session.exec(select(key).where(key.in_(names))))
+    # Core on the session's connection, one statement built once: every enrollment asks.
+    rows = session.connection().execute(_names_statement(model), {"names": sorted(names)})
+    return {name for (name,) in rows}
 
 
 def reference_errors(
@@ -307,6 +407,30 @@ def _event(
     }
 
 
+@functools.cache
+def _insert(model: type[SQLModel]) -> Any:
+    """One INSERT statement per table, built once (SQLAlchemy keys its cache on it)."""
+    return table_of(model).insert()
+
+
+@functools.cache
+def _insert_if_known(keys: tuple[str, ...]) -> Any:
+    """``INSERT INTO node (keys) SELECT :key, ... WHERE`` the node's role and image (if it
+    names them) exist: the check rides on the insert instead of costing a query of its
+    own, and a role deleted meanwhile cannot slip in. No row inserted means unknown."""
+    table = table_of(Node)
+    values = {k: bindparam(k, type_=table.c[k].type) for k in keys}
+    role, image = values["role"], values["image"]
+    known = and_(
+        or_(role.is_(None), exists().where(col(Role.name) == role)),
+        or_(image.is_(None), exists().where(col(OsImage.name) == image)),
+    )
+    rows = select(*values.values()).where(known)
+    insert = table.insert().from_select([table.c[k] for k in keys], rows, include_defaults=False)
+    # SQLAlchemy keeps the row count of INSERTs only when asked (psycopg's is -1 otherwise).
+    return insert.execution_options(preserve_rowcount=True)
+
+
 def enroll(
     session: Session,
     vault: Vault,
@@ -322,8 +446,11 @@ def enroll(
     with ``errors`` naming each row (1-based). With ``inspect``, the reconciler inspects
     each new node once on its own.
     """
-    if errors := reference_errors(session, items):
-        raise Problem(422, "Some nodes name a role or image that does not exist.", errors=errors)
+    unknown = "Some nodes name a role or image that does not exist."
+    # One node's role and image are checked by its INSERT (see _insert_if_known).
+    single = len(items) == 1
+    if not single and (errors := reference_errors(session, items)):
+        raise Problem(422, unknown, errors=errors)
     now = utcnow()
     node_rows: list[dict[str, Any]] = []
     bmc_rows: list[dict[str, Any]] = []
@@ -350,6 +477,9 @@ def enroll(
                 "maintenance_reason": None,
                 "last_error": None,
                 "auto_inspect": inspect,
+                # The racking flow: inspected nodes with a role go on to be provisioned.
+                "auto_provision": inspect and item.role is not None,
+                "wake_at": None,
                 "power_failures": 0,
                 "created_at": now,
                 "updated_at": now,
@@ -375,11 +505,20 @@ def enroll(
         # Core inserts on the session's connection: the ORM's bulk path costs several
         # times more Python per row, and enrollment is the API's hottest write.
         connection = session.connection()
-        connection.execute(table_of(Node).insert(), node_rows)
-        connection.execute(table_of(Bmc).insert(), bmc_rows)
+        if single:
+            (row,) = node_rows
+            if connection.execute(_insert_if_known(tuple(row)), row).rowcount != 1:
+                errors = reference_errors(session, items)
+                session.rollback()
+                if not errors:  # created between the two statements
+                    raise Problem(409, "A role or image changed meanwhile; try again.")
+                raise Problem(422, unknown, errors=errors)
+        else:
+            connection.execute(_insert(Node), node_rows)
+        connection.execute(_insert(Bmc), bmc_rows)
         if nic_rows:
-            connection.execute(table_of(Nic).insert(), nic_rows)
-        connection.execute(table_of(Event).insert(), event_rows)
+            connection.execute(_insert(Nic), nic_rows)
+        connection.execute(_insert(Event), event_rows)
         session.commit()
     except IntegrityError:
         # The unique constraints are the check; asking first would cost every enrollment
@@ -538,6 +677,7 @@ def act(
     *,
     vault: Vault,
     deploy_timeout: float,
+    batch: deployments.Batch | None = None,
 ) -> Node:
     """Validate ``action`` against the lifecycle and record it; the reconciler does the work.
 
@@ -568,6 +708,7 @@ def act(
     elif transition.from_state is State.FAILED:
         changes.update(failed_from=None, last_error=None)
     if transition.to_state in _DEPLOYING:
+        changes.update(wake_at=None, auto_provision=False)
         kind = _DEPLOYING[transition.to_state]
         if action in (Action.PROVISION, Action.REIMAGE):
             kind = action.value
@@ -579,6 +720,7 @@ def act(
             role=changes.get("role", node.role),
             image=changes.get("image", node.image),
             timeout=deploy_timeout,
+            batch=batch,
         )
     elif action is Action.ABORT:
         deployments.end_live(session, node.id, "aborted", f"aborted by {actor}")

@@ -15,7 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, or_, update
@@ -26,6 +26,7 @@ from provisioner import inspection, power
 from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
+from provisioner.deploying import Deploying
 from provisioner.lifecycle import Action, IllegalAction, Outcome, State, decide
 from provisioner.models import Bmc, Event, InventoryFact, Node, utcnow
 from provisioner.profiles import ProfileSet
@@ -37,12 +38,20 @@ log = logging.getLogger(__name__)
 ACTOR = "provisioner"
 
 
-def _needs_work() -> Any:
+DEPLOYING = (State.PROVISIONING.value, State.PROVISIONED.value, State.WIPING.value)
+
+
+def _needs_work(now: datetime) -> Any:
     working = and_(
         col(Node.maintenance).is_(False),
         or_(
             col(Node.state) == State.INSPECTING.value,
             and_(col(Node.state) == State.ENROLLED.value, col(Node.auto_inspect).is_(True)),
+            and_(col(Node.state) == State.READY.value, col(Node.auto_provision).is_(True)),
+            and_(
+                col(Node.state).in_(DEPLOYING),
+                or_(col(Node.wake_at).is_(None), col(Node.wake_at) <= now),
+            ),
         ),
     )
     # An explicit power request is carried out even in maintenance: an operator asked.
@@ -65,6 +74,9 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.deploying = Deploying(
+            engine, vault, pool, settings, profiles, self._finish, self._write
+        )
 
     async def run(self) -> None:
         while True:
@@ -94,7 +106,7 @@ class Reconciler:
         now = utcnow()
         free = or_(col(Node.lease_owner).is_(None), col(Node.lease_expires_at) < now)
         with Session(self.engine) as session:
-            query = select(Node.id).where(_needs_work(), free).order_by(col(Node.updated_at))
+            query = select(Node.id).where(_needs_work(now), free).order_by(col(Node.updated_at))
             query = query.limit(limit)
             if self.engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
@@ -136,6 +148,10 @@ class Reconciler:
                 await self._inspect(node, bmc)
             elif node.state == State.INSPECTING.value:
                 await self._inspect(node, bmc)
+            elif node.state in DEPLOYING:
+                await self.deploying.advance(node, bmc)
+            elif node.state == State.READY.value and node.auto_provision:
+                await run_in_threadpool(self.deploying.auto_provision, node)
         except Exception:
             log.exception("step failed unexpectedly on node %s", node_id)
         finally:

@@ -15,9 +15,11 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 
 from provisioner import validation
+from provisioner.lifecycle import Action, State
 
 Mac = Annotated[str, AfterValidator(validation.normalize_mac)]
 NodeName = Annotated[str, AfterValidator(validation.node_name)]
@@ -178,6 +180,42 @@ class ActionRequest(Strict):
     image: Slug | None = None
 
 
+class Selection(Strict):
+    """Which nodes a bulk action applies to: every filter given must match."""
+
+    names: Annotated[list[str], Field(max_length=10_000)] | None = None
+    rack: str | None = None
+    role: str | None = None
+    state: State | None = None
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> Selection:
+        if not (self.names or self.rack or self.role or self.state):
+            raise ValueError("select nodes by names, rack, role or state (at least one)")
+        return self
+
+
+class BulkActionRequest(ActionRequest):
+    action: Action
+    selection: Selection
+    max_in_flight: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None,
+        description="Installations of this request in flight at once (provision, reimage, "
+        "release); the service-wide and per-rack limits apply as well.",
+    )
+
+
+class Refusal(BaseModel):
+    name: str
+    reason: str
+
+
+class BulkActionOut(BaseModel):
+    batch_id: uuid.UUID | None = Field(description="Set when max_in_flight was given.")
+    accepted: list[str]
+    refused: list[Refusal]
+
+
 class EventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -195,7 +233,17 @@ class ImportResult(BaseModel):
     nodes: list[NodeOut]
 
 
-class RoleIn(Strict):
+# How a provisioned node is handed over (provisioner/handoff): at once, when the role's
+# webhook is acknowledged, or when Puppet first fetches its classification (ENC).
+Handoff = Literal["immediate", "webhook", "enc"]
+WebhookUrl = Annotated[str, Field(max_length=1024, pattern=r"^https?://[^\s/?#]+[^\s]*$")]
+# Write-only: stored encrypted, never returned (RoleOut.webhook_secret_set says if set).
+WebhookSecret = Annotated[SecretStr, Field(min_length=16, max_length=256)]
+# exclude=True keeps it out of model_dump(), so it never reaches a row unencrypted.
+_WRITE_ONLY = Field(default=None, exclude=True)
+
+
+class RoleBase(Strict):
     name: Slug
     description: Annotated[str, Field(max_length=255)] = ""
     default_image: Slug | None = None
@@ -204,6 +252,21 @@ class RoleIn(Strict):
     puppet_classes: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     packages: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
+    handoff: Handoff = "immediate"
+    webhook_url: WebhookUrl | None = None
+
+
+class RoleIn(RoleBase):
+    webhook_secret: WebhookSecret | None = _WRITE_ONLY
+
+    @model_validator(mode="after")
+    def _webhook_complete(self) -> RoleIn:
+        if self.handoff == "webhook" and (self.webhook_url is None or self.webhook_secret is None):
+            raise ValueError(
+                "handoff 'webhook' needs webhook_url and webhook_secret (at least 16 "
+                "characters; the receiver verifies the HMAC signature with it)"
+            )
+        return self
 
 
 class RolePatch(Strict):
@@ -214,11 +277,15 @@ class RolePatch(Strict):
     puppet_classes: list[Annotated[str, Field(max_length=255)]] | None = None
     parameters: dict[str, Any] | None = None
     packages: list[Annotated[str, Field(max_length=255)]] | None = None
+    handoff: Handoff | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_secret: WebhookSecret | None = _WRITE_ONLY
 
 
-class RoleOut(RoleIn):
+class RoleOut(RoleBase):
     model_config = ConfigDict(from_attributes=True, extra="ignore")
 
+    webhook_secret_set: bool
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -73,6 +73,23 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Failed polls in a row before a node is flagged."
     )
 
+    # Provisioning: how much at once, how fast, how long.
+    default_image: str = Field(
+        default="rocky-9", description="Image for roles without a default_image."
+    )
+    power_on_rate: float = Field(
+        default=10.0, gt=0, description="Machines powered on per second, at most (staggering)."
+    )
+    max_deploying: int = Field(
+        default=200, ge=1, description="Installations in flight at once, service-wide."
+    )
+    max_deploying_per_rack: int = Field(
+        default=48, ge=1, description="Installations in flight at once in one rack."
+    )
+    handoff_timeout: float = Field(
+        default=3600.0, gt=0, description="Seconds a role's hand-off may take."
+    )
+
     # The boot network (node-facing routes and the embedded TFTP server).
     boot_url: str | None = Field(
         default=None,
@@ -111,6 +128,17 @@ class Settings(BaseSettings):
     tftp_port: int = Field(default=69, ge=0, le=65535)
     tftp_root: Path | None = Field(
         default=None, description="iPXE binaries served by TFTP; <data_dir>/tftp when unset."
+    )
+    # Role webhooks (provisioner/handoff/webhooks.py).
+    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds per delivery.")
+    webhook_retry_base: float = Field(
+        default=2.0, gt=0, description="Seconds before the first retry; doubles each time."
+    )
+    webhook_retry_max: float = Field(
+        default=300.0, gt=0, description="Longest wait between two delivery attempts."
+    )
+    webhook_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between two looks for due deliveries."
     )
 
     @property

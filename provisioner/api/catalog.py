@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from provisioner import catalog
-from provisioner.api.deps import Admin, SessionDep, Viewer
+from provisioner.api.deps import Admin, SessionDep, VaultDep, Viewer
+from provisioner.handoff import roles as handoff_roles
 from provisioner.models import OsImage, Role
 from provisioner.schemas import ImageIn, ImageOut, ImagePatch, RoleIn, RoleOut, RolePatch
 
@@ -19,8 +20,8 @@ def list_roles(session: SessionDep, _: Viewer) -> list[Role]:
 
 
 @roles.post("", status_code=status.HTTP_201_CREATED, response_model=RoleOut)
-def create_role(body: RoleIn, session: SessionDep, _: Admin) -> Role:
-    return catalog.create(session, Role, body)
+def create_role(body: RoleIn, session: SessionDep, vault: VaultDep, _: Admin) -> Role:
+    return catalog.create(session, Role, body, handoff_roles.sealed(vault, None, body))
 
 
 @roles.get("/{name}", response_model=RoleOut)
@@ -29,9 +30,11 @@ def show_role(name: str, session: SessionDep, _: Viewer) -> Role:
 
 
 @roles.patch("/{name}", response_model=RoleOut)
-def change_role(name: str, body: RolePatch, session: SessionDep, _: Admin) -> Role:
+def change_role(
+    name: str, body: RolePatch, session: SessionDep, vault: VaultDep, _: Admin
+) -> Role:
     role = catalog.get(session, Role, name)
-    catalog.change(session, role, body)
+    catalog.change(session, role, body, handoff_roles.sealed(vault, role, body))
     return role
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from pydantic import AfterValidator, TypeAdapter
 
 from provisioner import nodes, validation
-from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
+from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer, run_db
 from provisioner.lifecycle import Action, State
 from provisioner.schemas import (
     ActionRequest,
@@ -40,12 +41,15 @@ def node_response(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=NodeOut)
-def enroll_node(
+async def enroll_node(
     body: NodeCreate, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
 ) -> Response:
     """Enroll one server by its BMC; it starts ``enrolled`` and, unless the service is
     configured otherwise, is inspected right after."""
-    view = nodes.enroll_one(session, vault, body, token.name, inspect=settings.inspect_on_enroll)
+    enroll = functools.partial(
+        nodes.enroll_one, session, vault, body, token.name, inspect=settings.inspect_on_enroll
+    )
+    view = await run_db(session, enroll)
     return node_response(view, 201, {"Location": f"/api/v1/nodes/{view['id']}"})
 
 
@@ -72,9 +76,7 @@ def list_nodes(
         mac=mac,
         maintenance=maintenance,
     )
-    page = NodePage.model_validate(
-        {"items": nodes.present(session, items), "next_cursor": next_cursor}
-    )
+    page = NodePage.model_validate({"items": items, "next_cursor": next_cursor})
     return Response(page.model_dump_json(), media_type="application/json")
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
-from provisioner.models import Deployment, Event, table_of, utcnow
+from provisioner.models import Deployment, Event, Node, table_of, utcnow
 from provisioner.secrets import Vault, hash_token
 
 LIVE = ("pending", "started")
@@ -42,6 +42,14 @@ _CALLBACK_RULES: dict[Callback, tuple[tuple[str, ...], str | None]] = {
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Deployments started together by one bulk request, at most ``limit`` in flight."""
+
+    id: uuid.UUID
+    limit: int
+
+
+@dataclass(frozen=True)
 class Live:
     """A live deployment with its secrets decrypted, for rendering scripts and answers."""
 
@@ -58,6 +66,7 @@ def start(
     role: str | None,
     image: str | None,
     timeout: float,
+    batch: Batch | None = None,
 ) -> None:
     """Add a new deployment to the session, ending the node's live one.
 
@@ -78,7 +87,10 @@ def start(
             token_encrypted=vault.encrypt(token),
             challenge_encrypted=vault.encrypt(secrets.token_urlsafe(24)),
             status="pending",
+            step="network",
             message="",
+            batch_id=batch.id if batch else None,
+            batch_limit=batch.limit if batch else None,
             created_at=now,
             expires_at=now + timedelta(seconds=timeout),
         )
@@ -144,6 +156,9 @@ def callback(
         if result.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()
             raise Problem(409, "Another callback for this deployment won the race; retry.")
+    if new_status in ("done", "failed"):
+        # The reconciler sleeps until the deadline while an installer runs: wake it.
+        session.execute(update(Node).where(col(Node.id) == row.node_id).values(wake_at=None))
     text = f"installer {kind.value} (deployment {str(row.id)[:8]}, from {client})"
     if message:
         text += f": {message}"

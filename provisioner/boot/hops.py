@@ -188,9 +188,7 @@ class HopRecorder:
                     select(_deployment.c.token_hash, _deployment.c.node_id).where(
                         _deployment.c.token_hash.in_(wanted)
                     )
-                )
-                .tuples()
-                .all()
+                ).all()
             )
         if batch.by_address:
             by_address = _owners_of(connection, {client for client, _ in batch.by_address})
@@ -216,4 +214,4 @@ def _owners_of(connection: Connection, addresses: set[str]) -> dict[str, uuid.UU
     rows = connection.execute(
         select(_nic.c.boot_ip, _nic.c.node_id).where(_nic.c.boot_ip.in_(addresses))
     )
-    return dict(rows.tuples().all())
+    return dict(rows.all())

@@ -11,6 +11,8 @@ from typer.core import TyperGroup
 from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/inventory)
 from provisioner.cli.catalog import image_app, role_app, token_app
 from provisioner.cli.client import CliError, GlobalOptions
+from provisioner.cli.demo import demo
+from provisioner.cli.handoff import ansible_inventory, autosign, enc
 from provisioner.cli.nodes import node_app, rack_app
 from provisioner.cli.pxe import pxe_app
 from provisioner.cli.server import db_app, serve
@@ -44,6 +46,10 @@ app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(pxe_app, name="pxe")
 app.command()(serve)
+app.command()(demo)
+app.command()(enc)
+app.command()(autosign)
+app.command("ansible-inventory")(ansible_inventory)
 
 
 @app.callback()

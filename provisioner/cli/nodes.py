@@ -20,6 +20,7 @@ from provisioner.cli.output import (
     print_table,
     spinner,
 )
+from provisioner.cli.progress import by_name, watch
 from provisioner.lifecycle import Action, State
 
 node_app = typer.Typer(help="List, enroll and act on nodes.", no_args_is_help=True)
@@ -239,3 +240,68 @@ def import_rack(
         return
     node_table(result["nodes"])
     info(f"created {result['created']} node(s) from {file.name}")
+
+
+WaitOption = Annotated[bool, typer.Option("--wait", help="Show progress until every node is done.")]
+TimeoutOption = Annotated[float, typer.Option(help="Seconds --wait gives up after.", min=1)]
+
+
+def _bulk(
+    ctx: typer.Context, action: Action, selection: dict[str, Any], body: dict[str, Any]
+) -> dict[str, Any]:
+    with api(ctx) as client:
+        result: dict[str, Any] = client.post(
+            "/actions", json={"action": action.value, "selection": selection, **body}
+        )
+    for refusal in result["refused"]:
+        info(f"refused {refusal['name']}: {refusal['reason']}")
+    info(f"{action.value} accepted for {len(result['accepted'])} node(s)")
+    return result
+
+
+@rack_app.command("provision")
+def provision_rack(
+    ctx: typer.Context,
+    rack: Annotated[str, typer.Argument(help="Rack name.", show_default=False)],
+    role: Annotated[str, typer.Option(help="Role to provision with.", show_default=False)],
+    image: Annotated[
+        str | None, typer.Option(help="Image; the role's default when not given.")
+    ] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(min=1, help="Installations of this rack at once.")
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 3600,
+) -> None:
+    """Provision every ready node of a rack with a role."""
+    body: dict[str, Any] = {"role": role, "image": image, "max_in_flight": max_in_flight}
+    result = _bulk(
+        ctx,
+        Action.PROVISION,
+        {"rack": rack, "state": State.READY.value},
+        {k: v for k, v in body.items() if v is not None},
+    )
+    if wait and result["accepted"]:
+        with api(ctx) as client:
+            watch(by_name(client, result["accepted"]), "active", f"rack {rack}", timeout)
+    if result["refused"] and not result["accepted"]:
+        raise CliError("no node was provisioned")
+
+
+@node_app.command("reimage")
+def reimage_nodes(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(help="Node names.", show_default=False)],
+    image: Annotated[str | None, typer.Option(help="Image; the current one if not given.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(min=1, help="Reimages at once.")] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = 3600,
+) -> None:
+    """Reinstall active nodes, keeping their name, role and NICs."""
+    body = {k: v for k, v in {"image": image, "max_in_flight": max_in_flight}.items() if v}
+    result = _bulk(ctx, Action.REIMAGE, {"names": nodes}, body)
+    if wait and result["accepted"]:
+        with api(ctx) as client:
+            watch(by_name(client, result["accepted"]), "active", "reimage", timeout)
+    if result["refused"]:
+        raise CliError(f"{len(result['refused'])} node(s) refused, listed above")

@@ -1,0 +1,82 @@
+"""/api/v1/handoff: what Puppet and Ansible ask about installed nodes.
+
+The ``provisioner enc``, ``autosign`` and ``ansible-inventory`` commands are thin
+clients of these routes, so the Puppet server and the Ansible controller need only the
+CLI and a token, not the database.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
+from provisioner.errors import Problem
+from provisioner.handoff import ansible, puppet
+from provisioner.puppet_formats import enc_yaml
+from provisioner.schemas import Strict
+
+router = APIRouter(prefix="/api/v1/handoff", tags=["hand-off"])
+
+Certname = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")]
+
+_YAML = "application/yaml"
+
+
+class AutosignIn(Strict):
+    certname: Certname
+    challenge: Annotated[str, Field(max_length=255)] | None = None
+    pp_role: Annotated[str, Field(max_length=255)] | None = None
+
+
+class AutosignOut(BaseModel):
+    sign: bool
+    reason: str
+
+
+@router.get(
+    "/puppet/enc/{certname}",
+    responses={200: {"content": {_YAML: {}, "application/json": {}}}},
+)
+def puppet_enc(
+    certname: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    _: Viewer,
+    accept: Annotated[str, Header()] = _YAML,
+) -> Response:
+    """The node's Puppet classification, as ``external_nodes`` prints it (YAML; JSON
+    when only JSON is accepted). Fetching it for a provisioned node of an ``enc`` role
+    completes that node's hand-off."""
+    node = puppet.find_node(session, settings, certname)
+    if node is None:
+        raise Problem(
+            404,
+            f"No node has the certname {certname!r}; it must be a node name, or that name "
+            "under PROVISIONER_DOMAIN.",
+        )
+    classification = puppet.classification(session, node)
+    puppet.record_enc_fetch(session, node)
+    if "json" in accept and "yaml" not in accept:
+        return JSONResponse(classification)
+    return Response(enc_yaml(classification), media_type=_YAML)
+
+
+@router.post("/puppet/autosign", response_model=AutosignOut)
+def puppet_autosign(
+    body: AutosignIn, session: SessionDep, vault: VaultDep, settings: SettingsDep, _: Operator
+) -> puppet.Decision:
+    """Whether the Puppet CA should sign a CSR with this challenge and ``pp_role``.
+
+    A refusal is an answer, not an error: ``sign`` is false and ``reason`` says why.
+    """
+    return puppet.autosign(session, vault, settings, body.certname, body.challenge, body.pp_role)
+
+
+@router.get("/ansible")
+def ansible_inventory(session: SessionDep, settings: SettingsDep, _: Viewer) -> dict[str, Any]:
+    """Ansible's dynamic inventory (``--list``): installed nodes by role and by rack."""
+    return ansible.inventory(session, settings)

@@ -1,0 +1,97 @@
+"""A live view of nodes working towards a state, for ``--wait`` and the demo.
+
+Polls the API (the reconciler does the work; the CLI only watches) and redraws a count
+per state and the nodes still on their way. Ends when every node reached the goal or
+failed; failures are listed with their last error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from provisioner.cli.client import ApiClient, CliError, path_segment
+from provisioner.cli.output import STATE_STYLES, console, state_text
+
+Fetch = Callable[[], list[dict[str, Any]]]
+# Shown individually while not done: more would scroll the counts off the screen.
+_ROWS = 12
+
+
+def by_rack(client: ApiClient, rack: str) -> Fetch:
+    def fetch() -> list[dict[str, Any]]:
+        nodes: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, str | int] = {"rack": rack, "limit": 1000}
+            if cursor:
+                params["cursor"] = cursor
+            page = client.get("/nodes", params=params)
+            nodes.extend(page["items"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return nodes
+
+    return fetch
+
+
+def by_name(client: ApiClient, names: list[str]) -> Fetch:
+    return lambda: [client.get(f"/nodes/{path_segment(name)}") for name in names]
+
+
+def watch(fetch: Fetch, goal: str, title: str, timeout: float, interval: float = 1.0) -> None:
+    """Redraw until every node is ``goal`` or failed; raise :class:`CliError` naming the
+    failed (or, at the timeout, the unfinished) nodes."""
+    deadline = time.monotonic() + timeout
+    out = console(stderr=True)
+    started = time.monotonic()
+    with Live(console=out, refresh_per_second=4, transient=not out.is_terminal) as live:
+        while True:
+            nodes = fetch()
+            live.update(_view(nodes, goal, title, time.monotonic() - started))
+            if all(n["state"] in (goal, "failed") for n in nodes):
+                break
+            if time.monotonic() > deadline:
+                stuck = [n for n in nodes if n["state"] not in (goal, "failed")]
+                raise CliError(
+                    f"{len(stuck)} node(s) not {goal} after {timeout:.0f} s: "
+                    + ", ".join(f"{n['name']} ({n['state']})" for n in stuck[:20])
+                )
+            time.sleep(interval)
+    failed = [n for n in nodes if n["state"] == "failed"]
+    if failed:
+        raise CliError(
+            f"{len(failed)} of {len(nodes)} node(s) failed: "
+            + "; ".join(
+                f"{n['name']}: {n.get('last_error') or 'no error recorded'}" for n in failed
+            )
+        )
+    out.print(f"all {len(nodes)} node(s) {goal} in {time.monotonic() - started:.0f} s")
+
+
+def _view(nodes: list[dict[str, Any]], goal: str, title: str, elapsed: float) -> Group:
+    counts = Counter(n["state"] for n in nodes)
+    summary = Text(f"{title}  {elapsed:4.0f} s   ")
+    for state, count in sorted(counts.items(), key=lambda item: item[0] != goal):
+        summary.append(f"{state} {count}  ", style=STATE_STYLES.get(state, ""))
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NODE", "STATE", "POWER", "LAST ERROR"):
+        table.add_column(column)
+    working = [n for n in nodes if n["state"] != goal]
+    for node in working[:_ROWS]:
+        table.add_row(
+            node["name"],
+            state_text(node["state"]),
+            node.get("power_state") or "",
+            Text(node.get("last_error") or "", style="red"),
+        )
+    if len(working) > _ROWS:
+        table.add_row(Text(f"... and {len(working) - _ROWS} more", style="dim"), "", "", "")
+    return Group(summary, table)
