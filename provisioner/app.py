@@ -89,6 +89,7 @@ def create_app(
         if tftp is not None:
             await tftp.stop()
         await hops.flush()
+        boot_service.close()
         await reconciler.drain()
         pool.close()
         engine.dispose()
@@ -134,5 +135,6 @@ def create_app(
     ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(boot.IpxeScripts)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=1, le=65535)
     max_body_bytes: int = 1024 * 1024
     log_level: str = "info"
+    access_log: bool = Field(
+        default=False,
+        description="Log every HTTP request. Off by default: boot storms would flood the "
+        "log, and metrics and node timelines record what matters.",
+    )
 
     # BMC calls: defaults for every BMC, each overridable per BMC.
     bmc_timeout: float = Field(default=5.0, gt=0, description="Seconds per IPMI attempt.")

@@ -3,6 +3,8 @@ the boot-trace observer, and the X-Accel-Redirect hand-off through the real ngin
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import http.client
 import os
@@ -77,6 +79,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "escape").symlink_to(base / "secret")
     (root / "escape-dir").symlink_to(base)
     (root / "relative-escape").symlink_to("../secret")
+    os.mkfifo(root / "fifo")  # opening it for reading would block without O_NONBLOCK
     return root
 
 
@@ -84,7 +87,8 @@ def make_app(images: Path, data: Path, **overrides: Any) -> tuple[FastAPI, Recor
     settings = Settings(data_dir=data, reconciler=False, images_dir=images, **overrides)
     app = create_app(settings)
     recorder = Recorder([])
-    app.state.file_observer = recorder
+    observer: files.FileObserver = recorder  # mypy checks the Protocol's signature
+    app.state.file_observer = observer
     return app, recorder
 
 
@@ -299,6 +303,7 @@ def test_missing_file_says_what_and_where(
         "escape-dir/secret",
         "relative-escape",
         "debian-12",  # a directory
+        "fifo",
         "",
         "debian-12/",
     ],
@@ -350,6 +355,24 @@ def test_traversal_attempts_are_404_and_open_nothing_outside(
     assert raw_get(server.port, "/boot/files/current/vmlinuz")[0] == 200
     assert opened == [os.path.join(os.path.realpath(images), "debian-12", "vmlinuz")]
     assert len(recorder.wait(len(TRAVERSALS) + 1)) == len(TRAVERSALS) + 1
+
+
+@pytest.mark.parametrize(
+    "refusal", [BlockingIOError(errno.EAGAIN, "not cached"), OSError(errno.EOPNOTSUPP, "tmpfs")]
+)
+def test_reads_the_page_cache_cannot_serve_go_to_a_thread(
+    images: Path, monkeypatch: pytest.MonkeyPatch, refusal: OSError
+) -> None:
+    def refuse(fd: int, offset: int, size: int) -> bytearray:
+        raise refusal
+
+    monkeypatch.setattr(files, "_read_cached", refuse)
+    file = files.BootFile.open(images, "debian-12/vmlinuz")
+    try:
+        assert asyncio.run(file.read(5, 1000)) == KERNEL[5:1005]
+        assert file.nowait is (refusal.errno == errno.EAGAIN)  # tmpfs: stop asking
+    finally:
+        file.close()
 
 
 # --- a real socket ---------------------------------------------------------------------
