@@ -37,6 +37,7 @@ from provisioner.metrics import Metrics, MetricsMiddleware
 from provisioner.power import PowerSync
 from provisioner.profiles import load_profiles, shipped_profiles_dir
 from provisioner.reconciler import Reconciler
+from provisioner.role_rules import RoleRules
 from provisioner.secrets import Vault
 from provisioner.settings import Settings, get_settings
 from provisioner.tokens import TokenCache
@@ -57,7 +58,14 @@ def create_app(
         per_bmc=settings.bmc_per_bmc,
         driver_factory=driver_factory,
     )
-    reconciler = Reconciler(engine, vault, pool, settings, lambda: app.state.profiles)
+    reconciler = Reconciler(
+        engine,
+        vault,
+        pool,
+        settings,
+        lambda: app.state.profiles,
+        RoleRules.load(settings.role_rules),
+    )
     power_sync = PowerSync(engine, vault, pool, settings)
     hops = HopRecorder(engine, keep=settings.boot_hops_kept)
     boot_service = BootService(engine, vault, settings, lambda: app.state.profiles, hops)

@@ -477,8 +477,9 @@ def enroll(
                 "maintenance_reason": None,
                 "last_error": None,
                 "auto_inspect": inspect,
-                # The racking flow: inspected nodes with a role go on to be provisioned.
-                "auto_provision": inspect and item.role is not None,
+                # The racking flow: once inspected, a node with a role (from the manifest
+                # or the role rules) goes on to be provisioned.
+                "auto_provision": inspect,
                 "wake_at": None,
                 "power_failures": 0,
                 "created_at": now,

@@ -28,8 +28,9 @@ from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
 from provisioner.deploying import Deploying
 from provisioner.lifecycle import Action, IllegalAction, Outcome, State, decide
-from provisioner.models import Bmc, Event, InventoryFact, Node, utcnow
+from provisioner.models import Bmc, Event, InventoryFact, Node, Role, utcnow
 from provisioner.profiles import ProfileSet
+from provisioner.role_rules import Position, RoleRules
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 
@@ -66,8 +67,10 @@ class Reconciler:
         pool: BmcPool,
         settings: Settings,
         profiles: Callable[[], ProfileSet],
+        role_rules: RoleRules | None = None,
     ) -> None:
         self.engine = engine
+        self.role_rules = role_rules or RoleRules()
         self.vault = vault
         self.pool = pool
         self.settings = settings
@@ -221,9 +224,26 @@ class Reconciler:
         changes: dict[str, Any] = {"power_state": found.power_state, "power_checked_at": utcnow()}
         if found.profile and not node.hardware_profile:
             changes["hardware_profile"] = found.profile
+        summary = found.summary
+        if node.role is None:
+            where = Position(
+                node.rack, node.rack_unit, found.profile or node.hardware_profile, found.facts
+            )
+            rule = self.role_rules.role_for(where)
+            if rule is not None:
+                known = await run_in_threadpool(self._role_exists, rule.role)
+                if known:
+                    changes["role"] = rule.role
+                    summary += f"; role {rule.role} by the role rules"
+                else:
+                    summary += f"; the role rules name role {rule.role!r}, which does not exist"
         await run_in_threadpool(
-            self._finish, node.id, Outcome.INSPECTED, changes, found.summary, found.facts
+            self._finish, node.id, Outcome.INSPECTED, changes, summary, found.facts
         )
+
+    def _role_exists(self, name: str) -> bool:
+        with Session(self.engine) as session:
+            return session.get(Role, name) is not None
 
     # ---- recording -----------------------------------------------------------------
 

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Failed polls in a row before a node is flagged."
     )
 
+    role_rules: Path | None = Field(
+        default=None,
+        description="YAML rules giving inspected nodes without a role one "
+        "(docs/role-rules.md).",
+    )
     # Provisioning: how much at once, how fast, how long.
     default_image: str = Field(
         default="rocky-9", description="Image for roles without a default_image."

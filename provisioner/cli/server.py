@@ -116,12 +116,17 @@ def serve(
     import uvicorn
 
     from provisioner.app import create_app
+    from provisioner.role_rules import RoleRulesError
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(**overrides)
     info(f"database: {masked_url(settings.resolved_database_url)}")
+    try:
+        app = create_app(settings)
+    except RoleRulesError as exc:
+        raise CliError(f"{exc} (PROVISIONER_ROLE_RULES)") from exc
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
