@@ -237,6 +237,9 @@ class Reconciler:
                     summary += f"; role {rule.role} by the role rules"
                 else:
                     summary += f"; the role rules name role {rule.role!r}, which does not exist"
+            if "role" not in changes:
+                # Without a role the racking flow ends here, at ready.
+                changes["auto_provision"] = False
         await run_in_threadpool(
             self._finish, node.id, Outcome.INSPECTED, changes, summary, found.facts
         )
