@@ -54,7 +54,7 @@ async def enroll_node(
 
 
 @router.get("", response_model=NodePage)
-def list_nodes(
+async def list_nodes(
     session: SessionDep,
     _: Viewer,
     state: State | None = None,
@@ -66,7 +66,8 @@ def list_nodes(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Response:
     """Nodes ordered by name, filtered, one page at a time (follow ``next_cursor``)."""
-    items, next_cursor = nodes.page(
+    listing = functools.partial(
+        nodes.page,
         session,
         limit=limit,
         cursor=cursor,
@@ -76,13 +77,19 @@ def list_nodes(
         mac=mac,
         maintenance=maintenance,
     )
+    # Inline on SQLite too (run_db): readers never wait for a lock there, and a thread
+    # would not run even a page of 1,000 any sooner, only hand the GIL back and forth.
+    items, next_cursor = await run_db(session, listing)
     page = NodePage.model_validate({"items": items, "next_cursor": next_cursor})
     return Response(page.model_dump_json(), media_type="application/json")
 
 
 @router.get("/{ref}", response_model=NodeOut)
-def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
-    return node_response(nodes.present(session, [nodes.find(session, ref)])[0])
+async def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
+    def show() -> dict[str, Any]:
+        return nodes.present(session, [nodes.find(session, ref)])[0]
+
+    return node_response(await run_db(session, show))
 
 
 @router.patch("/{ref}", response_model=NodeOut)
