@@ -10,6 +10,8 @@ wakes it.
     provision, reimage:
       network  next boot from the network (one-time, so a reboot cannot loop)
       power    within the limits and the stagger: power on, or cycle if it is on
+               (``powering`` while the slot is taken but the power-on not yet done:
+               a replica that dies there leaves it to be started over)
       install  wait for the installer's callback, up to the deployment's deadline
       disk     boot from disk from now on
       reboot   power cycle into the installed system          -> provisioned
@@ -95,6 +97,12 @@ class Deploying:
                 await run_in_threadpool(self._goto, node, deployment, "power", None, "")
             elif step == "power":
                 await self._power_on(node, bmc, deployment)
+            elif step == "powering":
+                # The replica that took the slot ended before it recorded the power-on:
+                # the machine may be off, or may have used up its one-time network boot.
+                # Start the boot over; the slot is still the node's.
+                await self._boot_device(node, bmc, BootDevice.NETWORK, persistent=False)
+                await self._boot_installer(node, bmc, deployment)
             elif step == "install":
                 await run_in_threadpool(self._install, node, deployment)
             elif step == "disk":
@@ -148,12 +156,17 @@ class Deploying:
             if full:
                 await run_in_threadpool(self._sleep, node.id, utcnow() + POLL)
                 return
-            # Taking the slot (step "install") before the BMC call keeps the next
-            # node's limit check honest.
-            expires = _aware(deployment.expires_at)
-            await run_in_threadpool(self._goto, node, deployment, "install", expires, "")
+            # Taking the slot (step "powering") before the BMC call keeps the next
+            # node's limit check honest. Should this replica die before the power-on is
+            # recorded, the node is looked at again when its lease has run out.
+            retry_at = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+            await run_in_threadpool(self._goto, node, deployment, "powering", retry_at, "")
+        await self._boot_installer(node, bmc, deployment)
+
+    async def _boot_installer(self, node: Node, bmc: Bmc | None, deployment: Deployment) -> None:
         await self._stagger()
         state = await self._power(node, bmc, "cycle")
+        await run_in_threadpool(self._installing, node, deployment)
         await run_in_threadpool(
             self._record,
             node.id,
@@ -161,6 +174,26 @@ class Deploying:
             "power",
             f"powered on to boot {deployment.kind} deployment {str(deployment.id)[:8]}",
         )
+
+    def _installing(self, node: Node, deployment: Deployment) -> None:
+        """Step ``install``: sleep until the deadline, unless the installer has already
+        called back ``done`` or ``failed`` (its wake-up is not to be undone)."""
+        live = (
+            select(Deployment.id)
+            .where(
+                col(Deployment.id) == deployment.id, col(Deployment.status).in_(deployments.LIVE)
+            )
+            .exists()
+        )
+        with Session(self.engine) as session:
+            self._set_step(session, deployment.id, "install")
+            session.execute(
+                update(Node)
+                .where(col(Node.id) == node.id, live)
+                .values(wake_at=_aware(deployment.expires_at))
+            )
+            session.commit()
+        log.info("node %s: %s deployment at step install", node.name, deployment.kind)
 
     def _install(self, node: Node, deployment: Deployment) -> None:
         if deployment.status == "done":
@@ -260,7 +293,7 @@ class Deploying:
                 .join(Node, col(Node.id) == col(Deployment.node_id))
                 .where(
                     col(Deployment.status).in_(deployments.LIVE),
-                    col(Deployment.step) == "install",
+                    col(Deployment.step).in_(("powering", "install")),
                 )
             )
             if session.exec(flying).one() >= settings.max_deploying:

@@ -3,9 +3,10 @@ per-MAC configuration files of loaders that are not iPXE (PXELINUX, GRUB).
 
 Pure text rendering: the caller decides *which* plan applies (see ``boot.service``).
 Every script ends in a path that does not strand the machine: a failed download sleeps
-and reboots (the firmware then tries the network again, and the service's deadline
-catches a machine that never gets further), and local boot falls back to ``exit`` so the
-firmware moves on to its next boot device.
+and reboots (with a persistent network boot it tries again; with the one-time override
+the reconciler sets, it falls back to its disk, and the deployment's deadline catches a
+machine that never gets further), and local boot falls back to ``exit`` so the firmware
+moves on to its next boot device.
 """
 
 from __future__ import annotations

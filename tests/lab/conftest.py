@@ -1,6 +1,11 @@
 """A running lab for the tests: `provisioner-lab up` in a subprocess on free loopback
 ports, torn down after the module. Clients are the real ones: Debian's ipmitool and
-pyghmi's Command."""
+pyghmi's Command.
+
+For end-to-end tests, :func:`site` adds a real `provisioner serve` (:class:`Served`,
+which can be killed and started again) that the lab's machines network-boot from, and
+:class:`Site` the questions a test asks of both, with failure messages that show the
+offending nodes' states, last errors and timelines."""
 
 from __future__ import annotations
 
@@ -15,10 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
@@ -186,3 +194,262 @@ def ipmitool(
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed: {result.stdout}{result.stderr}")
     return result
+
+
+# --- a real service with a lab rack that boots from it (tests/lab/test_e2e.py) ---------
+
+BIN = Path(sys.executable).parent
+TINY_IMAGE = {
+    "name": "tiny",
+    "os_family": "rhel",
+    "version": "9",
+    "kernel_url": "tiny/vmlinuz",
+    "initrd_url": "tiny/initrd.img",
+    "repo_url": "https://dl.rockylinux.org/pub/rocky/9/BaseOS/x86_64/os/",
+    "answer_template": "kickstart",
+}
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def poll(check: Callable[[], Any], timeout: float, what: Callable[[], object]) -> Any:
+    """``check()`` until it is truthy (returned), or fail after ``timeout`` seconds with
+    ``what()``: the expectation and the offending nodes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s: {what()}")
+        time.sleep(0.2)
+
+
+class Served:
+    """``provisioner serve`` in a subprocess on free loopback ports: SQLite, images and
+    TFTP root in ``tmp``, embedded TFTP, a fast reconciler, no power sync. ``settings``
+    are more ``PROVISIONER_*`` variables (``deploy_timeout="5"``). It can be killed and
+    started again on the same data directory and ports."""
+
+    def __init__(self, tmp: Path, **settings: str) -> None:
+        from tests.test_serve import clean_env, free_port
+
+        self.port, self.tftp_port = free_port(), free_udp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        tftp_root = tmp / "tftp"
+        tftp_root.mkdir()
+        # Lab machines fetch the bootloader but never run it: any bytes will do.
+        for loader in ("undionly.kpxe", "ipxe.efi"):
+            (tftp_root / loader).write_bytes(os.urandom(70_000))
+        images = tmp / "images" / "tiny"
+        images.mkdir(parents=True)
+        (images / "vmlinuz").write_bytes(os.urandom(64_000))
+        (images / "initrd.img").write_bytes(os.urandom(128_000))
+        self.env = clean_env(tmp / "home")
+        self.env.update(
+            PROVISIONER_DATA_DIR=str(tmp / "data"),
+            PROVISIONER_IMAGES_DIR=str(tmp / "images"),
+            PROVISIONER_TFTP_ENABLED="1",
+            PROVISIONER_TFTP_ADDRESS="127.0.0.1",
+            PROVISIONER_TFTP_PORT=str(self.tftp_port),
+            PROVISIONER_TFTP_ROOT=str(tftp_root),
+            PROVISIONER_BOOT_URL=self.url,
+            PROVISIONER_RECONCILE_INTERVAL="0.2",
+            PROVISIONER_POWER_SYNC_INTERVAL="0",
+        )
+        self.env.update({f"PROVISIONER_{k.upper()}": v for k, v in settings.items()})
+        token = subprocess.run(
+            [BIN / "provisioner", "token", "create", "--scope", "admin"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        self.env.update(PROVISIONER_URL=self.url, PROVISIONER_TOKEN=token)
+        self.log = tmp / "service.log"
+        self.api = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [BIN / "provisioner", "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        poll(self._ready, 60, lambda: f"the service did not become ready:\n{self.log_tail()}")
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"the service exited ({self.process.returncode}):\n" + self.log_tail()
+            )
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, nothing cleaned up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        self.api.close()  # no keep-alive connection for the shutdown to wait on
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=15)
+
+    def log_tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def create(self, path: str, body: dict[str, Any]) -> None:
+        response = self.api.post(path, json=body)
+        assert response.status_code == 201, f"POST {path}: {response.text}"
+
+
+class Site:
+    """A service and a lab whose machines boot from it (DHCP's answers given to the lab
+    on its command line), and what a test asks of them: node states, timelines, and an
+    explanation of any node that is not where it should be."""
+
+    def __init__(self, service: Served, lab: Lab) -> None:
+        self.service = service
+        self.lab = lab
+
+    @property
+    def names(self) -> list[str]:
+        return [n.name for n in self.lab.nodes]
+
+    def import_manifest(self, path: Path | None = None) -> None:
+        manifest = path or self.lab.manifest
+        response = self.service.api.post(
+            "/api/v1/racks/import",
+            content=manifest.read_bytes(),
+            headers={"Content-Type": "text/csv"},
+            timeout=120,
+        )
+        assert response.status_code == 201, response.text
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        response = self.service.api.get("/api/v1/nodes", params={"limit": 1000})
+        response.raise_for_status()
+        return {n["name"]: n for n in response.json()["items"]}
+
+    def node(self, name: str) -> dict[str, Any]:
+        response = self.service.api.get(f"/api/v1/nodes/{name}")
+        response.raise_for_status()
+        found: dict[str, Any] = response.json()
+        return found
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        response = self.service.api.get(f"/api/v1/nodes/{name}/events")
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()
+        return events
+
+    def machine(self, name: str) -> dict[str, Any]:
+        """The lab's view of the machine (``provisioner-lab status``)."""
+        status: dict[str, Any] = control.status(self.lab.control_dir).get(name, {})
+        return status
+
+    def explain(self, names: Iterable[str], tail: int = 8) -> str:
+        """Each node's state, last error, machine state and the tail of its timeline."""
+        try:
+            current = self.nodes()
+        except httpx.HTTPError as exc:
+            return f"(the service does not answer: {exc!r})\n{self.service.log_tail()}"
+        out = []
+        for name in names:
+            node = current.get(name)
+            if node is None:
+                out.append(f"{name}: not a node of the service")
+                continue
+            machine = self.machine(name)
+            out.append(
+                f"{name}: {node['state']}, last_error={node['last_error']!r}, machine "
+                f"{machine.get('state')!r} ({machine.get('last_hop')!r})"
+            )
+            for event in self.events(name)[-tail:]:
+                moved = f" {event['from_state']}->{event['to_state']}" if event["to_state"] else ""
+                out.append(f"    {event['time']} {event['kind']}{moved}: {event['message']}")
+        return "\n".join(out)
+
+    def wait_for(self, names: list[str], state: str, timeout: float) -> dict[str, dict[str, Any]]:
+        """Until every one of ``names`` is in ``state``; a node that fails on the way
+        (unless ``failed`` is wanted) ends the wait at once."""
+
+        def check() -> dict[str, dict[str, Any]] | None:
+            current = self.nodes()
+            failed = [n for n in names if current[n]["state"] == "failed"]
+            if failed and state != "failed":
+                raise AssertionError(
+                    f"expected {state}, but {len(failed)} node(s) failed:\n" + self.explain(failed)
+                )
+            if all(current[n]["state"] == state for n in names):
+                return current
+            return None
+
+        def what() -> str:
+            current = self.nodes()
+            behind = [n for n in names if current[n]["state"] != state]
+            return f"expected every node {state}; these are not:\n" + self.explain(behind)
+
+        found: dict[str, dict[str, Any]] = poll(check, timeout, what)
+        return found
+
+
+@contextmanager
+def site(
+    tmp: Path,
+    nodes: int,
+    *lab_args: str,
+    roles: Iterable[dict[str, Any]] = ({"name": "compute", "default_image": "tiny"},),
+    install_time: float = 0.2,
+    reboot_delay: float = 0.2,
+    **settings: str,
+) -> Iterator[Site]:
+    """A service with the image ``tiny`` and ``roles``, and a lab of ``nodes`` machines
+    that network-boot from it (not yet imported: see :meth:`Site.import_manifest`)."""
+    service = Served(tmp, **settings)
+    lab: Lab | None = None
+    try:
+        service.create("/api/v1/images", TINY_IMAGE)
+        for role in roles:
+            service.create("/api/v1/roles", role)
+        lab = Lab(
+            tmp,
+            nodes,
+            "--tftp",
+            f"127.0.0.1:{service.tftp_port}",
+            "--ipxe-url",
+            f"{service.url}/boot/bootstrap.ipxe",
+            "--install-time",
+            str(install_time),
+            "--reboot-delay",
+            str(reboot_delay),
+            *lab_args,
+        )
+        running = Site(service, lab)
+        yield running
+    finally:
+        try:
+            if lab is not None:
+                lab.stop()
+        finally:
+            service.stop()
