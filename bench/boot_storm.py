@@ -379,7 +379,7 @@ def provisioner_cli() -> str:
 
 def service(work: Path, images: Path) -> tuple[Server, str]:
     """`provisioner serve` as an operator runs it (its own defaults: uvicorn, one process,
-    log level info with the access log); an admin token made beforehand with
+    log level info, no access log); an admin token made beforehand with
     `provisioner token create --scope admin` against the same data directory."""
     data_dir = work / "provisioner"
     data_dir.mkdir()
@@ -1070,8 +1070,8 @@ def http_markdown(results: dict[str, Any]) -> list[str]:
     lines = [
         f"HTTP: `provisioner serve` ({m['packages']['uvicorn']} uvicorn, one process, "
         f"loop and parser `auto`: uvloop {m['packages']['uvloop']} and httptools "
-        f"{m['packages']['httptools']} are installed; its default log level info, access "
-        "log on) started as an operator does, with `PROVISIONER_DATA_DIR` and "
+        f"{m['packages']['httptools']} are installed; its defaults: log level info, no "
+        "access log) started as an operator does, with `PROVISIONER_DATA_DIR` and "
         "`PROVISIONER_IMAGES_DIR` in the run's temporary directory, "
         "`PROVISIONER_RECONCILER=false`, `PROVISIONER_POWER_SYNC_INTERVAL=0`, "
         f"`PROVISIONER_INSPECT_ON_ENROLL=false`; beside {m['nginx']} with a generated "
