@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import stat
 import subprocess
 import sys
@@ -14,19 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serving import clean_env, free_port
+
 PROVISIONER = str(Path(sys.executable).parent / "provisioner")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(home / ".local" / "share"))
-    return env
 
 
 @pytest.fixture

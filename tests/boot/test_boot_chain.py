@@ -1,7 +1,9 @@
 """The whole boot chain against a real ``provisioner serve`` process with its embedded
 TFTP server, walked hop by hop with curl the way a machine would: bootloader over TFTP,
 bootstrap and per-node iPXE scripts, kernel and initrd, the kickstart, and the callbacks
-the kickstart itself contains. Then the node's timeline shows every hop."""
+the kickstart itself contains. Then the node's timeline shows every hop. (The machine
+never runs the bootloader it fetches, so stand-in bytes serve; tests/pxe fetch Debian's
+real iPXE binaries.)"""
 
 from __future__ import annotations
 
@@ -9,116 +11,42 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, update
 
 from provisioner.models import Node, table_of
-from tests.test_serve import clean_env, free_port
+from tests.serving import BIN, Served, free_udp_port
 
-BIN = Path(sys.executable).parent
-IPXE_DIR = Path("/usr/lib/ipxe")
 MAC = "52:54:00:12:34:56"
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
 
 
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    url: str
-    tftp_port: int
-    headers: dict[str, str]
-    env: dict[str, str]
-    database: Path
-    images: Path
-    tftp_root: Path
-
-
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    if shutil.which("curl") is None or not (IPXE_DIR / "undionly.kpxe").is_file():
+def service(tmp_path: Path) -> Iterator[Served]:
+    if shutil.which("curl") is None:
         if REQUIRE_TOOLS:
-            pytest.fail("PROVISIONER_REQUIRE_TOOLS=1 but curl or Debian's ipxe is missing")
-        pytest.skip("needs curl and Debian's ipxe package")
-    port, tftp_port = free_port(), free_udp_port()
-    tftp_root = tmp_path / "tftp"
-    tftp_root.mkdir()
-    shutil.copy(IPXE_DIR / "undionly.kpxe", tftp_root)
-    images = tmp_path / "images" / "tiny"
-    images.mkdir(parents=True)
-    (images / "vmlinuz").write_bytes(os.urandom(1 << 20))
-    (images / "initrd.img").write_bytes(os.urandom(3 << 20))
-    env = clean_env(tmp_path / "home")
-    env.update(
-        PROVISIONER_DATA_DIR=str(tmp_path / "data"),
-        PROVISIONER_IMAGES_DIR=str(tmp_path / "images"),
-        PROVISIONER_TFTP_ENABLED="1",
-        PROVISIONER_TFTP_ADDRESS="127.0.0.1",
-        PROVISIONER_TFTP_PORT=str(tftp_port),
-        PROVISIONER_TFTP_ROOT=str(tftp_root),
-        PROVISIONER_BOOT_URL=f"http://127.0.0.1:{port}",
-        PROVISIONER_RECONCILER="false",
-    )
-    token = subprocess.run(
-        [BIN / "provisioner", "token", "create", "--scope", "admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    process = subprocess.Popen(
-        [BIN / "provisioner", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+            pytest.fail("PROVISIONER_REQUIRE_TOOLS=1 but curl is missing")
+        pytest.skip("needs curl")
+    # No reconciler: nothing drives the power here, the test walks the hops itself.
+    served = Served(tmp_path, reconciler="false")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.communicate()[0].decode()
-            assert time.monotonic() < deadline, "service did not become ready in 30 s"
-            time.sleep(0.1)
-        yield Service(
-            url=url,
-            tftp_port=tftp_port,
-            headers={"Authorization": f"Bearer {token}"},
-            env={**env, "PROVISIONER_URL": url, "PROVISIONER_TOKEN": token},
-            database=tmp_path / "data" / "provisioner.db",
-            images=tmp_path / "images",
-            tftp_root=tftp_root,
-        )
+        yield served
     finally:
-        process.terminate()
-        output = process.communicate(timeout=10)[0].decode()
+        served.stop()
         # Secrets never reach the log: neither the API token nor any deployment token.
-        assert token not in output
+        assert served.env["PROVISIONER_TOKEN"] not in served.log.read_text()
 
 
 def curl(*args: str) -> bytes:
     return subprocess.run(["curl", "-fsS", *args], capture_output=True, check=True).stdout
 
 
-def test_a_machine_boots_through_every_hop(service: Service) -> None:
-    api = httpx.Client(base_url=service.url, headers=service.headers)
+def test_a_machine_boots_through_every_hop(service: Served) -> None:
+    api = service.api
     image = {
         "name": "tiny",
         "os_family": "rhel",
@@ -145,7 +73,8 @@ def test_a_machine_boots_through_every_hop(service: Service) -> None:
     }
     assert api.post("/api/v1/nodes", json=node).status_code == 201
     # No BMC behind this node: the inspection the reconciler would do is written directly.
-    engine = create_engine(f"sqlite:///{service.database}")
+    database = Path(service.env["PROVISIONER_DATA_DIR"]) / "provisioner.db"
+    engine = create_engine(f"sqlite:///{database}")
     with engine.begin() as connection:
         connection.execute(update(table_of(Node)).values(state="ready"))
     engine.dispose()
@@ -173,8 +102,8 @@ def test_a_machine_boots_through_every_hop(service: Service) -> None:
     initrd = re.search(r"^initrd --name initrd (\S+) \|\| goto failed$", script, re.M)
     assert kernel, script
     assert initrd, script
-    assert curl(kernel.group(1)) == (service.images / "tiny" / "vmlinuz").read_bytes()
-    assert curl(initrd.group(1)) == (service.images / "tiny" / "initrd.img").read_bytes()
+    assert curl(kernel.group(1)) == (service.images / "vmlinuz").read_bytes()
+    assert curl(initrd.group(1)) == (service.images / "initrd.img").read_bytes()
     answer_url = re.search(r"inst\.ks=(\S+)", kernel.group(2))
     assert answer_url
     kickstart = curl(answer_url.group(1)).decode()
@@ -222,7 +151,7 @@ def test_a_machine_boots_through_every_hop(service: Service) -> None:
     assert deployment_token not in shown
 
 
-def test_tftp_refuses_escapes_through_the_service(service: Service) -> None:
+def test_tftp_refuses_escapes_through_the_service(service: Served) -> None:
     for name in ("../../etc/passwd", "/etc/passwd"):
         result = subprocess.run(
             ["curl", "-fsS", f"tftp://127.0.0.1:{service.tftp_port}/{name}"],
@@ -232,10 +161,10 @@ def test_tftp_refuses_escapes_through_the_service(service: Service) -> None:
         assert b"root:" not in result.stdout
 
 
-def test_standalone_pxe_serves_per_mac_files_from_the_api(service: Service) -> None:
+def test_standalone_pxe_serves_per_mac_files_from_the_api(service: Served) -> None:
     """``provisioner pxe serve --api``: a PXELINUX machine's per-MAC file comes from the
     service, and the transfer lands on the node's timeline."""
-    api = httpx.Client(base_url=service.url, headers=service.headers)
+    api = service.api
     node = {
         "name": "r01-u08",
         "bmc": {
@@ -295,4 +224,4 @@ def test_standalone_pxe_serves_per_mac_files_from_the_api(service: Service) -> N
         pxe.terminate()
         output = pxe.communicate(timeout=10)[0].decode()
     assert pxe.returncode == 0, output
-    assert service.headers["Authorization"].split()[1] not in output
+    assert service.env["PROVISIONER_TOKEN"] not in output

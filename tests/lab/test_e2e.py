@@ -34,7 +34,7 @@ import httpx
 import pytest
 
 from tests.lab.conftest import BIN, Site, poll, site
-from tests.test_serve import free_port
+from tests.serving import free_port
 
 _DEPLOYMENT = re.compile(r"\(deployment ([0-9a-f]{8})")
 

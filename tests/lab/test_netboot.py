@@ -10,17 +10,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import os
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pyghmi.ipmi.command import Command
 
@@ -29,9 +24,8 @@ from lab.machine import BootDevice, BootFlags, build_machine
 from lab.netboot import source_address
 from provisioner.boot import answers, scripts
 from tests.lab.conftest import Lab, Node
-from tests.test_serve import clean_env, free_port
+from tests.serving import BIN, Served, poll
 
-BIN = Path(sys.executable).parent
 MAC = "52:54:00:aa:bb:cc"
 
 
@@ -212,22 +206,9 @@ def test_each_machine_has_its_own_boot_address() -> None:
 # --- against the real service ------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Service:
-    url: str
-    api: httpx.Client
-    process: subprocess.Popen[bytes]
-
-
 @dataclass
 class Rack:
-    service: Service
+    service: Served
     lab: Lab
 
     def node(self, name: str) -> Node:
@@ -260,7 +241,7 @@ class Rack:
 
     def wait_for_events(self, name: str, wanted: list[str], timeout: float = 60) -> None:
         """Hops reach the timeline in batches, a fraction of a second after the fact."""
-        wait_until(
+        poll(
             lambda: has_all(self.kinds(name), wanted),
             timeout,
             lambda: (self.kinds(name), self.status(name), self.lab.output[-20:]),
@@ -268,19 +249,8 @@ class Rack:
 
     def wait_for_machine(self, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
         """The lab machine's boot state (`provisioner-lab status`)."""
-        wait_until(lambda: self.status(name)["state"] == state, timeout, lambda: self.status(name))
+        poll(lambda: self.status(name)["state"] == state, timeout, lambda: self.status(name))
         return self.status(name)
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: Callable[[], object]) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {what()}")
-        time.sleep(0.2)
 
 
 NODES = 7
@@ -295,53 +265,16 @@ UNENROLLED = "lab-r01-u07"  # left out of the manifest the service imports
 @pytest.fixture(scope="module")
 def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
     tmp = tmp_path_factory.mktemp("netboot")
-    port, tftp_port = free_port(), free_udp_port()
-    tftp_root = tmp / "tftp"
-    tftp_root.mkdir()
-    # The machines never run their bootloader: any bytes of a loader's size will do.
-    for loader in ("undionly.kpxe", "ipxe.efi"):
-        (tftp_root / loader).write_bytes(os.urandom(70_000))
-    images = tmp / "images" / "tiny"
-    images.mkdir(parents=True)
-    (images / "vmlinuz").write_bytes(os.urandom(300_000))
-    (images / "initrd.img").write_bytes(os.urandom(700_000))
-    env = clean_env(tmp / "home")
-    env.update(
-        PROVISIONER_DATA_DIR=str(tmp / "data"),
-        PROVISIONER_IMAGES_DIR=str(tmp / "images"),
-        PROVISIONER_TFTP_ENABLED="1",
-        PROVISIONER_TFTP_ADDRESS="127.0.0.1",
-        PROVISIONER_TFTP_PORT=str(tftp_port),
-        PROVISIONER_TFTP_ROOT=str(tftp_root),
-        PROVISIONER_BOOT_URL=f"http://127.0.0.1:{port}",
-        PROVISIONER_RECONCILE_INTERVAL="0.2",
-        PROVISIONER_POWER_SYNC_INTERVAL="0",
-    )
-    token = subprocess.run(
-        [BIN / "provisioner", "token", "create", "--scope", "admin"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    process = subprocess.Popen(
-        [BIN / "provisioner", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    service = Served(tmp)
+    url, api = service.url, service.api
     lab: Lab | None = None
     try:
-        wait_until(lambda: _ready(url), 30, lambda: "the service did not become ready")
-        assert process.poll() is None
         extra = [f"--fault={node}={fault}" for node, fault in FAULTS.items()]
         lab = Lab(
             tmp,
             NODES,
             "--tftp",
-            f"127.0.0.1:{tftp_port}",
+            f"127.0.0.1:{service.tftp_port}",
             "--ipxe-url",
             f"{url}/boot/bootstrap.ipxe",
             "--boot-mode",
@@ -377,9 +310,9 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
         assert api.post("/api/v1/images", json=image).status_code == 201
         role = {"name": "compute", "default_image": "tiny"}
         assert api.post("/api/v1/roles", json=role).status_code == 201
-        running = Rack(Service(url, api, process), lab)
+        running = Rack(service, lab)
         names = [row["name"] for row in enrolled]
-        wait_until(
+        poll(
             lambda: all(running.state(n) == "ready" for n in names),
             60,
             lambda: {n: running.state(n) for n in names},
@@ -388,16 +321,7 @@ def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
     finally:
         if lab is not None:
             lab.stop()
-        process.terminate()
-        process.wait(timeout=15)
-        api.close()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
+        service.stop()
 
 
 def provision(rack: Rack, name: str) -> None:
@@ -441,7 +365,7 @@ def test_machines_install_and_run_their_os(rack: Rack) -> None:
         assert f"TFTP {loader}" in text
         assert "tiny/vmlinuz" in text
     assert rack.status("lab-r01-u02")["boot_mode"] == "uefi"
-    wait_until(
+    poll(
         lambda: all(rack.state(n) in ("provisioned", "active") for n in names),
         30,
         lambda: [rack.state(n) for n in names],
@@ -470,7 +394,7 @@ def test_installer_fails_calls_back_failed(rack: Rack) -> None:
     failed = next(e for e in rack.events(name) if e["kind"] == "callback-failed")
     assert "installer-fails" in failed["message"]
     assert rack.status(name)["state"] == "installer-failed"
-    wait_until(lambda: rack.state(name) == "failed", 30, lambda: rack.state(name))
+    poll(lambda: rack.state(name) == "failed", 30, lambda: rack.state(name))
 
 
 def test_boot_hang_sends_nothing(rack: Rack) -> None:
@@ -539,6 +463,6 @@ def test_an_unknown_machine_is_discovered(rack: Rack) -> None:
         items = rack.service.api.get("/api/v1/nodes", params={"state": "discovered"}).json()
         return [n for n in items["items"] if mac in json.dumps(n)]
 
-    found = wait_until(discovered, 30, lambda: rack.status(UNENROLLED))
+    found = poll(discovered, 30, lambda: rack.status(UNENROLLED))
     assert len(found) == 1
     rack.wait_for_machine(UNENROLLED, "no-bootable-disk")
