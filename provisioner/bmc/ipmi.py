@@ -395,14 +395,23 @@ class IpmiDriver:
             # bytes, not str: pyghmi's session cache compares stored bytes and would spin
             # on a live session when given str (trap 3). onlogon makes the login
             # asynchronous, so that our deadline rules, not pyghmi's (trap 4).
-            session = session_class(
-                bmc=target.address,
-                userid=target.username.encode(),
-                password=target.password.encode(),
-                port=target.port,
-                kg=self._kg,
-                onlogon=onlogon,
-            )
+            for attempt in (1, 2):
+                try:
+                    session = session_class(
+                        bmc=target.address,
+                        userid=target.username.encode(),
+                        password=target.password.encode(),
+                        port=target.port,
+                        kg=self._kg,
+                        onlogon=onlogon,
+                    )
+                    break
+                except KeyError:
+                    # pyghmi prunes a broken cached session in __new__ while its I/O
+                    # thread may prune the same one: the loser's del raises KeyError.
+                    # The cache is clean afterwards, so one more try is enough.
+                    if attempt == 2:
+                        raise
             while not done.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
