@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.lab.conftest import BIN, Site, poll, site
-from tests.serving import free_port
+from tests.lab.conftest import Site, site
+from tests.serving import BIN, free_port, poll
 
 _DEPLOYMENT = re.compile(r"\(deployment ([0-9a-f]{8})")
 
