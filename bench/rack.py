@@ -54,6 +54,8 @@ from typing import Any
 import httpx
 from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
 
+from provisioner.cli.demo import free_udp_block
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 BIN = Path(sys.executable).parent
@@ -169,25 +171,6 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
         return port
 
 
-def udp_block(count: int) -> int:
-    """The first of ``count`` free consecutive UDP ports from 20000 up (below the
-    kernel's ephemeral range), for the lab's BMCs."""
-    for base in range(20000, 32000 - count, 499):
-        held: list[socket.socket] = []
-        try:
-            for offset in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                held.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free UDP ports on 127.0.0.1")
-
-
 def wait_for(what: str, check: Callable[[], bool], procs: list[Proc], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -217,7 +200,7 @@ def start_lab(
         "--manifest",
         str(manifest),
         "--base-port",
-        str(udp_block(nodes)),
+        str(free_udp_block(nodes)),
         "--control-dir",
         str(work / "lab-control"),
         "--per-process",

@@ -79,7 +79,7 @@ def demo(
             "--manifest",
             str(manifest),
             "--base-port",
-            str(_udp_block(nodes)),
+            str(free_udp_block(nodes)),
             "--tftp",
             f"127.0.0.1:{run.tftp_port}",
             "--ipxe-url",
@@ -265,9 +265,10 @@ def _free_port(kind: socket.SocketKind) -> int:
         return int(s.getsockname()[1])
 
 
-def _udp_block(count: int) -> int:
-    """The first of ``count`` free consecutive UDP ports, for the lab's BMCs."""
-    for base in range(20000, 60000, 997):
+def free_udp_block(count: int) -> int:
+    """The first of ``count`` free consecutive UDP ports from 20000 up (below the
+    kernel's ephemeral range), for the lab's BMCs."""
+    for base in range(20000, 32000 - count, 499):
         held: list[socket.socket] = []
         try:
             for offset in range(count):
