@@ -62,7 +62,10 @@ def watch(fetch: Fetch, goal: str, title: str, timeout: float, interval: float =
                 stuck = [n for n in nodes if n["state"] not in (goal, "failed")]
                 raise CliError(
                     f"{len(stuck)} node(s) not {goal} after {timeout:.0f} s: "
-                    + ", ".join(f"{n['name']} ({n['state']})" for n in stuck[:20])
+                    + "; ".join(
+                        f"{n['name']} ({n['state']}, last error: {n.get('last_error') or 'none'})"
+                        for n in stuck[:20]
+                    )
                 )
             time.sleep(interval)
     failed = [n for n in nodes if n["state"] == "failed"]
