@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
+from common import (
+    TICKS,
+    git,
+    machine_busy_seconds,
+    progress,
+    save_raw,
+    stat_fields,
+    write_results,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1314,10 +1322,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {args.results}")
         return 0
     results = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    raw = (args.out / f"api-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").resolve()
-    results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
-    raw.write_text(json.dumps(results, indent=2) + "\n")
+    raw = save_raw(results, args.out, "api")
     print("\n".join(table_lines(results, markdown=False)))
     if noisy := contention(results):
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")

@@ -44,7 +44,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
-from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
+from common import (
+    TICKS,
+    git,
+    machine_busy_seconds,
+    progress,
+    save_raw,
+    stat_fields,
+    write_results,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1221,10 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
         if {"http", "ipxe"} & set(args.parts):
             results["http"] = http_storms(args, Path(work))
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    raw = (args.out / f"boot-storm-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json").resolve()
-    results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
-    raw.write_text(json.dumps(results, indent=2) + "\n")
+    raw = save_raw(results, args.out, "boot-storm")
     if results["tftp"]:
         print("\n".join(table(results["tftp"], markdown=False)))
     http = results.get("http") or {}

@@ -1,12 +1,16 @@
-"""What the benchmarks share: CPU accounting from /proc, git state of the checkout, and
-rewriting one bench's block in bench/RESULTS.md while keeping everything around it."""
+"""What the benchmarks share: CPU accounting from /proc, git state of the checkout, the
+raw figures of a run, and rewriting one bench's block in bench/RESULTS.md while keeping
+everything around it."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -34,6 +38,16 @@ def git(*args: str) -> str:
     run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
     # Not strip(): `status --porcelain` lines begin with a meaningful space.
     return run.stdout.rstrip() if run.returncode == 0 else ""
+
+
+def save_raw(results: dict[str, Any], out: Path, bench: str) -> Path:
+    """Write a run's raw figures as JSON under ``out``, naming the file in ``results``
+    (relative to the checkout when inside it) so that the RESULTS.md block can cite it."""
+    out.mkdir(parents=True, exist_ok=True)
+    raw = (out / f"{bench}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json").resolve()
+    results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
+    raw.write_text(json.dumps(results, indent=2) + "\n")
+    return raw
 
 
 def write_results(path: Path, generated: str, begin: str, end: str) -> None:

@@ -41,7 +41,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
+from common import (
+    TICKS,
+    git,
+    machine_busy_seconds,
+    progress,
+    save_raw,
+    stat_fields,
+    write_results,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -1163,11 +1171,8 @@ def main(argv: list[str] | None = None) -> int:
             progress("ipmitool is not installed (Debian: apt-get install ipmitool)")
             return 2
         results = run(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        raw = (args.out / f"power-sync-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json").resolve()
-        results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
         results["targets"] = measured(results)
-        raw.write_text(json.dumps(results, indent=2) + "\n")
+        raw = save_raw(results, args.out, "power-sync")
     print("\n".join(figures_table(results, markdown=False)))
     print()
     print("\n".join(targets_table(results, markdown=False)))

@@ -52,7 +52,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import TICKS, git, machine_busy_seconds, progress, stat_fields, write_results
+from common import (
+    TICKS,
+    git,
+    machine_busy_seconds,
+    progress,
+    save_raw,
+    stat_fields,
+    write_results,
+)
 
 from provisioner.cli.demo import free_udp_block
 
@@ -1132,10 +1140,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.render.read_text())
     else:
         results = run(args)
-        args.out.mkdir(parents=True, exist_ok=True)
-        raw = (args.out / f"rack-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json").resolve()
-        results["raw"] = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
-        raw.write_text(json.dumps(results, indent=2) + "\n")
+        raw = save_raw(results, args.out, "rack")
         print(f"raw figures: {raw}")
     print("\n".join(tables(results, markdown=False)))
     for line in failures_lines(results):
