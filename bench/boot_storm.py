@@ -239,6 +239,26 @@ def storm_child(args: argparse.Namespace) -> int:
 
 def storm(args: argparse.Namespace, server: Server, file: Path, clients: int) -> dict[str, Any]:
     """One round: `clients` fetches of `file` at once, split over the client processes."""
+
+    def child(n: int, start: float) -> list[str]:
+        return ["--storm-child", "--port", str(server.port), "--file", file.name,
+                "--size", str(file.stat().st_size), "--clients", str(n),
+                "--start", repr(start), "--blksize", str(args.blksize)]
+
+    return {"file": file.name, **fan_out(args, server, clients, child, file.stat().st_size, 300)}
+
+
+def fan_out(
+    args: argparse.Namespace,
+    server: Server,
+    clients: int,
+    child: Callable[[int, float], list[str]],
+    payload: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """Run `clients` machines against `server`, split over the client processes, which all
+    start at one agreed instant (``child(n, start)``: the arguments of a process serving
+    n of them); each machine fetches `payload` bytes."""
     processes = max(1, min(args.client_processes, clients))
     start = time.time() + 0.5 + 0.1 * processes  # time for every child to import and wait
     shares = [clients // processes + (i < clients % processes) for i in range(processes)]
@@ -246,14 +266,12 @@ def storm(args: argparse.Namespace, server: Server, file: Path, clients: int) ->
     busy_before = machine_busy_seconds()
     children = [
         subprocess.Popen(
-            [sys.executable, __file__, "--storm-child", "--port", str(server.port),
-             "--file", file.name, "--size", str(file.stat().st_size), "--clients", str(n),
-             "--start", repr(start), "--blksize", str(args.blksize)],
+            [sys.executable, __file__, *child(n, start)],
             cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         for n in shares
     ]
-    reports = [json.loads(child.communicate(timeout=300)[0]) for child in children]
+    reports = [json.loads(p.communicate(timeout=timeout)[0]) for p in children]
     server_cpu = server.cpu_seconds() - cpu_before
     busy = machine_busy_seconds() - busy_before
     done = sorted(t for r in reports for t in r["done_s"])
@@ -263,13 +281,12 @@ def storm(args: argparse.Namespace, server: Server, file: Path, clients: int) ->
     return {
         "server": server.name,
         "clients": clients,
-        "file": file.name,
         "ok": len(done),
         "failures": len(failures),
         "failure_examples": failures[:3],
         "wall_s": round(wall, 3),
         "p50_s": round(statistics.median(done), 3) if done else None,
-        "throughput_mb_s": round(len(done) * file.stat().st_size / wall / 1e6, 2),
+        "throughput_mb_s": round(len(done) * payload / wall / 1e6, 2),
         "server_cpu_s": round(server_cpu, 3),
         "client_cpu_s": round(client_cpu, 3),
         # Everything else the machine did, other engineers' jobs included (client
@@ -547,42 +564,15 @@ def http_storm(
 ) -> dict[str, Any]:
     """One round: `clients` machines each fetching every file, split over the client
     processes, against one server."""
-    processes = max(1, min(args.client_processes, clients))
-    start = time.time() + 0.5 + 0.1 * processes
-    shares = [clients // processes + (i < clients % processes) for i in range(processes)]
     spec = ",".join(f"{f.name}:{f.stat().st_size}" for f in files)
+
+    def child(n: int, start: float) -> list[str]:
+        return ["--http-child", "--port", str(server.port), "--file", spec,
+                "--clients", str(n), "--start", repr(start)]
+
     per_client = sum(f.stat().st_size for f in files)
-    cpu_before = server.cpu_seconds()
-    busy_before = machine_busy_seconds()
-    children = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--http-child", "--port", str(server.port),
-             "--file", spec, "--clients", str(n), "--start", repr(start)],
-            cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        for n in shares
-    ]
-    reports = [json.loads(child.communicate(timeout=900)[0]) for child in children]
-    server_cpu = server.cpu_seconds() - cpu_before
-    busy = machine_busy_seconds() - busy_before
-    done = sorted(t for r in reports for t in r["done_s"])
-    failures = [f for r in reports for f in r["failures"]]
-    client_cpu = sum(r["cpu_s"] for r in reports)
-    wall = done[-1] if done else float("nan")
-    return {
-        "server": server.name,
-        "clients": clients,
-        "ok": len(done),
-        "failures": len(failures),
-        "failure_examples": failures[:3],
-        "wall_s": round(wall, 3),
-        "p50_s": round(statistics.median(done), 3) if done else None,
-        "throughput_mb_s": round(len(done) * per_client / wall / 1e6, 1),
-        "server_cpu_s": round(server_cpu, 3),
-        "client_cpu_s": round(client_cpu, 3),
-        "others_cpu_s": round(max(busy - server_cpu - client_cpu, 0.0), 3),
-        "loadavg": round(os.getloadavg()[0], 2),
-    }
+    result = fan_out(args, server, clients, child, per_client, 900)
+    return {**result, "loadavg": round(os.getloadavg()[0], 2)}
 
 
 def make_images(images: Path) -> list[Path]:
