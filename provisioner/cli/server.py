@@ -117,6 +117,7 @@ def serve(
 
     from provisioner.app import create_app
     from provisioner.role_rules import RoleRulesError
+    from provisioner.zerocopy import ZeroCopyHttpProtocol
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(**overrides)
@@ -127,6 +128,7 @@ def serve(
         raise CliError(f"{exc} (PROVISIONER_ROLE_RULES)") from exc
     uvicorn.run(
         app,
+        http=ZeroCopyHttpProtocol,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),

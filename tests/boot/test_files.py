@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient
 from provisioner.app import create_app
 from provisioner.boot import files
 from provisioner.settings import Settings
+from provisioner.zerocopy import ZeroCopyHttpProtocol
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
@@ -103,9 +104,11 @@ class Uvicorn:
     """The app on a real socket, in a thread of the test process (so the test can count
     the process's open files)."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, http: type[asyncio.Protocol] | str = "auto") -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            app, http=http, host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -121,10 +124,13 @@ class Uvicorn:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture
-def live(images: Path, tmp_path: Path) -> Iterator[tuple[Uvicorn, Recorder]]:
+@pytest.fixture(params=["zerocopy", "body-messages"])
+def live(
+    images: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Uvicorn, Recorder]]:
+    """uvicorn as `provisioner serve` runs it (sendfile), and as shipped (body messages)."""
     app, recorder = make_app(images, tmp_path / "data")
-    server = Uvicorn(app)
+    server = Uvicorn(app, ZeroCopyHttpProtocol if request.param == "zerocopy" else "httptools")
     yield server, recorder
     server.stop()
 
