@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
@@ -106,13 +106,24 @@ def end_live(session: Session, node_id: uuid.UUID, status: str, message: str) ->
     )
 
 
-def live_for_node(session: Session, vault: Vault, node_id: uuid.UUID) -> Live | None:
-    row = session.exec(
-        select(Deployment)
-        .where(col(Deployment.node_id) == node_id, col(Deployment.status).in_(LIVE))
-        .order_by(col(Deployment.created_at).desc())
-    ).first()
-    if row is None or _expired(row, utcnow()):
+_deployment = table_of(Deployment)
+
+# Built once, and read without the ORM: a deploying node's iPXE script needs it on every
+# boot request, and the ORM's query and object set-up cost many times SQLite's lookup.
+_LIVE_FOR_NODE = (
+    _deployment.select()
+    .where(_deployment.c.node_id == bindparam("node_id"), _deployment.c.status.in_(LIVE))
+    .order_by(_deployment.c.created_at.desc())
+    .limit(1)
+)
+
+
+def live_for_node(connection: Connection, vault: Vault, node_id: uuid.UUID) -> Live | None:
+    found = connection.execute(_LIVE_FOR_NODE, {"node_id": node_id}).first()
+    if found is None:
+        return None
+    row = Deployment(**found._mapping)
+    if _expired(row, utcnow()):
         return None
     return _reveal(vault, row)
 

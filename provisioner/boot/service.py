@@ -11,9 +11,18 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    PoolProxiedConnection,
+    Select,
+    bindparam,
+    insert,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
@@ -53,6 +62,13 @@ _BY_MAC = (
     .join(_nic, _nic.c.node_id == _node.c.id)
     .where(_nic.c.mac == bindparam("mac"))
 )
+
+
+# A deploying node's role and image, read on every boot request it makes (see
+# deployments.live_for_node for why without the ORM).
+_IMAGE = table_of(OsImage).select().where(table_of(OsImage).c.name == bindparam("name"))
+_ROLE = table_of(Role).select().where(table_of(Role).c.name == bindparam("name"))
+Entry = TypeVar("Entry", OsImage, Role)
 
 
 def _target(connection: Connection, mac: str) -> Target | None:
@@ -140,8 +156,8 @@ class BootService:
                 return self._discovered(session, mac, client, base)
         self._seen(target, client)
         if target.state in _DEPLOYING:
-            with Session(self._engine) as session:
-                plan, why = self._plan(session, target, base)
+            with self._engine.connect() as connection:
+                plan, why = self._plan(connection, target, base)
         else:
             plan, why = None, f"{target.name} is {target.state}"
         if plan is None:
@@ -197,22 +213,22 @@ class BootService:
         return node_id
 
     def _plan(
-        self, session: Session, target: Target, base: str
+        self, connection: Connection, target: Target, base: str
     ) -> tuple[scripts.Install | None, str]:
         state = target.state
         if state not in _DEPLOYING:
             return None, f"{target.name} is {state}"
-        live = deployments.live_for_node(session, self._vault, target.node_id)
+        live = deployments.live_for_node(connection, self._vault, target.node_id)
         if live is None:
             return None, f"{target.name} is {state} but has no live deployment"
         if state == State.WIPING:
             return self._wipe_plan(target, live, base)
-        return self._install_plan(session, target, live, base), ""
+        return self._install_plan(connection, target, live, base), ""
 
     def _install_plan(
-        self, session: Session, target: Target, live: Live, base: str
+        self, connection: Connection, target: Target, live: Live, base: str
     ) -> scripts.Install:
-        context, image = self._answer_context(session, target.name, target, live, base)
+        context, image = self._answer_context(connection, target.name, target, live, base)
         return scripts.Install(
             title=f"install {image.name} on {target.name} as role {live.row.role} "
             f"(deployment {str(live.row.id)[:8]})",
@@ -248,18 +264,18 @@ class BootService:
         return f"{url}?token={token}" if token else url
 
     def _answer_context(
-        self, session: Session, hostname: str, target: Target | None, live: Live, base: str
+        self, connection: Connection, hostname: str, target: Target | None, live: Live, base: str
     ) -> tuple[answers.AnswerContext, OsImage]:
         row = live.row
-        image = session.get(OsImage, row.image) if row.image else None
-        role = session.get(Role, row.role) if row.role else None
+        image = _catalog_entry(connection, _IMAGE, OsImage, row.image)
+        role = _catalog_entry(connection, _ROLE, Role, row.role)
         if image is None or role is None:
             raise Problem(
                 409,
                 f"Deployment {row.id} names role {row.role!r} and image {row.image!r}, which "
                 "no longer both exist; start a new deployment.",
             )
-        profile_name = target.hardware_profile if target else _profile_of(session, row.node_id)
+        profile_name = target.hardware_profile if target else _profile_of(connection, row.node_id)
         profile = self._profiles().get(profile_name) if profile_name else None
         settings = self._settings
         context = answers.AnswerContext(
@@ -296,7 +312,9 @@ class BootService:
             node = session.get(Node, live.row.node_id)
             if node is None:  # deleted between the two reads
                 raise Problem(404, "No deployment has this token.")
-            context, image = self._answer_context(session, node.name, None, live, base)
+            context, image = self._answer_context(
+                session.connection(), node.name, None, live, base
+            )
         if part == "meta-data":
             text, media = answers.meta_data(context), "text/plain; charset=utf-8"
         else:
@@ -325,7 +343,7 @@ class BootService:
                 self.hops.unknown(client, mac, "tftp-config", f"{path}: unknown MAC")
                 return None
             self._seen(target, client)
-            plan, why = self._plan(session, target, base)
+            plan, why = self._plan(session.connection(), target, base)
         render = scripts.grub if path.startswith("grub/") else scripts.pxelinux
         try:
             text = render(plan, why or (plan.title if plan else ""))
@@ -361,7 +379,14 @@ class BootService:
             self.hops.unknown(client, None, "http-file", detail)
 
 
-def _profile_of(session: Session, node_id: uuid.UUID) -> str | None:
-    return session.execute(
+def _profile_of(connection: Connection, node_id: uuid.UUID) -> str | None:
+    return connection.execute(
         select(_node.c.hardware_profile).where(_node.c.id == node_id)
     ).scalar_one_or_none()
+
+
+def _catalog_entry(
+    connection: Connection, statement: Select[Any], model: type[Entry], name: str | None
+) -> Entry | None:
+    found = connection.execute(statement, {"name": name}).first() if name else None
+    return None if found is None else model(**found._mapping)
