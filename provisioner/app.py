@@ -111,6 +111,9 @@ def create_app(
         version=__version__,
         summary="Bare-metal provisioning: inventory, lifecycle, boot and hand-off.",
         lifespan=lifespan,
+        # The service exports Prometheus metrics (/metrics). FastAPI's OpenTelemetry
+        # bridge would otherwise look for configured providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     app.state.engine = engine

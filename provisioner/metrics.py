@@ -47,6 +47,19 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.registry.register(NodeStateCollector(count_by_state))
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+        """The request counter and latency histogram of one label set. Kept: looking
+        them up in prometheus_client on every request costs more than counting."""
+        key = (method, route, status)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        return found
 
 
 class MetricsMiddleware:
@@ -75,6 +88,6 @@ class MetricsMiddleware:
             route = scope.get("route")
             # Route templates, not raw paths: node names must not explode the label set.
             path = getattr(route, "path", None) or "unmatched"
-            method = scope["method"]
-            self.metrics.requests.labels(method, path, str(status)).inc()
-            self.metrics.latency.labels(method, path).observe(time.perf_counter() - start)
+            count, latency = self.metrics.series(scope["method"], path, status)
+            count.inc()
+            latency.observe(time.perf_counter() - start)

@@ -8,6 +8,7 @@ import re
 import uuid
 
 _HEX = re.compile(r"^[0-9a-f]{12}$")
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _MAC_CHARS = re.compile(r"^[0-9a-f:.\-]+$")
 _MAC_SEPARATORS = re.compile(r"[:\-.]")
 _DIGITS_AND_DOTS = re.compile(r"^[0-9.]+$")
@@ -19,17 +20,22 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
 def normalize_mac(value: str) -> str:
     """Accept aa:bb:.., AA-BB-.., aabb.ccdd.eeff or aabbccddeeff; return aa:bb:cc:dd:ee:ff."""
-    raw = value.strip().lower()
-    digits = _MAC_SEPARATORS.sub("", raw)
-    if not _HEX.match(digits) or not _MAC_CHARS.match(raw):
-        raise ValueError(
-            f"{value!r} is not a MAC address (expected six hex octets, aa:bb:cc:dd:ee:ff)"
-        )
+    canonical = _CANONICAL_MAC.fullmatch(value) is not None
+    if canonical:
+        # iPXE sends this form with every boot request: nothing to rewrite.
+        digits = value.replace(":", "")
+    else:
+        raw = value.strip().lower()
+        digits = _MAC_SEPARATORS.sub("", raw)
+        if not _HEX.match(digits) or not _MAC_CHARS.match(raw):
+            raise ValueError(
+                f"{value!r} is not a MAC address (expected six hex octets, aa:bb:cc:dd:ee:ff)"
+            )
     if int(digits[:2], 16) & 1:
         raise ValueError(f"{value!r} is a multicast/broadcast address, not a NIC's MAC")
     if digits == "0" * 12:
         raise ValueError(f"{value!r} is the all-zero MAC, not a NIC's MAC")
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+    return value if canonical else ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def node_name(value: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated
+from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import AfterValidator, BaseModel, Field
@@ -30,6 +31,7 @@ router = APIRouter(tags=["boot (node-facing)"])
 api = APIRouter(prefix="/api/v1/boot", tags=["boot"])
 
 _TEXT = "text/plain; charset=utf-8"
+_TEXT_BYTES = _TEXT.encode()
 _MAX_MESSAGE = 2000
 
 
@@ -76,23 +78,34 @@ class IpxeScripts:
             await self.app(scope, receive, send)
             return
         scope["route"] = self  # the metrics label
-        request = Request(scope)
-        boot: BootService = request.app.state.boot
-        response: Response
         if scope["method"] not in ("GET", "HEAD"):
-            response = problem_response(405, "Only GET is allowed here.", {"Allow": "GET"})
-        else:
-            try:
-                mac = normalize_mac(request.query_params.get("mac", ""))
-            except ValueError as exc:
-                response = problem_response(
-                    422, f"mac: {exc}", errors=[{"field": "mac", "message": str(exc)}]
-                )
-            else:
-                base = boot.base_url(_request_base(scope))
-                script = await boot.ipxe(mac, _client(request), base)
-                response = Response(script, media_type=_TEXT)
-        await response(scope, receive, send)
+            refusal = problem_response(405, "Only GET is allowed here.", {"Allow": "GET"})
+            await refusal(scope, receive, send)
+            return
+        try:
+            mac = normalize_mac(_query_value(scope["query_string"], "mac"))
+        except ValueError as exc:
+            refusal = problem_response(
+                422, f"mac: {exc}", errors=[{"field": "mac", "message": str(exc)}]
+            )
+            await refusal(scope, receive, send)
+            return
+        boot: BootService = scope["app"].state.boot
+        client = scope["client"][0] if scope.get("client") else "unknown"
+        script = await boot.ipxe(mac, client, boot.base_url(_request_base(scope)))
+        body = script.encode()
+        headers = [(b"content-type", _TEXT_BYTES), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _query_value(query_string: bytes, name: str) -> str:
+    """The first ``name=`` value of a query string, as Starlette's QueryParams gives it."""
+    for pair in query_string.decode("latin-1").split("&"):
+        key, _, value = pair.partition("=")
+        if key == name:
+            return unquote_plus(value) if "%" in value or "+" in value else value
+    return ""
 
 
 def _request_base(scope: Scope) -> str:
