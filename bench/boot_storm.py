@@ -1067,8 +1067,10 @@ def http_markdown(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     lines = [
         f"HTTP: `provisioner serve` ({m['packages']['uvicorn']} uvicorn, one process, "
-        f"loop and parser `auto`: uvloop {m['packages']['uvloop']} and httptools "
-        f"{m['packages']['httptools']} are installed; its defaults: log level info, no "
+        f"uvloop {m['packages']['uvloop']} and uvicorn's httptools "
+        f"{m['packages']['httptools']} protocol with the ASGI zero-copy send added "
+        "(provisioner/zerocopy.py: boot files in the page cache go out with sendfile); "
+        "its defaults: log level info, no "
         "access log) started as an operator does, with `PROVISIONER_DATA_DIR` and "
         "`PROVISIONER_IMAGES_DIR` in the run's temporary directory, "
         "`PROVISIONER_RECONCILER=false`, `PROVISIONER_POWER_SYNC_INTERVAL=0`, "
