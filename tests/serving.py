@@ -4,16 +4,19 @@ the boot tests both use it, and importing it loads neither pyghmi nor the lab.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 BIN = Path(sys.executable).parent
 
@@ -22,6 +25,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class InThread:
+    """An ASGI app on uvicorn on a free loopback port, in a thread of the test process
+    (so a test can count the process's open files or reach the app's objects)."""
+
+    def __init__(
+        self, app: Any, http: type[asyncio.Protocol] | str = "auto", log_level: str = "warning"
+    ) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app, http=http, host="127.0.0.1", port=self.port, log_level=log_level
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive(), "uvicorn exited"
+            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
 
 
 def clean_env(home: Path) -> dict[str, str]:

@@ -16,38 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from provisioner.boot import files
 from provisioner.zerocopy import EXTENSION, ClientDisconnected, ZeroCopyHttpProtocol
-from tests.serving import free_port
+from tests.serving import InThread
 
 DATA = random.Random(7).randbytes(5 * 1024 * 1024 + 333)
 
 Handler = Callable[[Any, Any], Awaitable[None]]
-
-
-class Server:
-    """An ASGI app on uvicorn with the zero-copy protocol, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, http=ZeroCopyHttpProtocol, host="127.0.0.1", port=self.port, log_level="error"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn exited"
-            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -58,16 +34,16 @@ def data_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def serve() -> Iterator[Callable[[Handler], Server]]:
+def serve() -> Iterator[Callable[[Handler], InThread]]:
     """Serves one handler, given the scope and send, for every request."""
-    started: list[Server] = []
+    started: list[InThread] = []
 
-    def start(handler: Handler) -> Server:
+    def start(handler: Handler) -> InThread:
         async def app(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http":
                 await handler(scope, send)
 
-        started.append(Server(app))
+        started.append(InThread(app, http=ZeroCopyHttpProtocol, log_level="error"))
         return started[-1]
 
     yield start
@@ -81,7 +57,7 @@ def start(length: int) -> dict[str, Any]:
 
 
 def test_the_extension_is_offered_and_sends_a_whole_file_by_default(
-    serve: Callable[[Handler], Server], data_file: Path
+    serve: Callable[[Handler], InThread], data_file: Path
 ) -> None:
     seen: list[dict[str, Any]] = []
 
@@ -100,7 +76,7 @@ def test_the_extension_is_offered_and_sends_a_whole_file_by_default(
 
 
 def test_offsets_counts_and_body_messages_mix_in_one_response(
-    serve: Callable[[Handler], Server], data_file: Path
+    serve: Callable[[Handler], InThread], data_file: Path
 ) -> None:
     async def handler(scope: Any, send: Any) -> None:
         with data_file.open("rb") as file:
@@ -117,7 +93,7 @@ def test_offsets_counts_and_body_messages_mix_in_one_response(
 
 
 def test_a_count_past_the_content_length_is_refused_before_sending(
-    serve: Callable[[Handler], Server], data_file: Path
+    serve: Callable[[Handler], InThread], data_file: Path
 ) -> None:
     errors: list[Exception] = []
 
@@ -135,7 +111,7 @@ def test_a_count_past_the_content_length_is_refused_before_sending(
     assert [str(e) for e in errors] == ["Response content longer than Content-Length"]
 
 
-def test_head_sends_the_headers_only(serve: Callable[[Handler], Server], data_file: Path) -> None:
+def test_head_sends_the_headers_only(serve: Callable[[Handler], InThread], data_file: Path) -> None:
     async def handler(scope: Any, send: Any) -> None:
         with data_file.open("rb") as file:
             await send(start(len(DATA)))
@@ -158,7 +134,7 @@ def test_head_sends_the_headers_only(serve: Callable[[Handler], Server], data_fi
 
 
 def test_a_client_leaving_mid_file_makes_the_send_raise(
-    serve: Callable[[Handler], Server], data_file: Path
+    serve: Callable[[Handler], InThread], data_file: Path
 ) -> None:
     finished = threading.Event()
     raised: list[Exception] = []
@@ -187,7 +163,7 @@ def test_a_client_leaving_mid_file_makes_the_send_raise(
 
 
 @pytest.fixture
-def boot_server(tmp_path: Path) -> Iterator[Server]:
+def boot_server(tmp_path: Path) -> Iterator[InThread]:
     images = tmp_path / "images"
     images.mkdir()
     (images / "initrd.img").write_bytes(DATA)
@@ -197,13 +173,13 @@ def boot_server(tmp_path: Path) -> Iterator[Server]:
         selection = files.Selection(200, 0, file.size)
         await files.BootFileResponse(file, selection, lambda *_: None)(scope, receive, send)
 
-    server = Server(app)
+    server = InThread(app, http=ZeroCopyHttpProtocol, log_level="error")
     yield server
     server.stop()
 
 
 def test_cached_boot_files_go_through_sendfile_not_reads(
-    boot_server: Server, monkeypatch: pytest.MonkeyPatch
+    boot_server: InThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def no_reads(self: files.BootFile, offset: int, size: int) -> bytes:
         raise AssertionError("read through Python although the page cache had it")
@@ -213,7 +189,7 @@ def test_cached_boot_files_go_through_sendfile_not_reads(
 
 
 def test_boot_file_spans_not_in_the_page_cache_are_read_in_a_thread(
-    boot_server: Server, monkeypatch: pytest.MonkeyPatch
+    boot_server: InThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The first slice "misses" the page cache, the rest hit it: one response, both paths.
     probes: list[int] = []

@@ -13,7 +13,6 @@ import random
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -31,6 +29,7 @@ from provisioner.app import create_app
 from provisioner.boot import files
 from provisioner.settings import Settings
 from provisioner.zerocopy import ZeroCopyHttpProtocol
+from tests.serving import InThread, free_port
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
@@ -100,45 +99,15 @@ def served(images: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Recorder]
         yield client, recorder
 
 
-class Uvicorn:
-    """The app on a real socket, in a thread of the test process (so the test can count
-    the process's open files)."""
-
-    def __init__(self, app: FastAPI, http: type[asyncio.Protocol] | str = "auto") -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, http=http, host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive(), "uvicorn exited"
-            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 @pytest.fixture(params=["zerocopy", "body-messages"])
 def live(
     images: Path, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[Uvicorn, Recorder]]:
+) -> Iterator[tuple[InThread, Recorder]]:
     """uvicorn as `provisioner serve` runs it (sendfile), and as shipped (body messages)."""
     app, recorder = make_app(images, tmp_path / "data")
-    server = Uvicorn(app, ZeroCopyHttpProtocol if request.param == "zerocopy" else "httptools")
+    server = InThread(app, ZeroCopyHttpProtocol if request.param == "zerocopy" else "httptools")
     yield server, recorder
     server.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_get(port: int, target: str) -> tuple[int, str, bytes]:
@@ -348,7 +317,7 @@ TRAVERSALS = [
 
 
 def test_traversal_attempts_are_404_and_open_nothing_outside(
-    live: tuple[Uvicorn, Recorder], images: Path, monkeypatch: pytest.MonkeyPatch
+    live: tuple[InThread, Recorder], images: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server, recorder = live
     opened: list[str] = []
@@ -392,7 +361,7 @@ def test_reads_the_page_cache_cannot_serve_go_to_a_thread(
 # --- a real socket ---------------------------------------------------------------------
 
 
-def test_large_downloads_over_uvicorn_are_byte_exact(live: tuple[Uvicorn, Recorder]) -> None:
+def test_large_downloads_over_uvicorn_are_byte_exact(live: tuple[InThread, Recorder]) -> None:
     server, recorder = live
     url = f"{server.url}/boot/files/debian-12/initrd.img"
     fds = open_fds()
@@ -411,7 +380,7 @@ def test_large_downloads_over_uvicorn_are_byte_exact(live: tuple[Uvicorn, Record
 
 
 def test_client_going_away_stops_the_download_and_closes_the_file(
-    live: tuple[Uvicorn, Recorder],
+    live: tuple[InThread, Recorder],
 ) -> None:
     server, recorder = live
     fds = open_fds()
@@ -477,7 +446,7 @@ def nginx_front(images: Path, tmp_path: Path) -> Iterator[tuple[str, Recorder]]:
     """The real nginx, configured by the documented snippet, in front of the service."""
     binary = nginx_path()
     app, recorder = make_app(images, tmp_path / "data", accel_redirect="/_boot_files/")
-    service = Uvicorn(app)
+    service = InThread(app)
     port = free_port()
     prefix = tmp_path / "nginx"
     prefix.mkdir()
