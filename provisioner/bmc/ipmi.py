@@ -246,7 +246,8 @@ class IpmiDriver:
 
     The constructor logs in and takes at most ``target.timeout`` seconds. Methods block
     (use :class:`provisioner.bmc.pool.BmcPool` to call them from async code); one driver
-    serves one call at a time.
+    serves one call at a time. pyghmi gives up by itself sooner than a long timeout: on a
+    login nobody answers after about 5 s, on a command after about 9 s of retransmissions.
     """
 
     def __init__(self, target: Target) -> None:
