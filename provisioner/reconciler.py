@@ -112,7 +112,10 @@ class Reconciler:
             query = select(Node.id).where(_needs_work(now), free).order_by(col(Node.updated_at))
             query = query.limit(limit)
             if self.engine.dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
+                # FOR NO KEY UPDATE: the lease columns are not a key, and plain FOR UPDATE
+                # would skip every node whose events or hops another transaction is
+                # inserting at that moment (their foreign keys lock the node row too).
+                query = query.with_for_update(skip_locked=True, key_share=True)
             claimed = []
             for node_id in session.exec(query).all():
                 # Conditional: another replica may have claimed it since the select.

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import insert, select, update
 from sqlmodel import col
 
 from provisioner.app import create_app
 from provisioner.bmc.base import BootDevice, ErrorKind
 from provisioner.bmc.fake import FakeBmc, FakeFleet
-from provisioner.models import Node, utcnow
+from provisioner.models import Event, Node, utcnow
 from provisioner.power import SyncReport
 from provisioner.settings import Settings
 from tests.conftest import auth
@@ -100,6 +100,25 @@ def test_enrollment_leads_to_inspection_and_ready(
     assert inventory["facts"]["serial"] == fake.facts["serial"]
     assert inventory["hardware_profile"] == "generic"
     assert tick(client) == 0  # nothing more to do
+
+
+def test_a_node_being_written_to_is_still_claimed(
+    client: TestClient, operator: dict[str, str], fleet: FakeFleet, database_url: str
+) -> None:
+    """On PostgreSQL the claim skips locked rows; inserting an event (as the boot trace
+    does all the time) locks the node row for its foreign key and must not count."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no row locks: a writer locks the whole database")
+    enroll(client, operator, fleet, "n1", 1)
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    with engine.connect() as other:
+        node_id = other.execute(select(Node.id)).scalar_one()
+        other.execute(
+            insert(Event).values(node_id=node_id, time=utcnow(), actor="node", kind="boot-ipxe")
+        )  # not committed yet: the row lock is held
+        assert tick(client) == 1
+        other.rollback()
+    assert node(client, operator, "n1")["state"] == "ready"
 
 
 def test_failed_inspection_says_why_and_retry_recovers(
