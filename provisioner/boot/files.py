@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from provisioner.errors import Problem
+from provisioner.zerocopy import EXTENSION as ZEROCOPY_SEND
 
 # Measured on 2 cores with uvloop + httptools (docs/nginx.md): 256 KiB to 2 MiB cost the
 # same CPU per GiB, 1 MiB was fastest with 200 clients, 4 MiB cost a quarter more.
@@ -40,7 +41,6 @@ CHUNK = 1024 * 1024
 # With the server's zero-copy extension (provisioner/zerocopy.py) the kernel sends the
 # bytes; slices only bound how far a download runs before a disconnect is noticed and
 # how precisely the bytes sent are counted.
-ZEROCOPY = "http.response.zerocopysend"
 ZEROCOPY_SLICE = 8 * CHUNK
 
 # Reads that miss the page cache. Its own small pool: a storm of cold reads must not take
@@ -294,7 +294,7 @@ class BootFileResponse(Response):
         # uvicorn's send returns quietly once the client has gone, so without watching
         # receive() for the disconnect a dead download would be read to the end.
         gone = asyncio.ensure_future(_disconnect(receive))
-        zerocopy = ZEROCOPY in scope.get("extensions", {})
+        zerocopy = ZEROCOPY_SEND in scope.get("extensions", {})
         sent = 0
         offset, end = self.selection.start, self.selection.start + self.selection.length
         try:
@@ -304,7 +304,7 @@ class BootFileResponse(Response):
                     more = offset + size < end
                     span = {"file": self.file, "offset": offset, "count": size, "more_body": more}
                     try:
-                        await send({"type": ZEROCOPY, **span})
+                        await send({"type": ZEROCOPY_SEND, **span})
                     except ConnectionError:
                         return sent, False
                 else:
