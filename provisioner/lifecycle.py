@@ -63,6 +63,10 @@ class Outcome(StrEnum):
 
 
 WORKING_STATES = frozenset({State.INSPECTING, State.PROVISIONING, State.PROVISIONED, State.WIPING})
+# States whose work is carried out by a deployment (provisioner/steps.py).
+DEPLOYMENT_STATES = frozenset({State.PROVISIONING, State.PROVISIONED, State.WIPING})
+# States in which a machine that network-boots is given its deployment's boot script.
+NETBOOT_STATES = frozenset({State.PROVISIONING, State.WIPING})
 
 # Where a failed step falls back to when the operator gives up on it (abort from failed).
 FALLBACK = {
