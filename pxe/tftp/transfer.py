@@ -1,0 +1,33 @@
+"""What the server reports of each request it answered: one ``Transfer`` when it ends,
+however it ends, to the metrics, the log and the optional observer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Results: short, and a fixed set, since they label the metrics.
+OK = "ok"
+NOT_FOUND = "file not found"
+ACCESS_VIOLATION = "access violation"
+ILLEGAL = "illegal request"
+TIMEOUT = "timeout"
+ABORTED = "aborted by client"
+DYNAMIC_FAILED = "dynamic file failed"
+UNAVAILABLE = "server unavailable"
+STOPPED = "server stopped"
+
+
+@dataclass(frozen=True)
+class Transfer:
+    client: str  # client IP
+    port: int  # client port
+    server: str  # local address the request arrived on
+    filename: str
+    bytes: int  # payload bytes the client acknowledged
+    duration: float  # seconds
+    result: str  # "ok" or a short error description
+    options: dict[str, int] = field(default_factory=dict)  # as acknowledged (OACK)
+
+
+Observer = Callable[[Transfer], None]
