@@ -31,7 +31,7 @@ from provisioner.boot import answers, deployments, scripts
 from provisioner.boot.deployments import Callback, Live
 from provisioner.boot.hops import HopRecorder
 from provisioner.errors import Problem
-from provisioner.lifecycle import State
+from provisioner.lifecycle import NETBOOT_STATES, State
 from provisioner.models import Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.profiles import ProfileSet
 from provisioner.secrets import Vault
@@ -45,9 +45,6 @@ _nic = table_of(Nic)
 _PER_MAC_FILE = re.compile(
     r"^(?:pxelinux\.cfg/01-|grub/grub\.cfg-01-)((?:[0-9a-f]{2}[-:]){5}[0-9a-f]{2})$", re.I
 )
-
-
-_DEPLOYING = frozenset({State.PROVISIONING.value, State.WIPING.value})
 
 # Built once: compiling a statement's cache key costs more than SQLite's own lookup.
 _BY_MAC = (
@@ -71,14 +68,14 @@ _ROLE = table_of(Role).select().where(table_of(Role).c.name == bindparam("name")
 Entry = TypeVar("Entry", OsImage, Role)
 
 
-def _target(connection: Connection, mac: str) -> Target | None:
+def _booting_node(connection: Connection, mac: str) -> BootingNode | None:
     row = connection.execute(_BY_MAC, {"mac": mac}).first()
-    return None if row is None else Target(*row)
+    return None if row is None else BootingNode(*row)
 
 
 @dataclass(frozen=True)
-class Target:
-    """A booting machine as the boot decisions need it."""
+class BootingNode:
+    """The node that owns a network-booting MAC, as the boot decisions need it."""
 
     node_id: uuid.UUID
     name: str
@@ -134,41 +131,41 @@ class BootService:
 
     def _look_up_and_script(self, mac: str, client: str, base: str) -> str:
         with self._engine.connect() as connection:
-            return self._script(mac, client, base, _target(connection, mac))
+            return self._script(mac, client, base, _booting_node(connection, mac))
 
-    def _read_inline(self, mac: str) -> Target | None:
+    def _read_inline(self, mac: str) -> BootingNode | None:
         # One DBAPI connection kept for the event loop's lookups: checking a connection
         # out of SQLAlchemy's pool and back costs more than the query.
         if self._reader is None:
             self._reader = self._engine.raw_connection()
             self._by_mac_sql = str(_BY_MAC.compile(dialect=self._engine.dialect))
         row = self._reader.cursor().execute(self._by_mac_sql, (mac,)).fetchone()
-        return None if row is None else Target(uuid.UUID(row[0]), *row[1:])
+        return None if row is None else BootingNode(uuid.UUID(row[0]), *row[1:])
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
 
-    def _script(self, mac: str, client: str, base: str, target: Target | None) -> str:
-        if target is None:
+    def _script(self, mac: str, client: str, base: str, node: BootingNode | None) -> str:
+        if node is None:
             with Session(self._engine) as session:
                 return self._discovered(session, mac, client, base)
-        self._seen(target, client)
-        if target.state in _DEPLOYING:
+        self._seen(node, client)
+        if node.state in NETBOOT_STATES:
             with self._engine.connect() as connection:
-                plan, why = self._plan(connection, target, base)
+                plan, why = self._plan(connection, node, base)
         else:
-            plan, why = None, f"{target.name} is {target.state}"
+            plan, why = None, f"{node.name} is {node.state}"
         if plan is None:
-            self.hops.node(target.node_id, "boot-ipxe", f"iPXE script: local disk ({why})")
+            self.hops.node(node.node_id, "boot-ipxe", f"iPXE script: local disk ({why})")
             return scripts.local_disk(why)
-        self.hops.node(target.node_id, "boot-ipxe", f"iPXE script: {plan.title}")
+        self.hops.node(node.node_id, "boot-ipxe", f"iPXE script: {plan.title}")
         return scripts.install(plan)
 
-    def _seen(self, target: Target, client: str) -> None:
-        if target.boot_ip != client:
-            self.hops.boot_ip(target.mac, client)
+    def _seen(self, node: BootingNode, client: str) -> None:
+        if node.boot_ip != client:
+            self.hops.boot_ip(node.mac, client)
 
     def _discovered(self, session: Session, mac: str, client: str, base: str) -> str:
         node_id = self._discover(session, mac)
@@ -206,31 +203,31 @@ class BootService:
         except IntegrityError:
             # A concurrent request for the same MAC (or a node already named so) won.
             session.rollback()
-            target = _target(session.connection(), mac)
-            if target is None:
+            node = _booting_node(session.connection(), mac)
+            if node is None:
                 raise
-            return target.node_id
+            return node.node_id
         return node_id
 
     def _plan(
-        self, connection: Connection, target: Target, base: str
+        self, connection: Connection, node: BootingNode, base: str
     ) -> tuple[scripts.Install | None, str]:
-        state = target.state
-        if state not in _DEPLOYING:
-            return None, f"{target.name} is {state}"
-        live = deployments.live_for_node(connection, self._vault, target.node_id)
+        state = node.state
+        if state not in NETBOOT_STATES:
+            return None, f"{node.name} is {state}"
+        live = deployments.live_for_node(connection, self._vault, node.node_id)
         if live is None:
-            return None, f"{target.name} is {state} but has no live deployment"
+            return None, f"{node.name} is {state} but has no live deployment"
         if state == State.WIPING:
-            return self._wipe_plan(target, live, base)
-        return self._install_plan(connection, target, live, base), ""
+            return self._wipe_plan(node, live, base)
+        return self._install_plan(connection, node, live, base), ""
 
     def _install_plan(
-        self, connection: Connection, target: Target, live: Live, base: str
+        self, connection: Connection, node: BootingNode, live: Live, base: str
     ) -> scripts.Install:
-        context, image = self._answer_context(connection, target.name, target, live, base)
+        context, image = self._answer_context(connection, node.name, node, live, base)
         return scripts.Install(
-            title=f"install {image.name} on {target.name} as role {live.row.role} "
+            title=f"install {image.name} on {node.name} as role {live.row.role} "
             f"(deployment {str(live.row.id)[:8]})",
             kernel_url=self._file_url(image.kernel_url, base, live.token),
             initrd_url=self._file_url(image.initrd_url, base, live.token),
@@ -238,16 +235,16 @@ class BootService:
         )
 
     def _wipe_plan(
-        self, target: Target, live: Live, base: str
+        self, node: BootingNode, live: Live, base: str
     ) -> tuple[scripts.Install | None, str]:
         settings = self._settings
         if not (settings.wipe_kernel_url and settings.wipe_initrd_url):
-            return None, f"{target.name} is wiping but no wipe image is configured"
+            return None, f"{node.name} is wiping but no wipe image is configured"
         callback = f"{base}/callback/{live.token}"
         args = f"{settings.wipe_kernel_args} provisioner.callback={callback}".strip()
         return (
             scripts.Install(
-                title=f"wipe {target.name} (deployment {str(live.row.id)[:8]})",
+                title=f"wipe {node.name} (deployment {str(live.row.id)[:8]})",
                 kernel_url=self._file_url(settings.wipe_kernel_url, base, live.token),
                 initrd_url=self._file_url(settings.wipe_initrd_url, base, live.token),
                 kernel_args=args,
@@ -264,7 +261,7 @@ class BootService:
         return f"{url}?token={token}" if token else url
 
     def _answer_context(
-        self, connection: Connection, hostname: str, target: Target | None, live: Live, base: str
+        self, connection: Connection, hostname: str, node: BootingNode | None, live: Live, base: str
     ) -> tuple[answers.AnswerContext, OsImage]:
         row = live.row
         image = _catalog_entry(connection, _IMAGE, OsImage, row.image)
@@ -275,7 +272,7 @@ class BootService:
                 f"Deployment {row.id} names role {row.role!r} and image {row.image!r}, which "
                 "no longer both exist; start a new deployment.",
             )
-        profile_name = target.hardware_profile if target else _profile_of(connection, row.node_id)
+        profile_name = node.hardware_profile if node else _profile_of(connection, row.node_id)
         profile = self._profiles().get(profile_name) if profile_name else None
         settings = self._settings
         context = answers.AnswerContext(
@@ -338,18 +335,18 @@ class BootService:
             return None
         mac = normalize_mac(match.group(1).replace("-", ":"))
         with Session(self._engine) as session:
-            target = _target(session.connection(), mac)
-            if target is None:
+            node = _booting_node(session.connection(), mac)
+            if node is None:
                 self.hops.unknown(client, mac, "tftp-config", f"{path}: unknown MAC")
                 return None
-            self._seen(target, client)
-            plan, why = self._plan(session.connection(), target, base)
+            self._seen(node, client)
+            plan, why = self._plan(session.connection(), node, base)
         render = scripts.grub if path.startswith("grub/") else scripts.pxelinux
         try:
             text = render(plan, why or (plan.title if plan else ""))
         except ValueError as exc:
             text, why = render(None, str(exc)), str(exc)
-        self.hops.node(target.node_id, "boot-tftp", f"{path}: {why or 'install'}")
+        self.hops.node(node.node_id, "boot-tftp", f"{path}: {why or 'install'}")
         return text
 
     def record_tftp(self, transfers: Sequence[TftpTransfer]) -> None:
