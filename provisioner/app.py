@@ -28,11 +28,11 @@ from provisioner.api import handoff as handoff_api
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
 from provisioner.bmc.pool import BmcPool, DriverFactory
+from provisioner.body_limit import BodySizeLimit
 from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
 from provisioner.boot.service import BootService
 from provisioner.handoff import WebhookSender
-from provisioner.limits import BodySizeLimit
 from provisioner.metrics import Metrics, MetricsMiddleware
 from provisioner.power import PowerSync
 from provisioner.profiles import load_profiles, shipped_profiles_dir
