@@ -13,7 +13,7 @@ import uuid
 from sqlmodel import Session, col, select
 
 from provisioner import nodes
-from provisioner.boot.deployments import Batch
+from provisioner.deployments import Batch
 from provisioner.errors import Problem
 from provisioner.lifecycle import IllegalAction
 from provisioner.models import Node

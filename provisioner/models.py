@@ -216,8 +216,11 @@ class Deployment(SQLModel, table=True):
     token_encrypted: str = Field(max_length=512)
     challenge_encrypted: str = Field(max_length=512)
     status: str = Field(default="pending", max_length=16)
-    # Where the reconciler is in carrying it out (see provisioner/deploying.py).
+    # Where the reconciler is in carrying it out (provisioner/steps.py), since when, and
+    # how many times that step has been tried (for the steps that retry with backoff).
     step: str = Field(default="network", max_length=16)
+    step_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    step_attempts: int = Field(default=0)
     message: str = Field(default="", max_length=2000)
     # Deployments started by one bulk request share a batch and its max-in-flight.
     batch_id: uuid.UUID | None = Field(default=None, index=True)

@@ -13,7 +13,8 @@ import functools
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
@@ -27,19 +28,17 @@ from sqlalchemy import (
     literal_column,
     or_,
     true,
-    update,
 )
 from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
-from provisioner.boot import deployments
+from provisioner import deployments, timeline
 from provisioner.errors import Problem
 from provisioner.lifecycle import (
     POWER_ACTIONS,
     Action,
     State,
-    Transition,
     allowed_actions,
     decide,
 )
@@ -53,6 +52,8 @@ from provisioner.schemas import (
     NodePatch,
 )
 from provisioner.secrets import Vault
+from provisioner.steps import KIND_FOR_STATE, DeploymentKind, DeploymentStatus
+from provisioner.timeline import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -385,28 +386,6 @@ def conflict_errors(
 # ---- writing -----------------------------------------------------------------------
 
 
-def _event(
-    node_id: uuid.UUID,
-    actor: str,
-    kind: str,
-    message: str,
-    transition: Transition | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-) -> dict[str, Any]:
-    if transition is not None:
-        from_state, to_state = transition.from_state.value, transition.to_state.value
-    return {
-        "node_id": node_id,
-        "time": utcnow(),
-        "actor": actor,
-        "kind": kind,
-        "from_state": from_state,
-        "to_state": to_state,
-        "message": message,
-    }
-
-
 @functools.cache
 def _insert(model: type[SQLModel]) -> Any:
     """One INSERT statement per table, built once (SQLAlchemy keys its cache on it)."""
@@ -501,7 +480,9 @@ def enroll(
             }
         )
         nic_rows.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
-        event_rows.append(_event(node_id, actor, "enroll", how, to_state=State.ENROLLED.value))
+        event_rows.append(
+            timeline.event_row(node_id, EventKind.ENROLL, actor, how, to_state=State.ENROLLED)
+        )
     try:
         # Core inserts on the session's connection: the ORM's bulk path costs several
         # times more Python per row, and enrollment is the API's hottest write.
@@ -519,7 +500,7 @@ def enroll(
         connection.execute(_insert(Bmc), bmc_rows)
         if nic_rows:
             connection.execute(_insert(Nic), nic_rows)
-        connection.execute(_insert(Event), event_rows)
+        timeline.note_many(connection, event_rows)
         session.commit()
     except IntegrityError:
         # The unique constraints are the check; asking first would cost every enrollment
@@ -536,24 +517,19 @@ def enroll(
     ]
 
 
-def _save(
-    session: Session, node: Node, changes: dict[str, Any], events: list[dict[str, Any]]
-) -> Node:
-    """Write ``changes`` if the node is still at the version we read; then the events."""
-    changes = {**changes, "version": node.version + 1, "updated_at": utcnow()}
-    result = session.execute(
-        update(Node)
-        .where(col(Node.id) == node.id, col(Node.version) == node.version)
-        .values(**changes)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+@contextmanager
+def _saving(session: Session, node: Node) -> Iterator[None]:
+    """Commit what the block wrote through the timeline, or answer 409 if the node
+    changed since it was read (another request won the race)."""
+    try:
+        yield
+    except timeline.Stale:
         session.rollback()
-        raise Problem(409, "The node changed while this request ran; read it again and retry.")
-    if events:
-        session.execute(insert(Event), events)
+        raise Problem(
+            409, "The node changed while this request ran; read it again and retry."
+        ) from None
     session.commit()
     session.refresh(node)
-    return node
 
 
 def check_if_match(node: Node, if_match: str | None) -> None:
@@ -608,8 +584,10 @@ def change(
         if patch.nics:
             rows = [{"node_id": node.id, "mac": n.mac, "pxe": n.pxe} for n in patch.nics]
             session.execute(insert(Nic), rows)
-    event = _event(node.id, actor, "update", f"changed {', '.join(touched) or 'nothing'}")
-    return _save(session, node, changes, [event])
+    with _saving(session, node):
+        message = f"changed {', '.join(touched) or 'nothing'}"
+        timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
+    return node
 
 
 _API_FIELDS = {"macs": "nics", "u": "rack_unit"}
@@ -685,10 +663,11 @@ def act(
     Entering provisioning or wiping starts a deployment at once, so a machine that
     network-boots from now on gets its installer even before the reconciler powers it.
     """
-    transition = decide(
-        State(node.state), action, maintenance=node.maintenance, failed_from=_failed_from(node)
-    )
-    changes: dict[str, Any] = {"state": transition.to_state.value}
+    state = State(node.state)
+    to_state = decide(
+        state, action, maintenance=node.maintenance, failed_from=_failed_from(node)
+    ).to_state
+    changes: dict[str, Any] = {}
     message = body.reason or f"{action.value} requested"
     if action is Action.MAINTENANCE_ON:
         changes.update(maintenance=True, maintenance_reason=body.reason)
@@ -701,36 +680,35 @@ def act(
         message = f"{action.value} as role {changes['role']} with image {changes['image']}"
         if body.reason:
             message += f": {body.reason}"
-    if transition.to_state is State.FAILED:
-        changes.update(
-            failed_from=transition.from_state.value,
-            last_error=f"aborted by {actor} while {transition.from_state.value}",
-        )
-    elif transition.from_state is State.FAILED:
-        changes.update(failed_from=None, last_error=None)
-    if transition.to_state in _DEPLOYING:
+    if to_state is State.FAILED:
+        changes["last_error"] = f"aborted by {actor} while {state.value}"
+    if to_state in KIND_FOR_STATE:
         changes.update(wake_at=None, auto_provision=False)
-        kind = _DEPLOYING[transition.to_state]
-        if action in (Action.PROVISION, Action.REIMAGE):
-            kind = action.value
         deployments.start(
             session,
             vault,
             node.id,
-            kind=kind,
+            kind=_kind_of(action, to_state),
             role=changes.get("role", node.role),
             image=changes.get("image", node.image),
             timeout=deploy_timeout,
             batch=batch,
         )
     elif action is Action.ABORT:
-        deployments.end_live(session, node.id, "aborted", f"aborted by {actor}")
-    event = _event(node.id, actor, action.value, message, transition)
-    return _save(session, node, changes, [event])
+        deployments.end_live(session, node.id, DeploymentStatus.ABORTED, f"aborted by {actor}")
+    with _saving(session, node):
+        timeline.transition(session, node, action, actor, message, changes=changes)
+    return node
 
 
-# States whose work is a deployment, and the deployment kind a retry starts in each.
-_DEPLOYING = {State.PROVISIONING: "provision", State.WIPING: "wipe"}
+def _kind_of(action: Action, to_state: State) -> DeploymentKind:
+    """The kind of deployment an action starts: its own (provision, reimage), or the
+    one its new state's work begins with (a release wipes; a retry starts over)."""
+    if action is Action.PROVISION:
+        return DeploymentKind.PROVISION
+    if action is Action.REIMAGE:
+        return DeploymentKind.REIMAGE
+    return KIND_FOR_STATE[to_state]
 
 
 # Clears a node flagged by the power sync: an operator has acted on its BMC.

@@ -17,9 +17,10 @@ from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
 from provisioner.lifecycle import State
-from provisioner.models import Bmc, Event, Node, table_of, utcnow
+from provisioner.models import Bmc, Node, table_of, utcnow
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
+from provisioner.timeline import Actor, EventKind, event_row, note_many
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class PowerSync:
             if p.state is not None:
                 report.changed += p.state != p.before
                 row = {"ps": p.state, "pf": 0, "pr": None}
-                kind, message = "power-sync", f"power is {p.state} (was {p.before})"
+                kind, message = EventKind.POWER_SYNC, f"power is {p.state} (was {p.before})"
             else:
                 report.failed += 1
                 failures = p.failures + 1
@@ -143,22 +144,12 @@ class PowerSync:
                 row = {"ps": "error" if flagged else "unknown", "pf": failures, "pr": reason}
                 if flagged:
                     report.flagged.append(p.name)
-                kind = "power-sync-flagged" if flagged else "power-sync-failed"
+                kind = EventKind.POWER_SYNC_FLAGGED if flagged else EventKind.POWER_SYNC_FAILED
                 message = str(reason)
             changed.append({"nid": p.node_id, **row})
             # One event when a node's power changes or first fails, not one per poll.
-            if p.state is not None or p.failures == 0 or kind == "power-sync-flagged":
-                events.append(
-                    {
-                        "node_id": p.node_id,
-                        "time": now,
-                        "actor": "power-sync",
-                        "kind": kind,
-                        "from_state": None,
-                        "to_state": None,
-                        "message": message,
-                    }
-                )
+            if p.state is not None or p.failures == 0 or kind is EventKind.POWER_SYNC_FLAGGED:
+                events.append(event_row(p.node_id, kind, Actor.POWER_SYNC, message, time=now))
         node = table_of(Node)
         with Session(self.engine) as session:
             connection = session.connection()
@@ -181,7 +172,6 @@ class PowerSync:
                     node.update().where(node.c.id == bindparam("nid")).values(power_checked_at=now),
                     quiet,
                 )
-            if events:
-                connection.execute(table_of(Event).insert(), events)
+            note_many(connection, events)
             session.commit()
         return report

@@ -22,24 +22,20 @@ from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import inspection, power
+from provisioner import inspection, power, timeline
 from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
-from provisioner.deploying import Deploying
-from provisioner.lifecycle import Action, IllegalAction, Outcome, State, decide
-from provisioner.models import Bmc, Event, InventoryFact, Node, Role, utcnow
+from provisioner.lifecycle import DEPLOYMENT_STATES, Action, IllegalAction, Outcome, State
+from provisioner.models import Bmc, Node, Role, utcnow
 from provisioner.profiles import ProfileSet
 from provisioner.role_rules import Position, RoleRules
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
+from provisioner.step_runner import StepRunner
+from provisioner.timeline import Actor, EventKind
 
 log = logging.getLogger(__name__)
-
-ACTOR = "provisioner"
-
-
-DEPLOYING = (State.PROVISIONING.value, State.PROVISIONED.value, State.WIPING.value)
 
 
 def _needs_work(now: datetime) -> Any:
@@ -50,7 +46,7 @@ def _needs_work(now: datetime) -> Any:
             and_(col(Node.state) == State.ENROLLED.value, col(Node.auto_inspect).is_(True)),
             and_(col(Node.state) == State.READY.value, col(Node.auto_provision).is_(True)),
             and_(
-                col(Node.state).in_(DEPLOYING),
+                col(Node.state).in_(sorted(DEPLOYMENT_STATES)),
                 or_(col(Node.wake_at).is_(None), col(Node.wake_at) <= now),
             ),
         ),
@@ -77,9 +73,7 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self.deploying = Deploying(
-            engine, vault, pool, settings, profiles, self._finish, self._write
-        )
+        self.steps = StepRunner(engine, vault, pool, settings, profiles, self.owner)
 
     async def run(self) -> None:
         while True:
@@ -154,10 +148,10 @@ class Reconciler:
                 await self._inspect(node, bmc)
             elif node.state == State.INSPECTING.value:
                 await self._inspect(node, bmc)
-            elif node.state in DEPLOYING:
-                await self.deploying.advance(node, bmc)
+            elif node.state in DEPLOYMENT_STATES:
+                await self.steps.advance(node, bmc)
             elif node.state == State.READY.value and node.auto_provision:
-                await run_in_threadpool(self.deploying.auto_provision, node)
+                await run_in_threadpool(self.steps.auto_provision, node)
         except Exception:
             log.exception("step failed unexpectedly on node %s", node_id)
         finally:
@@ -195,20 +189,22 @@ class Reconciler:
             changes.update(power_state="unknown", power_reason=message)
         else:
             changes.update(power_state=state, power_reason=None, power_failures=0)
-        kind = "power" if state else "power-failed"
+        kind = EventKind.POWER if state else EventKind.POWER_FAILED
         self._write(node_id, changes, kind, message)
 
     def _start_inspection(self, node: Node) -> None:
-        transition = decide(State(node.state), Action.INSPECT, maintenance=node.maintenance)
-        self._write(
-            node.id,
-            {"state": transition.to_state.value, "auto_inspect": False},
-            Action.INSPECT.value,
-            "inspection after enrollment",
-            from_state=transition.from_state.value,
-            to_state=transition.to_state.value,
-        )
-        node.state = transition.to_state.value
+        def start(session: Session, current: Node) -> None:
+            timeline.transition(
+                session,
+                current,
+                Action.INSPECT,
+                Actor.PROVISIONER,
+                "inspection after enrollment",
+                changes={"auto_inspect": False},
+                lease_owner=self.owner,
+            )
+
+        self._retrying(node.id, Action.INSPECT.value, start)
 
     async def _inspect(self, node: Node, bmc: Bmc | None) -> None:
         if bmc is None:
@@ -262,72 +258,54 @@ class Reconciler:
         facts: dict[str, Any] | None = None,
     ) -> None:
         """Move the node along the lifecycle, unless an operator moved it meanwhile."""
-        for _ in range(5):
-            with Session(self.engine) as session:
-                node = session.get(Node, node_id)
-            if node is None:
-                return
-            failed_from = State(node.failed_from) if node.failed_from else None
-            try:
-                transition = decide(State(node.state), outcome, failed_from=failed_from)
-            except IllegalAction:
-                log.info("node %s: %s no longer applies (%s)", node.name, outcome.value, message)
-                return
-            final = {**changes, "state": transition.to_state.value}
-            if transition.to_state is State.FAILED:
-                final.update(failed_from=transition.from_state.value, last_error=message)
-                log.warning("node %s: %s", node.name, message)
-            written = self._write(
-                node_id,
-                final,
-                outcome.value,
+        found = ("ipmi", facts) if facts is not None else None
+        if outcome is Outcome.FAIL:
+            log.warning("node %s: %s", node_id, message)
+
+        def move(session: Session, node: Node) -> None:
+            timeline.transition(
+                session,
+                node,
+                outcome,
+                Actor.PROVISIONER,
                 message,
-                from_state=transition.from_state.value,
-                to_state=transition.to_state.value,
-                facts=facts,
-                expect_version=node.version,
+                changes=changes,
+                facts=found,
+                lease_owner=self.owner,
             )
-            if written:
-                return
-        log.error("node %s: could not record %s: the node kept changing", node_id, outcome.value)
+
+        self._retrying(node_id, outcome.value, move)
 
     def _write(
-        self,
-        node_id: uuid.UUID,
-        changes: dict[str, Any],
-        kind: str,
-        message: str,
-        *,
-        from_state: str | None = None,
-        to_state: str | None = None,
-        facts: dict[str, Any] | None = None,
-        expect_version: int | None = None,
-    ) -> bool:
-        """One transaction: the node's changes (a new version), its event, its facts.
-        With ``expect_version``, only if nobody changed the node since it was read."""
-        now = utcnow()
-        query = update(Node).where(col(Node.id) == node_id)
-        if expect_version is not None:
-            query = query.where(col(Node.version) == expect_version)
-        with Session(self.engine) as session:
-            result = session.execute(
-                query.values(**changes, version=col(Node.version) + 1, updated_at=now)
-            )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
-                session.rollback()
-                return False
-            session.add(
-                Event(
-                    node_id=node_id,
-                    time=now,
-                    actor=ACTOR,
-                    kind=kind,
-                    from_state=from_state,
-                    to_state=to_state,
-                    message=message,
-                )
-            )
-            if facts is not None:
-                session.add(InventoryFact(node_id=node_id, source="ipmi", facts=facts))
-            session.commit()
-        return True
+        self, node_id: uuid.UUID, changes: dict[str, Any], kind: EventKind, message: str
+    ) -> None:
+        """Record facts about the node (not its state) and their event."""
+
+        def write(session: Session, node: Node) -> None:
+            timeline.change(session, node, changes, kind, Actor.PROVISIONER, message)
+
+        self._retrying(node_id, kind.value, write)
+
+    def _retrying(
+        self, node_id: uuid.UUID, what: str, write: Callable[[Session, Node], None]
+    ) -> None:
+        """Run ``write`` on a fresh read of the node until it is not stale: the power
+        sync or a callback may have changed the row since; an operator's move makes the
+        write illegal, and then it is dropped."""
+        for _ in range(5):
+            with Session(self.engine, expire_on_commit=False) as session:
+                node = session.get(Node, node_id)
+                if node is None:
+                    return
+                try:
+                    write(session, node)
+                except timeline.Stale:
+                    session.rollback()
+                    continue
+                except IllegalAction:
+                    session.rollback()
+                    log.info("node %s: %s no longer applies", node.name, what)
+                    return
+                session.commit()
+                return
+        log.error("node %s: could not record %s: the node kept changing", node_id, what)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -235,7 +236,12 @@ class ImportResult(BaseModel):
 
 # How a provisioned node is handed over (provisioner/handoff): at once, when the role's
 # webhook is acknowledged, or when Puppet first fetches its classification (ENC).
-Handoff = Literal["immediate", "webhook", "enc"]
+class Handoff(StrEnum):
+    IMMEDIATE = "immediate"
+    WEBHOOK = "webhook"
+    ENC = "enc"
+
+
 WebhookUrl = Annotated[str, Field(max_length=1024, pattern=r"^https?://[^\s/?#]+[^\s]*$")]
 # Write-only: stored encrypted, never returned (RoleOut.webhook_secret_set says if set).
 WebhookSecret = Annotated[SecretStr, Field(min_length=16, max_length=256)]
@@ -252,7 +258,7 @@ class RoleBase(Strict):
     puppet_classes: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     packages: list[Annotated[str, Field(max_length=255)]] = Field(default_factory=list)
-    handoff: Handoff = "immediate"
+    handoff: Handoff = Handoff.IMMEDIATE
     webhook_url: WebhookUrl | None = None
 
 
@@ -261,7 +267,9 @@ class RoleIn(RoleBase):
 
     @model_validator(mode="after")
     def _webhook_complete(self) -> RoleIn:
-        if self.handoff == "webhook" and (self.webhook_url is None or self.webhook_secret is None):
+        if self.handoff is Handoff.WEBHOOK and (
+            self.webhook_url is None or self.webhook_secret is None
+        ):
             raise ValueError(
                 "handoff 'webhook' needs webhook_url and webhook_secret (at least 16 "
                 "characters; the receiver verifies the HMAC signature with it)"

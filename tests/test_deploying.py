@@ -183,7 +183,7 @@ def test_bmc_error_fails_at_its_step(
     tick(client)
     failed = node(client, operator, "n1")
     assert failed["state"] == "failed"
-    assert failed["last_error"].startswith("power: power cycle failed")
+    assert failed["last_error"].startswith("powering: power cycle failed")
 
 
 def test_release_wipes_then_ready(

@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from provisioner.api.deps import Operator, SessionDep, Viewer
 from provisioner.api.problems import problem_response
 from provisioner.boot import scripts
-from provisioner.boot.deployments import Callback
 from provisioner.boot.service import BootService, TftpTransfer
+from provisioner.deployments import Callback
 from provisioner.errors import Problem
 from provisioner.models import BootHop
 from provisioner.validation import normalize_mac

@@ -16,12 +16,14 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.models import BootHop, Deployment, Event, Nic, table_of, utcnow
+from provisioner.models import BootHop, Deployment, Nic, table_of, utcnow
 from provisioner.secrets import hash_token
+from provisioner.timeline import Actor, EventKind, event_row, note_many
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +62,30 @@ class HopRecorder:
         # Routes record hops from worker threads while flush swaps the batch out.
         self._lock = threading.Lock()
 
-    def node(self, node_id: uuid.UUID, kind: str, message: str, actor: str = "node") -> None:
+    def node(self, node_id: uuid.UUID, kind: EventKind, message: str) -> None:
         with self._lock:
-            self._pending.events.append(self._event(node_id, kind, message, actor))
+            self._pending.events.append(event_row(node_id, kind, Actor.NODE, message))
 
-    @staticmethod
-    def _event(
-        node_id: uuid.UUID | None, kind: str, message: str, actor: str = "node"
-    ) -> dict[str, object]:
-        return {
-            "node_id": node_id,
-            "time": utcnow(),
-            "actor": actor,
-            "kind": kind,
-            "from_state": None,
-            "to_state": None,
-            "message": message[:2000],
-        }
-
-    def by_token(self, token: str, client: str, kind: str, message: str) -> None:
+    def by_token(self, token: str, client: str, kind: EventKind, message: str) -> None:
         """A hop of whichever node ``token``'s deployment belongs to."""
-        event = self._event(None, kind, message)
+        event = _unplaced(kind, message)
         with self._lock:
             self._pending.by_token.append((hash_token(token), client, event))
 
-    def by_address(self, client: str, kind: str, message: str) -> None:
+    def by_address(self, client: str, kind: EventKind, message: str) -> None:
         """A hop of whichever node last booted from ``client``."""
-        event = self._event(None, kind, message)
+        event = _unplaced(kind, message)
         with self._lock:
             self._pending.by_address.append((client, event))
 
-    def unknown(self, client: str, mac: str | None, kind: str, detail: str) -> None:
-        hop = {"time": utcnow(), "client": client, "mac": mac, "kind": kind, "detail": detail[:500]}
+    def unknown(self, client: str, mac: str | None, kind: EventKind, detail: str) -> None:
+        hop = {
+            "time": utcnow(),
+            "client": client,
+            "mac": mac,
+            "kind": kind.value,
+            "detail": detail[:500],
+        }
         with self._lock:
             self._pending.unknown.append(hop)
 
@@ -136,8 +130,7 @@ class HopRecorder:
                 )
                 self._claim(connection, batch.boot_ips)
             self._place(connection, batch)
-            if batch.events:
-                connection.execute(insert(Event), batch.events)
+            note_many(connection, batch.events)
             if batch.unknown:
                 connection.execute(insert(_hop), batch.unknown)
                 self._writes += len(batch.unknown)
@@ -160,22 +153,13 @@ class HopRecorder:
                 .where(_hop.c.client == address, _hop.c.mac.is_(None), _hop.c.time >= since)
                 .returning(_hop.c.time, _hop.c.kind, _hop.c.detail)
             ).all()
-            if claimed:
-                connection.execute(
-                    insert(Event),
-                    [
-                        {
-                            "node_id": node_id,
-                            "time": time,
-                            "actor": "node",
-                            "kind": kind,
-                            "from_state": None,
-                            "to_state": None,
-                            "message": detail,
-                        }
-                        for time, kind, detail in claimed
-                    ],
-                )
+            note_many(
+                connection,
+                [
+                    event_row(node_id, EventKind(kind), Actor.NODE, detail, time=time)
+                    for time, kind, detail in claimed
+                ],
+            )
 
     @staticmethod
     def _place(connection: Connection, batch: _Pending) -> None:
@@ -207,6 +191,11 @@ class HopRecorder:
                         "detail": str(event["message"])[:500],
                     }
                 )
+
+
+def _unplaced(kind: EventKind, message: str) -> dict[str, Any]:
+    """An event whose node is found when the batch is written."""
+    return event_row(uuid.UUID(int=0), kind, Actor.NODE, message)
 
 
 def _owners_of(connection: Connection, addresses: set[str]) -> dict[str, uuid.UUID]:

@@ -27,15 +27,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.boot import answers, deployments, scripts
-from provisioner.boot.deployments import Callback, Live
+from provisioner import deployments
+from provisioner.boot import answers, scripts
 from provisioner.boot.hops import HopRecorder
+from provisioner.deployments import Callback, Live
 from provisioner.errors import Problem
 from provisioner.lifecycle import NETBOOT_STATES, State
 from provisioner.models import Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.profiles import ProfileSet
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
+from provisioner.timeline import EventKind
 from provisioner.validation import normalize_mac
 
 _node = table_of(Node)
@@ -158,9 +160,9 @@ class BootService:
         else:
             plan, why = None, f"{node.name} is {node.state}"
         if plan is None:
-            self.hops.node(node.node_id, "boot-ipxe", f"iPXE script: local disk ({why})")
+            self.hops.node(node.node_id, EventKind.BOOT_IPXE, f"iPXE script: local disk ({why})")
             return scripts.local_disk(why)
-        self.hops.node(node.node_id, "boot-ipxe", f"iPXE script: {plan.title}")
+        self.hops.node(node.node_id, EventKind.BOOT_IPXE, f"iPXE script: {plan.title}")
         return scripts.install(plan)
 
     def _seen(self, node: BootingNode, client: str) -> None:
@@ -178,9 +180,9 @@ class BootService:
                 initrd_url=self._file_url(settings.discovery_initrd_url, base, None),
                 kernel_args=f"{settings.discovery_kernel_args} provisioner.mac={mac}".strip(),
             )
-            self.hops.node(node_id, "boot-ipxe", "iPXE script: discovery image")
+            self.hops.node(node_id, EventKind.BOOT_IPXE, "iPXE script: discovery image")
             return scripts.install(plan)
-        self.hops.node(node_id, "boot-ipxe", "iPXE script: local disk (no discovery image)")
+        self.hops.node(node_id, EventKind.BOOT_IPXE, "iPXE script: local disk (no discovery image)")
         return scripts.local_disk("unknown machine, no discovery image configured")
 
     def _discover(self, session: Session, mac: str) -> uuid.UUID:
@@ -198,7 +200,7 @@ class BootService:
                 )
             )
             session.execute(insert(_nic).values(node_id=node_id, mac=mac, pxe=True))
-            self.hops.node(node_id, "discovered", f"network boot from unknown MAC {mac}")
+            self.hops.node(node_id, EventKind.DISCOVERED, f"network boot from unknown MAC {mac}")
             session.commit()
         except IntegrityError:
             # A concurrent request for the same MAC (or a node already named so) won.
@@ -309,16 +311,16 @@ class BootService:
             node = session.get(Node, live.row.node_id)
             if node is None:  # deleted between the two reads
                 raise Problem(404, "No deployment has this token.")
-            context, image = self._answer_context(
-                session.connection(), node.name, None, live, base
-            )
+            context, image = self._answer_context(session.connection(), node.name, None, live, base)
         if part == "meta-data":
             text, media = answers.meta_data(context), "text/plain; charset=utf-8"
         else:
             text = answers.render_answer(context)
             media = answers.answer_media_type(image.answer_template)
         self.hops.node(
-            live.row.node_id, "boot-answer", f"answer file served: {image.answer_template} {part}"
+            live.row.node_id,
+            EventKind.BOOT_ANSWER,
+            f"answer file served: {image.answer_template} {part}",
         )
         return text, media
 
@@ -337,7 +339,7 @@ class BootService:
         with Session(self._engine) as session:
             node = _booting_node(session.connection(), mac)
             if node is None:
-                self.hops.unknown(client, mac, "tftp-config", f"{path}: unknown MAC")
+                self.hops.unknown(client, mac, EventKind.TFTP_CONFIG, f"{path}: unknown MAC")
                 return None
             self._seen(node, client)
             plan, why = self._plan(session.connection(), node, base)
@@ -346,7 +348,7 @@ class BootService:
             text = render(plan, why or (plan.title if plan else ""))
         except ValueError as exc:
             text, why = render(None, str(exc)), str(exc)
-        self.hops.node(node.node_id, "boot-tftp", f"{path}: {why or 'install'}")
+        self.hops.node(node.node_id, EventKind.BOOT_TFTP, f"{path}: {why or 'install'}")
         return text
 
     def record_tftp(self, transfers: Sequence[TftpTransfer]) -> None:
@@ -357,7 +359,7 @@ class BootService:
                 f"TFTP {transfer.file} to {transfer.client}: {transfer.result}, "
                 f"{transfer.bytes:,} bytes in {transfer.duration:.2f} s"
             )
-            self.hops.by_address(transfer.client, "boot-tftp", detail)
+            self.hops.by_address(transfer.client, EventKind.BOOT_TFTP, detail)
 
     def file_served(
         self,
@@ -371,9 +373,9 @@ class BootService:
         """The boot-file route's observer: kernels and initrds fetched with a token."""
         detail = f"{path}: HTTP {status}, {bytes_sent:,} bytes" + ("" if complete else ", cut off")
         if token:
-            self.hops.by_token(token, client, "boot-file", detail)
+            self.hops.by_token(token, client, EventKind.BOOT_FILE, detail)
         else:
-            self.hops.unknown(client, None, "http-file", detail)
+            self.hops.unknown(client, None, EventKind.HTTP_FILE, detail)
 
 
 def _profile_of(connection: Connection, node_id: uuid.UUID) -> str | None:

@@ -23,14 +23,16 @@ from provisioner.handoff.webhooks import (
     pending_handoff,
 )
 from provisioner.models import Deployment, Node, Role
+from provisioner.schemas import Handoff
 from provisioner.secrets import Vault
 
-__all__ = ["WebhookSender", "begin", "completed", "notify"]
+__all__ = ["ACTIVE", "FAILED", "WebhookSender", "begin", "completed", "notify"]
 
 
 def _webhook_role(session: Session, node: Node) -> Role | None:
     role = session.get(Role, node.role) if node.role else None
-    return role if role is not None and role.handoff == "webhook" and role.webhook_url else None
+    wants_webhook = role is not None and role.handoff == Handoff.WEBHOOK and role.webhook_url
+    return role if wants_webhook else None
 
 
 def begin(session: Session, vault: Vault, node: Node, deployment: Deployment) -> None:
@@ -47,7 +49,7 @@ def begin(session: Session, vault: Vault, node: Node, deployment: Deployment) ->
 def completed(session: Session, node: Node, deployment: Deployment) -> bool:
     """Whether the hand-off of ``deployment`` is done, as the node's role configures."""
     role = session.get(Role, node.role) if node.role else None
-    if role is None or role.handoff == "immediate":
+    if role is None or role.handoff == Handoff.IMMEDIATE:
         return True
     # A column, not the entity: the caller's copy of the deployment may be stale.
     handoff_at = session.execute(
@@ -57,7 +59,7 @@ def completed(session: Session, node: Node, deployment: Deployment) -> bool:
         return True
     # A role made a webhook role after its node reached `provisioned` has nothing to
     # wait for: no hand-off was requested.
-    return role.handoff == "webhook" and pending_handoff(session, deployment) is None
+    return role.handoff == Handoff.WEBHOOK and pending_handoff(session, deployment) is None
 
 
 def notify(

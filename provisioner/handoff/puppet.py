@@ -13,10 +13,16 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from provisioner import deployments
 from provisioner.handoff.roles import puppet_classes
-from provisioner.models import Deployment, Event, Node, Role, table_of, utcnow
+from provisioner.handoff.webhooks import wake
+from provisioner.lifecycle import State
+from provisioner.models import Deployment, Node, Role, table_of, utcnow
+from provisioner.schemas import Handoff
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
+from provisioner.steps import LIVE, DeploymentStatus
+from provisioner.timeline import Actor, EventKind, note
 
 
 def find_node(session: Session, settings: Settings, certname: str) -> Node | None:
@@ -25,15 +31,6 @@ def find_node(session: Session, settings: Settings, certname: str) -> Node | Non
     if suffix and certname.lower().endswith(suffix):
         names.add(certname.lower().removesuffix(suffix))
     return session.exec(select(Node).where(col(Node.name).in_(names))).first()
-
-
-def current_deployment(session: Session, node: Node) -> Deployment | None:
-    """The node's latest installation: what its Puppet agent was set up by."""
-    return session.exec(
-        select(Deployment)
-        .where(col(Deployment.node_id) == node.id, col(Deployment.kind) == "provision")
-        .order_by(col(Deployment.created_at).desc())
-    ).first()
 
 
 def classification(session: Session, node: Node) -> dict[str, Any]:
@@ -63,11 +60,11 @@ def classification(session: Session, node: Node) -> dict[str, Any]:
 
 def record_enc_fetch(session: Session, node: Node) -> None:
     """Puppet fetching the classification of a provisioned ``enc`` node is the hand-off."""
-    if node.state != "provisioned" or not node.role:
+    if node.state != State.PROVISIONED.value or not node.role:
         return
     role = session.get(Role, node.role)
-    deployment = current_deployment(session, node)
-    if role is None or role.handoff != "enc" or deployment is None:
+    deployment = deployments.installation(session, node.id)
+    if role is None or role.handoff != Handoff.ENC or deployment is None:
         return
     done = session.execute(
         update(table_of(Deployment))
@@ -75,7 +72,9 @@ def record_enc_fetch(session: Session, node: Node) -> None:
         .values(handoff_at=utcnow())
     )
     if done.rowcount:  # type: ignore[attr-defined]
-        session.add(_event(node, "handoff", "Puppet fetched its classification (ENC)"))
+        wake(session, node.id)
+        fetched = "Puppet fetched its classification (ENC)"
+        note(session, node.id, EventKind.HANDOFF, Actor.PUPPET, fetched)
     session.commit()
 
 
@@ -99,9 +98,8 @@ def autosign(
     if node is None:
         return Decision(False, f"no node has certname {certname!r}")
     decision = _check(session, vault, node, challenge, pp_role)
-    session.add(
-        _event(node, "autosign", ("signed: " if decision.sign else "refused: ") + decision.reason)
-    )
+    verdict = ("signed: " if decision.sign else "refused: ") + decision.reason
+    note(session, node.id, EventKind.AUTOSIGN, Actor.PUPPET, verdict)
     session.commit()
     return decision
 
@@ -109,8 +107,8 @@ def autosign(
 def _check(
     session: Session, vault: Vault, node: Node, challenge: str | None, pp_role: str | None
 ) -> Decision:
-    deployment = current_deployment(session, node)
-    if deployment is None or deployment.status not in ("pending", "started", "done"):
+    deployment = deployments.installation(session, node.id)
+    if deployment is None or deployment.status not in (*LIVE, DeploymentStatus.DONE):
         return Decision(False, f"node {node.name} has no installation in progress or finished")
     if not challenge:
         return Decision(False, "the CSR has no challengePassword (csr_attributes.yaml)")
@@ -130,7 +128,3 @@ def _check(
     if not used.rowcount:  # type: ignore[attr-defined]
         return Decision(False, "the challenge was used already; reimage the node for a new one")
     return Decision(True, f"challenge and role {node.role} match node {node.name}")
-
-
-def _event(node: Node, kind: str, message: str) -> Event:
-    return Event(node_id=node.id, actor="puppet", kind=kind, message=message)

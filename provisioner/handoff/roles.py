@@ -8,7 +8,7 @@ from typing import Any
 
 from provisioner.errors import Problem
 from provisioner.models import Role
-from provisioner.schemas import RoleIn, RolePatch
+from provisioner.schemas import Handoff, RoleIn, RolePatch
 from provisioner.secrets import Vault
 
 
@@ -23,7 +23,7 @@ def sealed(vault: Vault, role: Role | None, body: RoleIn | RolePatch) -> dict[st
         given = body.model_dump(exclude_unset=True)
         handoff = given.get("handoff", role.handoff)
         url = given.get("webhook_url", role.webhook_url)
-        if handoff == "webhook" and (
+        if handoff == Handoff.WEBHOOK and (
             url is None or (secret is None and not role.webhook_secret_set)
         ):
             raise Problem(

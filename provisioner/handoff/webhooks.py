@@ -31,7 +31,6 @@ from starlette.concurrency import run_in_threadpool
 from provisioner import __version__
 from provisioner.models import (
     Deployment,
-    Event,
     Node,
     Role,
     WebhookDelivery,
@@ -40,6 +39,7 @@ from provisioner.models import (
 )
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
+from provisioner.timeline import Actor, EventKind, note
 
 log = logging.getLogger(__name__)
 
@@ -264,15 +264,9 @@ class WebhookSender:
                         .values(delivered_at=now, last_error=None)
                     )
                     if job.event == PROVISIONED and job.deployment_id is not None:
-                        self._handed_off(session, job.deployment_id)
-                    session.add(
-                        Event(
-                            node_id=job.node_id,
-                            actor="webhook",
-                            kind="webhook",
-                            message=f"{job.event} delivered to {job.url} (attempt {job.attempt})",
-                        )
-                    )
+                        self._handed_off(session, job)
+                    delivered = f"{job.event} delivered to {job.url} (attempt {job.attempt})"
+                    note(session, job.node_id, EventKind.WEBHOOK, Actor.WEBHOOK, delivered)
                     continue
                 delay = self._backoff(job.attempt)
                 log.warning(
@@ -291,12 +285,13 @@ class WebhookSender:
             session.commit()
 
     @staticmethod
-    def _handed_off(session: Session, deployment_id: uuid.UUID) -> None:
+    def _handed_off(session: Session, job: _Job) -> None:
         session.execute(
             update(table_of(Deployment))
-            .where(col(Deployment.id) == deployment_id, col(Deployment.handoff_at).is_(None))
+            .where(col(Deployment.id) == job.deployment_id, col(Deployment.handoff_at).is_(None))
             .values(handoff_at=utcnow())
         )
+        wake(session, job.node_id)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, capped; half of it random so that receivers coming back are not
@@ -306,3 +301,9 @@ class WebhookSender:
             self.settings.webhook_retry_base * 2.0 ** min(attempt - 1, 30),
         )
         return ceiling / 2 + _jitter.uniform(0, ceiling / 2)
+
+
+def wake(session: Session, node_id: uuid.UUID) -> None:
+    """Have the reconciler look at a node waiting for its hand-off now, not at its next
+    poll (no commit)."""
+    session.execute(update(Node).where(col(Node.id) == node_id).values(wake_at=None))

@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI
 from sqlmodel import Session, col, select
 
-from provisioner.boot import deployments
+from provisioner import deployments
 from provisioner.models import Deployment, Node, utcnow
 from provisioner.settings import Settings
 from provisioner.tokens import create_token

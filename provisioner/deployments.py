@@ -19,10 +19,16 @@ from sqlalchemy import Connection, bindparam, insert, update
 from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
-from provisioner.models import Deployment, Event, Node, table_of, utcnow
+from provisioner.models import Deployment, Node, table_of, utcnow
 from provisioner.secrets import Vault, hash_token
-
-LIVE = ("pending", "started")
+from provisioner.steps import (
+    INSTALL_KINDS,
+    LIVE,
+    DeploymentKind,
+    DeploymentStatus,
+    first_step,
+)
+from provisioner.timeline import Actor, EventKind, note
 
 
 class Callback(StrEnum):
@@ -32,12 +38,18 @@ class Callback(StrEnum):
     FAILED = "failed"
 
 
-# Where each callback may come from, and where it leads.
-_CALLBACK_RULES: dict[Callback, tuple[tuple[str, ...], str | None]] = {
-    Callback.STARTED: (("pending",), "started"),
-    Callback.PROGRESS: (LIVE, None),
-    Callback.DONE: (LIVE, "done"),
-    Callback.FAILED: (LIVE, "failed"),
+# Where each callback may come from, where it leads, and how the timeline names it.
+_CALLBACK_RULES: dict[
+    Callback, tuple[tuple[DeploymentStatus, ...], DeploymentStatus | None, EventKind]
+] = {
+    Callback.STARTED: (
+        (DeploymentStatus.PENDING,),
+        DeploymentStatus.STARTED,
+        EventKind.CALLBACK_STARTED,
+    ),
+    Callback.PROGRESS: (LIVE, None, EventKind.CALLBACK_PROGRESS),
+    Callback.DONE: (LIVE, DeploymentStatus.DONE, EventKind.CALLBACK_DONE),
+    Callback.FAILED: (LIVE, DeploymentStatus.FAILED, EventKind.CALLBACK_FAILED),
 }
 
 
@@ -62,7 +74,7 @@ def start(
     session: Session,
     vault: Vault,
     node_id: uuid.UUID,
-    kind: str,
+    kind: DeploymentKind,
     role: str | None,
     image: str | None,
     timeout: float,
@@ -73,21 +85,23 @@ def start(
     Does not commit: the caller writes it in the same transaction as the node's state
     change, so a request that loses an optimistic-concurrency race leaves no deployment.
     """
-    end_live(session, node_id, "superseded", "replaced by a new deployment")
+    end_live(session, node_id, DeploymentStatus.SUPERSEDED, "replaced by a new deployment")
     token = secrets.token_urlsafe(32)
     now = utcnow()
     session.execute(
         insert(table_of(Deployment)).values(
             id=uuid.uuid4(),
             node_id=node_id,
-            kind=kind,
+            kind=kind.value,
             role=role,
             image=image,
             token_hash=hash_token(token),
             token_encrypted=vault.encrypt(token),
             challenge_encrypted=vault.encrypt(secrets.token_urlsafe(24)),
-            status="pending",
-            step="network",
+            status=DeploymentStatus.PENDING.value,
+            step=first_step(kind).value,
+            step_started_at=now,
+            step_attempts=0,
             message="",
             batch_id=batch.id if batch else None,
             batch_limit=batch.limit if batch else None,
@@ -97,13 +111,33 @@ def start(
     )
 
 
-def end_live(session: Session, node_id: uuid.UUID, status: str, message: str) -> None:
+def end_live(session: Session, node_id: uuid.UUID, status: DeploymentStatus, message: str) -> None:
     """End the node's live deployment, if any (no commit)."""
     session.execute(
         update(table_of(Deployment))
         .where(col(Deployment.node_id) == node_id, col(Deployment.status).in_(LIVE))
-        .values(status=status, message=message, finished_at=utcnow())
+        .values(status=status.value, message=message, finished_at=utcnow())
     )
+
+
+def latest(session: Session, node_id: uuid.UUID) -> Deployment | None:
+    """The node's newest deployment, whatever its kind or status."""
+    return session.exec(
+        select(Deployment)
+        .where(col(Deployment.node_id) == node_id)
+        .order_by(col(Deployment.created_at).desc())
+    ).first()
+
+
+def installation(session: Session, node_id: uuid.UUID) -> Deployment | None:
+    """The deployment that put the node's current operating system in place, or is
+    putting it there now: its newest deployment, if that is an install (a provision or
+    a reimage, which are the same to everything after them). After a release the
+    newest is a wipe, and the node has no installation."""
+    newest = latest(session, node_id)
+    if newest is None or DeploymentKind(newest.kind) not in INSTALL_KINDS:
+        return None
+    return newest
 
 
 _deployment = table_of(Deployment)
@@ -134,7 +168,7 @@ def by_token(session: Session, vault: Vault, token: str) -> Live:
     row = session.exec(select(Deployment).where(Deployment.token_hash == hash_token(token))).first()
     if row is None:
         raise Problem(404, "No deployment has this token.")
-    if row.status not in LIVE:
+    if DeploymentStatus(row.status) not in LIVE:
         raise Problem(410, f"This deployment has ended ({row.status}); its token is spent.")
     if _expired(row, utcnow()):
         raise Problem(410, "This deployment's deadline has passed; its token has expired.")
@@ -147,14 +181,14 @@ def callback(
     """Record an installer callback on the deployment and the node's timeline."""
     live = by_token(session, vault, token)
     row = live.row
-    allowed_from, new_status = _CALLBACK_RULES[kind]
-    if row.status not in allowed_from:
+    allowed_from, new_status, event_kind = _CALLBACK_RULES[kind]
+    if DeploymentStatus(row.status) not in allowed_from:
         raise Problem(409, f"The installer already reported {row.status!r}; {kind} is late.")
     now = utcnow()
     values: dict[str, object] = {"message": message} if message else {}
     if new_status is not None:
-        values["status"] = new_status
-        if new_status == "started":
+        values["status"] = new_status.value
+        if new_status is DeploymentStatus.STARTED:
             values["started_at"] = now
         else:
             values["finished_at"] = now
@@ -167,21 +201,13 @@ def callback(
         if result.rowcount != 1:  # type: ignore[attr-defined]
             session.rollback()
             raise Problem(409, "Another callback for this deployment won the race; retry.")
-    if new_status in ("done", "failed"):
+    if new_status in (DeploymentStatus.DONE, DeploymentStatus.FAILED):
         # The reconciler sleeps until the deadline while an installer runs: wake it.
         session.execute(update(Node).where(col(Node.id) == row.node_id).values(wake_at=None))
     text = f"installer {kind.value} (deployment {str(row.id)[:8]}, from {client})"
     if message:
         text += f": {message}"
-    session.execute(
-        insert(Event).values(
-            node_id=row.node_id,
-            time=now,
-            actor="installer",
-            kind=f"callback-{kind.value}",
-            message=text[:2000],
-        )
-    )
+    note(session, row.node_id, event_kind, Actor.INSTALLER, text)
     session.commit()
     session.refresh(row)
     return row
