@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from provisioner.steps import DeploymentStatus, Step
+
 # Named constraints keep migrations identical on SQLite and PostgreSQL.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -215,10 +217,10 @@ class Deployment(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True, index=True)
     token_encrypted: str = Field(max_length=512)
     challenge_encrypted: str = Field(max_length=512)
-    status: str = Field(default="pending", max_length=16)
+    status: str = Field(default=DeploymentStatus.PENDING.value, max_length=16)
     # Where the reconciler is in carrying it out (provisioner/steps.py), since when, and
     # how many times that step has been tried (for the steps that retry with backoff).
-    step: str = Field(default="network", max_length=16)
+    step: str = Field(default=Step.PUPPET_CLEAN.value, max_length=16)
     step_started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     step_attempts: int = Field(default=0)
     message: str = Field(default="", max_length=2000)
