@@ -32,7 +32,7 @@ from provisioner.profiles import ProfileSet
 from provisioner.role_rules import Position, RoleRules
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
-from provisioner.step_runner import StepRunner
+from provisioner.step_runner import Means, StepRunner
 from provisioner.timeline import Actor, EventKind
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self.steps = StepRunner(engine, vault, pool, settings, profiles, self.owner)
+        self.steps = StepRunner(Means(engine, vault, pool, settings, profiles, self.owner))
 
     async def run(self) -> None:
         while True:

@@ -74,23 +74,27 @@ class StepFailed(Exception):
     """A step could not be done; the deployment fails with this sentence."""
 
 
+@dataclass(frozen=True)
+class Means:
+    """What a reconciler replica works with, and the name its leases carry."""
+
+    engine: Engine
+    vault: Vault
+    pool: BmcPool
+    settings: Settings
+    profiles: Callable[[], ProfileSet]
+    owner: str
+
+
 class StepRunner:
-    def __init__(
-        self,
-        engine: Engine,
-        vault: Vault,
-        pool: BmcPool,
-        settings: Settings,
-        profiles: Callable[[], ProfileSet],
-        owner: str,
-    ) -> None:
-        self.engine = engine
-        self.vault = vault
-        self.pool = pool
-        self.settings = settings
-        self.profiles = profiles
-        self.owner = owner
-        self.puppet_ca = PuppetCa.from_settings(settings)
+    def __init__(self, means: Means) -> None:
+        self.engine = means.engine
+        self.vault = means.vault
+        self.pool = means.pool
+        self.settings = means.settings
+        self.profiles = means.profiles
+        self.owner = means.owner
+        self.puppet_ca = PuppetCa.from_settings(means.settings)
         # Power-on staggering: the next moment this replica may power a machine on.
         self._next_power_on = 0.0
         # Checking the limits and taking a slot must not interleave within a replica.

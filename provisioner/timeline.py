@@ -38,28 +38,12 @@ class Actor(StrEnum):
 
 
 class EventKind(StrEnum):
-    # Inventory
-    ENROLL = "enroll"
+    """What an event that is not a lifecycle transition records. A transition's event
+    is named by the :class:`~provisioner.lifecycle.Action` or
+    :class:`~provisioner.lifecycle.Outcome` that caused it (see :data:`Kind`)."""
+
     UPDATE = "update"
     DISCOVERED = "discovered"
-    # Operator actions (lifecycle.Action)
-    INSPECT = "inspect"
-    PROVISION = "provision"
-    REIMAGE = "reimage"
-    RELEASE = "release"
-    ABORT = "abort"
-    RETRY = "retry"
-    POWER_ON = "power-on"
-    POWER_OFF = "power-off"
-    POWER_CYCLE = "power-cycle"
-    MAINTENANCE_ON = "maintenance-on"
-    MAINTENANCE_OFF = "maintenance-off"
-    # Step results (lifecycle.Outcome other than enroll)
-    INSPECTED = "inspected"
-    DEPLOYED = "deployed"
-    HANDED_OFF = "handed-off"
-    WIPED = "wiped"
-    FAIL = "fail"
     # Power and boot device
     POWER = "power"
     POWER_FAILED = "power-failed"
@@ -85,9 +69,9 @@ class EventKind(StrEnum):
     WEBHOOK = "webhook"
     PUPPET_CA = "puppet-ca"
 
-    @classmethod
-    def of(cls, change: Action | Outcome) -> EventKind:
-        return cls(change.value)
+
+# Every event's kind: an operator's action, a step's outcome, or one of the above.
+Kind = Action | Outcome | EventKind
 
 
 class Stale(Exception):
@@ -96,7 +80,7 @@ class Stale(Exception):
 
 def event_row(
     node_id: uuid.UUID,
-    kind: EventKind,
+    kind: Kind,
     actor: Actor | str,
     message: str,
     *,
@@ -173,7 +157,7 @@ def transition(
         [
             event_row(
                 node.id,
-                EventKind.of(change),
+                change,
                 actor,
                 message,
                 from_state=moved.from_state,
