@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -150,6 +151,55 @@ class Settings(BaseSettings):
     webhook_interval: float = Field(
         default=1.0, gt=0, description="Seconds between two looks for due deliveries."
     )
+    # Puppet CA clean-up on reimage and release (provisioner/handoff/puppet_ca.py).
+    puppet_ca_url: str | None = Field(
+        default=None,
+        description="Puppet CA to revoke and delete a reinstalled node's old certificate "
+        "on, e.g. https://puppet.example.com:8140; the timeline names the manual command "
+        "when unset.",
+    )
+    puppet_ca_cert: Path | None = Field(
+        default=None, description="Client certificate (PEM) the CA's auth.conf allows."
+    )
+    puppet_ca_key: Path | None = Field(
+        default=None, description="Its private key (PEM, unencrypted)."
+    )
+    puppet_ca_cacert: Path | None = Field(
+        default=None, description="The CA's certificate bundle (its ca.pem)."
+    )
+    puppet_ca_timeout: float = Field(default=10.0, gt=0, description="Seconds per CA request.")
+    puppet_ca_retry_limit: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds the clean-up step keeps retrying before the node fails.",
+    )
+
+    @model_validator(mode="after")
+    def _puppet_ca_files(self) -> Settings:
+        """With a CA URL, the three files must be there at start-up, not at the first
+        reimage."""
+        if not self.puppet_ca_url:
+            return self
+        scheme = urlsplit(self.puppet_ca_url)
+        if scheme.scheme != "https" or not scheme.hostname:
+            raise ValueError(
+                f"PROVISIONER_PUPPET_CA_URL must be an https:// URL of the Puppet CA, "
+                f"not {self.puppet_ca_url!r}"
+            )
+        problems = []
+        for name in ("puppet_ca_cert", "puppet_ca_key", "puppet_ca_cacert"):
+            path: Path | None = getattr(self, name)
+            variable = f"PROVISIONER_{name.upper()}"
+            if path is None:
+                problems.append(f"{variable} is not set")
+            elif not path.is_file() or not os.access(path, os.R_OK):
+                problems.append(f"{variable} ({path}) is not a readable file")
+        if problems:
+            raise ValueError(
+                "PROVISIONER_PUPPET_CA_URL is set, so the CA client needs its files: "
+                + "; ".join(problems)
+            )
+        return self
 
     @property
     def resolved_tftp_root(self) -> Path:
