@@ -27,7 +27,8 @@ from provisioner.api import (
 from provisioner.api import handoff as handoff_api
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
-from provisioner.bmc.pool import BmcPool, DriverFactory
+from provisioner.bmc.pool import BmcPool
+from provisioner.bmc.registry import DriverFactory
 from provisioner.body_limit import BodySizeLimit
 from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 def create_app(
     settings: Settings | None = None, driver_factory: DriverFactory | None = None
 ) -> FastAPI:
-    """The service. ``driver_factory`` replaces the IPMI driver (tests use the fake one)."""
+    """The service. ``driver_factory``, when given, reaches every node's BMC whatever
+    driver the node names (tests pass a fake fleet's); else each node's driver does."""
     settings = settings or get_settings()
     engine = db.make_engine(settings.resolved_database_url)
     vault = Vault.from_settings(settings)

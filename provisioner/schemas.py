@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from provisioner import validation
+from provisioner.bmc.registry import DRIVER_NAMES
 from provisioner.lifecycle import Action, State
 
 Mac = Annotated[str, AfterValidator(validation.normalize_mac)]
@@ -54,8 +55,17 @@ BmcRetries = Annotated[int, Field(ge=0, le=10)]
 CipherSuite = Literal[3, 17]
 
 
+def _known_driver(name: str) -> str:
+    if name not in DRIVER_NAMES:
+        raise ValueError(f"unknown BMC driver {name!r}; use one of {', '.join(DRIVER_NAMES)}")
+    return name
+
+
+BmcDriver = Annotated[str, AfterValidator(_known_driver)]
+
+
 class BmcIn(Strict):
-    driver: Literal["ipmi"] = "ipmi"
+    driver: BmcDriver = "ipmi"
     address: Host
     port: Port = 623
     username: Annotated[str, Field(min_length=1, max_length=16)]
@@ -67,7 +77,7 @@ class BmcIn(Strict):
 
 
 class BmcPatch(Strict):
-    driver: Literal["ipmi"] | None = None
+    driver: BmcDriver | None = None
     address: Host | None = None
     port: Port | None = None
     username: Annotated[str, Field(min_length=1, max_length=16)] | None = None

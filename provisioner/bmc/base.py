@@ -1,8 +1,11 @@
 """What the service needs from a BMC, independent of the protocol that reaches it.
 
 One small interface per capability (power, boot device, inventory, health), as in
-Ironic; drivers implement it (IPMI first). Driver calls block; the service runs them in
-a bounded thread pool so they never block the API's event loop.
+Ironic; a :class:`Driver` offers all four. A driver whose protocol or BMC lacks one still
+has its methods and raises ``BmcError(ErrorKind.UNSUPPORTED, ...)`` from them, so callers
+handle "not supported" like any other BMC answer. Drivers are chosen per node by name
+(:mod:`provisioner.bmc.registry`). Driver calls block; the service runs them in a bounded
+thread pool so they never block the API's event loop.
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Target:
     timeout: float = 10.0
     retries: int = 2
     cipher_suite: int = 3
+    driver: str = "ipmi"
+    """The registry's name of the driver that speaks to this BMC (the row's ``driver``)."""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -92,22 +97,30 @@ class Health:
     sensors: list[SensorReading]
 
 
-class Driver(Protocol):
-    """One BMC session. Methods block and raise :class:`BmcError`."""
-
+class PowerControl(Protocol):
     def power_state(self) -> str:
         """'on' or 'off'."""
         ...
 
     def set_power(self, action: PowerAction) -> None: ...
 
+
+class BootControl(Protocol):
     def boot_device(self) -> BootSetting: ...
 
     def set_boot_device(self, setting: BootSetting) -> None: ...
 
+
+class InventoryReader(Protocol):
     def inventory(self) -> Inventory: ...
 
+
+class HealthReader(Protocol):
     def health(self) -> Health: ...
+
+
+class Driver(PowerControl, BootControl, InventoryReader, HealthReader, Protocol):
+    """One BMC session with every capability. Methods block and raise :class:`BmcError`."""
 
     def abort(self) -> None:
         """From another thread: make the call in progress give up soon. Never blocks;

@@ -20,6 +20,7 @@ def target_for(bmc: Bmc, vault: Vault, settings: Settings) -> Target:
         cipher_suite=(
             bmc.cipher_suite if bmc.cipher_suite is not None else settings.bmc_cipher_suite
         ),
+        driver=bmc.driver,
     )
 
 

@@ -1,8 +1,8 @@
 """In-memory BMCs for service tests, in the spirit of httpx's MockTransport.
 
     fleet = FakeFleet()
-    bmc = fleet.add("10.0.0.5", password="secret")
-    pool = BmcPool(driver_factory=fleet.driver)
+    bmc = fleet.add("10.0.0.5", users={"admin": "secret"})
+    pool = BmcPool(driver_factory=fleet.driver)   # every target reaches this fleet
     ...
     bmc.fail("power_state", ErrorKind.UNREACHABLE)   # the next power_state call fails
     assert bmc.boots == [BootDevice.NETWORK]         # what the machine booted from
@@ -170,10 +170,16 @@ class FakeDriver:
 
 
 class FakeFleet:
-    """Fake BMCs by (address, port); :meth:`driver` is a ``BmcPool`` driver factory."""
+    """Fake BMCs by (address, port); :meth:`driver` is a ``BmcPool`` driver factory.
 
-    def __init__(self) -> None:
+    An address without a BMC does not answer, unless ``adopt_unknown``: then it gets
+    one on first contact, whose one user is the one logging in (the registry's ``fake``
+    driver, where nobody adds BMCs by hand)."""
+
+    def __init__(self, *, adopt_unknown: bool = False) -> None:
         self.bmcs: dict[tuple[str, int], FakeBmc] = {}
+        self.adopt_unknown = adopt_unknown
+        self._lock = threading.Lock()
 
     def add(self, address: str, **state: Any) -> FakeBmc:
         bmc = FakeBmc(address, **state)
@@ -181,7 +187,12 @@ class FakeFleet:
         return bmc
 
     def driver(self, target: Target) -> FakeDriver:
-        bmc = self.bmcs.get(target.key)
+        with self._lock:  # pool workers log in to new addresses concurrently
+            bmc = self.bmcs.get(target.key)
+            if bmc is None and self.adopt_unknown:
+                bmc = self.add(
+                    target.address, port=target.port, users={target.username: target.password}
+                )
         if bmc is None:
             raise BmcError(
                 ErrorKind.UNREACHABLE,

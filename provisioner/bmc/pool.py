@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from provisioner.bmc.base import BmcError, Driver, ErrorKind, Target
-from provisioner.bmc.ipmi import IpmiDriver, start_keepalive
+from provisioner.bmc.registry import DriverFactory, service_drivers
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-DriverFactory = Callable[[Target], Driver]
 SessionKey = tuple[str, int, str]
 
 # Worth another attempt with a fresh session; a refused password or an unsupported
@@ -66,6 +65,9 @@ class BmcPool:
     ``max_workers`` bounds calls in flight across all BMCs; ``per_bmc`` bounds them per
     (address, port). Calls sharing one session run one at a time (pyghmi would
     serialise them anyway), so ``per_bmc`` above 1 only lets different users overlap.
+
+    ``driver_factory`` logs in; by default the service's registry, which picks the
+    driver each target names. Tests pass one factory to reach every BMC through it.
     """
 
     def __init__(
@@ -77,9 +79,7 @@ class BmcPool:
     ) -> None:
         if max_workers < 1 or per_bmc < 1:
             raise ValueError("max_workers and per_bmc must be at least 1")
-        if driver_factory is None:
-            start_keepalive()  # keeps cached IPMI sessions from going stale
-        self._factory: DriverFactory = driver_factory or IpmiDriver
+        self._factory: DriverFactory = driver_factory or service_drivers()
         self._max_workers = max_workers
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="bmc")
         self._workers = asyncio.Semaphore(max_workers)
@@ -236,7 +236,7 @@ class BmcPool:
         if idle is not None:
             if idle.target == target:
                 return idle.driver
-            idle.driver.close()  # password, timeout or cipher suite changed
+            idle.driver.close()  # password, timeout, cipher suite or driver changed
         return self._factory(target)
 
 
