@@ -17,43 +17,53 @@ import csv
 import io
 import json
 import os
-import platform
 import random
-import shlex
 import shutil
-import signal
-import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from common import (
-    TICKS,
-    git,
-    machine_busy_seconds,
+    BENCH_DIR,
+    IRONIC_DIR,
+    IRONIC_HEADERS,
+    IRONIC_VENV,
+    MIB,
+    NO_BACKGROUND_WORK,
+    QUIET_CORES,
+    Meter,
+    Process,
+    admin_token,
+    answers_200,
+    api_client,
+    code_state,
+    command_line,
+    contention,
+    expect,
+    export_revision,
+    fan_out,
+    free_port,
+    ironic_version,
+    judge,
+    latency,
+    machine,
+    now_utc,
     progress,
+    rate,
+    render_table,
+    results_head,
     save_raw,
-    stat_fields,
     write_results,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-IRONIC_DIR = BENCH_DIR / "ironic"
-IRONIC_VENV = IRONIC_DIR / ".venv"
 RESULTS_BEGIN = "<!-- bench/api.py writes from here -->"
 RESULTS_END = "<!-- bench/api.py writes up to here -->"
 
@@ -67,17 +77,8 @@ BIG_PAGE = 1000  # the largest page both services allow: "list 1,000 nodes in de
 WARM_UP = 5
 SWEEP = (1, 2, 4, 8)  # POSTs in flight tried by --clients auto
 ROLES = ("compute", "storage", "gpu")
-IRONIC_HEADERS = {"X-OpenStack-Ironic-API-Version": "latest"}
-MIB = 1024 * 1024
-# The API alone is measured: the service's background work (reconciler, inspection on
-# enrollment, power polling) would compete for the same cores and call the fake BMCs.
-# Settings the service does not know (yet) are ignored by it.
-SERVER_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PROVISIONER_RECONCILER": "false",
-    "PROVISIONER_INSPECT_ON_ENROLL": "false",
-    "PROVISIONER_POWER_SYNC_INTERVAL": "0",
-}
+# The API alone is measured; --rev adds PYTHONPATH.
+SERVER_ENV = dict(NO_BACKGROUND_WORK)
 
 # The issue's targets, each checked against one measured figure.
 TARGETS: dict[str, tuple[str, float]] = {
@@ -89,9 +90,6 @@ TARGETS: dict[str, tuple[str, float]] = {
     "lookup_mac_p99_ms": ("<=", 10),
     "rss_after_mib": ("<=", 150),
 }
-
-T = TypeVar("T")
-
 
 # ---- the fleet ------------------------------------------------------------------------
 
@@ -174,234 +172,20 @@ def ironic_node_json(n: FakeNode) -> dict[str, Any]:
 # ---- figures --------------------------------------------------------------------------
 
 
-def percentile(samples: Sequence[float], q: int) -> float:
-    if len(samples) == 1:
-        return samples[0]
-    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
-
-
-def latency(samples: Sequence[float]) -> dict[str, float]:
-    """Seconds in, milliseconds out."""
-    ms = [s * 1000 for s in samples]
-    return {
-        "count": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-        "max_ms": round(max(ms), 2),
-    }
-
-
-def rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1)
-
-
 # Set from --wait-quiet: how long a phase may wait for other processes to go quiet.
 QUIET_WAIT_S = 0.0
-QUIET_CORES = 0.15  # other processes' use of the machine, in cores, that counts as quiet
-
-
-def wait_for_quiet(server: Server) -> dict[str, float]:
-    """Wait, up to QUIET_WAIT_S, until the rest of the machine has used less than
-    QUIET_CORES over a few seconds: on a shared machine, another job's burst lands in
-    the tails."""
-    start = time.monotonic()
-    others = 0.0
-    while True:
-        busy0, server0, client0 = machine_busy_seconds(), server.cpu_seconds(), time.process_time()
-        time.sleep(3)
-        used = machine_busy_seconds() - busy0
-        others = (used - (server.cpu_seconds() - server0) - (time.process_time() - client0)) / 3
-        waited = time.monotonic() - start
-        if others < QUIET_CORES or waited >= QUIET_WAIT_S:
-            return {"waited_s": round(waited, 1), "others_cores_at_start": round(others, 2)}
 
 
 @contextmanager
-def meter(server: Server, into: dict[str, Any]) -> Iterator[None]:
+def meter(server: Process, into: dict[str, Any]) -> Iterator[None]:
     """CPU used during a phase by the server, by this client, and by anything else: both
     share the machine's cores, and another busy process skews every figure."""
+    phase = Meter(own="client", server=server.cpu_seconds)
     if QUIET_WAIT_S > 0:
-        into["quiet"] = wait_for_quiet(server)
-    server0, client0, busy0 = server.cpu_seconds(), time.process_time(), machine_busy_seconds()
-    start = time.perf_counter()
+        into["quiet"] = phase.wait_for_quiet(QUIET_WAIT_S)
+    start = phase.snapshot()
     yield
-    wall = time.perf_counter() - start
-    server_cpu = server.cpu_seconds() - server0
-    client_cpu = time.process_time() - client0
-    other = machine_busy_seconds() - busy0 - server_cpu - client_cpu
-    into["cpu"] = {
-        "wall_s": round(wall, 2),
-        "server_s": round(server_cpu, 2),
-        "client_s": round(client_cpu, 2),
-        "others_s": round(max(other, 0.0), 2),
-    }
-
-
-# ---- server processes -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _kib(value: str) -> int:
-    return int(value.split()[0])
-
-
-class Server:
-    """A service under test in its own session; its memory and CPU come from /proc."""
-
-    def __init__(self, label: str, argv: list[str], log_path: Path) -> None:
-        self.label = label
-        self.argv = argv
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **SERVER_ENV},
-                # Not the checkout: `python -c` puts its working directory first on the
-                # import path, which would shadow --rev.
-                cwd=self.log_path.parent,
-                start_new_session=True,
-            )
-
-    def pids(self) -> list[int]:
-        """The server and its descendants: Ironic forks its service from a launcher."""
-        assert self.proc is not None
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    parents[int(entry)] = int(stat_fields(int(entry))[1])
-                except (OSError, IndexError):
-                    continue
-        tree = [self.proc.pid]
-        for pid in tree:
-            tree.extend(child for child, parent in parents.items() if parent == pid)
-        return tree
-
-    def memory(self) -> dict[str, float]:
-        """VmRSS, peak VmHWM and PSS summed over the process tree, in MiB. PSS splits the
-        pages a fork shares between parent and child, so it does not count them twice."""
-        rss = hwm = pss = 0
-        pids = self.pids()
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            rss += _kib(line.split(":")[1])
-                        elif line.startswith("VmHWM:"):
-                            hwm += _kib(line.split(":")[1])
-                with open(f"/proc/{pid}/smaps_rollup") as f:
-                    pss += sum(_kib(line.split(":")[1]) for line in f if line.startswith("Pss:"))
-            except OSError:
-                continue
-        return {
-            "rss_mib": round(rss / 1024, 1),
-            "hwm_mib": round(hwm / 1024, 1),
-            "pss_mib": round(pss / 1024, 1),
-            "processes": len(pids),
-        }
-
-    def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = stat_fields(pid)
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return total / TICKS
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            # Its own session: the whole group goes, and nothing else.
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def wait_ready(client: httpx.Client, path: str, server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.proc is not None
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.label} exited during start:\n{server.tail()}")
-        try:
-            if client.get(path).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{server.label} not ready after {timeout:.0f} s:\n{server.tail()}")
-
-
-def expect(response: httpx.Response, status: int) -> Any:
-    if response.status_code != status:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url} -> {response.status_code}, "
-            f"expected {status}: {response.text[:500]}"
-        )
-    return response.json() if response.content else None
-
-
-def new_client(base_url: str, headers: dict[str, str]) -> httpx.Client:
-    # The synchronous client: on this machine httpx's AsyncClient spent 2-3 ms more per
-    # request than the server did, which would bury the latencies under client time.
-    return httpx.Client(base_url=base_url, headers=headers, timeout=120)
-
-
-def fan_out(
-    items: Iterable[T],
-    concurrency: int,
-    make_client: Callable[[], httpx.Client],
-    call: Callable[[httpx.Client, T], None],
-) -> None:
-    """``call`` over ``items`` with ``concurrency`` requests in flight: one thread and one
-    keep-alive connection each, so connection setup is not what we measure."""
-    shared = iter(items)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        with make_client() as client:
-            while not errors:
-                with lock:
-                    item = next(shared, None)
-                if item is None:
-                    return
-                try:
-                    call(client, item)
-                except BaseException as exc:  # Reported below, in the caller's thread.
-                    errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    into["cpu"] = phase.since(start)
 
 
 def timed_get(
@@ -437,89 +221,41 @@ uvicorn.run(
 """
 
 
-# Run in its own process with the server's environment, so that it uses the same code
-# (see --rev) and this client process stays free of the service's modules.
-TOKEN_SCRIPT = """
-import sys
-from sqlmodel import Session
-from provisioner import db, tokens
-from provisioner.settings import Settings
-
-engine = db.make_engine(Settings(data_dir=sys.argv[1]).resolved_database_url)
-db.upgrade(engine)
-with Session(engine) as session:
-    print(tokens.create_token(session, name="bench", scope="admin")[1])
-engine.dispose()
-"""
-
-
-def provisioner_token(data_dir: Path) -> str:
-    """An admin token written straight into the service's database before it starts."""
-    argv = [sys.executable, "-c", TOKEN_SCRIPT, str(data_dir)]
-    env = {**os.environ, **SERVER_ENV}
-    run = subprocess.run(argv, env=env, cwd=data_dir, capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(f"creating a token failed:\n{run.stderr[-3000:]}")
-    return run.stdout.strip().splitlines()[-1]
-
-
-def export_revision(rev: str, into: Path) -> str:
-    """Check ``rev`` out into ``into`` (git archive: the repository is left untouched) and
-    run the service from there; the full commit id it named."""
-    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
-        capture_output=True,
-        check=True,
-    )
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
-    # Ahead of the editable install on the server's import path: provisioner and its
-    # migrations come from the export.
-    SERVER_ENV["PYTHONPATH"] = str(into)
-    return commit
-
-
-def code_state(rev: str | None, commit: str | None) -> dict[str, Any]:
-    if rev:
-        return {"source": f"git archive of {rev}", "commit": commit, "uncommitted_files": []}
-    changed = git("status", "--porcelain", "--", "provisioner", "migrations", "pyproject.toml")
-    return {
-        "source": "working tree",
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_files": [line[3:] for line in changed.splitlines()],
-    }
+def server_env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, **SERVER_ENV, "PROVISIONER_DATA_DIR": str(data_dir)}
 
 
 @dataclass
 class Provisioner:
     data_dir: Path
-    server: Server
+    server: Process
     base_url: str
     headers: dict[str, str]
     client: httpx.Client
     memory_start: dict[str, float] = field(default_factory=dict)
 
     def new_client(self) -> httpx.Client:
-        return new_client(self.base_url, self.headers)
+        return api_client(self.base_url, self.headers)
 
 
 @contextmanager
 def provisioner(work: Path, label: str) -> Iterator[Provisioner]:
     data_dir = work / label
     data_dir.mkdir(parents=True)
-    headers = {"Authorization": f"Bearer {provisioner_token(data_dir)}"}
+    env = server_env(data_dir)
+    headers = {"Authorization": f"Bearer {admin_token(env, data_dir)}"}
     port = free_port()
     argv = [sys.executable, "-c", LAUNCHER, str(data_dir), str(port)]
-    server = Server(label, argv, data_dir / "server.log")
+    # Its working directory is the data directory, not the checkout: `python -c` puts it
+    # first on the import path, which would shadow --rev.
+    ready = answers_200(port, "/readyz")
+    server = Process(label, argv, data_dir / "server.log", env=env, port=port, ready=ready)
     base_url = f"http://127.0.0.1:{port}"
-    server.start()
     try:
-        with new_client(base_url, headers) as client:
-            wait_ready(client, "/readyz", server, timeout=60)
+        server.start()
+        with api_client(base_url, headers) as client:
             # Before any API call: the memory of an idle, freshly started service.
-            memory = server.memory()
+            memory = server.memory_mib(pss=True)
             for role in ROLES:
                 expect(client.post("/api/v1/roles", json={"name": role}), 201)
             yield Provisioner(data_dir, server, base_url, headers, client, memory)
@@ -550,7 +286,7 @@ def provisioner_bulk(nodes: list[FakeNode], work: Path) -> dict[str, Any]:
             nodes_per_s=rate(len(nodes), out["cpu"]["wall_s"]),
             request=latency(samples),
             memory_start=p.memory_start,
-            memory_after=p.server.memory(),
+            memory_after=p.server.memory_mib(pss=True),
         )
     return out
 
@@ -574,7 +310,7 @@ def provisioner_single(p: Provisioner, nodes: list[FakeNode], concurrency: int) 
         concurrency=concurrency,
         nodes_per_s=rate(len(nodes), out["cpu"]["wall_s"]),
         request=latency(samples),
-        memory_after=p.server.memory(),
+        memory_after=p.server.memory_mib(pss=True),
     )
     return out
 
@@ -675,7 +411,7 @@ def provisioner_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path)
         progress(f"  {single['nodes_per_s']} nodes/s")
         progress("provisioner: reads")
         reads = provisioner_reads(p, nodes, args)
-        memory_after = p.server.memory()
+        memory_after = p.server.memory_mib(pss=True)
         files = p.data_dir.glob("provisioner.db*")
         db_mib = sum(f.stat().st_size for f in files) / MIB
     return {
@@ -693,20 +429,13 @@ def provisioner_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path)
 
 @dataclass
 class Ironic:
-    server: Server
+    server: Process
     base_url: str
     client: httpx.Client
     uuids: dict[str, str] = field(default_factory=dict)
 
     def new_client(self) -> httpx.Client:
-        return new_client(self.base_url, IRONIC_HEADERS)
-
-
-def ironic_version() -> str:
-    python = IRONIC_VENV / "bin" / "python"
-    code = "from importlib.metadata import version; print(version('ironic'))"
-    run = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
-    return run.stdout.strip()
+        return api_client(self.base_url, IRONIC_HEADERS)
 
 
 @contextmanager
@@ -724,12 +453,15 @@ def ironic(work: Path) -> Iterator[Ironic]:
         capture_output=True,
     )
     argv = [str(bin_dir / "ironic"), "--config-file", str(conf)]
-    server = Server("ironic", argv, data_dir / "stdout.log")
+    env = {**os.environ, **SERVER_ENV}
+    ready = answers_200(port, "/v1")
+    server = Process(
+        "ironic", argv, data_dir / "stdout.log", env=env, port=port, ready=ready, ready_timeout=120
+    )
     base_url = f"http://127.0.0.1:{port}"
-    server.start()
     try:
-        with new_client(base_url, IRONIC_HEADERS) as client:
-            wait_ready(client, "/v1", server, timeout=120)
+        server.start()
+        with api_client(base_url, IRONIC_HEADERS) as client:
             # The conductor registers its drivers just after the API answers; a node
             # cannot be created before.
             deadline = time.monotonic() + 60
@@ -849,12 +581,12 @@ def ironic_reads(ir: Ironic, nodes: list[FakeNode], args: argparse.Namespace) ->
 def ironic_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     progress(f"ironic: creating {len(nodes)} nodes with 2 ports each, {args.clients} in flight")
     with ironic(work) as ir:
-        memory_start = ir.server.memory()
+        memory_start = ir.server.memory_mib(pss=True)
         create = ironic_create(ir, nodes, args.clients)
         progress(f"  {create['nodes_per_s']} nodes/s")
         progress("ironic: reads")
         reads = ironic_reads(ir, nodes, args)
-        memory_after = ir.server.memory()
+        memory_after = ir.server.memory_mib(pss=True)
     return {
         "version": ironic_version(),
         "create": create,
@@ -867,32 +599,7 @@ def ironic_run(nodes: list[FakeNode], args: argparse.Namespace, work: Path) -> d
 # ---- report ---------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = _kib(f.readline().split(":", 1)[1])
-    packages = ("fastapi", "starlette", "uvicorn", "pydantic", "sqlalchemy", "sqlmodel", "httpx")
-    versions = {}
-    for package in packages:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "packages": versions,
-        "loadavg_at_start": os.getloadavg()[0],
-    }
+PACKAGES = ("fastapi", "starlette", "uvicorn", "pydantic", "sqlalchemy", "sqlmodel", "httpx")
 
 
 Row = tuple[str, float | None, float | None, str, str]  # label, ours, Ironic's, unit, target
@@ -1054,11 +761,7 @@ def verdict(key: str, value: float | None) -> tuple[str, str]:
     if not key:
         return "", ""
     op, limit = TARGETS[key]
-    text = f"{op} {limit:,.0f}"
-    if value is None:
-        return text, "not measured"
-    ok = value >= limit if op == ">=" else value <= limit
-    return text, "pass" if ok else "**FAIL**"
+    return f"{op} {limit:,.0f}", judge(op, limit, value)
 
 
 def table_lines(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -1069,22 +772,7 @@ def table_lines(results: dict[str, Any], markdown: bool) -> list[str]:
         body.append(
             [label, fmt(ours), fmt(theirs), ratio(ours, theirs, unit), unit, target, result]
         )
-    if markdown:
-        rule = "|" + "|".join(["---", "---:", "---:", "---:", "---", "---", "---"]) + "|"
-        return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in body]
-    plain = [[cell.replace("**", "") for cell in r] for r in [head, *body]]
-    widths = [max(len(r[i]) for r in plain) for i in range(len(head))]
-    lines = []
-    for r in plain:
-        cells = zip(r, widths, strict=True)
-        # Text columns left, figures right.
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i in (0, 4, 5, 6) else c.rjust(w) for i, (c, w) in enumerate(cells)
-            )
-        )
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return render_table(head, body, markdown, right={1, 2, 3})
 
 
 def cpu_note(phase: dict[str, Any]) -> str:
@@ -1095,10 +783,8 @@ def cpu_note(phase: dict[str, Any]) -> str:
     )
 
 
-def contention(results: dict[str, Any]) -> list[str]:
-    """Phases during which other processes took more than a tenth of the machine: their
-    figures understate the services, the rates and the tails most of all."""
-    cores = results["machine"]["cores"] or 1
+def busy_phases(results: dict[str, Any]) -> list[str]:
+    """Phases during which other processes took more than a tenth of the machine."""
     phases = {
         "bulk import": results["provisioner"]["bulk_import"],
         "single POSTs": results["provisioner"]["single_post"],
@@ -1107,20 +793,8 @@ def contention(results: dict[str, Any]) -> list[str]:
     if results.get("ironic"):
         phases["Ironic create"] = results["ironic"]["create"]
         phases["Ironic reads"] = results["ironic"]["reads"]
-    noisy = []
-    for name, phase in phases.items():
-        cpu = phase["cpu"]
-        share = cpu["others_s"] / max(cpu["wall_s"] * cores, 1e-9)
-        if share > 0.1:
-            noisy.append(f"{name} {share:.0%}")
-    return noisy
-
-
-def code_note(code: dict[str, Any]) -> str:
-    note = f"{code['source']}, commit {code['commit'][:12]}"
-    if code["uncommitted_files"]:
-        note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
-    return note
+    shares = {name: (p["cpu"]["others_s"], p["cpu"]["wall_s"]) for name, p in phases.items()}
+    return contention(shares, results["machine"]["cores"])
 
 
 def sweep_note(single: dict[str, Any]) -> str:
@@ -1139,15 +813,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     bulk, single, reads = p["bulk_import"], p["single_post"], p["reads"]
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
     lines = [
-        RESULTS_BEGIN,
-        "",
-        f"## Run of {results['date']}",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
-        f"- Code: {code_note(results['code'])}.",
+        *results_head(RESULTS_BEGIN, f"Run of {results['date']}", results),
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}; Python {m['python']}, SQLite {m['sqlite']}; {packages}. "
         f"Load average when the run began: {m['loadavg_at_start']:.2f}.",
@@ -1189,7 +855,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"- Reference: not run ({results.get('ironic_status', 'skipped')}).")
-    if noisy := contention(results):
+    if noisy := busy_phases(results):
         lines.append(
             "- **Warning: other processes were busy during this run** (their share of the "
             f"machine: {', '.join(noisy)}); rates and tails are pessimistic. Rerun on a quiet "
@@ -1276,23 +942,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), REPO), *sys.argv[1:]])
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "machine": machine(),
+        "date": now_utc(),
+        "command": command_line(__file__),
+        "machine": {**machine(PACKAGES), "sqlite": sqlite3.sqlite_version},
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     try:
-        commit = export_revision(args.rev, work / "source") if args.rev else None
-        results["code"] = code_state(args.rev, commit)
+        commit = None
+        if args.rev:
+            commit = export_revision(args.rev, work / "source")
+            # Ahead of the editable install on the server's import path: provisioner and
+            # its migrations come from the export.
+            SERVER_ENV["PYTHONPATH"] = str(work / "source")
+        paths = ("provisioner", "migrations", "pyproject.toml")
+        results["code"] = code_state(paths, args.rev, commit)
         results["provisioner"] = provisioner_run(fleet(args.nodes), args, work)
         if args.reference == "ironic":
             try:
@@ -1324,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     raw = save_raw(results, args.out, "api")
     print("\n".join(table_lines(results, markdown=False)))
-    if noisy := contention(results):
+    if noisy := busy_phases(results):
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
     print(f"\nraw figures: {raw}")
     if args.write_results:

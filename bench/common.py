@@ -1,23 +1,62 @@
-"""What the benchmarks share: CPU accounting from /proc, git state of the checkout, the
-raw figures of a run, and rewriting one bench's block in bench/RESULTS.md while keeping
-everything around it."""
+"""What the benchmarks share: the processes they start and measure (the service, the lab,
+the reference servers), CPU accounting from /proc, the figures they compute, the machine
+and code they ran on, and the tables and RESULTS.md blocks they write."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import socket
+import statistics
 import subprocess
 import sys
+import tarfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import httpx
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "bench"
+BIN = Path(sys.executable).parent  # the venv's: provisioner, provisioner-lab, py-spy
 TICKS = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+IPXE = Path("/usr/lib/ipxe")
+IRONIC_DIR = BENCH_DIR / "ironic"
+IRONIC_VENV = IRONIC_DIR / ".venv"
+IRONIC_HEADERS = {"X-OpenStack-Ironic-API-Version": "latest"}
+# The service's background work (reconciler, inspection on enrollment, power polling)
+# would compete for the same cores and call the BMCs: a bench switches it off unless the
+# work is what it measures.
+NO_BACKGROUND_WORK = {
+    "PYTHONUNBUFFERED": "1",
+    "PROVISIONER_RECONCILER": "false",
+    "PROVISIONER_INSPECT_ON_ENROLL": "false",
+    "PROVISIONER_POWER_SYNC_INTERVAL": "0",
+}
+QUIET_CORES = 0.15  # other processes' use of the machine, in cores, that counts as quiet
+
+T = TypeVar("T")
 
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+# ---- CPU and memory from /proc ----------------------------------------------------------
 
 
 def machine_busy_seconds() -> float:
@@ -34,10 +73,624 @@ def stat_fields(pid: int) -> list[str]:
         return f.read().rsplit(")", 1)[1].split()
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (Ironic forks its service, the lab its BMC
+    processes, pxe.tftp and nginx their workers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with suppress(OSError, IndexError):
+                parents[int(entry)] = int(stat_fields(int(entry))[1])
+    tree = [root]
+    for pid in tree:
+        tree.extend(child for child, parent in parents.items() if parent == pid)
+    return tree
+
+
+def cpu_seconds(pids: Iterable[int], reaped: bool = False) -> float:
+    """User and system seconds of ``pids``; with ``reaped``, also of the children each
+    has waited for (Ironic's ipmitool runs). A process gone since listed is left out,
+    which only understates it."""
+    last = 15 if reaped else 13  # utime, stime[, cutime, cstime]
+    total = 0
+    for pid in pids:
+        with suppress(OSError):
+            total += sum(int(v) for v in stat_fields(pid)[11:last])
+    return total / TICKS
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children it has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _kib(value: str) -> int:
+    return int(value.split()[0])
+
+
+def memory_mib(pids: Sequence[int], pss: bool = False) -> dict[str, float]:
+    """VmRSS and peak VmHWM summed over ``pids``, in MiB; with ``pss``, PSS too, which
+    splits the pages a fork shares between parent and child instead of counting them
+    twice (reading it costs the kernel a walk of every mapping: not for sampling)."""
+    rss = hwm = proportional = 0
+    for pid in pids:
+        with suppress(OSError):
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += _kib(line.split(":")[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm += _kib(line.split(":")[1])
+            if pss:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    proportional += sum(_kib(ln.split(":")[1]) for ln in f if ln.startswith("Pss:"))
+    out = {"rss_mib": round(rss / 1024, 1), "hwm_mib": round(hwm / 1024, 1)}
+    if pss:
+        out["pss_mib"] = round(proportional / 1024, 1)
+    out["processes"] = len(pids)
+    return out
+
+
+class Meter:
+    """Wall time and CPU seconds over one timed phase: of the named processes measured,
+    of this script (``own``) and the children it has waited for, and of everything else
+    on the machine, which shares the same cores and skews every figure."""
+
+    def __init__(self, own: str = "bench", **measured: Callable[[], float]) -> None:
+        self.own = own
+        self.measured = measured
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "wall": time.perf_counter(),
+            self.own: time.process_time(),
+            "children": children_cpu(),
+            **{name: seconds() for name, seconds in self.measured.items()},
+            "busy": machine_busy_seconds(),
+        }
+
+    def since(self, start: Mapping[str, float]) -> dict[str, float]:
+        now = self.snapshot()
+        used = {name: now[name] - start[name] for name in now}
+        accounted = sum(v for name, v in used.items() if name not in ("wall", "busy"))
+        out = {f"{name}_s": round(v, 3) for name, v in used.items() if name != "busy"}
+        out["others_s"] = round(max(used["busy"] - accounted, 0.0), 3)
+        return out
+
+    def wait_for_quiet(self, seconds: float) -> dict[str, float]:
+        """Wait, up to ``seconds``, until the rest of the machine has used less than
+        QUIET_CORES over three seconds: on a shared machine, another job's burst would
+        land in the figures, the tails most of all."""
+        began = time.monotonic()
+        while True:
+            start = self.snapshot()
+            time.sleep(3)
+            others = self.since(start)["others_s"] / 3
+            waited = time.monotonic() - began
+            if others < QUIET_CORES or waited >= seconds:
+                return {"waited_s": round(waited, 1), "others_cores_at_start": round(others, 2)}
+
+
+def contention(phases: Mapping[str, tuple[float, float]], cores: int) -> list[str]:
+    """Of ``phases`` (name: other processes' CPU seconds, wall seconds), those in which
+    other processes took more than a tenth of the machine: their figures are pessimistic,
+    the rates and tails most of all."""
+    noisy = []
+    for name, (others, wall) in phases.items():
+        share = others / max(wall * (cores or 1), 1e-9)
+        if share > 0.1:
+            noisy.append(f"{name} {share:.0%}")
+    return noisy
+
+
+# ---- processes --------------------------------------------------------------------------
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The caller's environment without its PROVISIONER_* variables (a stray one would
+    change what is measured), plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    return {**env, **settings}
+
+
+class Process:
+    """A process the bench starts, in its own session, so that stopping it takes its whole
+    group and nothing else; its output goes to ``log``. ``ready`` is asked until true
+    after the start (the process exiting first is an error)."""
+
+    def __init__(
+        self,
+        label: str,
+        argv: Sequence[str | Path],
+        log: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        port: int = 0,
+        ready: Callable[[], bool] | None = None,
+        ready_timeout: float = 60,
+    ) -> None:
+        self.label = label
+        self.argv = [str(a) for a in argv]
+        self.log = log
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd or log.parent
+        self.port = port
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self._proc is not None, f"{self.label} was not started"
+        return self._proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        if self.ready is not None:
+            wait_for(f"{self.label} ready", self.ready, [self], self.ready_timeout)
+
+    def pids(self) -> list[int]:
+        return process_tree(self.pid)
+
+    def cpu_seconds(self, reaped: bool = False) -> float:
+        return cpu_seconds(self.pids(), reaped)
+
+    def memory_mib(self, pss: bool = False) -> dict[str, float]:
+        return memory_mib(self.pids(), pss)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30) -> None:
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=timeout)
+        # Whatever is left of its group (its own session) goes too, and nothing else.
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        with suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=10)
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], procs: Sequence[Process], timeout: float
+) -> None:
+    """Ask ``check`` until true; an exception of the network (not answering yet) counts
+    as false, one of ``procs`` exiting as a failure."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.label} exited ({p.proc.returncode}):\n{p.tail()}")
+        with suppress(httpx.TransportError, OSError):
+            if check():
+                return
+        time.sleep(0.2)
+    tails = "".join(f"\n{p.label}:\n{p.tail()}" for p in procs)
+    raise RuntimeError(f"{what}: not within {timeout:.0f} s{tails}")
+
+
+@contextmanager
+def running(*procs: Process) -> Iterator[list[Process]]:
+    """Start ``procs`` in order; stop them, and any the caller adds to the list, in
+    reverse order at the end."""
+    started: list[Process] = []
+    try:
+        for proc in procs:
+            started.append(proc)  # before start(): one that fails to get ready is stopped
+            proc.start()
+        yield started
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """A plain HTTP/1.1 GET on 127.0.0.1 (Connection: close): status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(None, 2)[1]), body
+
+
+def answers_200(port: int, path: str) -> Callable[[], bool]:
+    return lambda: http_get(port, path)[0] == 200
+
+
+def provisioner_serve(
+    label: str, log: Path, env: Mapping[str, str], port: int | None = None
+) -> Process:
+    """`provisioner serve` on ``port`` (default: a free one) of 127.0.0.1, as an operator
+    runs it, ready once /readyz answers."""
+    port = port or free_port()
+    argv: list[str | Path] = [BIN / "provisioner", "serve", "--host", "127.0.0.1"]
+    argv += ["--port", str(port)]
+    return Process(label, argv, log, env=env, port=port, ready=answers_200(port, "/readyz"))
+
+
+def admin_token(env: Mapping[str, str], cwd: Path, name: str = "bench") -> str:
+    """An admin token made offline (`provisioner token create`) in the database that
+    ``env`` names, before the service starts."""
+    made = subprocess.run(
+        [str(BIN / "provisioner"), "token", "create", "--scope", "admin", "--name", name],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode:
+        raise RuntimeError(f"provisioner token create failed:\n{made.stderr[-2000:]}")
+    return made.stdout.strip().splitlines()[-1]
+
+
+def start_lab(
+    nodes: int,
+    work: Path,
+    env: Mapping[str, str],
+    base_port: int,
+    options: Sequence[str] = (),
+    timeout: float = 120,
+) -> tuple[Process, Path, str]:
+    """`provisioner-lab up` with ``nodes`` BMCs from ``base_port`` on; once it says every
+    BMC answers: the process, the lab's manifest, and the line it said so with."""
+    manifest = work / "lab.csv"
+    argv: list[str | Path] = [
+        BIN / "provisioner-lab",
+        "up",
+        "--nodes",
+        str(nodes),
+        "--manifest",
+        manifest,
+        "--base-port",
+        str(base_port),
+        "--control-dir",
+        work / "lab-control",
+        *options,
+    ]
+    lab = Process("lab", argv, work / "lab.log", env=env)
+    try:
+        lab.start()
+        wait_for("lab up", lambda: "lab up: " in lab.output(), [lab], timeout)
+        line = next(x for x in lab.output().splitlines() if x.startswith("lab up: "))
+        if not line.startswith(f"lab up: {nodes}/{nodes} "):
+            raise RuntimeError(f"the lab did not start every BMC: {line}")
+    except BaseException:
+        lab.stop()
+        raise
+    return lab, manifest, line
+
+
+# ---- HTTP clients -----------------------------------------------------------------------
+
+
+def api_client(base_url: str, headers: Mapping[str, str] | None = None) -> httpx.Client:
+    # The synchronous client: on this machine httpx's AsyncClient spent 2-3 ms more per
+    # request than the server did, which would bury the latencies under client time.
+    return httpx.Client(base_url=base_url, headers=headers, timeout=120)
+
+
+def expect(response: httpx.Response, status: int) -> Any:
+    if response.status_code != status:
+        raise RuntimeError(
+            f"{response.request.method} {response.request.url} -> {response.status_code}, "
+            f"expected {status}: {response.text[:500]}"
+        )
+    return response.json() if response.content else None
+
+
+def fan_out(
+    items: Iterable[T],
+    concurrency: int,
+    make_client: Callable[[], httpx.Client],
+    call: Callable[[httpx.Client, T], None],
+) -> None:
+    """``call`` over ``items`` with ``concurrency`` requests in flight: one thread and one
+    keep-alive connection each, so connection setup is not what we measure."""
+    shared = iter(items)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        with make_client() as client:
+            while not errors:
+                with lock:
+                    item = next(shared, None)
+                if item is None:
+                    return
+                try:
+                    call(client, item)
+                except BaseException as exc:  # Reported below, in the caller's thread.
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def ironic_config(data_dir: Path, port: int) -> Path:
+    """bench/ironic's configuration rendered for a run in ``data_dir`` serving ``port``,
+    and the schema of its SQLite database created; the configuration file."""
+    (data_dir / "locks").mkdir(parents=True)
+    template = (IRONIC_DIR / "ironic.conf.template").read_text()
+    conf = data_dir / "ironic.conf"
+    conf.write_text(template.replace("@DATA_DIR@", str(data_dir)).replace("@PORT@", str(port)))
+    dbsync = IRONIC_VENV / "bin" / "ironic-dbsync"
+    subprocess.run(
+        [str(dbsync), "--config-file", str(conf), "create_schema"], check=True, capture_output=True
+    )
+    return conf
+
+
+def has_fake_driver(client: httpx.Client) -> bool:
+    """Whether Ironic's conductor has registered its drivers, which it does just after
+    the API answers: no node can be created before."""
+    drivers = client.get("/v1/drivers").json().get("drivers", [])
+    return any(d["name"] == "fake-hardware" for d in drivers)
+
+
+def ironic_version() -> str:
+    code = "from importlib.metadata import version; print(version('ironic'))"
+    python = IRONIC_VENV / "bin" / "python"
+    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
+    return run.stdout.strip()
+
+
+# ---- figures ----------------------------------------------------------------------------
+
+
+def percentile(samples: Sequence[float], q: int) -> float:
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[q - 1]
+
+
+def latency(samples: Sequence[float]) -> dict[str, float]:
+    """Seconds in, milliseconds out."""
+    ms = [s * 1000 for s in samples]
+    return {
+        "count": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+    }
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1)
+
+
+def judge(op: str, limit: float, value: float | None) -> str:
+    """A measured figure against a target (``op`` is ">=" or "<=")."""
+    if value is None:
+        return "not measured"
+    ok = value >= limit if op == ">=" else value <= limit
+    return "pass" if ok else "**FAIL**"
+
+
+# ---- profiles ---------------------------------------------------------------------------
+
+
+def py_spy(pid: int, out: Path, rate_hz: int, *options: str) -> subprocess.Popen[bytes] | None:
+    """py-spy recording the GIL-holding samples of ``pid`` as raw collapsed stacks (pip
+    install py-spy into the venv); None without it."""
+    spy = BIN / "py-spy"
+    if not spy.exists():
+        progress(f"no {spy}: not profiling")
+        return None
+    argv = [str(spy), "record", "--pid", str(pid), "--rate", str(rate_hz), "--format", "raw"]
+    return subprocess.Popen(
+        [*argv, "--gil", "--output", str(out), *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+# py-spy's raw frames: "function (path/to/file.py:line)", shown as "function (file.py)".
+_FRAME = re.compile(r"^(.*) \((?:.*/)?(.*?):\d+\)$")
+
+
+def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
+    """Shares of the samples by function: own (the leaf frame) and inclusive (anywhere on
+    the stack)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    if not path.exists():
+        return {"samples": 0, "own": [], "inclusive": []}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_FRAME.sub(r"\1 (\2)", f) for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+
+    def shares(table: Counter[str]) -> list[tuple[str, float]]:
+        return [(f, round(n / total, 3)) for f, n in table.most_common(top)] if total else []
+
+    return {"samples": total, "own": shares(own), "inclusive": shares(inclusive)}
+
+
+# ---- the machine and the code -----------------------------------------------------------
+
+
+def tool_version(argv: Sequence[str], prefix: str = "") -> str:
+    """The first line a tool prints about its version, ``prefix`` taken off."""
+    try:
+        run = subprocess.run(list(argv), capture_output=True, text=True)
+    except OSError:
+        return f"{argv[0]}: absent"
+    text = (run.stdout + run.stderr).strip()
+    return text.splitlines()[0].removeprefix(prefix).strip() if text else argv[0]
+
+
+def machine(packages: Iterable[str]) -> dict[str, Any]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = _kib(f.readline().split(":", 1)[1])
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
 def git(*args: str) -> str:
     run = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
     # Not strip(): `status --porcelain` lines begin with a meaningful space.
     return run.stdout.rstrip() if run.returncode == 0 else ""
+
+
+def export_revision(rev: str, into: Path) -> str:
+    """``rev`` exported with git archive into ``into`` (the checkout is left alone), to
+    run the service from there ahead of the editable install; the full commit id."""
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    if not commit:
+        raise RuntimeError(f"no such revision: {rev}")
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
+        capture_output=True,
+        check=True,
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
+def code_state(
+    paths: Sequence[str], rev: str | None = None, commit: str | None = None
+) -> dict[str, Any]:
+    """The code a run measured: a revision's export, or the working tree with its
+    uncommitted changes under ``paths``."""
+    if rev:
+        return {"source": f"git archive of {rev}", "commit": commit, "uncommitted_files": []}
+    changed = git("status", "--porcelain", "--", *paths)
+    return {
+        "source": "working tree",
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_files": [line[3:] for line in changed.splitlines()],
+    }
+
+
+def code_note(code: Mapping[str, Any]) -> str:
+    note = f"{code.get('source', 'working tree')}, commit {code['commit'][:12]}"
+    if code["uncommitted_files"]:
+        note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
+    return note
+
+
+def command_line(script: str) -> str:
+    """How ``script`` was run, paths relative to the checkout."""
+    python = Path(sys.executable)
+    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
+    return shlex.join([shown, os.path.relpath(Path(script).resolve(), REPO), *sys.argv[1:]])
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ---- results ----------------------------------------------------------------------------
+
+
+def render_table(
+    head: Sequence[str], body: Sequence[Sequence[str]], markdown: bool, right: set[int]
+) -> list[str]:
+    """A Markdown table, or aligned plain text for the terminal; ``right``: the columns
+    of figures, aligned right."""
+    if markdown:
+        rule = "|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|"
+        return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in body]
+    plain = [[cell.replace("**", "").replace("`", "") for cell in r] for r in [head, *body]]
+    widths = [max(len(r[i]) for r in plain) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in plain
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def results_head(begin: str, title: str, results: Mapping[str, Any]) -> list[str]:
+    """The opening of a bench's RESULTS.md block: its marker, title, command and code."""
+    return [
+        begin,
+        "",
+        f"## {title}",
+        "",
+        "```",
+        results["command"],
+        "```",
+        "",
+        f"- Code: {code_note(results['code'])}.",
+    ]
 
 
 def save_raw(results: dict[str, Any], out: Path, bench: str) -> Path:

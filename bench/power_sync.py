@@ -21,11 +21,7 @@ import asyncio
 import json
 import logging
 import os
-import platform
-import resource
-import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -36,40 +32,53 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from common import (
+    BENCH_DIR,
+    NO_BACKGROUND_WORK,
+    QUIET_CORES,
     TICKS,
-    git,
+    Meter,
+    Process,
+    admin_token,
+    api_client,
+    clean_env,
+    code_state,
+    command_line,
+    contention,
+    cpu_seconds,
+    expect,
+    judge,
+    latency,
+    machine,
     machine_busy_seconds,
+    now_utc,
     progress,
+    provisioner_serve,
+    py_spy,
+    render_table,
+    results_head,
     save_raw,
-    stat_fields,
+    start_lab,
+    tool_version,
     write_results,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-VENV_BIN = Path(sys.executable).parent
 RESULTS_BEGIN = "<!-- bench/power_sync.py writes from here -->"
 RESULTS_END = "<!-- bench/power_sync.py writes up to here -->"
 USERNAME = "admin"
 # One shared lab password: the ipmitool command lines then differ only by port.
 PASSWORD = "bench-power-sync"
-# Every PROVISIONER_* variable of the caller's environment is dropped for the processes
-# the bench starts (a stray PROVISIONER_BMC_WORKERS would change what is measured), and
-# these are set: the sync is triggered by the bench alone, and enrollment must not start
-# 1,000 inspections that would compete for the same BMCs.
-SERVICE_ENV = {
-    "PYTHONUNBUFFERED": "1",
-    "PROVISIONER_RECONCILER": "false",
-    "PROVISIONER_INSPECT_ON_ENROLL": "false",
-    "PROVISIONER_POWER_SYNC_INTERVAL": "0",
-}
-QUIET_CORES = 0.15  # other processes' use of the machine, in cores, that counts as quiet
+# The bench starts its processes with clean_env(**SERVICE_ENV): every PROVISIONER_*
+# variable of the caller's environment dropped (a stray PROVISIONER_BMC_WORKERS would
+# change what is measured), the sync triggered by the bench alone, and no inspection on
+# enrollment (1,000 of them would compete for the same BMCs).
+SERVICE_ENV = NO_BACKGROUND_WORK
 
 # The issue's targets, each checked against one measured figure.
 TARGETS: dict[str, tuple[str, float, str]] = {
@@ -78,84 +87,6 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "x_faster_than_ipmitool_16": (">=", 10.0, "x"),
     "failures": ("<=", 0, ""),
 }
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    return {**env, **SERVICE_ENV, **extra}
-
-
-# ---- CPU accounting -------------------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parents[int(entry)] = int(stat_fields(int(entry))[1])
-            except (OSError, IndexError):
-                continue
-    tree = [root]
-    for pid in tree:
-        tree.extend(child for child, parent in parents.items() if parent == pid)
-    return tree
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            fields = stat_fields(pid)
-        except OSError:
-            continue  # gone: its time is lost, which only understates the lab
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / TICKS
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-class Meter:
-    """Wall time and CPU of one timed phase: this process, its reaped children (ipmitool,
-    the sync process), the lab's processes, and everything else on the machine, which
-    shares the same cores and skews every figure."""
-
-    def __init__(self, lab_pids: list[int]) -> None:
-        self.lab_pids = lab_pids
-
-    def snapshot(self) -> tuple[float, float, float, float, float]:
-        return (
-            time.perf_counter(),
-            time.process_time(),
-            children_cpu(),
-            cpu_seconds(self.lab_pids),
-            machine_busy_seconds(),
-        )
-
-    def since(self, start: tuple[float, float, float, float, float]) -> dict[str, float]:
-        wall, own, kids, lab, busy = (b - a for a, b in zip(start, self.snapshot(), strict=True))
-        return {
-            "wall_s": round(wall, 3),
-            "bench_s": round(own, 3),
-            "children_s": round(kids, 3),
-            "lab_s": round(lab, 3),
-            "others_s": round(max(busy - own - kids - lab, 0.0), 3),
-        }
-
-    def wait_for_quiet(self, seconds: float) -> dict[str, float]:
-        """Wait, up to ``seconds``, until the rest of the machine has used less than
-        QUIET_CORES over three seconds: another job's burst would land in our figures."""
-        began = time.monotonic()
-        while True:
-            start = self.snapshot()
-            time.sleep(3)
-            others = self.since(start)["others_s"] / 3
-            waited = time.monotonic() - began
-            if others < QUIET_CORES or waited >= seconds:
-                return {"waited_s": round(waited, 1), "others_cores_at_start": round(others, 2)}
 
 
 # ---- the lab --------------------------------------------------------------------------
@@ -187,86 +118,26 @@ def free_base_port(count: int, wanted: int | None) -> int:
     raise RuntimeError(f"no {count} free UDP ports in a row between 20000 and {low}")
 
 
+@dataclass(frozen=True)
 class Lab:
-    """`provisioner-lab up` in its own session; ready once it says every BMC answers."""
+    """`provisioner-lab up`, every BMC answering."""
 
-    def __init__(self, nodes: int, base_port: int, per_process: int, work: Path) -> None:
-        self.nodes = nodes
-        self.base_port = base_port
-        self.manifest = work / "lab.csv"
-        self.log_path = work / "lab.log"
-        self.argv = [
-            str(VENV_BIN / "provisioner-lab"),
-            "up",
-            "--nodes",
-            str(nodes),
-            "--manifest",
-            str(self.manifest),
-            "--base-port",
-            str(base_port),
-            "--password",
-            PASSWORD,
-            "--per-process",
-            str(per_process),
-            "--control-dir",
-            str(work / "lab-control"),
-        ]
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self.up_line = ""
-        self._ready = threading.Event()
-
-    def start(self, timeout: float = 120) -> None:
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=clean_env(),
-            cwd=self.log_path.parent,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout) or not self.up_line:
-            raise RuntimeError(f"the lab did not come up:\n{self.tail()}")
-        answering = int(self.up_line.split("lab up: ", 1)[1].split("/", 1)[0])
-        if answering != self.nodes:
-            raise RuntimeError(f"only {answering}/{self.nodes} lab BMCs answer: {self.up_line}")
-
-    def _read(self) -> None:
-        assert self.proc is not None
-        assert self.proc.stdout is not None
-        with self.log_path.open("w") as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                log.flush()
-                self.lines.append(line.rstrip())
-                if line.startswith("lab up: "):
-                    self.up_line = line.strip()
-                    self._ready.set()
-                elif line.startswith("lab failed") or line.startswith("lab stopped"):
-                    self._ready.set()
-        self._ready.set()  # exited before coming up
+    process: Process
+    manifest: Path
+    nodes: int
+    base_port: int
+    up_line: str
 
     def pids(self) -> list[int]:
-        assert self.proc is not None
-        return process_tree(self.proc.pid)
+        return self.process.pids()
 
     def port(self, index: int) -> int:
         return self.base_port + index
 
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.lines[-lines:])
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: nothing else
-            self.proc.wait(timeout=10)
+    def meter(self) -> Meter:
+        """A meter of the phases that also counts the lab's CPU (its processes as now)."""
+        pids = self.pids()
+        return Meter(lab=lambda: cpu_seconds(pids))
 
 
 # ---- enrolling the lab in the service -------------------------------------------------
@@ -275,44 +146,15 @@ class Lab:
 def enroll(lab: Lab, data_dir: Path) -> dict[str, Any]:
     """The way an operator would: an offline admin token, `provisioner serve`, and the
     lab's manifest to POST /api/v1/racks/import. The service is stopped afterwards."""
-    import httpx
-
-    env = clean_env(PROVISIONER_DATA_DIR=str(data_dir))
-    token = subprocess.run(
-        [str(VENV_BIN / "provisioner"), "token", "create", "--scope", "admin", "--name", "bench"],
-        env=env,
-        cwd=data_dir,
-        capture_output=True,
-        text=True,
+    env = clean_env(**SERVICE_ENV, PROVISIONER_DATA_DIR=str(data_dir))
+    token = admin_token(env, data_dir)
+    server = provisioner_serve(
+        "provisioner serve", data_dir / "serve.log", {**env, "PROVISIONER_LOG_LEVEL": "warning"}
     )
-    if token.returncode:
-        raise RuntimeError(f"provisioner token create failed:\n{token.stderr[-2000:]}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = data_dir / "serve.log"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            [str(VENV_BIN / "provisioner"), "serve", "--port", str(port)],
-            env={**env, "PROVISIONER_LOG_LEVEL": "warning"},
-            cwd=data_dir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    headers = {"Authorization": f"Bearer {token.stdout.strip().splitlines()[-1]}"}
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120) as c:
-            deadline = time.monotonic() + 60
-            while True:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"provisioner serve did not start:\n{log_path.read_text()}")
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
+        server.start()
+        with api_client(f"http://127.0.0.1:{server.port}", headers) as c:
             t0 = time.perf_counter()
             response = c.post(
                 "/api/v1/racks/import",
@@ -320,18 +162,11 @@ def enroll(lab: Lab, data_dir: Path) -> dict[str, Any]:
                 headers={"Content-Type": "text/csv"},
             )
             seconds = time.perf_counter() - t0
-            if response.status_code != 201:
-                raise RuntimeError(f"import: {response.status_code} {response.text[:1000]}")
-            created = response.json()["created"]
+            created = expect(response, 201)["created"]
             if created != lab.nodes:
                 raise RuntimeError(f"import created {created} nodes, expected {lab.nodes}")
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
+        server.stop()
     return {"nodes": created, "import_s": round(seconds, 2)}
 
 
@@ -375,7 +210,7 @@ def sync_process(
         argv.append("--wait-go")
     child = subprocess.Popen(
         argv,
-        env=clean_env(),
+        env=clean_env(**SERVICE_ENV),
         cwd=data_dir,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -389,28 +224,11 @@ def sync_process(
         if child.stdout.readline().strip() != "ready":
             child.kill()
             raise RuntimeError(f"sync process failed to start:\n{child.communicate()[1]}")
-        spy = subprocess.Popen(
-            [
-                str(VENV_BIN / "py-spy"),
-                "record",
-                "--pid",
-                str(child.pid),
-                "--rate",
-                "250",
-                "--format",
-                "raw",
-                "--threads",
-                # Only samples that hold the GIL: the process is GIL-bound, so these say
-                # where its time goes. Blocking mode (the default) pauses the process for
-                # each sample, which gives exact stacks and slows it: the figures of a
-                # profiled run are not the ones to report.
-                "--gil",
-                "--output",
-                str(profile),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # Blocking mode (py-spy's default) pauses the process for each sample, which gives
+        # exact stacks and slows it: the figures of a profiled run are not the ones to
+        # report. Only GIL-holding samples: the process is GIL-bound, so these say where
+        # its time goes.
+        spy = py_spy(child.pid, profile, 250, "--threads")
         time.sleep(1.5)  # py-spy attaches
         child.stdin.write("go\n")
         child.stdin.flush()
@@ -542,15 +360,10 @@ def thread_cpu() -> dict[str, float]:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    ms = sorted(v * 1000 for v in values)
-    q = statistics.quantiles(ms, n=100, method="inclusive") if len(ms) > 1 else [ms[0]] * 99
     return {
-        "count": len(ms),
-        "p50_ms": round(q[49], 2),
-        "p99_ms": round(q[98], 2),
-        "max_ms": round(ms[-1], 2),
-        "sum_s": round(sum(ms) / 1000, 2),
-        "over_500ms": sum(1 for v in ms if v > 500),
+        **latency(values),
+        "sum_s": round(sum(values), 2),
+        "over_500ms": sum(1 for v in values if v > 0.5),
     }
 
 
@@ -706,59 +519,17 @@ def ipmitool_run(ports: list[int], parallel: int, meter: Meter, quiet: float) ->
 # ---- the run --------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    version = subprocess.run(["ipmitool", "-V"], capture_output=True, text=True).stdout.strip()
-    packages = {}
-    for name in ("pyghmi", "sqlalchemy", "uvloop"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = "absent"
-    return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gib": round(mem_kib / 1024 / 1024, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "ipmitool": version.removeprefix("ipmitool version ").strip(),
-        "packages": packages,
-        "loadavg_at_start": os.getloadavg()[0],
-    }
-
-
-def code_state() -> dict[str, Any]:
-    changed = git("status", "--porcelain", "--", "provisioner", "lab", "migrations")
-    return {
-        "commit": git("rev-parse", "HEAD").strip(),
-        "uncommitted_files": [line[3:] for line in changed.splitlines()],
-    }
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), REPO), *sys.argv[1:]])
-
-
 @contextmanager
 def running_lab(args: argparse.Namespace, work: Path) -> Iterator[Lab]:
     base = free_base_port(args.nodes, args.base_port)
-    lab = Lab(args.nodes, base, args.per_process, work)
     progress(f"lab: {args.nodes} BMCs on 127.0.0.1:{base}-{base + args.nodes - 1}")
+    options = ["--password", PASSWORD, "--per-process", str(args.per_process)]
+    process, manifest, line = start_lab(args.nodes, work, clean_env(**SERVICE_ENV), base, options)
     try:
-        lab.start()
-        progress(f"  {lab.up_line}")
-        yield lab
+        progress(f"  {line}")
+        yield Lab(process, manifest, args.nodes, base, line)
     finally:
-        lab.stop()
+        process.stop()
 
 
 def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path) -> list[Any]:
@@ -768,7 +539,7 @@ def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path)
         label = "default" if workers is None else str(workers)
         data_dir = copy_data_dir(enrolled, work / f"sync-{label}")
         if args.wait_quiet > 0:
-            Meter(lab.pids()).wait_for_quiet(args.wait_quiet)
+            lab.meter().wait_for_quiet(args.wait_quiet)
         profile = None
         if args.profile_dir is not None and workers is None:
             args.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -789,10 +560,13 @@ def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path)
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-power-"))
     results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "machine": machine(),
-        "code": code_state(),
+        "date": now_utc(),
+        "command": command_line(__file__),
+        "machine": {
+            **machine(("pyghmi", "sqlalchemy", "uvloop")),
+            "ipmitool": tool_version(["ipmitool", "-V"], "ipmitool version "),
+        },
+        "code": code_state(("provisioner", "lab", "migrations")),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
     try:
@@ -809,7 +583,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress("service: enrolling the lab's manifest through the API")
             results["enroll"] = enroll(lab, enrolled)
             results["service"] = service_runs(args, lab, enrolled, work)
-            meter = Meter(lab.pids())
+            meter = lab.meter()
             ports = [lab.port(i) for i in range(args.nodes)]
             progress(f"ipmitool: {len(ports)} BMCs, {args.ipmitool_parallel} in parallel")
             parallel = ipmitool_run(ports, args.ipmitool_parallel, meter, args.wait_quiet)
@@ -859,27 +633,7 @@ def measured(results: dict[str, Any]) -> dict[str, float | None]:
 def verdict(key: str, value: float | None) -> tuple[str, str]:
     op, limit, unit = TARGETS[key]
     text = f"{op} {limit:g}{' ' + unit if unit and unit != 'x' else unit}"
-    if value is None:
-        return text, "not measured"
-    ok = value >= limit if op == ">=" else value <= limit
-    return text, "pass" if ok else "**FAIL**"
-
-
-def table(head: list[str], body: list[list[str]], markdown: bool, right: set[int]) -> list[str]:
-    if markdown:
-        rule = "|" + "|".join("---:" if i in right else "---" for i in range(len(head))) + "|"
-        return ["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in body]
-    plain = [[cell.replace("**", "").replace("`", "") for cell in r] for r in [head, *body]]
-    widths = [max(len(r[i]) for r in plain) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        )
-        for r in plain
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return lines
+    return text, judge(op, limit, value)
 
 
 def per_1000(seconds: float, bmcs: int) -> str:
@@ -924,7 +678,7 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
                 f"{reference / (ref['wall_s'] * nodes / ref['bmcs']):.2f}x",
             ]
         )
-    return table(head, body, markdown, right={1, 2, 3, 4, 5, 6})
+    return render_table(head, body, markdown, right={1, 2, 3, 4, 5, 6})
 
 
 def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -944,7 +698,7 @@ def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
         value = values[key]
         shown = "n/a" if value is None else f"{value:g}{'x' if key.startswith('x_') else ''}"
         body.append([label, shown, target, result])
-    return table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
+    return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
 
 
 def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -985,13 +739,12 @@ def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
                     f"{r['others_cpu_s']:.2f}",
                 ]
             )
-    return table(head, body, markdown, right=set(range(1, len(head))))
+    return render_table(head, body, markdown, right=set(range(1, len(head))))
 
 
-def contention(results: dict[str, Any]) -> list[str]:
+def busy_phases(results: dict[str, Any]) -> list[str]:
     """Phases during which processes other than the bench, the service, ipmitool and the
     lab took more than a tenth of the machine: their figures are pessimistic."""
-    cores = results["machine"]["cores"] or 1
     phases: dict[str, tuple[float, float]] = {}
     for service in results["service"]:
         for index, r in enumerate(service["runs"]):
@@ -1003,38 +756,21 @@ def contention(results: dict[str, Any]) -> list[str]:
     ):
         cpu = results[key]["cpu"]
         phases[name] = (cpu["others_s"], cpu["wall_s"])
-    noisy = []
-    for name, (others, wall) in phases.items():
-        share = others / max(wall * cores, 1e-9)
-        if share > 0.1:
-            noisy.append(f"{name} {share:.0%}")
-    return noisy
+    return contention(phases, results["machine"]["cores"])
 
 
 def results_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    code = results["code"]
     lab = results["lab"]
     par, seq = results["ipmitool_parallel"], results["ipmitool_sequential"]
     service = default_run(results)
     packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    code_note = f"working tree at commit {code['commit'][:12]}"
-    if code["uncommitted_files"]:
-        code_note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
     # The lab's process tree: one serving process, or serving workers and a supervisor.
     workers = lab["processes"] - 1
     serving = f"{workers} serving processes and a supervisor" if workers else "one process"
     states = ", ".join(f"{k}: {v}" for k, v in service["power_states_after"].items())
     lines = [
-        RESULTS_BEGIN,
-        "",
-        f"## Power sync: run of {results['date']}",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
-        f"- Code: {code_note}.",
+        *results_head(RESULTS_BEGIN, f"Power sync: run of {results['date']}", results),
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}; Python {m['python']}, {packages}, ipmitool {m['ipmitool']}. "
         f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
@@ -1062,7 +798,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         "- x ipmitool -P16: the time of ipmitool with 16 parallel processes over the same "
         "BMCs divided by the row's time.",
     ]
-    if noisy := contention(results):
+    if noisy := busy_phases(results):
         lines.append(
             "- **Warning: other processes were busy during this run** (their share of the "
             f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
@@ -1178,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(targets_table(results, markdown=False)))
     print()
     print("\n".join(breakdown_table(results, markdown=False)))
-    if noisy := contention(results):
+    if noisy := busy_phases(results):
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
     print(f"\nraw figures: {raw}")
     if args.write_results:

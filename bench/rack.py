@@ -30,52 +30,62 @@ import csv
 import io
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
-from importlib import metadata
+from contextlib import suppress
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from common import (
-    TICKS,
-    git,
-    machine_busy_seconds,
+    BENCH_DIR,
+    IPXE,
+    IRONIC_HEADERS,
+    IRONIC_VENV,
+    Meter,
+    Process,
+    admin_token,
+    api_client,
+    clean_env,
+    code_state,
+    command_line,
+    expect,
+    export_revision,
+    free_port,
+    has_fake_driver,
+    ironic_config,
+    ironic_version,
+    machine,
+    now_utc,
+    profile_summary,
     progress,
+    provisioner_serve,
+    py_spy,
+    render_table,
+    results_head,
+    running,
     save_raw,
-    stat_fields,
+    start_lab,
+    wait_for,
     write_results,
 )
 
 from provisioner.cli.demo import free_udp_block
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-BIN = Path(sys.executable).parent
-IRONIC_DIR = BENCH_DIR / "ironic"
-IRONIC_VENV = IRONIC_DIR / ".venv"
-IRONIC_HEADERS = {"X-OpenStack-Ironic-API-Version": "latest"}
 RESULTS_BEGIN = "<!-- bench/rack.py writes from here -->"
 RESULTS_END = "<!-- bench/rack.py writes up to here -->"
-IPXE = Path("/usr/lib/ipxe")
 IMAGE = "bench-tiny"
 ROLES = ("compute", "storage")
-MIB = 1024 * 1024
 
 # The issue's targets: wall seconds by size, and for every size the service's average
 # cores and peak resident memory.
@@ -86,179 +96,18 @@ RSS_TARGET_MIB = 300.0
 ISSUE_IRONIC = {"version": "39", "nodes": 100, "verify_s": 13.0, "power_on_s": 19.0}
 
 
-# ---- processes --------------------------------------------------------------------------
+# ---- the lab ----------------------------------------------------------------------------
 
 
-class Proc:
-    """A process the bench started, in its own session; CPU and memory of its tree from
-    /proc."""
-
-    def __init__(self, label: str, argv: list[str], log: Path, env: dict[str, str]) -> None:
-        self.label = label
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                argv,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=log.parent,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def pids(self) -> list[int]:
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with suppress(OSError, IndexError):
-                    parents[int(entry)] = int(stat_fields(int(entry))[1])
-        tree = [self.proc.pid]
-        for pid in tree:
-            tree.extend(child for child, parent in parents.items() if parent == pid)
-        return tree
-
-    def cpu_seconds(self) -> float:
-        total = 0
-        for pid in self.pids():
-            with suppress(OSError):
-                fields = stat_fields(pid)
-                # utime, stime, and the children it has reaped (Ironic's ipmitool runs)
-                total += sum(int(v) for v in fields[11:15])
-        return total / TICKS
-
-    def memory_mib(self) -> dict[str, float]:
-        """VmRSS and VmHWM (peak) summed over the tree."""
-        rss = hwm = 0
-        for pid in self.pids():
-            with suppress(OSError), open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("VmHWM:"):
-                        hwm += int(line.split()[1])
-        return {"rss_mib": round(rss / 1024, 1), "hwm_mib": round(hwm / 1024, 1)}
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=20)
-        # Its own session: whatever is left of its group goes, and nothing else.
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
-@contextmanager
-def started(procs: list[Proc]) -> Iterator[list[Proc]]:
-    try:
-        yield procs
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-
-
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(what: str, check: Callable[[], bool], procs: list[Proc], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for p in procs:
-            if not p.alive():
-                raise RuntimeError(f"{p.label} exited ({p.proc.returncode}):\n{p.tail()}")
-        with suppress(httpx.TransportError, OSError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what}: not within {timeout:.0f} s")
-
-
-def start_lab(
-    nodes: int,
-    work: Path,
-    env: dict[str, str],
-    args: argparse.Namespace,
-    boot: tuple[int, str] | None,
-) -> tuple[Proc, Path]:
-    manifest = work / "lab.csv"
-    argv = [
-        str(BIN / "provisioner-lab"),
-        "up",
-        "--nodes",
-        str(nodes),
-        "--manifest",
-        str(manifest),
-        "--base-port",
-        str(free_udp_block(nodes)),
-        "--control-dir",
-        str(work / "lab-control"),
-        "--per-process",
-        str(args.per_process),
-        "--install-time",
-        str(args.install_time),
-        "--reboot-delay",
-        str(args.reboot_delay),
-    ]
+def lab_options(args: argparse.Namespace, boot: tuple[int, str] | None) -> list[str]:
+    options = ["--per-process", str(args.per_process), "--install-time", str(args.install_time)]
+    options += ["--reboot-delay", str(args.reboot_delay)]
     if boot:
-        argv += ["--tftp", f"127.0.0.1:{boot[0]}", "--ipxe-url", boot[1]]
-    lab = Proc("lab", argv, work / "lab.log", env)
-    wait_for("lab up", lambda: "lab up:" in lab.tail(100_000), [lab], 120)
-    line = next(x for x in lab.tail(100_000).splitlines() if "lab up:" in x)
-    if f"{nodes}/{nodes}" not in line:
-        raise RuntimeError(f"the lab did not start every BMC: {line}")
-    return lab, manifest
+        options += ["--tftp", f"127.0.0.1:{boot[0]}", "--ipxe-url", boot[1]]
+    return options
 
 
 # ---- the service ------------------------------------------------------------------------
-
-
-def export_revision(rev: str, into: Path) -> str:
-    """``rev`` exported with git archive (the checkout is left alone); the service and the
-    lab are imported from there, ahead of the editable install."""
-    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
-    if not commit:
-        raise RuntimeError(f"no such revision: {rev}")
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", commit],
-        capture_output=True,
-        check=True,
-    )
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(into, filter="data")
-    return commit
-
-
-def code_state(rev: str | None, commit: str | None) -> dict[str, Any]:
-    if rev:
-        return {"source": f"git archive of {rev}", "commit": commit, "uncommitted_files": []}
-    changed = git(
-        "status", "--porcelain", "--", "provisioner", "pxe", "lab", "migrations", "pyproject.toml"
-    )
-    return {
-        "source": "working tree",
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_files": [line[3:] for line in changed.splitlines()],
-    }
 
 
 def service_settings(args: argparse.Namespace) -> dict[str, str]:
@@ -288,8 +137,7 @@ def prepare(work: Path, args: argparse.Namespace, pythonpath: str | None) -> dic
     (images / "vmlinuz").write_bytes(os.urandom(args.kernel_kib * 1024))
     (images / "initrd.img").write_bytes(os.urandom(args.initrd_kib * 1024))
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env.update(
+    env = clean_env(
         HOME=str(work),
         PYTHONUNBUFFERED="1",
         PROVISIONER_DATA_DIR=str(work / "data"),
@@ -305,27 +153,6 @@ def prepare(work: Path, args: argparse.Namespace, pythonpath: str | None) -> dic
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     return {"url": url, "port": port, "tftp_port": tftp_port, "env": env}
-
-
-def offline_token(env: dict[str, str]) -> str:
-    made = subprocess.run(
-        [str(BIN / "provisioner"), "token", "create", "--scope", "admin", "--name", "bench"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if made.returncode:
-        raise RuntimeError(f"token create failed: {made.stderr[-2000:]}")
-    return made.stdout.strip().splitlines()[-1]
-
-
-def expect(response: httpx.Response, status: int) -> Any:
-    if response.status_code != status:
-        raise RuntimeError(
-            f"{response.request.method} {response.request.url} -> {response.status_code}: "
-            f"{response.text[:500]}"
-        )
-    return response.json() if response.content else None
 
 
 def catalogue(api: httpx.Client) -> None:
@@ -368,7 +195,7 @@ def states(api: httpx.Client) -> dict[str, int]:
 class Sampler(threading.Thread):
     """Peak resident memory of the service, sampled, beside its VmHWM."""
 
-    def __init__(self, proc: Proc, interval: float = 0.2) -> None:
+    def __init__(self, proc: Process, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.proc, self.interval = proc, interval
         self.peak_rss = 0.0
@@ -423,84 +250,21 @@ def breakdown(events: dict[str, list[dict[str, Any]]], t0: float) -> dict[str, A
     return out
 
 
-def start_profile(pid: int, path: Path) -> subprocess.Popen[bytes] | None:
-    spy = BIN / "py-spy"
-    if not spy.exists():
-        progress("no .venv/bin/py-spy: not profiling")
-        return None
-    return subprocess.Popen(
-        [
-            str(spy),
-            "record",
-            "-p",
-            str(pid),
-            "-r",
-            "100",
-            "--nonblocking",
-            "--gil",
-            "-f",
-            "raw",
-            "-o",
-            str(path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-FRAME = re.compile(r"^(.*) \((.*?):\d+\)$")
-
-
-def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
-    """Samples by function: own (the leaf frame) and inclusive (anywhere on the stack)."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    if not path.exists():
-        return {}
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        # py-spy's raw frames: "function (path/to/file.py:line)"
-        frames = [FRAME.sub(r"\1 (\2)", f) for f in stack.split(";") if f]
-        if frames:
-            own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    return {
-        "samples": total,
-        "own": [(f, round(n / total, 3)) for f, n in own.most_common(top)] if total else [],
-        "inclusive": [(f, round(n / total, 3)) for f, n in inclusive.most_common(top)]
-        if total
-        else [],
-    }
-
-
 def rack_run(
     nodes: int, args: argparse.Namespace, work: Path, pythonpath: str | None
 ) -> dict[str, Any]:
     work.mkdir(parents=True)
     run = prepare(work, args, pythonpath)
     env, url = run["env"], run["url"]
-    token = offline_token(env)
+    token = admin_token(env, work)
     out: dict[str, Any] = {"nodes": nodes, "settings": service_settings(args)}
-    with started([]) as procs:
-        svc = Proc(
-            "service",
-            [str(BIN / "provisioner"), "serve", "--host", "127.0.0.1", "--port", str(run["port"])],
-            work / "service.log",
-            env,
-        )
-        procs.append(svc)
-        api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
-        wait_for("service ready", lambda: api.get("/readyz").status_code == 200, procs, 60)
+    svc = provisioner_serve("service", work / "service.log", env, run["port"])
+    with running(svc) as procs:
+        api = api_client(url, {"Authorization": f"Bearer {token}"})
         catalogue(api)
-        lab, manifest = start_lab(
-            nodes, work, env, args, (run["tftp_port"], f"{url}/boot/bootstrap.ipxe")
+        boot = (run["tftp_port"], f"{url}/boot/bootstrap.ipxe")
+        lab, manifest, _ = start_lab(
+            nodes, work, env, free_udp_block(nodes), lab_options(args, boot)
         )
         procs.append(lab)
         body = with_roles(manifest)
@@ -509,13 +273,12 @@ def rack_run(
         sampler = Sampler(svc)
         sampler.start()
         profile = args.profile_dir / f"rack-{nodes}.txt" if args.profile_dir else None
-        spy = start_profile(svc.pid, profile) if profile else None
-        svc0, lab0, busy0, me0 = (
-            svc.cpu_seconds(),
-            lab.cpu_seconds(),
-            machine_busy_seconds(),
-            time.process_time(),
+        spy = py_spy(svc.pid, profile, 100, "--nonblocking") if profile else None
+        # The service's and the lab's CPU with that of the children they reaped.
+        meter = Meter(
+            service=lambda: svc.cpu_seconds(reaped=True), lab=lambda: lab.cpu_seconds(reaped=True)
         )
+        start_cpu = meter.snapshot()
         load0 = os.getloadavg()[0]
         t0 = time.time()
         start = time.monotonic()
@@ -532,7 +295,8 @@ def rack_run(
             if now != last:
                 progress(
                     f"  {nodes} machines {elapsed:6.1f} s {now} service "
-                    f"{svc.cpu_seconds() - svc0:.1f} CPU-s, lab {lab.cpu_seconds() - lab0:.1f}"
+                    f"{svc.cpu_seconds(reaped=True) - start_cpu['service']:.1f} CPU-s, "
+                    f"lab {lab.cpu_seconds(reaped=True) - start_cpu['lab']:.1f}"
                 )
                 last = now
             if now.get("active", 0) >= nodes or time.monotonic() > deadline:
@@ -547,9 +311,8 @@ def rack_run(
                     raise RuntimeError(f"{p.label} exited during the run:\n{p.tail()}")
             time.sleep(args.poll)
         wall = time.monotonic() - start
-        svc_cpu, lab_cpu = svc.cpu_seconds() - svc0, lab.cpu_seconds() - lab0
-        bench_cpu = time.process_time() - me0
-        busy = machine_busy_seconds() - busy0
+        cpu = meter.since(start_cpu)
+        svc_cpu, lab_cpu = cpu["service_s"], cpu["lab_s"]
         if spy:
             spy.send_signal(signal.SIGINT)
             with suppress(subprocess.TimeoutExpired):
@@ -565,8 +328,8 @@ def rack_run(
             service_cores=round(svc_cpu / wall, 2),
             lab_cpu_s=round(lab_cpu, 1),
             lab_cores=round(lab_cpu / wall, 2),
-            bench_cpu_s=round(bench_cpu, 1),
-            others_cpu_s=round(max(busy - svc_cpu - lab_cpu - bench_cpu, 0.0), 1),
+            bench_cpu_s=round(cpu["bench_s"], 1),
+            others_cpu_s=round(cpu["others_s"], 1),
             loadavg_start=round(load0, 2),
             loadavg_end=round(os.getloadavg()[0], 2),
             peak_rss_sampled_mib=sampler.peak_rss,
@@ -582,7 +345,7 @@ def rack_run(
         ]
         out["breakdown"] = breakdown(timelines(api, [n["name"] for n in listed]), t0)
         if profile:
-            out["profile"] = {"file": str(profile), **summarize_profile(profile)}
+            out["profile"] = {"file": str(profile), **profile_summary(profile)}
         api.close()
     return out
 
@@ -597,17 +360,6 @@ IRONIC_IPMI_CONF = """\
 enabled_power_interfaces = fake,ipmitool
 enabled_management_interfaces = fake,ipmitool
 """
-
-
-def ironic_version() -> str:
-    code = "from importlib.metadata import version; print(version('ironic'))"
-    run = subprocess.run(
-        [str(IRONIC_VENV / "bin" / "python"), "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return run.stdout.strip()
 
 
 def ironic_wait(
@@ -625,42 +377,24 @@ def ironic_wait(
 
 
 def ironic_run(nodes: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    work.mkdir(parents=True)
-    (work / "locks").mkdir()
     port = free_port()
-    conf = work / "ironic.conf"
-    template = (IRONIC_DIR / "ironic.conf.template").read_text()
-    conf.write_text(template.replace("@DATA_DIR@", str(work)).replace("@PORT@", str(port)))
+    conf = ironic_config(work, port)
     extra = work / "ironic-ipmi.conf"
     extra.write_text(IRONIC_IPMI_CONF)
     bin_dir = IRONIC_VENV / "bin"
-    subprocess.run(
-        [str(bin_dir / "ironic-dbsync"), "--config-file", str(conf), "create_schema"],
-        check=True,
-        capture_output=True,
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env = clean_env()
     env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
     out: dict[str, Any] = {"version": ironic_version(), "nodes": nodes}
-    with started([]) as procs:
-        lab, manifest = start_lab(nodes, work, env, args, None)
+    with running() as procs:
+        options = lab_options(args, None)
+        lab, manifest, _ = start_lab(nodes, work, env, free_udp_block(nodes), options)
         procs.append(lab)
-        ironic = Proc(
-            "ironic",
-            [str(bin_dir / "ironic"), "--config-file", str(conf), "--config-file", str(extra)],
-            work / "ironic.out",
-            env,
-        )
+        argv: list[str | Path] = [bin_dir / "ironic", "--config-file", conf, "--config-file", extra]
+        ironic = Process("ironic", argv, work / "ironic.out", env=env)
         procs.append(ironic)
-        client = httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers=IRONIC_HEADERS, timeout=120
-        )
-
-        def has_fake_driver() -> bool:
-            drivers = client.get("/v1/drivers").json().get("drivers", [])
-            return any(d["name"] == "fake-hardware" for d in drivers)
-
-        wait_for("ironic ready", has_fake_driver, procs, 180)
+        ironic.start()
+        client = api_client(f"http://127.0.0.1:{port}", IRONIC_HEADERS)
+        wait_for("ironic ready", lambda: has_fake_driver(client), procs, 180)
         with manifest.open(newline="") as f:
             rows = list(csv.DictReader(f))
 
@@ -686,8 +420,11 @@ def ironic_run(nodes: int, args: argparse.Namespace, work: Path) -> dict[str, An
         def phase(
             name: str, path: str, target: str, done: Callable[[dict[str, Any]], bool | None]
         ) -> None:
-            cpu0, lab0 = ironic.cpu_seconds(), lab.cpu_seconds()
-            busy0, me0, load0 = machine_busy_seconds(), time.process_time(), os.getloadavg()[0]
+            meter = Meter(
+                ironic=lambda: ironic.cpu_seconds(reaped=True),
+                lab=lambda: lab.cpu_seconds(reaped=True),
+            )
+            start_cpu, load0 = meter.snapshot(), os.getloadavg()[0]
             start = time.monotonic()
             with ThreadPoolExecutor(8) as pool:
                 list(
@@ -710,14 +447,13 @@ def ironic_run(nodes: int, args: argparse.Namespace, work: Path) -> dict[str, An
                 for n in listed
                 if not done(n)
             ]
-            ironic_cpu, lab_cpu = ironic.cpu_seconds() - cpu0, lab.cpu_seconds() - lab0
-            others = machine_busy_seconds() - busy0 - ironic_cpu - lab_cpu
+            cpu = meter.since(start_cpu)
             out[name] = {
                 "wall_s": round(end - start, 1),
                 "requests_s": round(sent, 1),
-                "ironic_cpu_s": round(ironic_cpu, 1),
-                "lab_cpu_s": round(lab_cpu, 1),
-                "others_cpu_s": round(max(others - (time.process_time() - me0), 0.0), 1),
+                "ironic_cpu_s": round(cpu["ironic_s"], 1),
+                "lab_cpu_s": round(cpu["lab_s"], 1),
+                "others_cpu_s": round(cpu["others_s"], 1),
                 "loadavg_start": round(load0, 2),
                 "loadavg_end": round(os.getloadavg()[0], 2),
                 "failed": failed,
@@ -788,9 +524,6 @@ def stage(row: dict[str, Any], state: str) -> str:
 
 
 def tables(results: dict[str, Any], markdown: bool) -> list[str]:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cells) + " |" if markdown else "  ".join(f"{c:<20}" for c in cells)
-
     lines: list[str] = []
     head = [
         "machines",
@@ -806,47 +539,41 @@ def tables(results: dict[str, Any], markdown: bool) -> list[str]:
         "load avg (start/end)",
         "failures",
     ]
-    lines.append(line(head))
-    if markdown:
-        lines.append("|" + "---|" * len(head))
+    body: list[list[str]] = []
     for r in results["runs"]:
         failures = len(r["not_active"]) + len(r["breakdown"].get("went_failed", []))
-        lines.append(
-            line(
-                [
-                    f"{r['nodes']:,}",
-                    f"{r['wall_s']:.1f} s",
-                    stage(r, "ready"),
-                    stage(r, "provisioning"),
-                    stage(r, "provisioned"),
-                    f"{r['service_cpu_s']:.1f} s",
-                    f"{r['service_cores']:.2f}",
-                    f"{r['peak_rss_mib']:.0f} MiB",
-                    f"{r['lab_cpu_s']:.1f} s",
-                    f"{r['others_cpu_s']:.1f} s",
-                    f"{r['loadavg_start']:.1f} / {r['loadavg_end']:.1f}",
-                    str(failures),
-                ]
-            )
+        body.append(
+            [
+                f"{r['nodes']:,}",
+                f"{r['wall_s']:.1f} s",
+                stage(r, "ready"),
+                stage(r, "provisioning"),
+                stage(r, "provisioned"),
+                f"{r['service_cpu_s']:.1f} s",
+                f"{r['service_cores']:.2f}",
+                f"{r['peak_rss_mib']:.0f} MiB",
+                f"{r['lab_cpu_s']:.1f} s",
+                f"{r['others_cpu_s']:.1f} s",
+                f"{r['loadavg_start']:.1f} / {r['loadavg_end']:.1f}",
+                str(failures),
+            ]
         )
+    lines += render_table(head, body, markdown, right=set())
     lines.append("")
     head = ["machines", "target", "measured", "limit", "verdict"]
-    lines.append(line(head))
-    if markdown:
-        lines.append("|" + "---|" * len(head))
+    body = []
     for r in results["runs"]:
         for what, measured, limit, ok in verdicts(r):
-            lines.append(
-                line(
-                    [
-                        f"{r['nodes']:,}",
-                        what,
-                        measured,
-                        limit,
-                        "pass" if ok else "**FAIL**" if markdown else "FAIL",
-                    ]
-                )
+            body.append(
+                [
+                    f"{r['nodes']:,}",
+                    what,
+                    measured,
+                    limit,
+                    "pass" if ok else "**FAIL**",
+                ]
             )
+    lines += render_table(head, body, markdown, right=set())
     lines.append("")
     ir = results.get("ironic")
     head = [
@@ -858,40 +585,35 @@ def tables(results: dict[str, Any], markdown: bool) -> list[str]:
         "others' CPU (verify / on)",
         "load avg (start/end)",
     ]
-    lines.append(line(head))
-    if markdown:
-        lines.append("|" + "---|" * len(head))
+    body = []
     if ir:
         v, p = ir["verify"], ir["power_on"]
         fails = len(v["failed"]) + len(p["failed"])
-        lines.append(
-            line(
-                [
-                    f"Ironic {ir['version']}, measured in this run",
-                    str(ir["nodes"]),
-                    f"{v['wall_s']:.1f} s",
-                    f"{p['wall_s']:.1f} s",
-                    f"{v['ironic_cpu_s']:.1f} s / {p['ironic_cpu_s']:.1f} s"
-                    + (f" ({fails} failed)" if fails else ""),
-                    f"{v.get('others_cpu_s', '-')} s / {p.get('others_cpu_s', '-')} s",
-                    f"{v.get('loadavg_start', '-')} / {p.get('loadavg_end', '-')}",
-                ]
-            )
-        )
-    q = ISSUE_IRONIC
-    lines.append(
-        line(
+        body.append(
             [
-                f"Ironic {q['version']}, the issue's figures, not measured in this run",
-                str(q["nodes"]),
-                f"{q['verify_s']:.0f} s",
-                f"{q['power_on_s']:.0f} s",
-                "-",
-                "-",
-                "-",
+                f"Ironic {ir['version']}, measured in this run",
+                str(ir["nodes"]),
+                f"{v['wall_s']:.1f} s",
+                f"{p['wall_s']:.1f} s",
+                f"{v['ironic_cpu_s']:.1f} s / {p['ironic_cpu_s']:.1f} s"
+                + (f" ({fails} failed)" if fails else ""),
+                f"{v.get('others_cpu_s', '-')} s / {p.get('others_cpu_s', '-')} s",
+                f"{v.get('loadavg_start', '-')} / {p.get('loadavg_end', '-')}",
             ]
         )
+    q = ISSUE_IRONIC
+    body.append(
+        [
+            f"Ironic {q['version']}, the issue's figures, not measured in this run",
+            str(q["nodes"]),
+            f"{q['verify_s']:.0f} s",
+            f"{q['power_on_s']:.0f} s",
+            "-",
+            "-",
+            "-",
+        ]
     )
+    lines += render_table(head, body, markdown, right=set())
     ours = next((r for r in results["runs"] if r["nodes"] == q["nodes"]), None)
     if ours and ours["breakdown"].get("ready"):
         lines.append("")
@@ -935,21 +657,10 @@ def settings_note(results: dict[str, Any]) -> str:
 
 def results_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    code = results["code"]
-    note = f"{code['source']}, commit {code['commit'][:12]}"
-    if code["uncommitted_files"]:
-        note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
     ir = results.get("ironic")
+    title = f"Rack, manifest import to active: run of {results['date']}"
     lines = [
-        RESULTS_BEGIN,
-        "",
-        f"## Rack, manifest import to active: run of {results['date']}",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
-        f"- Code: {note}.",
+        *results_head(RESULTS_BEGIN, title, results),
         f"- Machine: {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}; Python "
         f"{m['python']}. Load average at the start: {m['loadavg_at_start']:.2f}, at the end: "
         f"{m['loadavg_at_end']:.2f} (the machine is shared; each row has its own).",
@@ -992,35 +703,6 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 # ---- main -------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("uvicorn", "fastapi", "sqlalchemy", "pyghmi", "httpx"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "absent"
-    return {
-        "cores": os.cpu_count(),
-        "cpu": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": versions,
-        "loadavg_at_start": os.getloadavg()[0],
-    }
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), REPO), *sys.argv[1:]])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1101,9 +783,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="provisioner-rack-"))
     results: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "machine": machine(),
+        "date": now_utc(),
+        "command": command_line(__file__),
+        "machine": machine(("uvicorn", "fastapi", "sqlalchemy", "pyghmi", "httpx")),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "runs": [],
     }
@@ -1111,7 +793,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     try:
         commit = export_revision(args.rev, work / "source") if args.rev else None
-        results["code"] = code_state(args.rev, commit)
+        paths = ("provisioner", "pxe", "lab", "migrations", "pyproject.toml")
+        results["code"] = code_state(paths, args.rev, commit)
         pythonpath = str(work / "source") if args.rev else None
         for nodes in args.nodes:
             progress(f"{nodes} machines (load average {os.getloadavg()[0]:.1f})")
