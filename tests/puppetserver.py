@@ -306,9 +306,10 @@ def agent_csr(certname: str, *, challenge: str | None = None, pp_role: str | Non
 def running_puppetserver(
     root: Path, *, autosign: bool | str = False, start_timeout: float = 180.0
 ) -> Iterator[PuppetServer]:
-    """A Puppet CA on 127.0.0.1 with everything under ``root``; ``autosign`` is
-    puppet.conf's setting: a boolean or the path of an executable policy. The JVM is
-    gone when this returns, whatever happened."""
+    """A Puppet CA on 127.0.0.1 with everything under ``root`` (an empty directory).
+    ``autosign`` is puppet.conf's setting: a boolean or the path of an executable policy,
+    which runs without the caller's PROVISIONER_* variables (a wrapper sets its own, as
+    on a real Puppet server). The JVM is gone when this returns, whatever happened."""
     require_puppetserver()
     port = free_port()
     server = PuppetServer(

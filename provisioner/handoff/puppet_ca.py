@@ -89,7 +89,7 @@ class PuppetCa:
     @classmethod
     def from_settings(cls, settings: Settings) -> PuppetCa | None:
         """None when no CA is configured. Settings validation refuses a URL without the
-        three files, so the ValueError is for settings built around it."""
+        three files; the ValueError is for settings that skipped it (model_construct)."""
         if not settings.puppet_ca_url:
             return None
         cert, key, cacert = (
@@ -112,7 +112,7 @@ class PuppetCa:
         # the step waits is picked up without restarting the service.
         context = self._ssl_context()
         async with httpx.AsyncClient(verify=context, timeout=self.timeout) as http:
-            revoke = await self._send(http, "PUT", url, certname)
+            revoke = await self._send(http, "PUT", url)
             if revoke.status_code == 404:
                 return CleanResult(
                     certname, "absent", f"no certificate or request of {certname} {where}"
@@ -121,7 +121,7 @@ class PuppetCa:
             revoked = revoke.status_code != 409
             if revoked:
                 self._expect_success(revoke, "revoke the certificate of", certname)
-            delete = await self._send(http, "DELETE", url, certname)
+            delete = await self._send(http, "DELETE", url)
             # 404: gone between the two requests, e.g. cleaned by hand meanwhile.
             if delete.status_code != 404:
                 self._expect_success(delete, "delete the certificate of", certname)
@@ -158,9 +158,7 @@ class PuppetCa:
             ) from None
         return context
 
-    async def _send(
-        self, http: httpx.AsyncClient, method: str, url: str, certname: str
-    ) -> httpx.Response:
+    async def _send(self, http: httpx.AsyncClient, method: str, url: str) -> httpx.Response:
         body = {"desired_state": "revoked"} if method == "PUT" else None
         try:
             return await http.request(method, url, json=body)
@@ -169,10 +167,12 @@ class PuppetCa:
                 f"the Puppet CA at {self.url} did not answer within {self.timeout:g} s",
                 retryable=True,
             ) from None
-        except httpx.TransportError as err:
+        # Under TLS 1.3 the CA judges the client certificate after the handshake, so
+        # its refusal arrives with the first read, as an SSLError httpx does not wrap.
+        except (httpx.TransportError, ssl.SSLError) as err:
             raise CaError(self._transport_message(err), retryable=True) from None
 
-    def _transport_message(self, err: httpx.TransportError) -> str:
+    def _transport_message(self, err: Exception) -> str:
         cause = _ssl_cause(err)
         if isinstance(cause, ssl.SSLCertVerificationError):
             return (

@@ -199,6 +199,19 @@ def test_a_wrong_ca_certificate_is_reported(server: PuppetServer, tmp_path: Path
     assert "PRIVATE KEY" not in str(err)
 
 
+def test_a_client_certificate_of_another_ca_is_reported(
+    server: PuppetServer, tmp_path: Path
+) -> None:
+    cert, key, _ = any_files(tmp_path)
+    ca = PuppetCa(server.url, cert, key, server.cacert, timeout=10)
+
+    err = failure(ca, "r01-u05.lab.example")
+
+    assert err.retryable
+    assert str(err).startswith(f"the TLS handshake with the Puppet CA at {server.url} failed: ")
+    assert f"check that {cert} (PROVISIONER_PUPPET_CA_CERT) was signed by that CA" in str(err)
+
+
 def test_an_unreachable_ca_is_retryable(tmp_path: Path) -> None:
     ca = PuppetCa(f"https://127.0.0.1:{free_port()}", *any_files(tmp_path), timeout=5)
     err = failure(ca, "r01-u06.lab.example")
