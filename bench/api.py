@@ -54,6 +54,7 @@ from common import (
     ironic_version,
     judge,
     latency,
+    local_mac,
     machine,
     now_utc,
     progress,
@@ -103,12 +104,6 @@ class FakeNode:
     macs: tuple[str, str]
 
 
-def mac(serial: int) -> str:
-    # Locally administered unicast (02:...): never a real vendor's address.
-    octets = [0x02, 0x00] + [(serial >> shift) & 0xFF for shift in (24, 16, 8, 0)]
-    return ":".join(f"{o:02x}" for o in octets)
-
-
 def fleet(count: int) -> list[FakeNode]:
     nodes = []
     for i in range(count):
@@ -124,7 +119,7 @@ def fleet(count: int) -> list[FakeNode]:
                 # Loopback addresses: nothing here should ever be contacted, and were
                 # anything to try, it would reach only this machine.
                 bmc_address=f"127.{1 + (i >> 16)}.{(i >> 8) & 0xFF}.{i & 0xFF}",
-                macs=(mac(2 * i), mac(2 * i + 1)),
+                macs=(local_mac(2 * i), local_mac(2 * i + 1)),
             )
         )
     return nodes

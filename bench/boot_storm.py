@@ -26,39 +26,50 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
-import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 from common import (
-    TICKS,
-    git,
+    BENCH_DIR,
+    IPXE,
+    NO_BACKGROUND_WORK,
+    REPO,
+    Meter,
+    Process,
+    admin_token,
+    answers_200,
+    api_client,
+    clean_env,
+    code_state,
+    command_line,
+    free_port,
+    local_mac,
+    machine,
     machine_busy_seconds,
+    now_utc,
+    profile_summary,
     progress,
+    provisioner_serve,
+    py_spy,
+    render_table,
+    results_head,
+    running,
     save_raw,
-    stat_fields,
+    tool_version,
     write_results,
 )
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 RESULTS_BEGIN = "<!-- bench/boot_storm.py writes from here -->"
 RESULTS_END = "<!-- bench/boot_storm.py writes up to here -->"
-IPXE = Path("/usr/lib/ipxe")
 IN_TFTPD = "/usr/sbin/in.tftpd"
 TARGET_RATIO = 0.6  # the issue's: TFTP aggregate throughput >= 0.6 x in.tftpd's
 NGINX = "/usr/sbin/nginx"
@@ -72,137 +83,38 @@ IPXE_TARGET = 3000  # the issue's: GET /boot/ipxe >= 3,000 requests/s under wrk 
 # ---- servers ----------------------------------------------------------------------------
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def answers_tftp(port: int) -> Callable[[], bool]:
+    """Whether a TFTP server answers a request on ``port`` (any ERROR will do)."""
 
-
-def wait_answering(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Until the server answers a request (any ERROR will do)."""
-    deadline = time.monotonic() + timeout
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.2)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
+    def check() -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
             s.sendto(b"\0\1bench-probe-missing\0octet\0", ("127.0.0.1", port))
-            try:
-                s.recvfrom(1024)
-                return
-            except TimeoutError:
-                continue
-    raise RuntimeError(f"no TFTP answer on port {port} within {timeout} s")
+            s.recvfrom(1024)  # TimeoutError (an OSError): not yet
+        return True
+
+    return check
 
 
-Probe = Callable[[int, "subprocess.Popen[bytes]"], None]
+def tftp_server(name: str, command: list[str], port: int, log: Path) -> Process:
+    ready = answers_tftp(port)
+    return Process(name, command, log, cwd=REPO, port=port, ready=ready, ready_timeout=10)
 
 
-class Server:
-    def __init__(
-        self,
-        name: str,
-        command: list[str],
-        port: int,
-        log: Path,
-        probe: Probe = wait_answering,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.name = name
-        self.command = command
-        self.port = port
-        self.log = log
-        self.probe = probe
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env
-            )
-        self.probe(self.port, self.process)
-
-    def cpu_seconds(self) -> float:
-        """The server's process and its live children (pxe.tftp's workers). in.tftpd's
-        children, one per transfer, exit unreaped into its figures: its CPU is not known."""
-        assert self.process is not None
-        root = self.process.pid
-        total = sum(int(v) for v in stat_fields(root)[11:13])
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == root:
-                continue
-            try:
-                fields = stat_fields(int(entry))
-            except OSError:
-                continue  # gone since listed
-            if int(fields[1]) == root:
-                total += int(fields[11]) + int(fields[12])
-        return total / TICKS
-
-    def memory_mib(self) -> dict[str, float]:
-        """VmRSS and VmHWM (peak) of the server's process and its live children, MiB."""
-        assert self.process is not None
-        root = self.process.pid
-        pids = [root] + [
-            int(e) for e in os.listdir("/proc")
-            if e.isdigit() and int(e) != root and _parent(int(e)) == root
-        ]
-        total = {"rss_mib": 0.0, "hwm_mib": 0.0}
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith(("VmRSS:", "VmHWM:")):
-                            key = "rss_mib" if line.startswith("VmRSS") else "hwm_mib"
-                            total[key] += int(line.split()[1]) / 1024
-            except OSError:
-                continue
-        return {k: round(v, 1) for k, v in total.items()}
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        return int(stat_fields(pid)[1])
-    except OSError:
-        return None
-
-
-def ours(root: Path, work: Path, loop: str, workers: int) -> Server:
-    port = free_udp_port()
+def ours(root: Path, work: Path, loop: str, workers: int) -> Process:
+    port = free_port(socket.SOCK_DGRAM)
     command = [sys.executable, "-m", "pxe.tftp", "--root", str(root), "--host", "127.0.0.1",
                "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     if loop == "uvloop":
         command.append("--uvloop")
-    return Server("pxe.tftp", command, port, work / "pxe-tftp.log")
+    return tftp_server("pxe.tftp", command, port, work / "pxe-tftp.log")
 
 
-def in_tftpd(root: Path, work: Path) -> Server:
-    port = free_udp_port()
+def in_tftpd(root: Path, work: Path) -> Process:
+    port = free_port(socket.SOCK_DGRAM)
     command = [IN_TFTPD, "--foreground", "--address", f"127.0.0.1:{port}", "--secure",
                "--blocksize", "65464", str(root)]
-    return Server("in.tftpd", command, port, work / "in-tftpd.log")
-
-
-@contextmanager
-def running(*servers: Server) -> Iterator[None]:
-    try:
-        for server in servers:
-            server.start()
-        yield
-    finally:
-        for server in servers:
-            server.stop()
+    return tftp_server("in.tftpd", command, port, work / "in-tftpd.log")
 
 
 # ---- clients ----------------------------------------------------------------------------
@@ -237,7 +149,7 @@ def storm_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def storm(args: argparse.Namespace, server: Server, file: Path, clients: int) -> dict[str, Any]:
+def storm(args: argparse.Namespace, server: Process, file: Path, clients: int) -> dict[str, Any]:
     """One round: `clients` fetches of `file` at once, split over the client processes."""
 
     def child(n: int, start: float) -> list[str]:
@@ -245,12 +157,13 @@ def storm(args: argparse.Namespace, server: Server, file: Path, clients: int) ->
                 "--size", str(file.stat().st_size), "--clients", str(n),
                 "--start", repr(start), "--blksize", str(args.blksize)]
 
-    return {"file": file.name, **fan_out(args, server, clients, child, file.stat().st_size, 300)}
+    result = client_round(args, server, clients, child, file.stat().st_size, 300)
+    return {"file": file.name, **result}
 
 
-def fan_out(
+def client_round(
     args: argparse.Namespace,
-    server: Server,
+    server: Process,
     clients: int,
     child: Callable[[int, float], list[str]],
     payload: int,
@@ -279,7 +192,7 @@ def fan_out(
     client_cpu = sum(r["cpu_s"] for r in reports)
     wall = done[-1] if done else float("nan")
     return {
-        "server": server.name,
+        "server": server.label,
         "clients": clients,
         "ok": len(done),
         "failures": len(failures),
@@ -312,7 +225,7 @@ def tftp_storms(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 rounds: list[tuple[dict[str, Any], dict[str, Any]]] = []
                 for index in range(args.rounds):
                     pair = (pxe, hpa) if index % 2 == 0 else (hpa, pxe)
-                    measured = {s.name: storm(args, s, root / name, clients) for s in pair}
+                    measured = {s.label: storm(args, s, root / name, clients) for s in pair}
                     a, b = measured["pxe.tftp"], measured["in.tftpd"]
                     rounds.append((a, b))
                     progress(
@@ -347,77 +260,21 @@ def summarize(
 # ---- HTTP: kernel + initrd storm, service beside nginx ---------------------------------
 
 
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """A plain HTTP/1.1 GET on 127.0.0.1 (Connection: close): status and body."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                  "Connection: close\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(None, 2)[1]), body
-
-
-def http_probe(path: str, timeout: float = 60) -> Probe:
-    def probe(port: int, process: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}")
-            try:
-                if http_get(port, path)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"no HTTP 200 for {path} on port {port} within {timeout} s")
-
-    return probe
-
-
-def service_env(data_dir: Path, images: Path) -> dict[str, str]:
-    """The caller's environment without its PROVISIONER_* settings, plus the bench's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    env.update({
-        "PROVISIONER_DATA_DIR": str(data_dir),
-        "PROVISIONER_IMAGES_DIR": str(images),
-        # Nothing but the bench's requests: no reconciler, no power polls of the seeded
-        # nodes' (never contacted) BMCs, no inspection on import.
-        "PROVISIONER_RECONCILER": "false",
-        "PROVISIONER_POWER_SYNC_INTERVAL": "0",
-        "PROVISIONER_INSPECT_ON_ENROLL": "false",
-    })
-    return env
-
-
-def provisioner_cli() -> str:
-    return str(Path(sys.executable).with_name("provisioner"))
-
-
-def service(work: Path, images: Path) -> tuple[Server, str]:
+def service(work: Path, images: Path) -> tuple[Process, str]:
     """`provisioner serve` as an operator runs it (its own defaults: uvicorn, one process,
     log level info, no access log); an admin token made beforehand with
-    `provisioner token create --scope admin` against the same data directory."""
+    `provisioner token create --scope admin` against the same data directory. Nothing but
+    the bench's requests: no reconciler, no power polls of the seeded nodes' (never
+    contacted) BMCs, no inspection on import."""
     data_dir = work / "provisioner"
     data_dir.mkdir()
-    env = service_env(data_dir, images)
-    token = subprocess.run(
-        [provisioner_cli(), "token", "create", "--scope", "admin", "--name", "boot-storm"],
-        env=env, cwd=work, capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()[-1]
-    port = free_tcp_port()
-    command = [provisioner_cli(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    server = Server("provisioner", command, port, work / "provisioner.log",
-                    probe=http_probe("/readyz"), env=env)
-    return server, token
+    env = clean_env(
+        **NO_BACKGROUND_WORK,
+        PROVISIONER_DATA_DIR=str(data_dir),
+        PROVISIONER_IMAGES_DIR=str(images),
+    )
+    token = admin_token(env, work, name="boot-storm")
+    return provisioner_serve("provisioner", work / "provisioner.log", env), token
 
 
 NGINX_CONF = """\
@@ -445,18 +302,18 @@ http {{
 """
 
 
-def nginx(work: Path, images: Path, workers: str) -> Server:
+def nginx(work: Path, images: Path, workers: str) -> Process:
     """nginx with a minimal config (Debian's defaults where it matters: sendfile,
     tcp_nopush); `workers` 1 like uvicorn's one process, or auto (one per core)."""
     prefix = work / f"nginx-{workers}"
     prefix.mkdir()
-    port = free_tcp_port()
+    port = free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workers=workers, prefix=prefix, port=port, images=images))
     command = [NGINX, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)]
     name = "nginx" if workers == "1" else f"nginx-{workers}"
-    return Server(name, command, port, prefix / "stderr.log",
-                  probe=http_probe(f"/boot/files/{KERNEL}", timeout=10))
+    ready = answers_200(port, f"/boot/files/{KERNEL}")
+    return Process(name, command, prefix / "stderr.log", port=port, ready=ready, ready_timeout=10)
 
 
 class _Fetch(asyncio.BufferedProtocol):
@@ -560,7 +417,7 @@ def http_child(args: argparse.Namespace) -> int:
 
 
 def http_storm(
-    args: argparse.Namespace, server: Server, files: list[Path], clients: int
+    args: argparse.Namespace, server: Process, files: list[Path], clients: int
 ) -> dict[str, Any]:
     """One round: `clients` machines each fetching every file, split over the client
     processes, against one server."""
@@ -571,7 +428,7 @@ def http_storm(
                 "--clients", str(n), "--start", repr(start)]
 
     per_client = sum(f.stat().st_size for f in files)
-    result = fan_out(args, server, clients, child, per_client, 900)
+    result = client_round(args, server, clients, child, per_client, 900)
     return {**result, "loadavg": round(os.getloadavg()[0], 2)}
 
 
@@ -620,21 +477,21 @@ def http_storms(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.nginx_auto:
         servers.append(nginx(work, work / "images", "auto"))
     with running(*servers):
-        out["memory_start"] = {s.name: s.memory_mib() for s in servers}
+        out["memory_start"] = {s.label: s.memory_mib() for s in servers}
         if "http" in args.parts:
             for clients in args.clients:
                 rounds: list[dict[str, dict[str, Any]]] = []
                 for index in range(args.rounds):
                     order = servers if index % 2 == 0 else servers[::-1]
-                    measured = {s.name: http_storm(args, s, files, clients) for s in order}
-                    rounds.append({s.name: measured[s.name] for s in servers})
+                    measured = {s.label: http_storm(args, s, files, clients) for s in order}
+                    rounds.append({s.label: measured[s.label] for s in servers})
                     progress(f"http x{clients} round {index + 1}: " + ", ".join(
                         f"{n} {m['wall_s']} s {m['throughput_mb_s']} MB/s cpu "
                         f"{m['server_cpu_s']} s fail {m['failures']}"
                         for n, m in rounds[-1].items()
                     ) + f" (load {os.getloadavg()[0]:.1f})")
                 out["storms"].append(summarize_http(clients, rounds))
-        out["memory_after_storms"] = {s.name: s.memory_mib() for s in servers}
+        out["memory_after_storms"] = {s.label: s.memory_mib() for s in servers}
         if "ipxe" in args.parts:
             out["ipxe"] = ipxe_bench(args, work, svc, token)
             out["memory_after_ipxe"] = svc.memory_mib()
@@ -672,13 +529,7 @@ end
 """
 
 
-def bench_mac(serial: int) -> str:
-    # Locally administered unicast (02:...), as in bench/api.py.
-    octets = [0x02, 0x00] + [(serial >> shift) & 0xFF for shift in (24, 16, 8, 0)]
-    return ":".join(f"{o:02x}" for o in octets)
-
-
-def seed(server: Server, token: str, local: int, provisioning: int) -> dict[str, list[str]]:
+def seed(server: Process, token: str, local: int, provisioning: int) -> dict[str, list[str]]:
     """`local` nodes in `active` and `provisioning` nodes in `provisioning` (with their
     deployment and one-time token), one PXE MAC each.
 
@@ -688,12 +539,10 @@ def seed(server: Server, token: str, local: int, provisioning: int) -> dict[str,
     the API on the `ready` ones."""
     import sqlite3
 
-    import httpx
-
     names = {"active": [f"storm-{i:04d}" for i in range(local)],
              "provisioning": [f"storm-p{i:03d}" for i in range(provisioning)]}
-    macs = {"active": [bench_mac(i) for i in range(local)],
-            "provisioning": [bench_mac(100_000 + i) for i in range(provisioning)]}
+    macs = {"active": [local_mac(i) for i in range(local)],
+            "provisioning": [local_mac(100_000 + i) for i in range(provisioning)]}
     rows = ["name,bmc_address,bmc_username,bmc_password,macs"]
     serial = 0
     for kind in ("active", "provisioning"):
@@ -702,7 +551,7 @@ def seed(server: Server, token: str, local: int, provisioning: int) -> dict[str,
             serial += 1
     base = f"http://127.0.0.1:{server.port}"
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+    with api_client(base, headers) as client:
         client.post("/api/v1/roles", json={"name": "compute"}).raise_for_status()
         client.post("/api/v1/racks/import", content="\n".join(rows) + "\n",
                     headers={"Content-Type": "text/csv"}).raise_for_status()
@@ -720,13 +569,11 @@ def seed(server: Server, token: str, local: int, provisioning: int) -> dict[str,
     return macs
 
 
-def branches(server: Server, macs: dict[str, list[str]]) -> dict[str, Any]:
+def branches(server: Process, macs: dict[str, list[str]]) -> dict[str, Any]:
     """Every MAC asked once before the timed runs: status and the branch its script takes.
     (This is also each node's first boot request, which records its boot address.)"""
-    import httpx
-
     seen: dict[str, dict[str, int]] = {}
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as client:
+    with api_client(f"http://127.0.0.1:{server.port}") as client:
         for kind, group in macs.items():
             counts = seen.setdefault(kind, {})
             for mac in group:
@@ -743,36 +590,26 @@ def branches(server: Server, macs: dict[str, list[str]]) -> dict[str, Any]:
     return seen
 
 
-def wrk_run(args: argparse.Namespace, server: Server, work: Path, paths: Path,
+def wrk_run(args: argparse.Namespace, server: Process, work: Path, paths: Path,
             profile: Path | None = None) -> dict[str, Any]:
-    import resource
-
     script = work / "ipxe.lua"
     script.write_text(WRK_SCRIPT)
     command = [WRK, "-t", str(args.wrk_threads), "-c", str(args.wrk_connections), "-d",
                f"{args.ipxe_seconds}s", "--timeout", "5s", "-s", str(script),
                f"http://127.0.0.1:{server.port}"]
-    assert server.process is not None
     spy = None
     if profile is not None:
-        spy = subprocess.Popen(
-            [str(Path(sys.executable).with_name("py-spy")), "record", "-p",
-             str(server.process.pid), "-d", str(args.ipxe_seconds), "-r", "200", "-f", "raw",
-             "--nonblocking", "--gil", "-o", str(profile)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        duration = str(args.ipxe_seconds)
+        spy = py_spy(server.pid, profile, 200, "--nonblocking", "--duration", duration)
         time.sleep(1)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_before = server.cpu_seconds()
-    busy_before = machine_busy_seconds()
+    # wrk is the child this process waits for during the run.
+    meter = Meter(server=server.cpu_seconds)
+    start = meter.snapshot()
     run = subprocess.run(command, capture_output=True, text=True,
                          env={**os.environ, "BOOT_STORM_PATHS": str(paths)}, timeout=300)
-    server_cpu = server.cpu_seconds() - cpu_before
-    busy = machine_busy_seconds() - busy_before
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = meter.since(start)
     if spy is not None:
         spy.wait(60)
-    wrk_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     line = next((ln for ln in run.stdout.splitlines() if ln.startswith("BOOT_STORM_JSON ")),
                 None)
     if line is None:
@@ -791,14 +628,14 @@ def wrk_run(args: argparse.Namespace, server: Server, work: Path, paths: Path,
         # saw every MAC answer 200).
         "http_errors": w["status"],
         "socket_errors": w["connect"] + w["read"] + w["write"] + w["timeout"],
-        "server_cpu_s": round(server_cpu, 2),
-        "wrk_cpu_s": round(wrk_cpu, 2),
-        "others_cpu_s": round(max(busy - server_cpu - wrk_cpu, 0.0), 2),
+        "server_cpu_s": round(cpu["server_s"], 2),
+        "wrk_cpu_s": round(cpu["children_s"], 2),
+        "others_cpu_s": round(cpu["others_s"], 2),
         "loadavg": round(os.getloadavg()[0], 2),
     }
 
 
-def ipxe_bench(args: argparse.Namespace, work: Path, server: Server, token: str) -> dict[str, Any]:
+def ipxe_bench(args: argparse.Namespace, work: Path, server: Process, token: str) -> dict[str, Any]:
     macs = seed(server, token, args.ipxe_nodes, args.ipxe_provisioning)
     branch_counts = branches(server, macs)
     every = [*macs["active"], *macs["provisioning"]]
@@ -827,36 +664,10 @@ def ipxe_bench(args: argparse.Namespace, work: Path, server: Server, token: str)
         raw = (args.profile_dir / "ipxe.txt").resolve()
         profiled = wrk_run(args, server, work, paths, profile=raw)
         shown = os.path.relpath(raw, REPO) if raw.is_relative_to(REPO) else str(raw)
-        out["profile"] = {"raw": shown, "run": profiled, **profile_summary(raw)}
+        parts = breakdown(raw) if raw.exists() else []
+        out["profile"] = {"raw": shown, "run": profiled, **profile_summary(raw), "breakdown": parts}
         progress(f"profiled run: {profiled['requests_per_s']} req/s; raw stacks in {raw}")
     return out
-
-
-def profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
-    """py-spy's collapsed stacks summed by function: own samples and inclusive."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
-    if not raw.exists():
-        return {"samples": 0, "own": [], "inclusive": []}
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        total += count
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  + ")" if " (" in f else f for f in stack.split(";")]
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-
-    def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
-        best = sorted(table.items(), key=lambda kv: -kv[1])[:top]
-        return [(name, round(100 * n / total, 1)) for name, n in best]
-
-    return {"samples": total, "own": ranked(own), "inclusive": ranked(inclusive),
-            "breakdown": breakdown(raw)}
 
 
 # Where a request's GIL time goes: (label, thread, substrings any of which marks a stack).
@@ -906,46 +717,13 @@ def breakdown(raw: Path) -> list[tuple[str, float]]:
 # ---- report -----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    hpa = subprocess.run([IN_TFTPD, "-V"], capture_output=True, text=True)
-    packages = {}
-    for name in ("tftpy", "uvloop", "uvicorn", "httptools", "starlette", "fastapi"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = "absent"
+def machine_with_tools() -> dict[str, Any]:
     return {
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "in_tftpd": (hpa.stdout + hpa.stderr).strip().splitlines()[0],
-        "nginx": _version([NGINX, "-v"]),
-        "wrk": _version([WRK, "-v"]),
-        "packages": packages,
-        "loadavg_at_start": os.getloadavg()[0],
+        **machine(("tftpy", "uvloop", "uvicorn", "httptools", "starlette", "fastapi")),
+        "in_tftpd": tool_version([IN_TFTPD, "-V"]),
+        "nginx": tool_version([NGINX, "-v"], "nginx version: "),
+        "wrk": tool_version([WRK, "-v"]),
     }
-
-
-def _version(command: list[str]) -> str:
-    try:
-        run = subprocess.run(command, capture_output=True, text=True)
-    except OSError:
-        return f"{command[0]}: absent"
-    text = (run.stdout + run.stderr).strip()
-    return text.splitlines()[0].removeprefix("nginx version: ") if text else command[0]
-
-
-def command_line() -> str:
-    python = Path(sys.executable)
-    shown = os.path.relpath(python, REPO) if python.is_relative_to(REPO) else python.name
-    return shlex.join([shown, os.path.relpath(Path(__file__).resolve(), REPO), *sys.argv[1:]])
 
 
 def table(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
@@ -961,33 +739,14 @@ def table(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
             "pass" if ratio >= TARGET_RATIO else "FAIL", f"{ours_['server_cpu_s']:.2f}",
             str(row["failures"]),
         ])
-    if markdown:
-        return [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
-            *("| " + " | ".join(cells) + " |" for cells in body),
-        ]
-    widths = [max(len(c) for c in column) for column in zip(head, *body, strict=True)]
-    return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-            for cells in (head, *body)]
+    return render_table(head, body, markdown, right=set(range(2, len(head))))
 
 
 def results_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
-    code = results["code"]
-    code_note = f"working tree at commit {code['commit'][:12]}"
-    if code["uncommitted_files"]:
-        code_note += f" with uncommitted changes to {', '.join(code['uncommitted_files'])}"
+    title = f"Boot storm (TFTP and HTTP): run of {results['date']}"
     lines = [
-        RESULTS_BEGIN,
-        "",
-        f"## Boot storm (TFTP and HTTP): run of {results['date']}",
-        "",
-        "```",
-        results["command"],
-        "```",
-        "",
-        f"- Code: {code_note}.",
+        *results_head(RESULTS_BEGIN, title, results),
         f"- Machine: {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}; Python "
         f"{m['python']}, tftpy {m['packages']['tftpy']}, uvloop {m['packages']['uvloop']}; "
         f"{m['in_tftpd']}. Load average at the start: {m['loadavg_at_start']:.2f}, at the "
@@ -1029,7 +788,7 @@ def http_table(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
             f"{ngx['server_cpu_s']:.2f}", f"{svc['client_cpu_s']:.2f}",
             f"{auto['throughput_mb_s']:.0f}" if auto else "-", str(int(failures)),
         ])
-    return _render(head, body, markdown, text_columns=0)
+    return render_table(head, body, markdown, right=set(range(len(head))))
 
 
 def ipxe_table(ipxe: dict[str, Any], markdown: bool) -> list[str]:
@@ -1045,19 +804,7 @@ def ipxe_table(ipxe: dict[str, Any], markdown: bool) -> list[str]:
                  f"{m['p50_ms']:.1f}", "", f"{m['p99_ms']:.1f}",
                  f"{ipxe['http_errors']}/{ipxe['socket_errors']}", f"{m['server_cpu_s']:.2f}",
                  f"{m['wrk_cpu_s']:.2f}", ""])
-    return _render(head, body, markdown, text_columns=1)
-
-
-def _render(head: list[str], body: list[list[str]], markdown: bool, text_columns: int) -> list[str]:
-    if markdown:
-        return [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] * text_columns + ["---:"] * (len(head) - text_columns)) + "|",
-            *("| " + " | ".join(cells) + " |" for cells in body),
-        ]
-    widths = [max(len(c) for c in column) for column in zip(head, *body, strict=True)]
-    return ["  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))
-            for cells in (head, *body)]
+    return render_table(head, body, markdown, right=set(range(1, len(head))))
 
 
 def http_markdown(results: dict[str, Any]) -> list[str]:
@@ -1123,7 +870,7 @@ def http_markdown(results: dict[str, Any]) -> list[str]:
         ]
         if "profile" in ipxe:
             profile = ipxe["profile"]
-            top = ", ".join(f"`{name}` {share}%" for name, share in profile["own"][:8])
+            top = ", ".join(f"`{name}` {share:.1%}" for name, share in profile["own"][:8])
             parts = "; ".join(f"{label} {share}%" for label, share in profile["breakdown"])
             lines += [
                 f"- Profile: one more run under py-spy (`--gil`, 200 Hz, {profile['samples']} "
@@ -1198,15 +945,11 @@ def main(argv: list[str] | None = None) -> int:
         if part in args.parts and not os.access(tool, os.X_OK):
             progress(f"{tool} is missing (Debian: apt-get install {package})")
             return 2
-    changed = git("status", "--porcelain", "--", "pxe", "lab", "provisioner")
     results: dict[str, Any] = {
-        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        "command": command_line(),
-        "code": {
-            "commit": git("rev-parse", "HEAD").strip(),
-            "uncommitted_files": [line[3:] for line in changed.splitlines()],
-        },
-        "machine": machine(),
+        "date": now_utc(),
+        "command": command_line(__file__),
+        "code": code_state(("pxe", "lab", "provisioner")),
+        "machine": machine_with_tools(),
         "loop": args.loop,
         "workers": args.workers,
         "blksize": args.blksize,

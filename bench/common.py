@@ -25,9 +25,12 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
+if TYPE_CHECKING:
+    # Imported where used: the boot storm's client processes import this module too, and
+    # must be ready by the instant agreed for their start.
+    import httpx
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO / "bench"
@@ -290,6 +293,8 @@ def wait_for(
 ) -> None:
     """Ask ``check`` until true; an exception of the network (not answering yet) counts
     as false, one of ``procs`` exiting as a failure."""
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for p in procs:
@@ -402,6 +407,8 @@ def start_lab(
 
 
 def api_client(base_url: str, headers: Mapping[str, str] | None = None) -> httpx.Client:
+    import httpx
+
     # The synchronous client: on this machine httpx's AsyncClient spent 2-3 ms more per
     # request than the server did, which would bury the latencies under client time.
     return httpx.Client(base_url=base_url, headers=headers, timeout=120)
@@ -468,6 +475,12 @@ def has_fake_driver(client: httpx.Client) -> bool:
     the API answers: no node can be created before."""
     drivers = client.get("/v1/drivers").json().get("drivers", [])
     return any(d["name"] == "fake-hardware" for d in drivers)
+
+
+def local_mac(serial: int) -> str:
+    """A locally administered unicast MAC (02:...): never a real vendor's address."""
+    octets = [0x02, 0x00] + [(serial >> shift) & 0xFF for shift in (24, 16, 8, 0)]
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def ironic_version() -> str:
