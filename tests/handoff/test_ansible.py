@@ -7,27 +7,23 @@ import os
 import subprocess
 from pathlib import Path
 
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlmodel import Session, select
 
-from provisioner.models import Nic, Node
+from provisioner.bmc.fake import FakeFleet
 from tests.handoff.conftest import BIN, DOMAIN, Live, cli, install
 
 
-def _rack(client: TestClient, app: FastAPI, admin: dict[str, str]) -> None:
+def _rack(client: TestClient, fleet: FakeFleet, admin: dict[str, str]) -> None:
     for name in ("compute", "db-server"):
         client.post("/api/v1/roles", json={"name": name}, headers=admin)
     client.patch("/api/v1/roles/compute", json={"parameters": {"tier": "gold"}}, headers=admin)
-    install(app, "r01-u01", "compute", unit=1)
-    install(app, "r01-u02", "compute", unit=2, state="active")
-    install(app, "r02.b-u01", "db-server", rack="r02.b", unit=1)
-    install(app, "r01-u03", "compute", unit=3, state="ready")  # not installed: not listed
-    install(app, "loose", None, rack=None)
-    with Session(app.state.engine) as session:
-        node = session.exec(select(Node).where(Node.name == "r01-u01")).one()
-        session.add(Nic(node_id=node.id, mac="52:54:00:00:01:01", pxe=True, boot_ip="10.0.0.11"))
-        session.commit()
+    install(client, fleet, "r01-u02", "compute", unit=2, state="active")
+    install(client, fleet, "r02.b-u01", "db-server", rack="r02.b", unit=1)
+    install(client, fleet, "r01-u03", "compute", unit=3, state="ready")  # not installed: not listed
+    install(client, fleet, "loose", None, rack=None)
+    # Last: a node of an immediate role is provisioned only until the reconciler's next
+    # tick. Its machine boots from 10.0.0.11.
+    install(client, fleet, "r01-u01", "compute", unit=1, boot_ip="10.0.0.11")
 
 
 def _check(inventory: dict[str, object]) -> None:
@@ -52,9 +48,9 @@ def _check(inventory: dict[str, object]) -> None:
 
 
 def test_inventory_api(
-    client: TestClient, app: FastAPI, admin: dict[str, str], viewer: dict[str, str]
+    client: TestClient, fleet: FakeFleet, admin: dict[str, str], viewer: dict[str, str]
 ) -> None:
-    _rack(client, app, admin)
+    _rack(client, fleet, admin)
     inventory = client.get("/api/v1/handoff/ansible", headers=viewer).json()
     _check(inventory)
     assert set(inventory["all"]["children"]) == {
@@ -68,9 +64,9 @@ def test_inventory_api(
 
 
 def test_command_and_the_real_ansible_inventory(
-    live: Live, client: TestClient, app: FastAPI, admin: dict[str, str], tmp_path: Path
+    live: Live, client: TestClient, fleet: FakeFleet, admin: dict[str, str], tmp_path: Path
 ) -> None:
-    _rack(client, app, admin)
+    _rack(client, fleet, admin)
     _check(json.loads(cli(live, "ansible-inventory", "--list", token=live.viewer).stdout))
     host = cli(live, "ansible-inventory", "--host", "r02.b-u01", token=live.viewer)
     assert json.loads(host.stdout)["role"] == "db-server"

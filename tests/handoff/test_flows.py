@@ -7,53 +7,22 @@ the webhook receiver's side through their own routes. No deployment row is writt
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from provisioner.app import create_app
 from provisioner.bmc.fake import FakeFleet
-from provisioner.settings import Settings
+from tests import flows
 from tests.handoff.conftest import DOMAIN, WEBHOOK_SECRET, free_port
 from tests.handoff.test_webhooks import Receiver
-from tests.test_reconciler import PASSWORD, node, tick
+from tests.test_reconciler import PASSWORD, tick
 
 MAC = "52:54:00:00:97:01"
 FQDN = f"n1.{DOMAIN}"
 
-
-@pytest.fixture
-def fleet() -> FakeFleet:
-    return FakeFleet()
-
-
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, fleet: FakeFleet) -> FastAPI:
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        reconciler=False,
-        power_on_rate=1000,
-        domain=DOMAIN,
-        puppet_server=f"puppet.{DOMAIN}",
-        webhook_timeout=2.0,
-        webhook_retry_base=0.05,
-        webhook_retry_max=0.2,
-        wipe_kernel_url="https://images.example/wipe/vmlinuz",
-        wipe_initrd_url="https://images.example/wipe/initrd",
-    )
-    return create_app(settings, driver_factory=fleet.driver)
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
-        yield test_client
+# The service, its fake BMCs and the client are tests/handoff/conftest.py's.
 
 
 @pytest.fixture
@@ -65,51 +34,14 @@ def receiver() -> Iterator[Receiver]:
 
 
 def _state(client: TestClient, operator: dict[str, str]) -> str:
-    state: str = node(client, operator, "n1")["state"]
-    return state
-
-
-def _tick_until(
-    client: TestClient, operator: dict[str, str], done: Callable[[], bool], what: str
-) -> None:
-    for _ in range(30):
-        if done():
-            return
-        tick(client)
-    raise AssertionError(f"n1 never got {what}; it is {_state(client, operator)}")
+    return flows.state(client, operator, "n1")
 
 
 def _install(client: TestClient, operator: dict[str, str]) -> str:
     """Be the machine: boot the installer the service serves, read its answer file,
     call back started and done; the reconciler takes the node to ``provisioned``.
     Returns the Puppet challenge the answer file carried."""
-    token = _boot(client, operator, r"/boot/answers/([A-Za-z0-9_-]+)")
-    answers = client.get(f"/boot/answers/{token.group(1)}")
-    assert answers.status_code == 200, answers.text
-    challenge = re.search(r"challengePassword: ['\"]?([A-Za-z0-9_-]+)", answers.text)
-    assert challenge, answers.text
-    assert client.post(f"/callback/{token.group(1)}/started").status_code == 200
-    assert client.post(f"/callback/{token.group(1)}/done").status_code == 200
-    _tick_until(client, operator, lambda: _state(client, operator) == "provisioned", "provisioned")
-    return challenge.group(1)
-
-
-def _boot(client: TestClient, operator: dict[str, str], token: str) -> re.Match[str]:
-    """Wait for the reconciler to power the machine on for its new deployment, then
-    network-boot it; returns where ``token`` matched in the boot script."""
-    before = _powered_on(client, operator)
-    _tick_until(
-        client, operator, lambda: _powered_on(client, operator) > before, "powered on to boot"
-    )
-    script = client.get("/boot/ipxe", params={"mac": MAC}).text
-    found = re.search(token, script)
-    assert found, script
-    return found
-
-
-def _powered_on(client: TestClient, operator: dict[str, str]) -> int:
-    events = client.get("/api/v1/nodes/n1/events", headers=operator).json()
-    return sum(e["message"].startswith("powered on to boot") for e in events)
+    return flows.install(client, operator, "n1", MAC).challenge
 
 
 def _kinds(client: TestClient, operator: dict[str, str]) -> list[str]:
@@ -142,14 +74,14 @@ def _hand_off(
         assert enc.status_code == 200, enc.text
         assert "role::compute" in enc.text
     elif kind == "webhook":
-        sender = client.app.state.webhooks  # type: ignore[attr-defined]
+        sender = flows.services(client.app).webhooks
         before = _delivered(receiver, "node.provisioned")
         for _ in range(50):
             client.portal.call(sender.deliver_due)  # type: ignore[union-attr]
             if _delivered(receiver, "node.provisioned") > before:
                 break
         assert _delivered(receiver, "node.provisioned") == before + 1
-    _tick_until(client, operator, lambda: _state(client, operator) == "active", "active")
+    flows.tick_until(client, operator, "n1", "active")
     inventory = client.get("/api/v1/handoff/ansible", headers=operator).json()
     assert inventory["role_compute"]["hosts"] == ["n1"]
     assert inventory["_meta"]["hostvars"]["n1"]["ansible_host"] == FQDN
@@ -162,9 +94,9 @@ def _delivered(receiver: Receiver, event: str) -> int:
 def _release(client: TestClient, operator: dict[str, str]) -> None:
     response = client.post("/api/v1/nodes/n1/actions/release", headers=operator)
     assert response.status_code == 202, response.text
-    callback = _boot(client, operator, r"provisioner\.callback=(\S+)").group(1)
+    callback = flows.boot(client, operator, "n1", MAC, r"provisioner\.callback=(\S+)").group(1)
     assert client.post(f"{callback}/done").status_code == 200
-    _tick_until(client, operator, lambda: _state(client, operator) == "ready", "ready")
+    flows.tick_until(client, operator, "n1", "ready")
 
 
 @pytest.mark.parametrize("sequence", ["provision", "reimage", "release-provision"])

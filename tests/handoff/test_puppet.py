@@ -20,7 +20,9 @@ from sqlmodel import Session, col, select
 
 from provisioner import handoff
 from provisioner import puppet_formats as formats
+from provisioner.bmc.fake import FakeFleet
 from provisioner.models import Deployment, Event, Node
+from tests import flows
 from tests.handoff.conftest import DOMAIN, Live, cli, install
 
 FQDN = f"r01-u05.{DOMAIN}"
@@ -36,11 +38,11 @@ def _enc(client: TestClient, certname: str, headers: dict[str, str]) -> Any:
 
 
 def test_enc_answers_what_external_nodes_expects(
-    client: TestClient, app: FastAPI, admin: dict[str, str], viewer: dict[str, str]
+    client: TestClient, fleet: FakeFleet, admin: dict[str, str], viewer: dict[str, str]
 ) -> None:
     # A role parameter may not override the node's own placement.
     _role(client, admin, name="db-server", parameters={"tier": "gold", "rack": "r99"})
-    install(app, "r01-u05", "db-server", unit=5)
+    install(client, fleet, "r01-u05", "db-server", unit=5)
     for certname in (FQDN, "r01-u05"):
         response = _enc(client, certname, viewer)
         assert response.status_code == 200, response.text
@@ -64,23 +66,34 @@ def test_enc_answers_what_external_nodes_expects(
 
 
 def test_enc_uses_the_roles_classes_and_environment(
-    client: TestClient, app: FastAPI, admin: dict[str, str], viewer: dict[str, str]
+    client: TestClient, fleet: FakeFleet, admin: dict[str, str], viewer: dict[str, str]
 ) -> None:
     classes = ["role::storage", "profile::ceph::osd"]
     _role(client, admin, name="storage", puppet_classes=classes, puppet_environment="staging")
-    install(app, "r01-u05", "storage")
+    install(client, fleet, "r01-u05", "storage")
     answer = yaml.safe_load(_enc(client, FQDN, viewer).text)
     assert answer["classes"] == {name: {} for name in classes}
     assert answer["environment"] == "staging"
 
 
 def test_enc_fetch_completes_an_enc_handoff(
-    client: TestClient, app: FastAPI, admin: dict[str, str], viewer: dict[str, str]
+    client: TestClient,
+    app: FastAPI,
+    fleet: FakeFleet,
+    admin: dict[str, str],
+    viewer: dict[str, str],
 ) -> None:
     _role(client, admin, name="compute", handoff="enc")
-    provisioned = install(app, "r01-u05", "compute")
-    running = install(app, "r01-u06", "compute", state="active")
-    with Session(app.state.engine) as session:
+    provisioned = install(client, fleet, "r01-u05", "compute")
+    # Active: its own installation was handed off when Puppet first fetched its ENC.
+    running = install(client, fleet, "r01-u06", "compute", state="active")
+    engine = flows.services(app).engine
+
+    def handoffs(session: Session, node_id: object) -> list[str]:
+        kinds = session.exec(select(Event.kind).where(col(Event.node_id) == node_id)).all()
+        return [kind for kind in kinds if kind == "handoff"]
+
+    with Session(engine) as session:
         node, deployment = (
             session.get(Node, provisioned.node_id),
             session.get(Deployment, provisioned.deployment_id),
@@ -88,25 +101,28 @@ def test_enc_fetch_completes_an_enc_handoff(
         assert node is not None
         assert deployment is not None
         assert not handoff.completed(session, node, deployment)
+        other = session.get(Deployment, running.deployment_id)
+        assert other is not None
+        running_handoff_at = other.handoff_at
+        assert running_handoff_at is not None
+        running_handoffs = handoffs(session, running.node_id)
     assert _enc(client, FQDN, viewer).status_code == 200
     assert _enc(client, f"r01-u06.{DOMAIN}", viewer).status_code == 200
-    with Session(app.state.engine) as session:
+    with Session(engine) as session:
         assert handoff.completed(session, node, deployment)
         # Only a provisioned node is handed off; an active one's run changes nothing.
         other = session.get(Deployment, running.deployment_id)
         assert other is not None
-        assert other.handoff_at is None
-        kinds = session.exec(
-            select(Event.kind).where(col(Event.node_id) == provisioned.node_id)
-        ).all()
-        assert "handoff" in kinds
+        assert other.handoff_at == running_handoff_at
+        assert handoffs(session, running.node_id) == running_handoffs
+        assert handoffs(session, provisioned.node_id) == ["handoff"]
 
 
 def test_enc_command_prints_the_yaml_or_fails_quietly(
-    live: Live, app: FastAPI, client: TestClient, admin: dict[str, str]
+    live: Live, fleet: FakeFleet, client: TestClient, admin: dict[str, str]
 ) -> None:
     _role(client, admin, name="compute", parameters={"ntp": ["a", "b"]})
-    install(app, "r01-u05", "compute")
+    install(client, fleet, "r01-u05", "compute")
     found = cli(live, "enc", FQDN, token=live.viewer)
     assert found.returncode == 0, found.stderr
     api_yaml = httpx.get(
@@ -184,10 +200,12 @@ def openssl_csr(tmp_path: Path, common_name: str, challenge: str, pp_role: str) 
 
 
 @pytest.fixture
-def compute(client: TestClient, app: FastAPI, admin: dict[str, str]) -> str:
+def compute(client: TestClient, fleet: FakeFleet, admin: dict[str, str]) -> str:
     """The challenge of node r01-u01 (role compute), installed."""
     _role(client, admin, name="compute")
-    return install(app, "r01-u01", "compute").challenge
+    challenge = install(client, fleet, "r01-u01", "compute").challenge
+    assert challenge is not None
+    return challenge
 
 
 def _refused(result: subprocess.CompletedProcess[bytes], why: str) -> None:
@@ -212,7 +230,7 @@ def test_csr_reader_takes_puppets_encoding_and_raw_bytes(tmp_path: Path) -> None
 
 
 def test_autosign_signs_once_per_installation(
-    live: Live, app: FastAPI, compute: str, tmp_path: Path
+    live: Live, client: TestClient, fleet: FakeFleet, compute: str, tmp_path: Path
 ) -> None:
     certname = f"r01-u01.{DOMAIN}"
     first = cli(live, "autosign", certname, stdin=make_csr(certname, compute, "compute"))
@@ -222,7 +240,8 @@ def test_autosign_signs_once_per_installation(
     again = cli(live, "autosign", certname, stdin=make_csr(certname, compute, "compute"))
     _refused(again, "used already")
     # A reimage is a new installation with its own challenge; the old one is dead.
-    challenge = install(app, "r01-u01", "compute").challenge
+    challenge = install(client, fleet, "r01-u01", "compute").challenge
+    assert challenge is not None
     assert challenge != compute
     stale = cli(live, "autosign", certname, stdin=make_csr(certname, compute, "compute"))
     _refused(stale, "challenge is not")

@@ -21,8 +21,10 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, col, select
 
 from provisioner import handoff
+from provisioner.bmc.fake import FakeFleet
 from provisioner.handoff.webhooks import WebhookSender
 from provisioner.models import Deployment, Node, WebhookDelivery
+from tests import flows
 from tests.handoff.conftest import WEBHOOK_SECRET, free_port, install
 
 
@@ -96,18 +98,21 @@ def hooked(client: TestClient, admin: dict[str, str], receiver: Receiver) -> Non
     assert client.post("/api/v1/roles", json=role, headers=admin).status_code == 201
 
 
-def _provision(app: FastAPI, names: list[str]) -> list[uuid.UUID]:
-    """Nodes reaching `provisioned`, as the reconciler reports it."""
+def _provision(client: TestClient, fleet: FakeFleet, names: list[str]) -> list[uuid.UUID]:
+    """Nodes reaching `provisioned`: the reconciler requests their hand-off."""
+    app = client.app
     out = []
     for name in names:
-        installed = install(app, name, "compute")
-        with Session(app.state.engine) as session:
+        installed = install(client, fleet, name, "compute")
+        assert installed.deployment_id is not None
+        services = flows.services(app)
+        with Session(services.engine) as session:
             node = session.get(Node, installed.node_id)
             deployment = session.get(Deployment, installed.deployment_id)
             assert node is not None
             assert deployment is not None
-            handoff.begin(session, app.state.vault, node, deployment)
-            handoff.begin(session, app.state.vault, node, deployment)  # a repeat adds nothing
+            # The reconciler began the hand-off; a repeat adds nothing.
+            handoff.begin(session, services.vault, node, deployment)
             session.commit()
         out.append(installed.deployment_id)
     return out
@@ -149,11 +154,15 @@ def _stored(app: FastAPI) -> list[WebhookDelivery]:
 
 @pytest.mark.usefixtures("hooked")
 def test_receiver_down_then_back_gets_every_event_once_in_order(
-    app: FastAPI, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    client: TestClient,
+    app: FastAPI,
+    fleet: FakeFleet,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     names = ["r01-u01", "r01-u02", "r01-u03"]
-    deployment_ids = _provision(app, names)
+    deployment_ids = _provision(client, fleet, names)
     for name in names[:2]:
         _notify(app, name, "node.active")
     _notify(app, names[2], "node.failed")
@@ -198,10 +207,12 @@ def test_receiver_down_then_back_gets_every_event_once_in_order(
 
 
 @pytest.mark.usefixtures("hooked")
-def test_replicas_share_the_outbox_without_sending_twice(app: FastAPI, receiver: Receiver) -> None:
+def test_replicas_share_the_outbox_without_sending_twice(
+    client: TestClient, app: FastAPI, fleet: FakeFleet, receiver: Receiver
+) -> None:
     receiver.start()
     names = [f"r01-u{i:02}" for i in range(1, 9)]
-    _provision(app, names)
+    _provision(client, fleet, names)
     for name in names:
         _notify(app, name, "node.active")
     settings, engine, vault = app.state.settings, app.state.engine, app.state.vault
@@ -212,10 +223,10 @@ def test_replicas_share_the_outbox_without_sending_twice(app: FastAPI, receiver:
 
 
 def test_other_roles_send_nothing_and_hand_off_at_once(
-    client: TestClient, app: FastAPI, admin: dict[str, str]
+    client: TestClient, app: FastAPI, fleet: FakeFleet, admin: dict[str, str]
 ) -> None:
     client.post("/api/v1/roles", json={"name": "compute"}, headers=admin)
-    (deployment_id,) = _provision(app, ["r01-u01"])
+    (deployment_id,) = _provision(client, fleet, ["r01-u01"])
     _notify(app, "r01-u01", "node.active")
     assert _stored(app) == []
     assert _completed(app, deployment_id)
@@ -227,10 +238,14 @@ def test_other_roles_send_nothing_and_hand_off_at_once(
 
 @pytest.mark.usefixtures("hooked")
 def test_a_role_without_secret_waits_and_says_why(
-    app: FastAPI, receiver: Receiver, caplog: pytest.LogCaptureFixture
+    client: TestClient,
+    app: FastAPI,
+    fleet: FakeFleet,
+    receiver: Receiver,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     receiver.start()
-    _provision(app, ["r01-u01"])
+    _provision(client, fleet, ["r01-u01"])
     with Session(app.state.engine) as session:
         from provisioner.models import Role
 
