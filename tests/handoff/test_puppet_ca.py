@@ -8,6 +8,8 @@ import asyncio
 import datetime
 import re
 import socket
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from provisioner.bmc.fake import FakeFleet
 from provisioner.handoff.puppet_ca import (
     CaError,
     CleanResult,
@@ -27,6 +31,8 @@ from provisioner.handoff.puppet_ca import (
     manual_clean_command,
 )
 from provisioner.settings import Settings
+from tests import flows
+from tests.handoff.conftest import DOMAIN, Live, install
 from tests.puppetserver import (
     CA_CLIENT,
     CLEAN_UP_RULE,
@@ -37,12 +43,30 @@ from tests.puppetserver import (
     running_puppetserver,
 )
 
+BIN = Path(sys.executable).parent
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "handoff.md"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PuppetServer]:
-    with running_puppetserver(tmp_path_factory.mktemp("puppetserver")) as running:
+def autosign_env(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the CA's autosign policy finds the service to ask: written by the test that
+    needs it; without it every CSR waits for a manual signature."""
+    return tmp_path_factory.mktemp("autosign") / "service.env"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, autosign_env: Path) -> Iterator[PuppetServer]:
+    # The policy as a Puppet server runs it: `provisioner autosign` with its own settings.
+    policy = autosign_env.with_name("autosign")
+    policy.write_text(
+        "#!/bin/sh\n"
+        f'[ -r "{autosign_env}" ] || exit 1\n'
+        f'. "{autosign_env}"\n'
+        f'exec "{BIN / "provisioner"}" autosign "$@"\n'
+    )
+    policy.chmod(0o755)
+    root = tmp_path_factory.mktemp("puppetserver")
+    with running_puppetserver(root, autosign=str(policy)) as running:
         yield running
 
 
@@ -359,3 +383,133 @@ def any_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     )
     paths[2].write_bytes(self_signed("Any CA"))
     return paths
+
+
+# ---- the whole story: install, sign, reimage, clean, sign again --------------------
+
+
+@pytest.fixture
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, server: PuppetServer
+) -> Settings:
+    """The hand-off tests' service, with the real CA configured for clean-up, through
+    the client certificate a test names (the one auth.conf allows, by default)."""
+    client_name = getattr(request, "param", CA_CLIENT)
+    cert = server.client(client_name)
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        reconciler=False,
+        power_on_rate=1000,
+        domain=DOMAIN,
+        puppet_server=f"puppet.{DOMAIN}",
+        puppet_ca_url=server.url,
+        puppet_ca_cert=cert.cert,
+        puppet_ca_key=cert.key,
+        puppet_ca_cacert=server.cacert,
+        puppet_ca_retry_limit=1.0,
+    )
+
+
+def agent_run(server: PuppetServer, certname: str, challenge: str) -> str | None:
+    """What a new installation's Puppet agent does first: send the CSR its
+    csr_attributes.yaml describes; the CA asks `provisioner autosign`."""
+    response = server.submit_csr(
+        certname, agent_csr(certname, challenge=challenge, pp_role="compute")
+    )
+    assert response.status_code in (200, 400), response.text
+    return server.certificate(certname)
+
+
+def test_a_reimaged_node_gets_a_new_certificate_from_a_real_ca(
+    client: TestClient,
+    fleet: FakeFleet,
+    live: Live,
+    server: PuppetServer,
+    autosign_env: Path,
+    admin: dict[str, str],
+    operator: dict[str, str],
+) -> None:
+    autosign_env.write_text(
+        f"export PROVISIONER_URL={live.url}\nexport PROVISIONER_TOKEN={live.operator}\n"
+    )
+    try:
+        role = {"name": "compute", "default_image": "rocky-9", "handoff": "enc"}
+        assert client.post("/api/v1/roles", json=role, headers=admin).status_code == 201
+        certname = f"rx01.{DOMAIN}"
+        first = install(client, fleet, "rx01", "compute")
+        assert first.challenge is not None
+        signed = agent_run(server, certname, first.challenge)
+        assert signed is not None, server.log_tail()
+        enc = client.get(f"/api/v1/handoff/puppet/enc/{certname}", headers=operator)
+        assert enc.status_code == 200
+        flows.tick_until(client, operator, "rx01", "active")
+
+        second = install(client, fleet, "rx01", "compute")  # an existing node is reimaged
+        assert first.challenge is not None
+        assert second.challenge is not None
+        assert server.status(certname) is None or state(server, certname) != "signed"
+        cleaned = [
+            e["message"]
+            for e in client.get("/api/v1/nodes/rx01/events", headers=operator).json()
+            if e["kind"] == "puppet-ca"
+        ]
+        assert len(cleaned) == 1
+        assert cleaned[0].startswith(f"revoked and deleted the certificate of {certname}")
+        # Signed again: a new certificate, from the new installation's challenge only.
+        stale = {"certname": certname, "challenge": first.challenge, "pp_role": "compute"}
+        refused = client.post("/api/v1/handoff/puppet/autosign", json=stale, headers=operator)
+        assert refused.json()["sign"] is False
+        resigned = agent_run(server, certname, second.challenge)
+        assert resigned is not None
+        assert resigned != signed
+        client.get(f"/api/v1/handoff/puppet/enc/{certname}", headers=operator)
+        flows.tick_until(client, operator, "rx01", "active")
+    finally:
+        autosign_env.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("settings", [OUTSIDER], indirect=True)
+def test_a_ca_that_refuses_keeps_the_step_waiting_then_fails_the_node(
+    client: TestClient,
+    fleet: FakeFleet,
+    live: Live,
+    server: PuppetServer,
+    autosign_env: Path,
+    admin: dict[str, str],
+    operator: dict[str, str],
+) -> None:
+    autosign_env.write_text(
+        f"export PROVISIONER_URL={live.url}\nexport PROVISIONER_TOKEN={live.operator}\n"
+    )
+    try:
+        role = {"name": "compute", "default_image": "rocky-9", "handoff": "enc"}
+        assert client.post("/api/v1/roles", json=role, headers=admin).status_code == 201
+        certname = f"rx02.{DOMAIN}"
+        first = install(client, fleet, "rx02", "compute")
+        assert first.challenge is not None
+        assert agent_run(server, certname, first.challenge) is not None
+    finally:
+        autosign_env.unlink(missing_ok=True)
+    reimage = client.post("/api/v1/nodes/rx02/actions/reimage", headers=operator)
+    assert reimage.status_code == 202, reimage.text
+    flows.tick_until(
+        client,
+        operator,
+        "rx02",
+        lambda: any(
+            e["kind"] == "puppet-ca"
+            for e in client.get("/api/v1/nodes/rx02/events", headers=operator).json()
+        ),
+        "a word from the CA",
+    )
+    waiting = client.get("/api/v1/nodes/rx02/events", headers=operator).json()[-1]
+    assert waiting["kind"] == "puppet-ca"
+    assert waiting["message"].startswith(f"waiting for the Puppet CA to clean {certname}")
+    assert "auth.conf" in waiting["message"]
+    assert flows.state(client, operator, "rx02") == "provisioning"
+    assert state(server, certname) == "signed"  # nothing was booted or lost meanwhile
+    time.sleep(1.2)  # past the retry limit (and the backoff) the settings give
+    flows.tick_until(client, operator, "rx02", "failed")
+    failed = client.get("/api/v1/nodes/rx02", headers=operator).json()
+    assert failed["last_error"].startswith(f"puppet-clean: the Puppet CA did not clean {certname}")
