@@ -10,7 +10,7 @@ The lab (`provisioner-lab up`) serves the BMCs from its own processes on 127.0.0
 service enrolls them through its API (`provisioner serve`, then POST /api/v1/racks/import
 of the lab's manifest); the sync itself is then run in a separate, fresh Python process
 by the service's own code: `create_app()`, its lifespan, and
-`app.state.power_sync.sync_once()`, as its background loop would call it. See
+`app.state.services.power_sync.sync_once()`, as its background loop would call it. See
 bench/README.md for what is measured.
 """
 
@@ -395,8 +395,8 @@ def sync_child(args: argparse.Namespace) -> int:
     app = create_app(settings)
 
     breakdown = Breakdown()
-    sync = app.state.power_sync
-    pool = app.state.bmc_pool
+    sync = app.state.services.power_sync
+    pool = app.state.services.bmc_pool
     instrumented = all(
         [
             _wrap(sync, "_due", breakdown.phase("load")),
@@ -454,7 +454,7 @@ def sync_child(args: argparse.Namespace) -> int:
                 # Warm syncs a little apart, as the service's loop would run them (it
                 # waits its interval): pyghmi's keepalive thread then gets its turn.
                 await asyncio.sleep(0.5)
-            with Session(app.state.engine) as session:
+            with Session(app.state.services.engine) as session:
                 query = select(Node.power_state, func.count()).group_by(col(Node.power_state))
                 power = dict(session.exec(query).all())
         return {
@@ -782,7 +782,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"serve` ({results['enroll']['import_s']} s), with inspection on enrollment, the "
         "reconciler and the periodic power sync switched off.",
         f"- Service sync: a fresh Python process per row group runs `create_app()` on a copy "
-        f"of that database, enters its lifespan and awaits `app.state.power_sync.sync_once()` "
+        f"of that database, enters its lifespan and awaits "
+        f"`app.state.services.power_sync.sync_once()` "
         f"once on first contact (no session yet: a login per BMC) and "
         f"{len(service['runs']) - 1} times warm (cached sessions), on {service['event_loop']} "
         "as uvicorn would. BMC workers: the service's default of "

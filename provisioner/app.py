@@ -18,6 +18,7 @@ from provisioner.api import (
     bmc,
     boot,
     boot_files,
+    boot_hops,
     catalog,
     problems,
     racks,
@@ -40,6 +41,7 @@ from provisioner.profiles import load_profiles, shipped_profiles_dir
 from provisioner.reconciler import Reconciler
 from provisioner.role_rules import RoleRules
 from provisioner.secrets import Vault
+from provisioner.services import Services
 from provisioner.settings import Settings, get_settings
 from provisioner.tokens import TokenCache
 
@@ -65,12 +67,12 @@ def create_app(
         vault,
         pool,
         settings,
-        lambda: app.state.profiles,
+        lambda: services.profiles,
         RoleRules.load(settings.role_rules),
     )
     power_sync = PowerSync(engine, vault, pool, settings)
     hops = HopRecorder(engine, keep=settings.boot_hops_kept)
-    boot_service = BootService(engine, vault, settings, lambda: app.state.profiles, hops)
+    boot_service = BootService(engine, vault, settings, lambda: services.profiles, hops)
     webhooks = WebhookSender(engine, vault, settings)
 
     @asynccontextmanager
@@ -83,9 +85,9 @@ def create_app(
         gc.freeze()
         tftp = None
         if settings.tftp_enabled:
-            tftp = embedded_tftp(settings, boot_service, app.state.metrics.registry)
+            tftp = embedded_tftp(settings, boot_service, services.metrics.registry)
             await tftp.start(settings.tftp_address, settings.tftp_port)
-            app.state.tftp = tftp
+            services.tftp = tftp
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
@@ -117,25 +119,28 @@ def create_app(
         # bridge would otherwise look for configured providers on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.vault = vault
-    app.state.token_cache = TokenCache()
-    app.state.metrics = Metrics(count_by_state)
-    app.state.profiles = profiles
-    app.state.bmc_pool = pool
-    app.state.reconciler = reconciler
-    app.state.power_sync = power_sync
-    app.state.boot = boot_service
-    app.state.webhooks = webhooks
-    app.state.file_observer = boot_service.file_served
+    services = Services(
+        settings=settings,
+        engine=engine,
+        vault=vault,
+        token_cache=TokenCache(),
+        metrics=Metrics(count_by_state),
+        profiles=profiles,
+        bmc_pool=pool,
+        reconciler=reconciler,
+        power_sync=power_sync,
+        boot=boot_service,
+        webhooks=webhooks,
+        file_observer=boot_service.file_served,
+    )
+    app.state.services = services
 
     problems.install(app)
     for router in (
         service.router,
         boot.router,
         boot_files.router,
-        boot.api,
+        boot_hops.router,
         nodes_api.router,
         actions.router,
         bmc.router,
@@ -149,5 +154,5 @@ def create_app(
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(boot.IpxeScripts)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app

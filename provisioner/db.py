@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 
@@ -57,6 +57,12 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision``, creating the database if needed."""
     command.upgrade(alembic_config(engine), revision)
+
+
+def ping(engine: Engine) -> None:
+    """Ask the database the smallest question; raises SQLAlchemyError if it cannot answer."""
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def sessions(engine: Engine) -> Iterator[Session]:

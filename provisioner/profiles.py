@@ -135,6 +135,15 @@ class LoadError(BaseModel):
     message: str
 
 
+# The API's listing, beside the models it lists rather than in provisioner/schemas.py:
+# this module builds on schemas, so schemas cannot import it.
+class ProfileList(BaseModel):
+    items: list[Profile]
+    errors: list[LoadError] | None = Field(
+        description="Profile files skipped at load and why; null for viewer tokens."
+    )
+
+
 # Placeholders that BIOS vendors leave in unset FRU/SMBIOS fields; they carry no
 # information, so the board's value is used instead, as for an empty field.
 _PLACEHOLDERS = frozenset(

@@ -244,6 +244,64 @@ class ImportResult(BaseModel):
     nodes: list[NodeOut]
 
 
+# ---- a node's BMC, asked directly ----------------------------------------------------
+
+
+class PowerOut(BaseModel):
+    power_state: str
+
+
+class BootDeviceIn(Strict):
+    device: Literal["network", "disk"]
+    persistent: bool = False
+    uefi: Annotated[bool | None, Field(description="null: as the node's hardware profile says")] = (
+        None
+    )
+
+
+class BootDeviceOut(BaseModel):
+    device: str
+    persistent: bool
+    uefi: bool
+
+
+class InventoryOut(BaseModel):
+    source: str
+    collected_at: UtcDatetime
+    hardware_profile: str | None
+    facts: dict[str, Any]
+
+
+# ---- the boot network ----------------------------------------------------------------
+
+
+class CallbackOut(BaseModel):
+    status: str = Field(description="What was recorded.")
+
+
+class TftpTransfer(BaseModel):
+    """One finished transfer, as the pxe process reports it."""
+
+    client: str
+    server: str = ""
+    file: str
+    bytes: int
+    duration: float
+    result: str
+
+
+class TftpTrace(BaseModel):
+    transfers: list[TftpTransfer] = Field(max_length=1000)
+
+
+class BootHopOut(BaseModel):
+    time: str
+    client: str
+    mac: str | None
+    kind: str
+    detail: str
+
+
 # How a provisioned node is handed over (provisioner/handoff): at once, when the role's
 # webhook is acknowledged, or when Puppet first fetches its classification (ENC).
 class Handoff(StrEnum):
@@ -381,3 +439,19 @@ class TokenOut(BaseModel):
 
 class TokenCreated(TokenOut):
     token: str = Field(description="Shown once; only its hash is stored.")
+
+
+# ---- hand-off ------------------------------------------------------------------------
+
+Certname = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+class AutosignIn(Strict):
+    certname: Certname
+    challenge: Annotated[str, Field(max_length=255)] | None = None
+    pp_role: Annotated[str, Field(max_length=255)] | None = None
+
+
+class AutosignOut(BaseModel):
+    sign: bool
+    reason: str

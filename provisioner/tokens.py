@@ -10,8 +10,10 @@ import time
 import uuid
 from datetime import UTC, timedelta
 
-from sqlmodel import Session, select
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
 
+from provisioner.errors import Problem
 from provisioner.models import ApiToken, utcnow
 from provisioner.schemas import Scope
 from provisioner.secrets import hash_token, new_token
@@ -41,10 +43,25 @@ def create_token(
     return row, token
 
 
-def find_token(session: Session, token: str) -> ApiToken | None:
-    """The live token matching ``token``, or None if unknown or expired."""
-    row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).first()
-    return row if row is not None and is_live(row) else None
+def find_by_hash(engine: Engine, digest: str) -> ApiToken | None:
+    """The stored token whose hash is ``digest``, expired or not, read in a session of
+    its own: authentication runs before, and apart from, the request's session."""
+    with Session(engine, expire_on_commit=False) as session:
+        return session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
+
+
+def listing(session: Session) -> list[ApiToken]:
+    return list(session.exec(select(ApiToken).order_by(col(ApiToken.created_at))))
+
+
+def revoke(session: Session, cache: TokenCache, token_id: uuid.UUID) -> None:
+    """Delete the token; this process stops honouring it at once (see :class:`TokenCache`)."""
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise Problem(404, f"No token has the id {token_id}.")
+    session.delete(row)
+    session.commit()
+    cache.forget(token_id)
 
 
 def is_live(row: ApiToken) -> bool:

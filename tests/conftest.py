@@ -64,7 +64,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 def tokens(client: TestClient, app: FastAPI) -> dict[str, str]:
     """One token per scope, keyed by scope."""
     out = {}
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         for scope in ("viewer", "operator", "admin"):
             _, out[scope] = create_token(session, name=f"test-{scope}", scope=scope)  # type: ignore[arg-type]
     return out
@@ -113,7 +113,7 @@ def snapshot(app: FastAPI) -> dict[str, list[tuple[object, ...]]]:
     from sqlmodel import SQLModel
 
     out = {}
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         for table in SQLModel.metadata.sorted_tables:
             rows = connection.execute(table.select()).all()
             out[table.name] = sorted((tuple(r) for r in rows), key=repr)

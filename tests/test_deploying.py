@@ -81,7 +81,7 @@ def enroll(
 
 
 def admin_headers(app: FastAPI) -> dict[str, str]:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         _, secret = create_token(session, name="t", scope="admin")
     return auth(secret)
 
@@ -189,8 +189,8 @@ def test_bmc_error_fails_at_its_step(
 def test_release_wipes_then_ready(
     client: TestClient, app: FastAPI, operator: dict[str, str], fleet: FakeFleet, compute: None
 ) -> None:
-    app.state.settings.wipe_kernel_url = "https://images.example/wipe/vmlinuz"
-    app.state.settings.wipe_initrd_url = "https://images.example/wipe/initrd"
+    app.state.services.settings.wipe_kernel_url = "https://images.example/wipe/vmlinuz"
+    app.state.services.settings.wipe_initrd_url = "https://images.example/wipe/initrd"
     fake = enroll(client, operator, fleet, "n1", 1)
     tick(client)
     assert client.post("/api/v1/nodes/n1/actions/release", headers=operator).status_code == 202
@@ -233,7 +233,7 @@ def test_bulk_action_lists_refusals(
 ) -> None:
     for n in (1, 2, 3):
         enroll(client, operator, fleet, f"n{n}", n)
-    with app.state.engine.begin() as connection:
+    with app.state.services.engine.begin() as connection:
         connection.execute(
             update(table_of(Node)).where(table_of(Node).c.name != "n3").values(state="ready")
         )
@@ -252,7 +252,7 @@ def test_bulk_action_lists_refusals(
     assert result["accepted"] == ["n1", "n2"]
     assert [r["name"] for r in result["refused"]] == ["n3"]
     assert "allowed now" in result["refused"][0]["reason"]
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         batches = connection.execute(table_of(Deployment).select()).all()
     assert {(str(d.batch_id), d.batch_limit) for d in batches} == {(result["batch_id"], 1)}
     everything = client.post(

@@ -64,14 +64,14 @@ def enroll(
 
 
 def tick(client: TestClient) -> int:
-    reconciler = client.app.state.reconciler  # type: ignore[attr-defined]
+    reconciler = client.app.state.services.reconciler  # type: ignore[attr-defined]
     claimed: int = client.portal.call(reconciler.tick)  # type: ignore[union-attr]
     client.portal.call(reconciler.drain)  # type: ignore[union-attr]
     return claimed
 
 
 def sync(client: TestClient) -> SyncReport:
-    report: SyncReport = client.portal.call(client.app.state.power_sync.sync_once)  # type: ignore[attr-defined,union-attr]
+    report: SyncReport = client.portal.call(client.app.state.services.power_sync.sync_once)  # type: ignore[attr-defined,union-attr]
     return report
 
 
@@ -110,7 +110,7 @@ def test_a_node_being_written_to_is_still_claimed(
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no row locks: a writer locks the whole database")
     enroll(client, operator, fleet, "n1", 1)
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with engine.connect() as other:
         node_id = other.execute(select(Node.id)).scalar_one()
         other.execute(
@@ -225,19 +225,19 @@ def test_leases_keep_replicas_apart_and_expire(
     client: TestClient, operator: dict[str, str], fleet: FakeFleet, app: FastAPI
 ) -> None:
     enroll(client, operator, fleet, "n1", 1)
-    with app.state.engine.begin() as connection:
+    with app.state.services.engine.begin() as connection:
         connection.execute(
             update(Node).values(
                 lease_owner="other-replica", lease_expires_at=utcnow() + timedelta(minutes=5)
             )
         )
     assert tick(client) == 0
-    with app.state.engine.begin() as connection:
+    with app.state.services.engine.begin() as connection:
         # The other replica died: its lease ran out.
         connection.execute(update(Node).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert tick(client) == 1
     assert node(client, operator, "n1")["state"] == "ready"
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         lease = connection.execute(
             Node.__table__.select().with_only_columns(col(Node.lease_owner))  # type: ignore[attr-defined]
         ).scalar_one()

@@ -80,7 +80,7 @@ def test_secrets_stay_out_of_responses_logs_and_the_database(
     for secret in secrets:
         assert secret not in caplog.text
 
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         dump = "\n".join(
             repr(row)
             for table in ("bmc", "api_token", "event", "node")
@@ -89,9 +89,9 @@ def test_secrets_stay_out_of_responses_logs_and_the_database(
     for secret in secrets:
         assert secret not in dump
     node_id = uuid.UUID(seen[0].json()["id"])
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         sealed = connection.execute(
             text("SELECT password_encrypted FROM bmc WHERE node_id = :id"),
-            {"id": node_id.hex if app.state.engine.dialect.name == "sqlite" else node_id},
+            {"id": node_id.hex if app.state.services.engine.dialect.name == "sqlite" else node_id},
         ).scalar_one()
-    assert app.state.vault.decrypt(sealed) == PASSWORD + "2"
+    assert app.state.services.vault.decrypt(sealed) == PASSWORD + "2"

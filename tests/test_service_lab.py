@@ -44,7 +44,7 @@ def app(tmp_path: Path) -> FastAPI:
 
 
 def tick_until_settled(client: TestClient, rounds: int = 10) -> None:
-    reconciler = client.app.state.reconciler  # type: ignore[attr-defined]
+    reconciler = client.app.state.services.reconciler  # type: ignore[attr-defined]
     for _ in range(rounds):
         claimed = client.portal.call(reconciler.tick)  # type: ignore[union-attr]
         client.portal.call(reconciler.drain)  # type: ignore[union-attr]
@@ -102,7 +102,7 @@ def test_inspection_power_and_sync_over_ipmi(
     # A BMC goes silent: only its node loses its power state, and the sync of the
     # others is not held up behind it.
     lab.fault(lab.nodes[2], "no-answer")
-    power_sync = client.app.state.power_sync  # type: ignore[attr-defined]
+    power_sync = client.app.state.services.power_sync  # type: ignore[attr-defined]
     started = time.monotonic()
     report = client.portal.call(power_sync.sync_once)  # type: ignore[union-attr]
     assert time.monotonic() - started < 8
@@ -148,7 +148,7 @@ def test_every_fault_kind_through_the_driver(
     victim, *others = flaky_lab.nodes
     flaky_lab.fault(victim, fault)
     try:
-        power_sync = client.app.state.power_sync  # type: ignore[attr-defined]
+        power_sync = client.app.state.services.power_sync  # type: ignore[attr-defined]
         started = time.monotonic()
         report = client.portal.call(power_sync.sync_once)  # type: ignore[union-attr]
         elapsed = time.monotonic() - started

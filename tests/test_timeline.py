@@ -26,14 +26,14 @@ def node_id(client: TestClient, admin: dict[str, str]) -> uuid.UUID:
 
 
 def _node(app: FastAPI, node_id: uuid.UUID) -> Node:
-    with Session(app.state.engine, expire_on_commit=False) as session:
+    with Session(app.state.services.engine, expire_on_commit=False) as session:
         node = session.get(Node, node_id)
         assert node is not None
         return node
 
 
 def _events(app: FastAPI, node_id: uuid.UUID) -> list[Event]:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         query = select(Event).where(Event.node_id == node_id).order_by(col(Event.id))
         return list(session.exec(query))
 
@@ -47,7 +47,7 @@ def test_a_transition_writes_state_version_and_event_together(
     app: FastAPI, node_id: uuid.UUID
 ) -> None:
     before = _node(app, node_id)
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         moved = timeline.transition(
             session,
             before,
@@ -68,18 +68,18 @@ def test_a_transition_writes_state_version_and_event_together(
         "inspecting",
         "looking",
     )
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         fact = session.exec(select(InventoryFact).where(InventoryFact.node_id == node_id)).one()
         assert fact.facts == {"vendor": "Fake"}
 
 
 def test_a_stale_read_writes_nothing(app: FastAPI, node_id: uuid.UUID) -> None:
     stale = _node(app, node_id)
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         timeline.change(session, stale, {"rack_unit": 7}, EventKind.UPDATE, "ops", "moved")
         session.commit()
     count = len(_events(app, node_id))
-    with Session(app.state.engine) as session, pytest.raises(timeline.Stale):
+    with Session(app.state.services.engine) as session, pytest.raises(timeline.Stale):
         timeline.transition(session, stale, Action.INSPECT, "ops", "too late")
     assert _node(app, node_id).state == "enrolled"
     assert len(_events(app, node_id)) == count
@@ -88,15 +88,15 @@ def test_a_stale_read_writes_nothing(app: FastAPI, node_id: uuid.UUID) -> None:
 def test_a_lease_held_by_another_replica_refuses_the_write(
     app: FastAPI, node_id: uuid.UUID
 ) -> None:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         session.execute(update(Node).where(col(Node.id) == node_id).values(lease_owner="other"))
         session.commit()
     node = _node(app, node_id)
-    with Session(app.state.engine) as session, pytest.raises(timeline.Stale):
+    with Session(app.state.services.engine) as session, pytest.raises(timeline.Stale):
         timeline.transition(
             session, node, Action.INSPECT, Actor.PROVISIONER, "mine?", lease_owner="me"
         )
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         timeline.transition(
             session, node, Action.INSPECT, Actor.PROVISIONER, "theirs", lease_owner="other"
         )
@@ -107,10 +107,10 @@ def test_a_lease_held_by_another_replica_refuses_the_write(
 def test_failing_keeps_where_and_why_and_leaving_failed_clears_them(
     app: FastAPI, node_id: uuid.UUID
 ) -> None:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         timeline.transition(session, _node(app, node_id), Action.INSPECT, "ops", "go")
         session.commit()
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         timeline.transition(
             session, _node(app, node_id), Outcome.FAIL, Actor.PROVISIONER, "BMC silent"
         )
@@ -121,7 +121,7 @@ def test_failing_keeps_where_and_why_and_leaving_failed_clears_them(
         "inspecting",
         "BMC silent",
     )
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         timeline.transition(session, failed, Action.RETRY, "ops", "again")
         session.commit()
     retried = _node(app, node_id)
@@ -130,13 +130,16 @@ def test_failing_keeps_where_and_why_and_leaving_failed_clears_them(
 
 def test_an_illegal_change_raises_and_writes_nothing(app: FastAPI, node_id: uuid.UUID) -> None:
     count = len(_events(app, node_id))
-    with Session(app.state.engine) as session, pytest.raises(IllegalAction):
+    with Session(app.state.services.engine) as session, pytest.raises(IllegalAction):
         timeline.transition(session, _node(app, node_id), Outcome.DEPLOYED, "ops", "no")
     assert len(_events(app, node_id)) == count
 
 
 def test_state_changes_only_through_transition(app: FastAPI, node_id: uuid.UUID) -> None:
-    with Session(app.state.engine) as session, pytest.raises(ValueError, match="transition"):
+    with (
+        Session(app.state.services.engine) as session,
+        pytest.raises(ValueError, match="transition"),
+    ):
         timeline.change(
             session, _node(app, node_id), {"state": "active"}, EventKind.UPDATE, "ops", "cheat"
         )

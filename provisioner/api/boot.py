@@ -13,32 +13,30 @@ from typing import Annotated
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
-from pydantic import AfterValidator, BaseModel, Field
-from sqlmodel import col, select
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from provisioner.api.deps import Operator, SessionDep, Viewer
+from provisioner.api.deps import Operator, ServicesDep
 from provisioner.api.problems import problem_response
 from provisioner.boot import scripts
-from provisioner.boot.service import BootService, TftpTransfer
+from provisioner.boot.service import BootService
 from provisioner.deployments import Callback
 from provisioner.errors import Problem
-from provisioner.models import BootHop
+from provisioner.schemas import CallbackOut, TftpTrace
+from provisioner.services import Services
 from provisioner.validation import normalize_mac
 
 router = APIRouter(tags=["boot (node-facing)"])
-api = APIRouter(prefix="/api/v1/boot", tags=["boot"])
 
 _TEXT = "text/plain; charset=utf-8"
 _TEXT_BYTES = _TEXT.encode()
 _MAX_MESSAGE = 2000
 
 
-async def _boot(request: Request) -> BootService:
+async def _boot(services: ServicesDep) -> BootService:
     # Async: a plain def dependency would cost every boot request a thread hand-off.
-    service: BootService = request.app.state.boot
-    return service
+    return services.boot
 
 
 Boot = Annotated[BootService, Depends(_boot)]
@@ -90,7 +88,8 @@ class IpxeScripts:
             )
             await refusal(scope, receive, send)
             return
-        boot: BootService = scope["app"].state.boot
+        services: Services = scope["app"].state.services
+        boot = services.boot
         client = scope["client"][0] if scope.get("client") else "unknown"
         script = await boot.ipxe(mac, client, boot.base_url(_request_base(scope)))
         body = script.encode()
@@ -134,10 +133,6 @@ def answer_part(request: Request, boot: Boot, token: str, part: str) -> Response
     return Response(text, media_type=media)
 
 
-class CallbackOut(BaseModel):
-    status: str = Field(description="What was recorded.")
-
-
 @router.post("/callback/{token}/{kind}", response_model=CallbackOut)
 async def callback(request: Request, boot: Boot, token: str, kind: Callback) -> CallbackOut:
     """An installer reports: started, progress, done or failed. Optional body: JSON
@@ -173,38 +168,9 @@ def tftp_file(
     return Response(text, media_type=_TEXT)
 
 
-class TftpTrace(BaseModel):
-    transfers: list[TftpTransfer] = Field(max_length=1000)
-
-
 @router.post("/boot/trace/tftp", status_code=status.HTTP_202_ACCEPTED)
 def tftp_trace(body: TftpTrace, boot: Boot, _: Operator) -> dict[str, int]:
     """Finished TFTP transfers, reported by a pxe process, for the nodes' timelines."""
     boot.record_tftp(body.transfers)
     return {"accepted": len(body.transfers)}
 
-
-class BootHopOut(BaseModel):
-    time: str
-    client: str
-    mac: str | None
-    kind: str
-    detail: str
-
-
-@api.get("/hops", response_model=list[BootHopOut])
-def unknown_hops(
-    session: SessionDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
-) -> list[BootHopOut]:
-    """Boot requests no node could be found for, newest first."""
-    rows = session.exec(select(BootHop).order_by(col(BootHop.id).desc()).limit(limit))
-    return [
-        BootHopOut(
-            time=row.time.isoformat(),
-            client=row.client,
-            mac=row.mac,
-            kind=row.kind,
-            detail=row.detail,
-        )
-        for row in rows
-    ]

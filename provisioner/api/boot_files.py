@@ -5,18 +5,13 @@ download belongs to, for the observer that puts it on the node's timeline."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from provisioner.boot.files import (
-    BootFile,
-    BootFileResponse,
-    FileObserver,
-    accel_redirect,
-    select,
-)
-from provisioner.errors import Problem
+from provisioner.api.deps import ServicesDep
+from provisioner.boot import files
 
 router = APIRouter(tags=["boot"])
 
@@ -44,30 +39,16 @@ _ROUTE: dict[str, Any] = {
 # Two routes rather than one with both methods: each gets its own OpenAPI operation id.
 @router.get(**_ROUTE)
 @router.head(**_ROUTE)
-async def boot_file(request: Request, path: str, token: str | None = None) -> Response:
+async def boot_file(
+    request: Request, services: ServicesDep, path: str, token: str | None = None
+) -> Response:
     """A file from the images directory, with Range and conditional requests."""
-    settings = request.app.state.settings
-    root = settings.resolved_images_dir
-    observer: FileObserver | None = getattr(request.app.state, "file_observer", None)
     client = request.client.host if request.client else "unknown"
-
-    def on_end(bytes_sent: int, status: int, complete: bool) -> None:
-        if observer is not None:
-            observer(token, client, path, bytes_sent, status, complete)
-
-    try:
-        if settings.accel_redirect:
-            response = accel_redirect(settings.accel_redirect, root, path)
-            on_end(0, response.status_code, True)
-            return response
-        file = BootFile.open(root, path)
-    except Problem as problem:
-        on_end(0, problem.status, True)
-        raise
-    try:
-        selection = select(file, request.headers)
-    except Problem as problem:
-        file.close()
-        on_end(0, problem.status, True)
-        raise
-    return BootFileResponse(file, selection, on_end)
+    settings = services.settings
+    return files.respond(
+        settings.resolved_images_dir,
+        settings.accel_redirect,
+        path,
+        request.headers,
+        functools.partial(services.file_observer, token, client, path),
+    )

@@ -1,4 +1,4 @@
-"""Dependencies shared by the routers: the database session, the secret vault, and
+"""Dependencies shared by the routers: the app's services, the database session, and
 bearer-token authentication with a minimum scope."""
 
 from __future__ import annotations
@@ -8,40 +8,46 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
+from provisioner import tokens
 from provisioner.errors import Problem
 from provisioner.models import ApiToken
 from provisioner.schemas import Scope
 from provisioner.secrets import Vault, hash_token
+from provisioner.services import Services
 from provisioner.settings import Settings
-from provisioner.tokens import TokenCache, is_live, scope_allows
 
 T = TypeVar("T")
 
 
-async def get_session(request: Request) -> AsyncIterator[Session]:
-    # Async so that FastAPI does not spend a thread-pool hand-off on it: making a Session
-    # does no I/O; the endpoint uses it in the thread pool (or inline, see run_db).
-    session = Session(request.app.state.engine, expire_on_commit=False)
+# Async, as every dependency here: FastAPI runs a plain ``def`` dependency in the thread
+# pool, a hand-off that costs more than these attribute reads.
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def get_session(services: ServicesDep) -> AsyncIterator[Session]:
+    # Making a Session does no I/O; the endpoint uses it in the thread pool (or inline,
+    # see run_db).
+    session = Session(services.engine, expire_on_commit=False)
     try:
         yield session
     finally:
         session.close()
 
 
-# Async, like get_session: FastAPI runs a plain ``def`` dependency in the thread pool, a
-# hand-off that costs more than these attribute reads.
-async def get_vault(request: Request) -> Vault:
-    vault: Vault = request.app.state.vault
-    return vault
+async def get_vault(services: ServicesDep) -> Vault:
+    return services.vault
 
 
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+async def get_settings(services: ServicesDep) -> Settings:
+    return services.settings
 
 
 async def run_db(session: Session, call: Callable[[], T]) -> T:
@@ -65,14 +71,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 _bearer = HTTPBearer(auto_error=False, description="An API token: `provisioner token create`")
 
 
-def _lookup(engine: Engine, digest: str) -> ApiToken | None:
-    with Session(engine, expire_on_commit=False) as session:
-        return session.exec(select(ApiToken).where(ApiToken.token_hash == digest)).first()
-
-
 def require(scope: Scope) -> Callable[..., Awaitable[ApiToken]]:
     async def check(
-        request: Request,
+        services: ServicesDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ApiToken:
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -83,16 +84,16 @@ def require(scope: Scope) -> Callable[..., Awaitable[ApiToken]]:
                 "(create one with `provisioner token create`).",
                 headers=challenge,
             )
-        cache: TokenCache = request.app.state.token_cache
+        cache = services.token_cache
         digest = hash_token(credentials.credentials)
         token = cache.get(digest)
         if token is None:
-            token = await run_in_threadpool(_lookup, request.app.state.engine, digest)
+            token = await run_in_threadpool(tokens.find_by_hash, services.engine, digest)
             if token is not None:
                 cache.put(digest, token)
-        if token is None or not is_live(token):
+        if token is None or not tokens.is_live(token):
             raise Problem(401, "The API token is unknown, revoked or expired.", headers=challenge)
-        if not scope_allows(token.scope, scope):
+        if not tokens.scope_allows(token.scope, scope):
             raise Problem(
                 403, f"This needs a token with the {scope} scope; yours has {token.scope}."
             )

@@ -11,30 +11,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
 from provisioner.errors import Problem
 from provisioner.handoff import ansible, puppet
 from provisioner.puppet_formats import enc_yaml
-from provisioner.schemas import Strict
+from provisioner.schemas import AutosignIn, AutosignOut
 
 router = APIRouter(prefix="/api/v1/handoff", tags=["hand-off"])
 
-Certname = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")]
-
 _YAML = "application/yaml"
-
-
-class AutosignIn(Strict):
-    certname: Certname
-    challenge: Annotated[str, Field(max_length=255)] | None = None
-    pp_role: Annotated[str, Field(max_length=255)] | None = None
-
-
-class AutosignOut(BaseModel):
-    sign: bool
-    reason: str
 
 
 @router.get(

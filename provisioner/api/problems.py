@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 
+from provisioner.bmc.base import BmcError
 from provisioner.errors import Problem
 from provisioner.lifecycle import IllegalAction
 
@@ -35,6 +36,10 @@ _TITLES = {
     500: "Internal server error",
     503: "Service unavailable",
 }
+
+# A BMC that cannot be reached or does not answer in time is a gateway's 504; one that
+# answers wrongly (a refused login, an error) a 502.
+_BMC_ERROR_STATUS = {"unreachable": 504, "timed-out": 504, "authentication-failed": 502}
 
 
 def problem_response(
@@ -89,6 +94,12 @@ async def _on_illegal(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(409, str(exc).capitalize() + ".", allowed_actions=exc.allowed)
 
 
+async def _on_bmc_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BmcError)
+    status = _BMC_ERROR_STATUS.get(exc.kind.value, 502)
+    return problem_response(status, str(exc), bmc_error=exc.kind.value)
+
+
 async def _on_integrity(_: Request, exc: Exception) -> JSONResponse:
     # Services check uniqueness first with a precise message; this is the race fallback.
     log.warning("integrity error: %s", type(exc.__cause__ or exc).__name__)
@@ -107,6 +118,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _on_http)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(IllegalAction, _on_illegal)
+    app.add_exception_handler(BmcError, _on_bmc_error)
     app.add_exception_handler(IntegrityError, _on_integrity)
     app.add_exception_handler(OperationalError, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends
 
-from provisioner.api.deps import Viewer
+from provisioner.api.deps import ServicesDep, Viewer
 from provisioner.errors import Problem
-from provisioner.profiles import LoadError, Profile, ProfileSet
+from provisioner.profiles import Profile, ProfileList, ProfileSet
 from provisioner.tokens import scope_allows
 
 router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
 
 
-class ProfileList(BaseModel):
-    items: list[Profile]
-    errors: list[LoadError] | None = Field(
-        description="Profile files skipped at load and why; null for viewer tokens."
-    )
-
-
-def get_profiles(request: Request) -> ProfileSet:
-    profiles: ProfileSet = request.app.state.profiles
-    return profiles
+async def get_profiles(services: ServicesDep) -> ProfileSet:
+    return services.profiles
 
 
 ProfilesDep = Annotated[ProfileSet, Depends(get_profiles)]

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request, Response, status
-from sqlmodel import col, select
+from fastapi import APIRouter, Response, status
 
 from provisioner import tokens
-from provisioner.api.deps import Admin, SessionDep
-from provisioner.errors import Problem
+from provisioner.api.deps import Admin, ServicesDep, SessionDep
 from provisioner.models import ApiToken
 from provisioner.schemas import TokenCreated, TokenIn, TokenOut
 
@@ -18,7 +16,7 @@ router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
 @router.get("", response_model=list[TokenOut])
 def list_tokens(session: SessionDep, _: Admin) -> list[ApiToken]:
-    return list(session.exec(select(ApiToken).order_by(col(ApiToken.created_at))))
+    return tokens.listing(session)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TokenCreated)
@@ -31,10 +29,5 @@ def create_token(body: TokenIn, session: SessionDep, _: Admin) -> TokenCreated:
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response)
-def revoke_token(token_id: uuid.UUID, request: Request, session: SessionDep, _: Admin) -> None:
-    row = session.get(ApiToken, token_id)
-    if row is None:
-        raise Problem(404, f"No token has the id {token_id}.")
-    session.delete(row)
-    session.commit()
-    request.app.state.token_cache.forget(token_id)
+def revoke_token(token_id: uuid.UUID, session: SessionDep, services: ServicesDep, _: Admin) -> None:
+    tokens.revoke(session, services.token_cache, token_id)

@@ -12,7 +12,8 @@ import logging
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.boot.service import BootService, TftpTransfer
+from provisioner.boot.service import BootService
+from provisioner.schemas import TftpTransfer
 from provisioner.settings import Settings
 from pxe.tftp import TftpServer, Transfer
 

@@ -347,3 +347,27 @@ def accel_redirect(prefix: str, root: Path, requested: str) -> Response:
     # nginx unescapes the URI, and a header must be Latin-1: send it percent-encoded.
     location = prefix.rstrip("/") + "/" + quote(requested)
     return Response(headers={"X-Accel-Redirect": location})
+
+
+def respond(
+    root: Path, accel_prefix: str | None, requested: str, headers: Headers, on_end: Ended
+) -> Response:
+    """The response to a request for ``requested`` below ``root``: the file itself (or
+    the byte range and conditions ``headers`` ask for), or with ``accel_prefix`` the
+    hand-off to nginx. ``on_end`` hears how it ended, refusals included."""
+    try:
+        if accel_prefix:
+            response = accel_redirect(accel_prefix, root, requested)
+            on_end(0, response.status_code, True)
+            return response
+        file = BootFile.open(root, requested)
+    except Problem as problem:
+        on_end(0, problem.status, True)
+        raise
+    try:
+        selection = select(file, headers)
+    except Problem as problem:
+        file.close()
+        on_end(0, problem.status, True)
+        raise
+    return BootFileResponse(file, selection, on_end)

@@ -14,11 +14,13 @@ import asyncio
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner.models import BootHop, Deployment, Nic, table_of, utcnow
@@ -204,3 +206,8 @@ def _owners_of(connection: Connection, addresses: set[str]) -> dict[str, uuid.UU
         select(_nic.c.boot_ip, _nic.c.node_id).where(_nic.c.boot_ip.in_(addresses))
     )
     return dict(rows.all())
+
+
+def latest_unknown(session: Session, limit: int) -> Sequence[BootHop]:
+    """The latest hops no node could be found for, newest first."""
+    return session.scalars(select(BootHop).order_by(_hop.c.id.desc()).limit(limit)).all()

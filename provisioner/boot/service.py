@@ -1,8 +1,8 @@
 """The boot decisions: what a machine that network-boots gets, by what the service wants
 for its MAC, and the answer files and callbacks of its installer.
 
-One object per app (``app.state.boot``); every method opens its own short session, so
-the node-facing routes stay independent of the API's request sessions.
+One object per app (``app.state.services.boot``); every method opens its own short
+session, so the node-facing routes stay independent of the API's request sessions.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
 from sqlalchemy import (
     Connection,
     Engine,
@@ -35,6 +34,7 @@ from provisioner.errors import Problem
 from provisioner.lifecycle import NETBOOT_STATES, State
 from provisioner.models import Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.profiles import ProfileSet
+from provisioner.schemas import TftpTransfer
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 from provisioner.timeline import EventKind
@@ -85,17 +85,6 @@ class BootingNode:
     hardware_profile: str | None
     mac: str
     boot_ip: str | None
-
-
-class TftpTransfer(BaseModel):
-    """One finished transfer, as the pxe process reports it."""
-
-    client: str
-    server: str = ""
-    file: str
-    bytes: int
-    duration: float
-    result: str
 
 
 class BootService:

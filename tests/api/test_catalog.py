@@ -93,7 +93,7 @@ def test_expired_token_is_refused(client: TestClient, admin: dict[str, str]) -> 
         json={"name": "short", "scope": "viewer", "expires_in_days": 1},
         headers=admin,
     ).json()
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with Session(engine) as session:
         row = session.exec(select(ApiToken).where(ApiToken.name == "short")).one()
         row.expires_at = datetime(2000, 1, 1, tzinfo=UTC)

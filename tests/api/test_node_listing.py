@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from provisioner import nodes
 from provisioner.models import Bmc, Node
+from provisioner.nodes import queries
 from tests.conftest import node_body, snapshot
 
 ROLES = ("compute", "storage")
@@ -62,7 +62,7 @@ def _walk(client: TestClient, headers: dict[str, str], **params: Any) -> list[di
 def test_every_filter_combination_matches_a_plain_scan(
     client: TestClient, app: FastAPI, viewer: dict[str, str], fleet: list[str]
 ) -> None:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         node_id = session.exec(select(Node.id).where(Node.name == "n05")).one()
         session.execute(delete(Bmc).where(col(Bmc.node_id) == node_id))
         session.commit()
@@ -113,13 +113,13 @@ def test_a_filtered_page_is_a_range_of_its_index(
 ) -> None:
     """Without table statistics SQLite would as soon walk every enrolled node in name
     order as the few of one rack: the page query leaves it one index to choose."""
-    if app.state.engine.dialect.name != "sqlite":
+    if app.state.services.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL plans from its own statistics")
-    nodes_statement, _ = nodes._page_statements(frozenset(given))
-    compiled = nodes_statement.compile(app.state.engine)
+    nodes_statement, _ = queries._page_statements(frozenset(given))
+    compiled = nodes_statement.compile(app.state.services.engine)
     values = compiled.construct_params({**given, "limit": 101})
     assert compiled.positiontup is not None
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         raw = connection.exec_driver_sql(
             "EXPLAIN QUERY PLAN " + compiled.string,
             tuple(values[name] for name in compiled.positiontup),

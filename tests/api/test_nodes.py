@@ -150,10 +150,10 @@ def test_patch_bmc_keeps_the_password_unless_given(
     )
     assert response.status_code == 200, response.text
     assert response.json()["bmc"]["port"] == 6231
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         bmc = session.get(Bmc, uuid.UUID(node["id"]))
         assert bmc is not None
-        assert app.state.vault.decrypt(bmc.password_encrypted) == " pass with spaces "
+        assert app.state.services.vault.decrypt(bmc.password_encrypted) == " pass with spaces "
 
 
 def test_delete(client: TestClient, operator: dict[str, str]) -> None:
@@ -246,7 +246,7 @@ def test_provision_needs_a_known_role_and_image(
     enroll(client, operator)
     client.post("/api/v1/nodes/r01-u01/actions/inspect", headers=operator)
     # Inspection is the reconciler's job (a later issue); here we only check the API.
-    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with engine.begin() as connection:
         connection.execute(Node.__table__.update().values(state="ready"))  # type: ignore[attr-defined]
 

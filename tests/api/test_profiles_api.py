@@ -73,7 +73,7 @@ def test_operators_see_why_a_profile_was_skipped(settings: Settings, tmp_path: P
     )
     (profiles_dir / "acme.yaml").write_text("name: acme\nboot_mode: floppy\n", encoding="utf-8")
     app = create_app(settings.model_copy(update={"profiles_dir": profiles_dir}))
-    with TestClient(app) as client, Session(app.state.engine) as session:
+    with TestClient(app) as client, Session(app.state.services.engine) as session:
         _, operator = create_token(session, name="ops", scope="operator")
         _, viewer = create_token(session, name="view", scope="viewer")
         listed = client.get("/api/v1/profiles", headers=auth(operator)).json()

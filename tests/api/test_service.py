@@ -26,15 +26,15 @@ def test_metrics_count_requests_and_nodes_by_state(
 
 def test_readyz_fails_when_the_database_is_gone(client: TestClient) -> None:
     app = client.app
-    good = app.state.engine  # type: ignore[attr-defined]
-    app.state.engine = create_engine("sqlite:////nonexistent/dir/db.sqlite")  # type: ignore[attr-defined]
+    good = app.state.services.engine  # type: ignore[attr-defined]
+    app.state.services.engine = create_engine("sqlite:////nonexistent/dir/db.sqlite")  # type: ignore[attr-defined]
     try:
         response = client.get("/readyz")
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert client.get("/healthz").status_code == 200
     finally:
-        app.state.engine = good  # type: ignore[attr-defined]
+        app.state.services.engine = good  # type: ignore[attr-defined]
 
 
 def test_openapi_documents_the_api(client: TestClient) -> None:

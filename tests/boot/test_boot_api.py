@@ -64,7 +64,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def flush_hops(client: TestClient, app: FastAPI) -> None:
     """Write the boot hops recorded so far, which the app otherwise does in batches."""
-    client.portal.call(app.state.boot.hops.flush)  # type: ignore[union-attr]
+    client.portal.call(app.state.services.boot.hops.flush)  # type: ignore[union-attr]
 
 
 def events(client: TestClient, headers: dict[str, str], node: str = "r01-u01") -> list[dict]:
@@ -81,7 +81,7 @@ def provisioning(
 ) -> str:
     """A node in provisioning with rocky-9 as role compute; returns its token."""
     assert client.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
-    with app.state.engine.begin() as connection:
+    with app.state.services.engine.begin() as connection:
         connection.execute(update(table_of(Node)).values(state="ready"))
     role = {"name": "compute", "default_image": "rocky-9", "packages": ["chrony"]}
     assert client.post("/api/v1/roles", json=role, headers=admin).status_code == 201
@@ -117,7 +117,7 @@ def test_other_states_boot_from_disk(
 ) -> None:
     assert client.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
     for state in ("enrolled", "ready", "active", "failed"):
-        with app.state.engine.begin() as connection:
+        with app.state.services.engine.begin() as connection:
             connection.execute(update(table_of(Node)).values(state=state))
         script = client.get("/boot/ipxe", params={"mac": MAC}).text
         lint_ipxe(script)
@@ -156,8 +156,8 @@ def test_unknown_mac_is_discovered_once(
 def test_discovery_image_when_configured(
     client: TestClient, app: FastAPI, viewer: dict[str, str]
 ) -> None:
-    app.state.settings.discovery_kernel_url = "discovery/vmlinuz"
-    app.state.settings.discovery_initrd_url = "https://images.example/discovery.img"
+    app.state.services.settings.discovery_kernel_url = "discovery/vmlinuz"
+    app.state.services.settings.discovery_initrd_url = "https://images.example/discovery.img"
     script = client.get("/boot/ipxe", params={"mac": "52:54:00:aa:bb:cd"}).text
     lint_ipxe(script)
     assert "kernel --name kernel http://testserver/boot/files/discovery/vmlinuz " in script
@@ -172,7 +172,7 @@ def test_bad_mac_is_a_clear_422(client: TestClient) -> None:
 
 
 def test_bootstrap_chains_with_ipxe_variables(client: TestClient, app: FastAPI) -> None:
-    app.state.settings.boot_url = "http://10.0.0.2:8080/"
+    app.state.services.settings.boot_url = "http://10.0.0.2:8080/"
     script = client.get("/boot/bootstrap.ipxe").text
     lint_ipxe(script)
     assert (
@@ -196,7 +196,7 @@ def test_answer_file_and_callbacks(
     assert progress.status_code == 200
     assert client.post(f"/callback/{token}/done").status_code == 200
 
-    with app.state.engine.connect() as connection:
+    with app.state.services.engine.connect() as connection:
         row = connection.execute(table_of(Deployment).select()).one()
     assert (row.status, row.message) == ("done", "packages installed")
     kinds = [e["kind"] for e in events(client, operator)]
@@ -218,7 +218,7 @@ def test_wrong_and_expired_tokens(client: TestClient, provisioning: str, app: Fa
     assert client.post(f"/callback/{provisioning}/rebooted").status_code == 422
     assert snapshot(app) == before
 
-    with app.state.engine.begin() as connection:
+    with app.state.services.engine.begin() as connection:
         connection.execute(
             update(table_of(Deployment)).values(expires_at=utcnow() - timedelta(seconds=1))
         )
@@ -304,12 +304,12 @@ def test_unknown_hops_are_bounded(settings: Settings) -> None:
     keep = 100
     app = create_app(settings.model_copy(update={"boot_hops_kept": keep}))
     with TestClient(app) as client:
-        recorder = app.state.boot.hops
+        recorder = app.state.services.boot.hops
         for i in range(3 * keep):
             recorder.unknown(f"192.0.2.{i % 250}", None, "tftp", f"hop {i}")
             if i % 50 == 49:
                 flush_hops(client, app)
-        with app.state.engine.connect() as connection:
+        with app.state.services.engine.connect() as connection:
             details = (
                 connection.execute(select(BootHop.detail).order_by(col(BootHop.id).desc()))
                 .scalars()

@@ -88,7 +88,7 @@ def make_app(images: Path, data: Path, **overrides: Any) -> tuple[FastAPI, Recor
     app = create_app(settings)
     recorder = Recorder([])
     observer: files.FileObserver = recorder  # mypy checks the Protocol's signature
-    app.state.file_observer = observer
+    app.state.services.file_observer = observer
     return app, recorder
 
 

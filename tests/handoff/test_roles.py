@@ -54,12 +54,12 @@ def test_secret_is_stored_encrypted_and_never_returned(
         client.get("/openapi.json").text,
     ]
     assert all(WEBHOOK_SECRET not in text for text in outputs)
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         role = session.get(Role, "web")
         assert role is not None
         assert role.webhook_secret_encrypted is not None
         assert WEBHOOK_SECRET not in role.webhook_secret_encrypted
-        assert app.state.vault.decrypt(role.webhook_secret_encrypted) == WEBHOOK_SECRET
+        assert app.state.services.vault.decrypt(role.webhook_secret_encrypted) == WEBHOOK_SECRET
 
 
 def test_patch_keeps_the_configuration_complete(
@@ -80,8 +80,9 @@ def test_patch_keeps_the_configuration_complete(
     assert client.patch(url, json={"webhook_url": None}, headers=admin).status_code == 422
     rotated = {"webhook_secret": "another-secret-0123456789"}
     assert client.patch(url, json=rotated, headers=admin).status_code == 200
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         role = session.get(Role, "web")
         assert role is not None
         assert role.webhook_secret_encrypted is not None
-        assert app.state.vault.decrypt(role.webhook_secret_encrypted) == rotated["webhook_secret"]
+        secret = app.state.services.vault.decrypt(role.webhook_secret_encrypted)
+        assert secret == rotated["webhook_secret"]

@@ -1,0 +1,27 @@
+"""Node inventory, by concern: reading (:mod:`~provisioner.nodes.queries`), the checks
+enrollment and changes share (:mod:`~provisioner.nodes.checks`),
+:mod:`~provisioner.nodes.enrollment`, :mod:`~provisioner.nodes.changes` and deletion,
+lifecycle :mod:`~provisioner.nodes.actions`, and asking a node's BMC directly
+(:mod:`~provisioner.nodes.control`, imported on its own).
+
+Node state and events are written only through :mod:`provisioner.timeline`.
+"""
+
+from provisioner.nodes.actions import act
+from provisioner.nodes.changes import change, remove
+from provisioner.nodes.enrollment import enroll, enroll_one
+from provisioner.nodes.queries import count_by_state, events, find, last_inspection, page, present
+
+__all__ = [
+    "act",
+    "change",
+    "count_by_state",
+    "enroll",
+    "enroll_one",
+    "events",
+    "find",
+    "last_inspection",
+    "page",
+    "present",
+    "remove",
+]

@@ -1,0 +1,117 @@
+"""Lifecycle and power actions on one node, as an operator (or the reconciler) asks for
+them: checked against the lifecycle and recorded; the reconciler does the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session
+
+from provisioner import deployments, timeline
+from provisioner.errors import Problem
+from provisioner.lifecycle import POWER_ACTIONS, Action, State, decide
+from provisioner.models import Node, OsImage, Role
+from provisioner.nodes.changes import POWER_RESET, saving
+from provisioner.schemas import ActionRequest
+from provisioner.secrets import Vault
+from provisioner.steps import KIND_FOR_STATE, DeploymentKind, DeploymentStatus
+
+
+def act(
+    session: Session,
+    node: Node,
+    action: Action,
+    body: ActionRequest,
+    actor: str,
+    *,
+    vault: Vault,
+    deploy_timeout: float,
+    batch: deployments.Batch | None = None,
+) -> Node:
+    """Validate ``action`` against the lifecycle and record it; the reconciler does the work.
+
+    Entering provisioning or wiping starts a deployment at once, so a machine that
+    network-boots from now on gets its installer even before the reconciler powers it.
+    """
+    state = State(node.state)
+    to_state = decide(
+        state, action, maintenance=node.maintenance, failed_from=_failed_from(node)
+    ).to_state
+    changes: dict[str, Any] = {}
+    message = body.reason or f"{action.value} requested"
+    if action is Action.MAINTENANCE_ON:
+        changes.update(maintenance=True, maintenance_reason=body.reason)
+    elif action is Action.MAINTENANCE_OFF:
+        changes.update(maintenance=False, maintenance_reason=None)
+    elif action in POWER_ACTIONS:
+        changes.update(POWER_RESET, target_power=action.value.removeprefix("power-"))
+    elif action in (Action.PROVISION, Action.REIMAGE):
+        changes.update(_deployment_choice(session, node, body))
+        message = f"{action.value} as role {changes['role']} with image {changes['image']}"
+        if body.reason:
+            message += f": {body.reason}"
+    if to_state is State.FAILED:
+        changes["last_error"] = f"aborted by {actor} while {state.value}"
+    if to_state in KIND_FOR_STATE:
+        changes.update(wake_at=None, auto_provision=False)
+        deployments.start(
+            session,
+            vault,
+            node.id,
+            kind=_kind_of(action, to_state),
+            role=changes.get("role", node.role),
+            image=changes.get("image", node.image),
+            timeout=deploy_timeout,
+            batch=batch,
+        )
+    elif action is Action.ABORT:
+        deployments.end_live(session, node.id, DeploymentStatus.ABORTED, f"aborted by {actor}")
+    with saving(session, node):
+        timeline.transition(session, node, action, actor, message, changes=changes)
+    return node
+
+
+def _kind_of(action: Action, to_state: State) -> DeploymentKind:
+    """The kind of deployment an action starts: its own (provision, reimage), or the
+    one its new state's work begins with (a release wipes; a retry starts over)."""
+    if action is Action.PROVISION:
+        return DeploymentKind.PROVISION
+    if action is Action.REIMAGE:
+        return DeploymentKind.REIMAGE
+    return KIND_FOR_STATE[to_state]
+
+
+def _failed_from(node: Node) -> State | None:
+    return State(node.failed_from) if node.failed_from else None
+
+
+def _deployment_choice(session: Session, node: Node, body: ActionRequest) -> dict[str, str]:
+    role_name = body.role or node.role
+    if role_name is None:
+        raise Problem(
+            422,
+            'Provisioning needs a role: pass {"role": ...} or set the node\'s role.',
+            errors=[{"field": "role", "message": "required"}],
+        )
+    role = session.get(Role, role_name)
+    if role is None:
+        raise Problem(
+            422,
+            f"Unknown role {role_name!r}; create it first (POST /api/v1/roles).",
+            errors=[{"field": "role", "message": "unknown role"}],
+        )
+    image_name = body.image or (node.image if not body.role else None) or role.default_image
+    if image_name is None:
+        raise Problem(
+            422,
+            f'Provisioning needs an image: pass {{"image": ...}} or set role {role.name!r}\'s '
+            "default_image.",
+            errors=[{"field": "image", "message": "required"}],
+        )
+    if session.get(OsImage, image_name) is None:
+        raise Problem(
+            422,
+            f"Unknown image {image_name!r}; see GET /api/v1/images.",
+            errors=[{"field": "image", "message": "unknown image"}],
+        )
+    return {"role": role.name, "image": image_name}

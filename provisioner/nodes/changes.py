@@ -1,0 +1,152 @@
+"""Changing and deleting nodes. A change is refused with 412 if the caller's ETag is
+stale and with 409 if another request changed the node meanwhile: concurrent writers
+cannot lose each other's updates (see :func:`saving`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import insert
+from sqlmodel import Session, col
+
+from provisioner import timeline
+from provisioner.errors import Problem
+from provisioner.lifecycle import State
+from provisioner.models import Bmc, Nic, Node
+from provisioner.nodes.checks import (
+    Claim,
+    conflict_errors,
+    in_api_terms,
+    rack_position,
+    reference_errors,
+)
+from provisioner.schemas import NodePatch
+from provisioner.secrets import Vault
+from provisioner.timeline import EventKind
+
+log = logging.getLogger(__name__)
+
+# Clears a node flagged by the power sync: an operator has acted on its BMC.
+POWER_RESET: dict[str, Any] = {"power_failures": 0, "power_reason": None}
+
+
+@contextmanager
+def saving(session: Session, node: Node) -> Iterator[None]:
+    """Commit what the block wrote through the timeline, or answer 409 if the node
+    changed since it was read (another request won the race)."""
+    try:
+        yield
+    except timeline.Stale:
+        session.rollback()
+        raise Problem(
+            409, "The node changed while this request ran; read it again and retry."
+        ) from None
+    session.commit()
+    session.refresh(node)
+
+
+def etag(node: Node) -> str:
+    return f'"{node.version}"'
+
+
+def check_if_match(node: Node, if_match: str | None) -> None:
+    if if_match is None or if_match.strip() == "*":
+        return
+    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    if etag(node) not in tags:
+        raise Problem(
+            412,
+            f"The node has changed (its ETag is now {etag(node)}); fetch it again and "
+            "reapply your change.",
+        )
+
+
+def change(
+    session: Session, vault: Vault, node: Node, patch: NodePatch, actor: str, if_match: str | None
+) -> Node:
+    check_if_match(node, if_match)
+    given = patch.model_fields_set
+    if errors := reference_errors(session, [patch]):
+        raise Problem(
+            422,
+            "The change names a role or image that does not exist.",
+            errors=in_api_terms(errors),
+        )
+    claim = Claim(
+        name=patch.name if "name" in given else None,
+        macs=tuple(n.mac for n in patch.nics or ()),
+        position=rack_position(
+            patch.rack if "rack" in given else node.rack,
+            patch.rack_unit if "rack_unit" in given else node.rack_unit,
+        ),
+    )
+    if errors := conflict_errors(session, [claim], exclude=node.id):
+        raise Problem(
+            409, "The name, a MAC or the rack position is taken.", errors=in_api_terms(errors)
+        )
+    if "name" in given and patch.name is None:
+        raise Problem(
+            422,
+            "A node must keep a name.",
+            errors=[{"field": "name", "message": "may not be null"}],
+        )
+    changes: dict[str, Any] = {
+        field: getattr(patch, field)
+        for field in ("name", "rack", "rack_unit", "role", "hardware_profile", "image")
+        if field in given
+    }
+    touched = sorted(given)
+    if patch.bmc is not None:
+        _change_bmc(session, vault, node, patch)
+        # New BMC settings deserve a fresh start of the power sync.
+        changes.update(POWER_RESET)
+    if patch.nics is not None:
+        session.execute(sql_delete(Nic).where(col(Nic.node_id) == node.id))
+        if patch.nics:
+            rows = [{"node_id": node.id, "mac": n.mac, "pxe": n.pxe} for n in patch.nics]
+            session.execute(insert(Nic), rows)
+    with saving(session, node):
+        message = f"changed {', '.join(touched) or 'nothing'}"
+        timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
+    return node
+
+
+def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) -> None:
+    assert patch.bmc is not None
+    bmc = session.get(Bmc, node.id)
+    fields = patch.bmc.model_dump(exclude_unset=True, exclude={"password"})
+    if bmc is None:
+        missing = [f for f in ("address", "username", "password") if getattr(patch.bmc, f) is None]
+        if missing:
+            raise Problem(
+                422,
+                "This node has no BMC yet: give address, username and password.",
+                errors=[{"field": f"bmc.{f}", "message": "required"} for f in missing],
+            )
+        bmc = Bmc(node_id=node.id, password_encrypted="", **fields)
+    else:
+        for key, value in fields.items():
+            if value is not None:
+                setattr(bmc, key, value)
+    if patch.bmc.password is not None:
+        bmc.password_encrypted = vault.encrypt(patch.bmc.password.get_secret_value())
+    session.add(bmc)
+    session.flush()
+
+
+def remove(session: Session, node: Node, actor: str) -> None:
+    state = State(node.state)
+    if state in (State.INSPECTING, State.PROVISIONING, State.WIPING) and not node.maintenance:
+        raise Problem(
+            409,
+            f"The node is {state.value}; abort it first, or set maintenance-on to delete it "
+            "anyway.",
+        )
+    session.execute(sql_delete(Node).where(col(Node.id) == node.id))
+    session.commit()
+    log.info("node %s (%s) deleted by %s", node.name, node.id, actor)
