@@ -162,3 +162,16 @@ def test_every_handoff_after_every_installation(
     kinds = _kinds(client, operator)
     assert kinds.count("handed-off") == (1 if sequence == "provision" else 2)
     assert "fail" not in kinds
+    # No Puppet CA is configured here: a node that had a certificate (an enc role's,
+    # signed through autosign) gets the command to clean it on its timeline, once per
+    # reimage or release, and no other node does.
+    advice = [
+        e["message"]
+        for e in client.get("/api/v1/nodes/n1/events", headers=operator).json()
+        if e["kind"] == "puppet-ca"
+    ]
+    if kind == "enc" and sequence != "provision":
+        assert len(advice) == 1
+        assert f"run `puppetserver ca clean --certname {FQDN}`" in advice[0]
+    else:
+        assert advice == []
