@@ -119,14 +119,14 @@ def _provision(client: TestClient, fleet: FakeFleet, names: list[str]) -> list[u
 
 
 def _notify(app: FastAPI, name: str, event: str) -> None:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         node = session.exec(select(Node).where(Node.name == name)).one()
-        handoff.notify(session, app.state.vault, node, event, None)
+        handoff.notify(session, app.state.services.vault, node, event, None)
         session.commit()
 
 
 def _completed(app: FastAPI, deployment_id: uuid.UUID) -> bool:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         deployment = session.get(Deployment, deployment_id)
         assert deployment is not None
         node = session.get(Node, deployment.node_id)
@@ -148,7 +148,7 @@ def _deliver_all(senders: list[WebhookSender], expected: int, within: float = 15
 
 
 def _stored(app: FastAPI) -> list[WebhookDelivery]:
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         return list(session.exec(select(WebhookDelivery).order_by(col(WebhookDelivery.id))))
 
 
@@ -169,8 +169,8 @@ def test_receiver_down_then_back_gets_every_event_once_in_order(
     assert not any(_completed(app, d) for d in deployment_ids)
 
     # Not listening at all, then answering 503: nothing is lost, nothing is delivered.
-    settings = app.state.settings
-    first = WebhookSender(app.state.engine, app.state.vault, settings)
+    settings = app.state.services.settings
+    first = WebhookSender(app.state.services.engine, app.state.services.vault, settings)
     assert _deliver_all([first], expected=1, within=0.5) == 0
     receiver.failing = True
     receiver.start()
@@ -186,7 +186,7 @@ def test_receiver_down_then_back_gets_every_event_once_in_order(
 
     # The service restarts (a new sender) and the receiver recovers.
     receiver.failing = False
-    second = WebhookSender(app.state.engine, app.state.vault, settings)
+    second = WebhookSender(app.state.services.engine, app.state.services.vault, settings)
     assert _deliver_all([second], expected=6) == 6
     assert receiver.bad_signatures == 0
     keys = [str(p["delivery"]) for p in receiver.accepted]
@@ -215,7 +215,8 @@ def test_replicas_share_the_outbox_without_sending_twice(
     _provision(client, fleet, names)
     for name in names:
         _notify(app, name, "node.active")
-    settings, engine, vault = app.state.settings, app.state.engine, app.state.vault
+    services = app.state.services
+    settings, engine, vault = services.settings, services.engine, services.vault
     replicas = [WebhookSender(engine, vault, settings) for _ in range(3)]
     assert _deliver_all(replicas, expected=16) == 16
     keys = [p["delivery"] for p in receiver.accepted]
@@ -230,10 +231,10 @@ def test_other_roles_send_nothing_and_hand_off_at_once(
     _notify(app, "r01-u01", "node.active")
     assert _stored(app) == []
     assert _completed(app, deployment_id)
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         node = session.exec(select(Node)).one()
         with pytest.raises(ValueError, match="notify takes"):
-            handoff.notify(session, app.state.vault, node, "node.provisioned", None)
+            handoff.notify(session, app.state.services.vault, node, "node.provisioned", None)
 
 
 @pytest.mark.usefixtures("hooked")
@@ -246,7 +247,7 @@ def test_a_role_without_secret_waits_and_says_why(
 ) -> None:
     receiver.start()
     _provision(client, fleet, ["r01-u01"])
-    with Session(app.state.engine) as session:
+    with Session(app.state.services.engine) as session:
         from provisioner.models import Role
 
         role = session.get(Role, "compute")
@@ -254,7 +255,8 @@ def test_a_role_without_secret_waits_and_says_why(
         role.webhook_secret_encrypted = None
         session.add(role)
         session.commit()
-    sender = WebhookSender(app.state.engine, app.state.vault, app.state.settings)
+    services = app.state.services
+    sender = WebhookSender(services.engine, services.vault, services.settings)
     assert _deliver_all([sender], expected=1, within=0.3) == 0
     assert receiver.accepted == []
     assert receiver.refused == 0
