@@ -66,7 +66,7 @@ def tokens(client: TestClient, app: FastAPI) -> dict[str, str]:
     out = {}
     with Session(app.state.services.engine) as session:
         for scope in ("viewer", "operator", "admin"):
-            _, out[scope] = create_token(session, name=f"test-{scope}", scope=scope)  # type: ignore[arg-type]
+            _, out[scope] = create_token(session, name=f"test-{scope}", scope=scope)
     return out
 
 

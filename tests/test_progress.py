@@ -3,12 +3,14 @@ not make it and why."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from provisioner.cli.client import CliError
 from provisioner.cli.progress import watch
 
-NODES = [
+NODES: list[dict[str, Any]] = [
     {"name": "n1", "state": "active", "power_state": "on", "last_error": None},
     {"name": "n2", "state": "failed", "power_state": "on", "last_error": "install: no callback"},
     {"name": "n3", "state": "provisioning", "power_state": "on", "last_error": None},

@@ -18,7 +18,7 @@ from provisioner.app import create_app
 from provisioner.bmc.base import BootDevice, ErrorKind
 from provisioner.bmc.fake import FakeBmc, FakeFleet
 from provisioner.models import Event, Node, utcnow
-from provisioner.power import SyncReport
+from provisioner.power import PowerSync, SyncReport
 from provisioner.settings import Settings
 from tests.conftest import auth
 
@@ -71,8 +71,9 @@ def tick(client: TestClient) -> int:
 
 
 def sync(client: TestClient) -> SyncReport:
-    report: SyncReport = client.portal.call(client.app.state.services.power_sync.sync_once)  # type: ignore[attr-defined,union-attr]
-    return report
+    power_sync: PowerSync = client.app.state.services.power_sync  # type: ignore[attr-defined]
+    assert client.portal is not None
+    return client.portal.call(power_sync.sync_once)
 
 
 def node(client: TestClient, headers: dict[str, str], name: str) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def test_a_node_being_written_to_is_still_claimed(
     enroll(client, operator, fleet, "n1", 1)
     engine = client.app.state.services.engine  # type: ignore[attr-defined]
     with engine.connect() as other:
-        node_id = other.execute(select(Node.id)).scalar_one()
+        node_id = other.execute(select(col(Node.id))).scalar_one()
         other.execute(
             insert(Event).values(node_id=node_id, time=utcnow(), actor="node", kind="boot-ipxe")
         )  # not committed yet: the row lock is held

@@ -64,7 +64,9 @@ def test_secrets_stay_out_of_responses_logs_and_the_database(
     bad["bmc"]["password"] = PASSWORD + "-long-enough-to-be-refused"  # type: ignore[index]
     seen.append(client.post("/api/v1/nodes", json=bad, headers=operator))
     bad_port = node_body(name="bad2", mac="52:54:00:00:05:06")
-    bad_port["bmc"].update(port="x", password=PASSWORD)  # type: ignore[union-attr]
+    bmc = bad_port["bmc"]
+    assert isinstance(bmc, dict)
+    bmc.update(port="x", password=PASSWORD)
     seen.append(client.post("/api/v1/nodes", json=bad_port, headers=operator))
     created = client.post("/api/v1/tokens", json={"name": "t", "scope": "viewer"}, headers=admin)
     new_token = created.json()["token"]

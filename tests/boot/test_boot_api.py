@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -17,6 +18,7 @@ from sqlmodel import col
 from provisioner.app import create_app
 from provisioner.models import BootHop, Deployment, Node, table_of, utcnow
 from provisioner.settings import Settings
+from provisioner.timeline import EventKind
 from tests.conftest import node_body, snapshot
 
 MAC = "52:54:00:00:01:01"
@@ -67,8 +69,11 @@ def flush_hops(client: TestClient, app: FastAPI) -> None:
     client.portal.call(app.state.services.boot.hops.flush)  # type: ignore[union-attr]
 
 
-def events(client: TestClient, headers: dict[str, str], node: str = "r01-u01") -> list[dict]:
-    return client.get(f"/api/v1/nodes/{node}/events", headers=headers).json()
+def events(
+    client: TestClient, headers: dict[str, str], node: str = "r01-u01"
+) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = client.get(f"/api/v1/nodes/{node}/events", headers=headers).json()
+    return found
 
 
 def has_event(client: TestClient, headers: dict[str, str], kind: str, text: str = "") -> bool:
@@ -306,12 +311,12 @@ def test_unknown_hops_are_bounded(settings: Settings) -> None:
     with TestClient(app) as client:
         recorder = app.state.services.boot.hops
         for i in range(3 * keep):
-            recorder.unknown(f"192.0.2.{i % 250}", None, "tftp", f"hop {i}")
+            recorder.unknown(f"192.0.2.{i % 250}", None, EventKind.BOOT_TFTP, f"hop {i}")
             if i % 50 == 49:
                 flush_hops(client, app)
         with app.state.services.engine.connect() as connection:
             details = (
-                connection.execute(select(BootHop.detail).order_by(col(BootHop.id).desc()))
+                connection.execute(select(col(BootHop.detail)).order_by(col(BootHop.id).desc()))
                 .scalars()
                 .all()
             )
