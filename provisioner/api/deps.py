@@ -50,6 +50,11 @@ async def get_settings(services: ServicesDep) -> Settings:
     return services.settings
 
 
+SessionDep = Annotated[Session, Depends(get_session)]
+VaultDep = Annotated[Vault, Depends(get_vault)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
 async def run_db(session: Session, call: Callable[[], T]) -> T:
     """Run ``call``, short database work on ``session``, from an async endpoint.
 
@@ -63,10 +68,6 @@ async def run_db(session: Session, call: Callable[[], T]) -> T:
         return call()
     return await run_in_threadpool(call)
 
-
-SessionDep = Annotated[Session, Depends(get_session)]
-VaultDep = Annotated[Vault, Depends(get_vault)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `provisioner token create`")
 

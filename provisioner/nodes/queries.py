@@ -1,8 +1,8 @@
 """Reading nodes: lookup, the API's views of them (one, a page, rows just written),
 their timelines and counts.
 
-Listing pages is the hottest path of the API: views are built from plain rows by
-statements made once, never from ORM objects.
+Listing pages is the hottest path of the API: a page is read as plain rows, by
+statements built once per combination of filters.
 """
 
 from __future__ import annotations
