@@ -3,7 +3,7 @@
 pyghmi's ``Bmc`` answers power, boot device and Get Device ID; this subclass adds what a
 provisioning service reads from real hardware (boot flags with their persistent and
 EFI bits, FRU, SDR and sensor readings, system GUID) and fixes the server-side traps of
-pyghmi 1.6.19 described in docs/lab.md:
+pyghmi 1.6.19 described in docs/lab.md and docs/pyghmi.md:
 
 1. an open-session request proposing anything but cipher suite 3 is refused with
    status 0x11, so a pyghmi client falls back to suite 3 instead of crashing in RAKP2;
@@ -12,21 +12,17 @@ pyghmi 1.6.19 described in docs/lab.md:
    expire when idle, so logins cannot grow memory without bound.
 
 Trap 2 (a socket's blocking mode flipped across threads) and the I/O thread's own
-fragility are fixed for the whole process by `install_io_fixes`; `PacketLoop` runs all
-the BMCs of a process in one thread.
+fragility are fixed for the whole process by `provisioner.bmc.pyghmi_fixes`, which
+`lab.packet_loop.PacketLoop` installs before it runs all the BMCs of a process in one
+thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
-import os
 import struct
-import sys
-import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +33,7 @@ import pyghmi.ipmi.private.session as pyghmi_session
 
 from lab import faults
 from lab.machine import BootFlags, Machine, SensorSpec
+from lab.packet_loop import PacketLoop
 
 # pyghmi is untyped; these names give its classes a type mypy accepts as a base.
 _Bmc: Any = pyghmi_bmc.Bmc
@@ -66,10 +63,6 @@ PRODUCT_ID = 0x0001
 _THRESHOLDS = 0x1B
 _NETFN_SENSOR = 0x04
 _NETFN_STORAGE = 0x0A
-
-
-def _log(message: str) -> None:
-    print(f"provisioner-lab[{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 class Accounts:
@@ -163,8 +156,6 @@ class LabBmc(_Bmc):  # type: ignore[misc]
             bmcuuid=machine.uuid,
             address=address,
         )
-        # Set once: the packet loop never changes it again (trap 2).
-        self.serversocket.setblocking(False)
         self.machine = machine
         self.gate = gate
         self.loop = loop
@@ -477,117 +468,3 @@ def _full_sensor_record(record_id: int, spec: SensorSpec) -> bytes:
     body = bytes(itertools.chain.from_iterable(fields)) + name
     header = struct.pack("<HBBB", record_id, 0x51, 0x01, len(body))
     return header + body
-
-
-# --- the process-wide packet machinery ---------------------------------------------
-
-
-def _send_without_mode_change(sock: Any, packet: bytes, sockaddr: Any) -> None:
-    """Replaces pyghmi's ``session._io_sendto``, which sets the socket blocking before
-    each send while the I/O thread sets it non-blocking before each receive: when the
-    two interleave, the I/O thread blocks in recvfrom on an idle socket and every BMC of
-    the process stops answering. Lab sockets stay non-blocking for their whole life."""
-    # A full send buffer is packet loss, as anywhere on UDP: the client retransmits.
-    with contextlib.suppress(OSError):
-        sock.sendto(packet, sockaddr)
-
-
-def _route_incoming(sockets: list[Any], waiters: dict[Any, list[Any]]) -> list[Any]:
-    """Replaces pyghmi's ``session._io_graball`` in the I/O thread: the same routing
-    (a packet from a client with a session goes to that session, any other to the
-    BMC), but looked up with ``dict.get`` so that the packet loop may drop sessions
-    concurrently, and with every packet contained: an exception here would end the
-    I/O thread and silence every BMC of the process."""
-    handlers = pyghmi_session.Session.bmc_handlers
-    senders = []
-    for sock in sockets:
-        while True:
-            try:
-                data, sockaddr = sock.recvfrom(3000)
-            except OSError:
-                break  # drained
-            if len(data) < 4:
-                continue  # pyghmi's wake-up byte
-            try:
-                ports = handlers.get(sockaddr)
-                target = ports.get(sock.getsockname()[1]) if ports else None
-                if target is not None:
-                    entry = (data, sockaddr, sock, True)
-                else:
-                    server = handlers.get(sock)
-                    target = server.get(0) if server else None
-                    entry = (data, sockaddr, sock, False)
-                if target is not None:
-                    target.pktqueue.append(entry)
-                    pyghmi_session.sessionqueue.append(target)
-                for waiter in waiters.pop(sockaddr, ()):
-                    waiter[1].set()
-                senders.append(sockaddr)
-            except Exception:  # see the docstring
-                _log("dropped a packet the I/O thread could not route:\n" + traceback.format_exc())
-    return senders
-
-
-_io_fixes_installed = False
-
-
-def install_io_fixes() -> None:
-    """Swap pyghmi's two I/O functions for the lab's in this process. pyghmi looks
-    both up as module attributes on every call, so the swap reaches every caller."""
-    global _io_fixes_installed
-    pyghmi_session._io_sendto = _send_without_mode_change
-    pyghmi_session._io_graball = _route_incoming
-    _io_fixes_installed = True
-
-
-class PacketLoop:
-    """Runs every BMC of the process in one thread: pyghmi's wait loop delivers the
-    packets, timers deliver delayed ones (the ``slow`` fault), and idle sessions
-    expire. A failure in one packet is logged and the loop goes on."""
-
-    SWEEP_SECONDS = 1.0
-
-    def __init__(self) -> None:
-        self.bmcs: list[LabBmc] = []
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
-        self._stop = threading.Event()
-        self.errors = 0
-
-    def call_later(self, delay: float, action: Callable[[], None]) -> None:
-        # Only the loop thread schedules, so the heap needs no lock.
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._order), action))
-
-    def contain(self, handle: Callable[[tuple[Any, ...]], None], packet: tuple[Any, ...]) -> None:
-        try:
-            handle(packet)
-        except Exception:  # one bad packet must not stop the others
-            self.errors += 1
-            if self.errors <= 20 or self.errors % 1000 == 0:
-                _log(f"error #{self.errors} handling a packet:\n" + traceback.format_exc())
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> None:
-        if not _io_fixes_installed:
-            raise RuntimeError("install_io_fixes() must run before the BMCs are created")
-        next_sweep = time.monotonic() + self.SWEEP_SECONDS
-        while not self._stop.is_set():
-            now = time.monotonic()
-            timeout = next_sweep - now
-            if self._timers:
-                timeout = min(timeout, self._timers[0][0] - now)
-            try:
-                pyghmi_session.Session.wait_for_rsp(timeout=max(timeout, 0.001))
-            except Exception:  # the loop is the last line of defence
-                self.errors += 1
-                _log("error in the packet loop:\n" + traceback.format_exc())
-            now = time.monotonic()
-            while self._timers and self._timers[0][0] <= now:
-                heapq.heappop(self._timers)[2]()
-            if now >= next_sweep:
-                next_sweep = now + self.SWEEP_SECONDS
-                for bmc in self.bmcs:
-                    if bmc.sessions:
-                        bmc.expire_sessions(now)

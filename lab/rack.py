@@ -23,10 +23,11 @@ from typing import Any
 import yaml
 
 from lab import faults
-from lab.bmc import SESSION_IDLE_SECONDS, LabBmc, PacketLoop, install_io_fixes
+from lab.bmc import SESSION_IDLE_SECONDS, LabBmc
 from lab.control import ControlServer
 from lab.machine import build_machine
 from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
+from lab.packet_loop import PacketLoop
 
 UNITS_PER_RACK = 42
 MACS_PER_NODE = 2
@@ -174,7 +175,6 @@ def serve(
     plans: Sequence[NodePlan], settings: LabSettings, report: Report, stop: threading.Event
 ) -> None:
     """Serve ``plans`` in this process until ``stop`` is set."""
-    install_io_fixes()
     loop = PacketLoop()
     netboot = Netboot(settings.netboot)
     try:

@@ -1,8 +1,9 @@
 """A small real IPMI BMC for the driver and pool tests (pyghmi's BMC server on UDP).
 
 Enough of a BMC for power, boot options and Get Device ID, plus the server-side fix that
-lets a pyghmi client log in (trap 1 in /work/shared/notes/pyghmi.md), a login counter
-and a "hang" switch. It has no FRU and no SDR, like pyghmi's stock BMC.
+lets a pyghmi client log in (trap 1 in docs/pyghmi.md), a login counter and a "hang"
+switch. It has no FRU and no SDR, like pyghmi's stock BMC. It serves from this process
+with pyghmi's process-wide I/O fixed as in the service (provisioner.bmc.pyghmi_fixes).
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
-from provisioner.bmc import Target
-from provisioner.bmc import ipmi as _ipmi  # noqa: F401  (patches pyghmi's send first)
+from provisioner.bmc import Target, pyghmi_fixes
 
 USER = "admin"
 PASSWORD = "s3cret-pw"
@@ -57,7 +57,6 @@ class FixtureBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
         super().__init__(users, port=0, address="127.0.0.1")
         # Bound to port 0: pyghmi routes packets by the real port, so record it.
         self.port = self.serversocket.getsockname()[1]
-        self.serversocket.setblocking(False)  # never flipped again (trap 2)
         self.power = "off"
         self.boot_flags = 0
         self.boot_code = 0
@@ -76,13 +75,19 @@ class FixtureBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def sessionless_data(self, data: bytes, sockaddr: Any) -> None:
         if self.hang:
             return  # nor does a stuck BMC answer new logins; clients retransmit
-        data = bytearray(data)
-        if len(data) >= 22 and data[:4] == b"\x06\x00\xff\x07" and data[4:6] == b"\x06\x10":
+        packet = bytearray(data)
+        if len(packet) >= 22 and packet[:4] == b"\x06\x00\xff\x07" and packet[4:6] == b"\x06\x10":
             _ServerSession(
-                self.authdata, self.kg, sockaddr, self.serversocket, data[16:], self.uuid, bmc=self
+                self.authdata,
+                self.kg,
+                sockaddr,
+                self.serversocket,
+                packet[16:],
+                self.uuid,
+                bmc=self,
             )
             return
-        super().sessionless_data(data, sockaddr)
+        super().sessionless_data(packet, sockaddr)
 
     def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
         if self.hang:
@@ -136,8 +141,10 @@ _server_thread: threading.Thread | None = None
 
 
 def start_server() -> None:
-    """One thread serves every fixture BMC in the process, like ``Bmc.listen()``."""
+    """One thread serves every fixture BMC in the process, like ``Bmc.listen()``; the
+    I/O fixes come first, as in the lab, so no BMC socket meets pyghmi's stock send."""
     global _server_thread
+    pyghmi_fixes.install()
     if _server_thread is None:
         _server_thread = threading.Thread(target=_serve, name="fixture-bmcs", daemon=True)
         _server_thread.start()
@@ -149,7 +156,6 @@ class StockBmc(pyghmi_bmc.Bmc):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__({USER: PASSWORD}, port=0, address="127.0.0.1")
         self.port = self.serversocket.getsockname()[1]
-        self.serversocket.setblocking(False)
 
     def get_power_state(self) -> str:
         return "on"
@@ -169,9 +175,8 @@ def _target_for(bmc: FixtureBmc | StockBmc, **overrides: Any) -> Target:
 
 
 def _new_bmc(users: dict[str, str] | None = None) -> FixtureBmc:
-    bmc = FixtureBmc(users or {USER: PASSWORD})
     start_server()
-    return bmc
+    return FixtureBmc(users or {USER: PASSWORD})
 
 
 @pytest.fixture

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
+from lab import faults
+from lab.bmc import LabBmc
+from lab.machine import build_machine
+from lab.packet_loop import PacketLoop
 from provisioner.bmc import BmcError, BootDevice, BootSetting, ErrorKind, PowerAction, Target
-from provisioner.bmc.ipmi import IpmiDriver, _sendto_keeping_mode
+from provisioner.bmc.ipmi import IpmiDriver
 
 TargetFor = Callable[..., Target]
 
@@ -168,40 +170,22 @@ def test_a_closed_driver_fails_at_once(bmc: Any, target_for: TargetFor) -> None:
     assert elapsed < 0.5
 
 
-@pytest.mark.parametrize("send", [_sendto_keeping_mode, pyghmi_session._io_sendto])
-def test_send_never_changes_the_socket_blocking_mode(send: Any, free_port: int) -> None:
-    # The second case is whatever send is installed (the lab installs an equivalent one).
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setblocking(False)
-        send(sock, b"\x01", ("127.0.0.1", free_port))
-        assert sock.getblocking() is False
-
-
 # --- against the lab's virtual BMC: FRU, SDR, sensors and faults --------------------
 
-_lab_loop: Any = None
+_lab_loop: PacketLoop | None = None
 
 
-def _lab_bmc(free_port: int, fault: str = "none") -> Any:
-    """A lab BMC (lab/bmc.py, written alongside this driver) in this process; skips
-    the test while the lab is not importable or its interface moved. Not the ``slow``
+def _lab_bmc(free_port: int, fault: str = "none") -> LabBmc:
+    """A lab BMC in this process, served beside the driver's sessions. Not the ``slow``
     fault: its timers expect only the lab's loop thread to handle packets, and here the
     client's threads handle them too."""
     global _lab_loop
-    try:
-        from lab import faults
-        from lab.bmc import LabBmc, PacketLoop, install_io_fixes
-        from lab.machine import build_machine
-
-        if _lab_loop is None:
-            install_io_fixes()
-            _lab_loop = PacketLoop()
-            threading.Thread(target=_lab_loop.run, name="lab-bmcs", daemon=True).start()
-        machine = build_machine("lab-1", 0, 7, ["52:54:00:00:00:01"])
-        gate = faults.FaultGate(7, "lab-1", faults.parse_fault(fault))
-        lab = LabBmc(machine, "admin", LAB_PASSWORD, gate, _lab_loop, "127.0.0.1", free_port)
-    except (ImportError, TypeError, AttributeError) as exc:
-        pytest.skip(f"lab/bmc.py is not usable here: {exc!r}")
+    if _lab_loop is None:
+        _lab_loop = PacketLoop()
+        threading.Thread(target=_lab_loop.run, name="lab-bmcs", daemon=True).start()
+    machine = build_machine("lab-1", 0, 7, ["52:54:00:00:00:01"])
+    gate = faults.FaultGate(7, "lab-1", faults.parse_fault(fault))
+    lab = LabBmc(machine, "admin", LAB_PASSWORD, gate, _lab_loop, "127.0.0.1", free_port)
     _lab_loop.bmcs.append(lab)
     return lab
 
@@ -209,7 +193,7 @@ def _lab_bmc(free_port: int, fault: str = "none") -> Any:
 LAB_PASSWORD = "lab-pw"
 
 
-def _lab_target(lab: Any, **overrides: Any) -> Target:
+def _lab_target(lab: LabBmc, **overrides: Any) -> Target:
     settings: dict[str, Any] = {
         "address": "127.0.0.1",
         "username": "admin",

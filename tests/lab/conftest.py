@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
 from lab import control, faults
-from lab.bmc import _send_without_mode_change
+from provisioner.bmc import pyghmi_fixes
 from tests.serving import Served, poll
 
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
@@ -154,14 +153,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     assert running.output[-1] == "lab stopped", "\n".join(running.output)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _client_send_fix() -> Iterator[None]:
-    """The client half of trap 2: pyghmi's send flips its socket to blocking under the
-    I/O thread's feet, which stalls calls; the service's driver does the same swap."""
-    original = pyghmi_session._io_sendto
-    pyghmi_session._io_sendto = _send_without_mode_change
-    yield
-    pyghmi_session._io_sendto = original
+@pytest.fixture(autouse=True, scope="session")
+def _pyghmi_fixed() -> None:
+    """pyghmi's client in these tests runs on the I/O layer the service and the lab run
+    on (trap 2 would otherwise stall its calls), whichever test in the process installed
+    it first."""
+    pyghmi_fixes.install()
 
 
 def ipmitool_path() -> str:
