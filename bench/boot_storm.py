@@ -103,8 +103,21 @@ def tftp_server(name: str, command: list[str], port: int, log: Path) -> Process:
 
 def ours(root: Path, work: Path, loop: str, workers: int) -> Process:
     port = free_port(socket.SOCK_DGRAM)
-    command = [sys.executable, "-m", "pxe.tftp", "--root", str(root), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    command = [
+        sys.executable,
+        "-m",
+        "pxe.tftp",
+        "--root",
+        str(root),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     if loop == "uvloop":
         command.append("--uvloop")
     return tftp_server("pxe.tftp", command, port, work / "pxe-tftp.log")
@@ -112,8 +125,16 @@ def ours(root: Path, work: Path, loop: str, workers: int) -> Process:
 
 def in_tftpd(root: Path, work: Path) -> Process:
     port = free_port(socket.SOCK_DGRAM)
-    command = [IN_TFTPD, "--foreground", "--address", f"127.0.0.1:{port}", "--secure",
-               "--blocksize", "65464", str(root)]
+    command = [
+        IN_TFTPD,
+        "--foreground",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--secure",
+        "--blocksize",
+        "65464",
+        str(root),
+    ]
     return tftp_server("in.tftpd", command, port, work / "in-tftpd.log")
 
 
@@ -129,8 +150,15 @@ def storm_child(args: argparse.Namespace) -> int:
 
     async def one(expected: int) -> float | str:
         try:
-            data = await fetch("127.0.0.1", args.port, args.file, blksize=args.blksize or None,
-                               tsize=True, timeout=1.0, retries=5)
+            data = await fetch(
+                "127.0.0.1",
+                args.port,
+                args.file,
+                blksize=args.blksize or None,
+                tsize=True,
+                timeout=1.0,
+                retries=5,
+            )
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
         if len(data) != expected:
@@ -153,9 +181,21 @@ def storm(args: argparse.Namespace, server: Process, file: Path, clients: int) -
     """One round: `clients` fetches of `file` at once, split over the client processes."""
 
     def child(n: int, start: float) -> list[str]:
-        return ["--storm-child", "--port", str(server.port), "--file", file.name,
-                "--size", str(file.stat().st_size), "--clients", str(n),
-                "--start", repr(start), "--blksize", str(args.blksize)]
+        return [
+            "--storm-child",
+            "--port",
+            str(server.port),
+            "--file",
+            file.name,
+            "--size",
+            str(file.stat().st_size),
+            "--clients",
+            str(n),
+            "--start",
+            repr(start),
+            "--blksize",
+            str(args.blksize),
+        ]
 
     result = client_round(args, server, clients, child, file.stat().st_size, 300)
     return {"file": file.name, **result}
@@ -180,7 +220,9 @@ def client_round(
     children = [
         subprocess.Popen(
             [sys.executable, __file__, *child(n, start)],
-            cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         for n in shares
     ]
@@ -248,10 +290,14 @@ def summarize(
         "file": name,
         "clients": clients,
         "rounds": [list(pair) for pair in rounds],
-        "pxe_tftp": {k: median(0, k) for k in ("wall_s", "p50_s", "throughput_mb_s",
-                                                "server_cpu_s", "client_cpu_s")},
-        "in_tftpd": {k: median(1, k) for k in ("wall_s", "p50_s", "throughput_mb_s",
-                                                "server_cpu_s", "client_cpu_s")},
+        "pxe_tftp": {
+            k: median(0, k)
+            for k in ("wall_s", "p50_s", "throughput_mb_s", "server_cpu_s", "client_cpu_s")
+        },
+        "in_tftpd": {
+            k: median(1, k)
+            for k in ("wall_s", "p50_s", "throughput_mb_s", "server_cpu_s", "client_cpu_s")
+        },
         "failures": sum(a["failures"] + b["failures"] for a, b in rounds),
         "ratio_median_of_pairs": round(statistics.median(ratios), 2),
     }
@@ -383,8 +429,10 @@ def http_child(args: argparse.Namespace) -> int:
     async def fetch(name: str, size: int) -> str:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[str] = loop.create_future()
-        request = (f"GET /boot/files/{name} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
-                   "User-Agent: iPXE/1.21.1\r\nConnection: close\r\n\r\n").encode()
+        request = (
+            f"GET /boot/files/{name} HTTP/1.1\r\nHost: 127.0.0.1:{args.port}\r\n"
+            "User-Agent: iPXE/1.21.1\r\nConnection: close\r\n\r\n"
+        ).encode()
         transport, protocol = await loop.create_connection(
             lambda: _Fetch(buffer, request, done), "127.0.0.1", args.port
         )
@@ -424,8 +472,17 @@ def http_storm(
     spec = ",".join(f"{f.name}:{f.stat().st_size}" for f in files)
 
     def child(n: int, start: float) -> list[str]:
-        return ["--http-child", "--port", str(server.port), "--file", spec,
-                "--clients", str(n), "--start", repr(start)]
+        return [
+            "--http-child",
+            "--port",
+            str(server.port),
+            "--file",
+            spec,
+            "--clients",
+            str(n),
+            "--start",
+            repr(start),
+        ]
 
     per_client = sum(f.stat().st_size for f in files)
     result = client_round(args, server, clients, child, per_client, 900)
@@ -460,8 +517,7 @@ def summarize_http(clients: int, rounds: list[dict[str, dict[str, Any]]]) -> dic
         }
         row[name]["failures"] = sum(r[name]["failures"] for r in rounds)
     for name in names[1:]:
-        ratios = [r["provisioner"]["throughput_mb_s"] / r[name]["throughput_mb_s"]
-                  for r in rounds]
+        ratios = [r["provisioner"]["throughput_mb_s"] / r[name]["throughput_mb_s"] for r in rounds]
         row[f"ratio_vs_{name}"] = round(statistics.median(ratios), 2)
     return row
 
@@ -485,11 +541,15 @@ def http_storms(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     order = servers if index % 2 == 0 else servers[::-1]
                     measured = {s.label: http_storm(args, s, files, clients) for s in order}
                     rounds.append({s.label: measured[s.label] for s in servers})
-                    progress(f"http x{clients} round {index + 1}: " + ", ".join(
-                        f"{n} {m['wall_s']} s {m['throughput_mb_s']} MB/s cpu "
-                        f"{m['server_cpu_s']} s fail {m['failures']}"
-                        for n, m in rounds[-1].items()
-                    ) + f" (load {os.getloadavg()[0]:.1f})")
+                    progress(
+                        f"http x{clients} round {index + 1}: "
+                        + ", ".join(
+                            f"{n} {m['wall_s']} s {m['throughput_mb_s']} MB/s cpu "
+                            f"{m['server_cpu_s']} s fail {m['failures']}"
+                            for n, m in rounds[-1].items()
+                        )
+                        + f" (load {os.getloadavg()[0]:.1f})"
+                    )
                 out["storms"].append(summarize_http(clients, rounds))
         out["memory_after_storms"] = {s.label: s.memory_mib() for s in servers}
         if "ipxe" in args.parts:
@@ -539,10 +599,14 @@ def seed(server: Process, token: str, local: int, provisioning: int) -> dict[str
     the API on the `ready` ones."""
     import sqlite3
 
-    names = {"active": [f"storm-{i:04d}" for i in range(local)],
-             "provisioning": [f"storm-p{i:03d}" for i in range(provisioning)]}
-    macs = {"active": [local_mac(i) for i in range(local)],
-            "provisioning": [local_mac(100_000 + i) for i in range(provisioning)]}
+    names = {
+        "active": [f"storm-{i:04d}" for i in range(local)],
+        "provisioning": [f"storm-p{i:03d}" for i in range(provisioning)],
+    }
+    macs = {
+        "active": [local_mac(i) for i in range(local)],
+        "provisioning": [local_mac(100_000 + i) for i in range(provisioning)],
+    }
     rows = ["name,bmc_address,bmc_username,bmc_password,macs"]
     serial = 0
     for kind in ("active", "provisioning"):
@@ -553,19 +617,25 @@ def seed(server: Process, token: str, local: int, provisioning: int) -> dict[str
     headers = {"Authorization": f"Bearer {token}"}
     with api_client(base, headers) as client:
         client.post("/api/v1/roles", json={"name": "compute"}).raise_for_status()
-        client.post("/api/v1/racks/import", content="\n".join(rows) + "\n",
-                    headers={"Content-Type": "text/csv"}).raise_for_status()
+        client.post(
+            "/api/v1/racks/import",
+            content="\n".join(rows) + "\n",
+            headers={"Content-Type": "text/csv"},
+        ).raise_for_status()
         assert server.env is not None
         data_dir = Path(server.env["PROVISIONER_DATA_DIR"])
         db = sqlite3.connect(data_dir / "provisioner.db", timeout=30)
         with db:
             for kind, state in (("active", "active"), ("provisioning", "ready")):
-                db.executemany("UPDATE node SET state = ? WHERE name = ?",
-                               [(state, n) for n in names[kind]])
+                db.executemany(
+                    "UPDATE node SET state = ? WHERE name = ?", [(state, n) for n in names[kind]]
+                )
         db.close()
         for name in names["provisioning"]:
-            client.post(f"/api/v1/nodes/{name}/actions/provision",
-                        json={"role": "compute", "image": "rocky-9"}).raise_for_status()
+            client.post(
+                f"/api/v1/nodes/{name}/actions/provision",
+                json={"role": "compute", "image": "rocky-9"},
+            ).raise_for_status()
     return macs
 
 
@@ -590,13 +660,25 @@ def branches(server: Process, macs: dict[str, list[str]]) -> dict[str, Any]:
     return seen
 
 
-def wrk_run(args: argparse.Namespace, server: Process, work: Path, paths: Path,
-            profile: Path | None = None) -> dict[str, Any]:
+def wrk_run(
+    args: argparse.Namespace, server: Process, work: Path, paths: Path, profile: Path | None = None
+) -> dict[str, Any]:
     script = work / "ipxe.lua"
     script.write_text(WRK_SCRIPT)
-    command = [WRK, "-t", str(args.wrk_threads), "-c", str(args.wrk_connections), "-d",
-               f"{args.ipxe_seconds}s", "--timeout", "5s", "-s", str(script),
-               f"http://127.0.0.1:{server.port}"]
+    command = [
+        WRK,
+        "-t",
+        str(args.wrk_threads),
+        "-c",
+        str(args.wrk_connections),
+        "-d",
+        f"{args.ipxe_seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{server.port}",
+    ]
     spy = None
     if profile is not None:
         duration = str(args.ipxe_seconds)
@@ -605,13 +687,17 @@ def wrk_run(args: argparse.Namespace, server: Process, work: Path, paths: Path,
     # wrk is the child this process waits for during the run.
     meter = Meter(server=server.cpu_seconds)
     start = meter.snapshot()
-    run = subprocess.run(command, capture_output=True, text=True,
-                         env={**os.environ, "BOOT_STORM_PATHS": str(paths)}, timeout=300)
+    run = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BOOT_STORM_PATHS": str(paths)},
+        timeout=300,
+    )
     cpu = meter.since(start)
     if spy is not None:
         spy.wait(60)
-    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("BOOT_STORM_JSON ")),
-                None)
+    line = next((ln for ln in run.stdout.splitlines() if ln.startswith("BOOT_STORM_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk said:\n{run.stdout}\n{run.stderr}")
     w = json.loads(line.split(" ", 1)[1])
@@ -646,16 +732,20 @@ def ipxe_bench(args: argparse.Namespace, work: Path, server: Process, token: str
     for index in range(args.ipxe_rounds):
         runs.append(wrk_run(args, server, work, paths))
         r = runs[-1]
-        progress(f"/boot/ipxe round {index + 1}: {r['requests_per_s']} req/s, p50 "
-                 f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['http_errors']}/"
-                 f"{r['socket_errors']}, server cpu {r['server_cpu_s']} s, wrk cpu "
-                 f"{r['wrk_cpu_s']} s (load {os.getloadavg()[0]:.1f})")
+        progress(
+            f"/boot/ipxe round {index + 1}: {r['requests_per_s']} req/s, p50 "
+            f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['http_errors']}/"
+            f"{r['socket_errors']}, server cpu {r['server_cpu_s']} s, wrk cpu "
+            f"{r['wrk_cpu_s']} s (load {os.getloadavg()[0]:.1f})"
+        )
     out: dict[str, Any] = {
         "nodes": {k: len(v) for k, v in macs.items()},
         "branches": branch_counts,
         "runs": runs,
-        "median": {k: statistics.median(r[k] for r in runs)
-                   for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_s", "wrk_cpu_s")},
+        "median": {
+            k: statistics.median(r[k] for r in runs)
+            for k in ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_s", "wrk_cpu_s")
+        },
         "http_errors": sum(r["http_errors"] for r in runs),
         "socket_errors": sum(r["socket_errors"] for r in runs),
     }
@@ -674,18 +764,26 @@ def ipxe_bench(args: argparse.Namespace, work: Path, server: Process, token: str
 # A stack may count under several labels; "worker" means a stack through anyio's
 # WorkerThread.run (sync routes and sync dependencies run there), "loop" any other.
 PROFILE_PARTS: list[tuple[str, str, tuple[str, ...]]] = [
-    ("hand-offs to the thread pool (run_in_threadpool)", "loop",
-     ("run_in_threadpool", "run_sync_in_worker_thread")),
-    ("FastAPI solve_dependencies (the sync _boot dependency's hand-off included)", "loop",
-     ("solve_dependencies",)),
+    (
+        "hand-offs to the thread pool (run_in_threadpool)",
+        "loop",
+        ("run_in_threadpool", "run_sync_in_worker_thread"),
+    ),
+    (
+        "FastAPI solve_dependencies (the sync _boot dependency's hand-off included)",
+        "loop",
+        ("solve_dependencies",),
+    ),
     ("uvicorn send (socket writes)", "loop", ("RequestResponseCycle.send",)),
     ("logging (uvicorn's access log)", "loop", ("logging/__init__", "Logger.")),
-    ("httptools parsing and callbacks", "loop", ("data_received", "on_headers_complete",
-                                                 "on_url", "on_message")),
+    (
+        "httptools parsing and callbacks",
+        "loop",
+        ("data_received", "on_headers_complete", "on_url", "on_message"),
+    ),
     ("query validation (normalize_mac)", "loop", ("normalize_mac",)),
     ("Prometheus metrics", "loop", ("prometheus_client",)),
-    ("the route body (BootService.ipxe and the Response)", "worker",
-     ("provisioner/api/boot.py",)),
+    ("the route body (BootService.ipxe and the Response)", "worker", ("provisioner/api/boot.py",)),
     ("SQLAlchemy, all of it", "worker", ("sqlalchemy/",)),
     ("SQLite itself (cursor.execute)", "worker", ("do_execute",)),
     ("boot hops recorded", "worker", ("HopRecorder",)),
@@ -710,8 +808,7 @@ def breakdown(raw: Path) -> list[tuple[str, float]]:
                 parts[label] += count
     if not total:
         return []
-    return [(label, round(100 * n / total, 1)) for label, n in (*counts.items(),
-                                                                 *parts.items())]
+    return [(label, round(100 * n / total, 1)) for label, n in (*counts.items(), *parts.items())]
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -727,18 +824,36 @@ def machine_with_tools() -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
-    head = ["File", "Clients", "pxe.tftp s", "in.tftpd s", "pxe.tftp MB/s", "in.tftpd MB/s",
-            "ratio", "target", "pxe.tftp CPU s", "failures"]
+    head = [
+        "File",
+        "Clients",
+        "pxe.tftp s",
+        "in.tftpd s",
+        "pxe.tftp MB/s",
+        "in.tftpd MB/s",
+        "ratio",
+        "target",
+        "pxe.tftp CPU s",
+        "failures",
+    ]
     body = []
     for row in rows:
         ours_, hpa = row["pxe_tftp"], row["in_tftpd"]
         ratio = row["ratio_median_of_pairs"]
-        body.append([
-            row["file"], str(row["clients"]), f"{ours_['wall_s']:.2f}", f"{hpa['wall_s']:.2f}",
-            f"{ours_['throughput_mb_s']:.1f}", f"{hpa['throughput_mb_s']:.1f}", f"{ratio:.2f}x",
-            "pass" if ratio >= TARGET_RATIO else "FAIL", f"{ours_['server_cpu_s']:.2f}",
-            str(row["failures"]),
-        ])
+        body.append(
+            [
+                row["file"],
+                str(row["clients"]),
+                f"{ours_['wall_s']:.2f}",
+                f"{hpa['wall_s']:.2f}",
+                f"{ours_['throughput_mb_s']:.1f}",
+                f"{hpa['throughput_mb_s']:.1f}",
+                f"{ratio:.2f}x",
+                "pass" if ratio >= TARGET_RATIO else "FAIL",
+                f"{ours_['server_cpu_s']:.2f}",
+                str(row["failures"]),
+            ]
+        )
     return render_table(head, body, markdown, right=set(range(2, len(head))))
 
 
@@ -773,37 +888,86 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 
 def http_table(rows: list[dict[str, Any]], markdown: bool) -> list[str]:
-    head = ["Clients", "service s", "nginx s", "service MB/s", "nginx MB/s", "ratio", "target",
-            "service CPU s", "nginx CPU s", "client CPU s", "nginx-auto MB/s", "failures"]
+    head = [
+        "Clients",
+        "service s",
+        "nginx s",
+        "service MB/s",
+        "nginx MB/s",
+        "ratio",
+        "target",
+        "service CPU s",
+        "nginx CPU s",
+        "client CPU s",
+        "nginx-auto MB/s",
+        "failures",
+    ]
     body = []
     for row in rows:
         svc, ngx = row["provisioner"], row["nginx"]
         auto = row.get("nginx-auto")
         ratio = row["ratio_vs_nginx"]
         failures = svc["failures"] + ngx["failures"] + (auto["failures"] if auto else 0)
-        body.append([
-            str(row["clients"]), f"{svc['wall_s']:.2f}", f"{ngx['wall_s']:.2f}",
-            f"{svc['throughput_mb_s']:.0f}", f"{ngx['throughput_mb_s']:.0f}", f"{ratio:.2f}x",
-            "pass" if ratio >= HTTP_TARGET_RATIO else "FAIL", f"{svc['server_cpu_s']:.2f}",
-            f"{ngx['server_cpu_s']:.2f}", f"{svc['client_cpu_s']:.2f}",
-            f"{auto['throughput_mb_s']:.0f}" if auto else "-", str(int(failures)),
-        ])
+        body.append(
+            [
+                str(row["clients"]),
+                f"{svc['wall_s']:.2f}",
+                f"{ngx['wall_s']:.2f}",
+                f"{svc['throughput_mb_s']:.0f}",
+                f"{ngx['throughput_mb_s']:.0f}",
+                f"{ratio:.2f}x",
+                "pass" if ratio >= HTTP_TARGET_RATIO else "FAIL",
+                f"{svc['server_cpu_s']:.2f}",
+                f"{ngx['server_cpu_s']:.2f}",
+                f"{svc['client_cpu_s']:.2f}",
+                f"{auto['throughput_mb_s']:.0f}" if auto else "-",
+                str(int(failures)),
+            ]
+        )
     return render_table(head, body, markdown, right=set(range(len(head))))
 
 
 def ipxe_table(ipxe: dict[str, Any], markdown: bool) -> list[str]:
-    head = ["Run", "requests/s", "p50 ms", "p90 ms", "p99 ms", "errors (HTTP/socket)",
-            "service CPU s", "wrk CPU s", "load"]
-    body = [[str(i + 1), f"{r['requests_per_s']:,.0f}", f"{r['p50_ms']:.1f}",
-             f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
-             f"{r['http_errors']}/{r['socket_errors']}", f"{r['server_cpu_s']:.2f}",
-             f"{r['wrk_cpu_s']:.2f}", f"{r['loadavg']:.1f}"] for i, r in enumerate(ipxe["runs"])]
+    head = [
+        "Run",
+        "requests/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "errors (HTTP/socket)",
+        "service CPU s",
+        "wrk CPU s",
+        "load",
+    ]
+    body = [
+        [
+            str(i + 1),
+            f"{r['requests_per_s']:,.0f}",
+            f"{r['p50_ms']:.1f}",
+            f"{r['p90_ms']:.1f}",
+            f"{r['p99_ms']:.1f}",
+            f"{r['http_errors']}/{r['socket_errors']}",
+            f"{r['server_cpu_s']:.2f}",
+            f"{r['wrk_cpu_s']:.2f}",
+            f"{r['loadavg']:.1f}",
+        ]
+        for i, r in enumerate(ipxe["runs"])
+    ]
     m = ipxe["median"]
     rate = m["requests_per_s"]
-    body.append(["median", f"{rate:,.0f} ({'pass' if rate >= IPXE_TARGET else 'FAIL'})",
-                 f"{m['p50_ms']:.1f}", "", f"{m['p99_ms']:.1f}",
-                 f"{ipxe['http_errors']}/{ipxe['socket_errors']}", f"{m['server_cpu_s']:.2f}",
-                 f"{m['wrk_cpu_s']:.2f}", ""])
+    body.append(
+        [
+            "median",
+            f"{rate:,.0f} ({'pass' if rate >= IPXE_TARGET else 'FAIL'})",
+            f"{m['p50_ms']:.1f}",
+            "",
+            f"{m['p99_ms']:.1f}",
+            f"{ipxe['http_errors']}/{ipxe['socket_errors']}",
+            f"{m['server_cpu_s']:.2f}",
+            f"{m['wrk_cpu_s']:.2f}",
+            "",
+        ]
+    )
     return render_table(head, body, markdown, right=set(range(1, len(head))))
 
 
@@ -892,36 +1056,76 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--clients", type=int, nargs="+", default=[50, 200], help="default: 50 200")
-    add("--files", nargs="+", default=["undionly.kpxe"],
-        help="files from /usr/lib/ipxe (default undionly.kpxe; ipxe.efi is 0.8 MiB)")
+    add(
+        "--files",
+        nargs="+",
+        default=["undionly.kpxe"],
+        help="files from /usr/lib/ipxe (default undionly.kpxe; ipxe.efi is 0.8 MiB)",
+    )
     add("--rounds", type=int, default=5, help="paired rounds per row (default 5)")
-    add("--blksize", type=int, default=1468,
-        help="blksize the clients ask for (default 1468, as PXE ROMs do; 0: none, 512)")
+    add(
+        "--blksize",
+        type=int,
+        default=1468,
+        help="blksize the clients ask for (default 1468, as PXE ROMs do; 0: none, 512)",
+    )
     add("--client-processes", type=int, default=2, help="client processes (default 2)")
-    add("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-        help="event loop of pxe.tftp (default uvloop)")
-    add("--workers", type=int, default=1,
-        help="pxe.tftp processes sharing the port with SO_REUSEPORT (default 1)")
-    add("--parts", nargs="+", choices=["tftp", "http", "ipxe"], default=["tftp", "http", "ipxe"],
+    add(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of pxe.tftp (default uvloop)",
+    )
+    add(
+        "--workers",
+        type=int,
+        default=1,
+        help="pxe.tftp processes sharing the port with SO_REUSEPORT (default 1)",
+    )
+    add(
+        "--parts",
+        nargs="+",
+        choices=["tftp", "http", "ipxe"],
+        default=["tftp", "http", "ipxe"],
         help="what to run (default all): the TFTP storm, the HTTP kernel+initrd storm, "
-        "GET /boot/ipxe under wrk")
-    add("--no-nginx-auto", dest="nginx_auto", action="store_false",
-        help="HTTP storm: leave out the information row of nginx with worker_processes auto")
-    add("--ipxe-nodes", type=int, default=1000,
-        help="/boot/ipxe: nodes seeded in state active, local-disk branch (default 1000)")
-    add("--ipxe-provisioning", type=int, default=20,
-        help="/boot/ipxe: nodes seeded in state provisioning, install branch (default 20)")
+        "GET /boot/ipxe under wrk",
+    )
+    add(
+        "--no-nginx-auto",
+        dest="nginx_auto",
+        action="store_false",
+        help="HTTP storm: leave out the information row of nginx with worker_processes auto",
+    )
+    add(
+        "--ipxe-nodes",
+        type=int,
+        default=1000,
+        help="/boot/ipxe: nodes seeded in state active, local-disk branch (default 1000)",
+    )
+    add(
+        "--ipxe-provisioning",
+        type=int,
+        default=20,
+        help="/boot/ipxe: nodes seeded in state provisioning, install branch (default 20)",
+    )
     add("--ipxe-rounds", type=int, default=3, help="/boot/ipxe: wrk runs (default 3)")
     add("--ipxe-seconds", type=int, default=10, help="/boot/ipxe: seconds per wrk run")
     add("--wrk-connections", type=int, default=32, help="wrk connections (default 32)")
     add("--wrk-threads", type=int, default=2, help="wrk threads (default 2)")
-    add("--profile-dir", type=Path,
+    add(
+        "--profile-dir",
+        type=Path,
         help="/boot/ipxe: after the timed runs, one more under py-spy (pip install py-spy "
-        "into the venv), raw collapsed stacks written here and summed in the JSON")
+        "into the venv), raw collapsed stacks written here and summed in the JSON",
+    )
     add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
     add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add("--no-write-results", dest="write_results", action="store_false",
-        help="leave bench/RESULTS.md alone (trial runs)")
+    add(
+        "--no-write-results",
+        dest="write_results",
+        action="store_false",
+        help="leave bench/RESULTS.md alone (trial runs)",
+    )
     # A client process: this script started again by itself (see storm, http_storm).
     add("--storm-child", action="store_true", help=argparse.SUPPRESS)
     add("--http-child", action="store_true", help=argparse.SUPPRESS)

@@ -81,8 +81,7 @@ class Settings(BaseSettings):
 
     role_rules: Path | None = Field(
         default=None,
-        description="YAML rules giving inspected nodes without a role one "
-        "(docs/role-rules.md).",
+        description="YAML rules giving inspected nodes without a role one (docs/role-rules.md).",
     )
     # Provisioning: how much at once, how fast, how long.
     default_image: str = Field(

@@ -173,4 +173,3 @@ def tftp_trace(body: TftpTrace, boot: Boot, _: Operator) -> dict[str, int]:
     """Finished TFTP transfers, reported by a pxe process, for the nodes' timelines."""
     boot.record_tftp(body.transfers)
     return {"accepted": len(body.transfers)}
-

@@ -30,9 +30,7 @@ def show_role(name: str, session: SessionDep, _: Viewer) -> Role:
 
 
 @roles.patch("/{name}", response_model=RoleOut)
-def change_role(
-    name: str, body: RolePatch, session: SessionDep, vault: VaultDep, _: Admin
-) -> Role:
+def change_role(name: str, body: RolePatch, session: SessionDep, vault: VaultDep, _: Admin) -> Role:
     role = catalog.get(session, Role, name)
     catalog.change(session, role, body, handoff_roles.sealed(vault, role, body))
     return role

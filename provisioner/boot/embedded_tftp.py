@@ -20,9 +20,7 @@ from pxe.tftp import TftpServer, Transfer
 log = logging.getLogger(__name__)
 
 
-def embedded_tftp(
-    settings: Settings, boot: BootService, registry: CollectorRegistry
-) -> TftpServer:
+def embedded_tftp(settings: Settings, boot: BootService, registry: CollectorRegistry) -> TftpServer:
     # Per-MAC files name kernels by URL: the address booting nodes reach the API at.
     base = boot.base_url(settings.boot_url or f"http://{settings.host}:{settings.port}")
     if settings.boot_url is None and settings.host in ("0.0.0.0", "::"):  # noqa: S104

@@ -266,9 +266,7 @@ class TftpServer:
     ) -> None:
         assert self._dynamic is not None
         try:
-            data = await asyncio.wait_for(
-                self._dynamic(filename, addr[0]), self._dynamic_timeout
-            )
+            data = await asyncio.wait_for(self._dynamic(filename, addr[0]), self._dynamic_timeout)
             if data is not None and not isinstance(data, bytes):
                 raise TypeError(f"dynamic file callback returned {type(data).__name__}")
         except Exception:

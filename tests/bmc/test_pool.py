@@ -23,7 +23,7 @@ from provisioner.bmc import (
     PowerAction,
     Target,
 )
-from provisioner.bmc.fake import FakeFleet
+from provisioner.bmc.fake import FakeDriver, FakeFleet
 
 TargetFor = Callable[..., Target]
 
@@ -275,7 +275,7 @@ def test_global_bound() -> None:
 def test_an_abandoned_session_is_closed_and_never_reused() -> None:
     fleet = FakeFleet()
     bmc = fleet.add("10.0.0.1", port=1000)
-    drivers: list[Any] = []
+    drivers: list[FakeDriver] = []
 
     def factory(target: Target) -> Driver:
         drivers.append(fleet.driver(target))
@@ -341,7 +341,7 @@ def test_changed_credentials_replace_the_cached_session() -> None:
 def test_a_closed_pool_logs_out_and_refuses_calls() -> None:
     fleet = FakeFleet()
     fleet.add("10.0.0.1", port=1000)
-    drivers: list[Any] = []
+    drivers: list[FakeDriver] = []
 
     def factory(target: Target) -> Driver:
         drivers.append(fleet.driver(target))

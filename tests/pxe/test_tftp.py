@@ -23,8 +23,9 @@ Addr = tuple[str, int]
 LOCAL = "127.0.0.1"
 
 
-def rrq(name: bytes | str, *options: tuple[str, object], opcode: int = 1,
-        mode: bytes = b"octet") -> bytes:
+def rrq(
+    name: bytes | str, *options: tuple[str, object], opcode: int = 1, mode: bytes = b"octet"
+) -> bytes:
     raw_name = name.encode() if isinstance(name, str) else name
     packet = opcode.to_bytes(2, "big") + raw_name + b"\0" + mode + b"\0"
     for key, value in options:
@@ -55,8 +56,9 @@ def error_code(packet: bytes) -> int:
     return block_of(packet)
 
 
-def lockstep(client: RawClient, server: Addr, name: str, *options: tuple[str, object]
-             ) -> tuple[bytes, dict[str, str]]:
+def lockstep(
+    client: RawClient, server: Addr, name: str, *options: tuple[str, object]
+) -> tuple[bytes, dict[str, str]]:
     """A download by hand, without loss: the content and the OACK's options."""
     client.send(rrq(name, *options), server)
     blksize, window, negotiated, chunks, expected = 512, 1, {}, [], 1
@@ -87,12 +89,14 @@ def content(root: Path, name: str) -> bytes:
 
 
 @pytest.mark.parametrize("name", BINARIES)
-def test_curl_fetches_byte_exact(tftp: ServerThread, boot_root: Path, tmp_path: Path,
-                                 name: str) -> None:
+def test_curl_fetches_byte_exact(
+    tftp: ServerThread, boot_root: Path, tmp_path: Path, name: str
+) -> None:
     out = tmp_path / "out"
     url = f"tftp://{LOCAL}:{tftp.port}/{name}"
-    subprocess.run([tool("curl"), "-sS", "--tftp-blksize", "1468", "-o", str(out), url],
-                   check=True, timeout=30)
+    subprocess.run(
+        [tool("curl"), "-sS", "--tftp-blksize", "1468", "-o", str(out), url], check=True, timeout=30
+    )
     assert out.read_bytes() == content(boot_root, name)
     [transfer] = tftp.wait_transfers(1)
     assert transfer.result == "ok"
@@ -100,8 +104,9 @@ def test_curl_fetches_byte_exact(tftp: ServerThread, boot_root: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("name", BINARIES)
-def test_tftp_hpa_fetches_byte_exact(tftp: ServerThread, boot_root: Path, tmp_path: Path,
-                                     name: str) -> None:
+def test_tftp_hpa_fetches_byte_exact(
+    tftp: ServerThread, boot_root: Path, tmp_path: Path, name: str
+) -> None:
     out = tmp_path / "out"
     command = [tool("tftp"), "-m", "binary", LOCAL, str(tftp.port), "-c", "get", name, str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -113,15 +118,26 @@ def test_100_concurrent_fetches(tftp: ServerThread, boot_root: Path, tmp_path: P
     curl = tool("curl")
     names = [BINARIES[i % 2 * 2] for i in range(100)]  # undionly.kpxe and snponly.efi
     processes = [
-        subprocess.Popen([curl, "-sS", "--tftp-blksize", "1468", "-o", str(tmp_path / str(i)),
-                          f"tftp://{LOCAL}:{tftp.port}/{names[i]}"])
+        subprocess.Popen(
+            [
+                curl,
+                "-sS",
+                "--tftp-blksize",
+                "1468",
+                "-o",
+                str(tmp_path / str(i)),
+                f"tftp://{LOCAL}:{tftp.port}/{names[i]}",
+            ]
+        )
         for i in range(30)
     ]
 
     async def lab_clients() -> list[bytes]:
         return await asyncio.gather(
-            *(fetch(LOCAL, tftp.port, names[i], blksize=1468 if i % 3 else None, tsize=True)
-              for i in range(30, 100))
+            *(
+                fetch(LOCAL, tftp.port, names[i], blksize=1468 if i % 3 else None, tsize=True)
+                for i in range(30, 100)
+            )
         )
 
     fetched = asyncio.run(lab_clients())
@@ -165,7 +181,10 @@ ESCAPES = [
 
 @pytest.mark.parametrize("name", ESCAPES)
 def test_escapes_refused_and_nothing_outside_opened(
-    tftp: ServerThread, raw: Callable[..., RawClient], boot_root: Path, opened: list[str],
+    tftp: ServerThread,
+    raw: Callable[..., RawClient],
+    boot_root: Path,
+    opened: list[str],
     name: str,
 ) -> None:
     client = raw()
@@ -215,8 +234,17 @@ def test_writes_refused(
 ) -> None:
     local = tmp_path / "upload"
     local.write_bytes(b"overwrite attempt\n")
-    command = [tool("tftp"), "-m", "binary", LOCAL, str(tftp.port), "-c", "put", str(local),
-               "undionly.kpxe"]
+    command = [
+        tool("tftp"),
+        "-m",
+        "binary",
+        LOCAL,
+        str(tftp.port),
+        "-c",
+        "put",
+        str(local),
+        "undionly.kpxe",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert "Error code 2" in run.stdout + run.stderr
     client = raw()
@@ -253,8 +281,11 @@ def test_writes_refused(
     ],
 )
 def test_option_negotiation(
-    tftp: ServerThread, raw: Callable[..., RawClient], boot_root: Path,
-    asked: tuple[str, object], answered: dict[str, str],
+    tftp: ServerThread,
+    raw: Callable[..., RawClient],
+    boot_root: Path,
+    asked: tuple[str, object],
+    answered: dict[str, str],
 ) -> None:
     data, negotiated = lockstep(raw(), (LOCAL, tftp.port), "undionly.kpxe", asked)
     assert data == content(boot_root, "undionly.kpxe")
@@ -323,8 +354,9 @@ def test_duplicate_acks_do_not_duplicate_data(
         client.recv(timeout=0.3)
 
 
-def test_gives_up_after_retries(make_server: Callable[..., ServerThread],
-                                raw: Callable[..., RawClient]) -> None:
+def test_gives_up_after_retries(
+    make_server: Callable[..., ServerThread], raw: Callable[..., RawClient]
+) -> None:
     tftp = make_server(timeout=0.05, max_timeout=0.1, retries=2)
     client = raw()
     client.send(rrq("undionly.kpxe"), (LOCAL, tftp.port))
@@ -342,8 +374,7 @@ def test_gives_up_after_retries(make_server: Callable[..., ServerThread],
 
 
 def test_windowsize_by_lab_client(tftp: ServerThread, boot_root: Path) -> None:
-    data = asyncio.run(fetch(LOCAL, tftp.port, "ipxe.efi", blksize=1468, windowsize=16,
-                             tsize=True))
+    data = asyncio.run(fetch(LOCAL, tftp.port, "ipxe.efi", blksize=1468, windowsize=16, tsize=True))
     assert data == content(boot_root, "ipxe.efi")
     [transfer] = tftp.wait_transfers(1)
     assert transfer.options == {"blksize": 1468, "windowsize": 16, "tsize": len(data)}
@@ -372,8 +403,7 @@ def test_windowsize_resends_from_an_earlier_ack(
     assert [block_of(client.recv()[0]) for _ in range(4)] == [7, 8, 9, 10]
 
 
-def test_block_numbers_roll_over(make_server: Callable[..., ServerThread],
-                                 boot_root: Path) -> None:
+def test_block_numbers_roll_over(make_server: Callable[..., ServerThread], boot_root: Path) -> None:
     big = random.Random(7).randbytes(65540 * 8 + 3)  # past block 65535 at blksize 8
     (boot_root / "big.bin").write_bytes(big)
     tftp = make_server()
@@ -409,8 +439,7 @@ def test_dynamic_files(make_server: Callable[..., ServerThread], boot_root: Path
             assert error.value.code == code
         # A slow callback holds up nobody else.
         slow = asyncio.ensure_future(fetch(LOCAL, tftp.port, "slow"))
-        assert await fetch(LOCAL, tftp.port, "undionly.kpxe") == content(
-            boot_root, "undionly.kpxe")
+        assert await fetch(LOCAL, tftp.port, "undionly.kpxe") == content(boot_root, "undionly.kpxe")
         with pytest.raises(TftpError):
             await slow
 
@@ -425,7 +454,9 @@ def test_dynamic_files(make_server: Callable[..., ServerThread], boot_root: Path
     }
     # Files under the root and refused names never reach the callback.
     assert {name for name, _ in asked} == {
-        "pxelinux.cfg/01-52-54-00-12-34-56", "grub/grub.cfg-01-52-54-00-12-34-56", "boom",
+        "pxelinux.cfg/01-52-54-00-12-34-56",
+        "grub/grub.cfg-01-52-54-00-12-34-56",
+        "boom",
         "slow",
     }
 
@@ -471,8 +502,10 @@ def test_fuzz_never_disturbs_transfers_in_flight(
     rng = random.Random(42)
 
     async def scenario() -> list[bytes]:
-        downloads = [asyncio.ensure_future(fetch(LOCAL, tftp.port, "ipxe.efi", blksize=bs))
-                     for bs in (512, 1468, 8192, 512, 1468)]
+        downloads = [
+            asyncio.ensure_future(fetch(LOCAL, tftp.port, "ipxe.efi", blksize=bs))
+            for bs in (512, 1468, 8192, 512, 1468)
+        ]
         fuzzer = raw()
         for round_ in range(20):
             for packet in FUZZ:
@@ -529,8 +562,9 @@ def test_duplicate_request_starts_one_transfer(
 # ---- observation ------------------------------------------------------------------------
 
 
-def test_metrics_and_observer(tftp: ServerThread, raw: Callable[..., RawClient],
-                              boot_root: Path) -> None:
+def test_metrics_and_observer(
+    tftp: ServerThread, raw: Callable[..., RawClient], boot_root: Path
+) -> None:
     client = raw()
     size = len(content(boot_root, "undionly.kpxe"))
     lockstep(client, (LOCAL, tftp.port), "undionly.kpxe", ("blksize", 1468))
@@ -538,11 +572,11 @@ def test_metrics_and_observer(tftp: ServerThread, raw: Callable[..., RawClient],
     assert error_code(client.recv()[0]) == 1
     ok, missing = tftp.wait_transfers(2)
     port = client.sock.getsockname()[1]
-    assert ok == Transfer(LOCAL, port, LOCAL, "undionly.kpxe", size, ok.duration, "ok",
-                          {"blksize": 1468})
+    assert ok == Transfer(
+        LOCAL, port, LOCAL, "undionly.kpxe", size, ok.duration, "ok", {"blksize": 1468}
+    )
     assert 0 < ok.duration < 5
-    assert (missing.filename, missing.result, missing.bytes) == ("missing.efi",
-                                                                 "file not found", 0)
+    assert (missing.filename, missing.result, missing.bytes) == ("missing.efi", "file not found", 0)
     assert tftp.metric("provisioner_tftp_transfers_total", result="ok") == 1
     assert tftp.metric("provisioner_tftp_transfers_total", result="file not found") == 1
     assert tftp.metric("provisioner_tftp_sent_bytes_total") == size
@@ -550,8 +584,9 @@ def test_metrics_and_observer(tftp: ServerThread, raw: Callable[..., RawClient],
     assert tftp.metric("provisioner_tftp_errors_total", kind="file not found") == 1
 
 
-def test_failing_observer_is_contained(tftp: ServerThread, raw: Callable[..., RawClient],
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_observer_is_contained(
+    tftp: ServerThread, raw: Callable[..., RawClient], caplog: pytest.LogCaptureFixture
+) -> None:
     def explode(transfer: Transfer) -> None:
         raise RuntimeError("observer bug")
 
