@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -23,19 +24,34 @@ def default_data_dir() -> Path:
     return Path(xdg) / "provisioner"
 
 
+def seconds(default: float, description: str, *, allow_zero: bool = False) -> Any:
+    """A duration in seconds: more than zero, or zero too where zero has a meaning."""
+    if allow_zero:
+        return Field(default=default, ge=0, description=description)
+    return Field(default=default, gt=0, description=description)
+
+
+def at_least(minimum: int, default: int, description: str) -> Any:
+    """A count that makes no sense below ``minimum``."""
+    return Field(default=default, ge=minimum, description=description)
+
+
+def unset(description: str) -> Any:
+    """An optional setting whose absence the description explains."""
+    return Field(default=None, description=description)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROVISIONER_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    database_url: str | None = Field(
-        default=None,
-        description="SQLAlchemy URL; SQLite in the data directory when unset. "
-        "PostgreSQL: postgresql+psycopg://user:pass@host/db",
+    database_url: str | None = unset(
+        "SQLAlchemy URL; SQLite in the data directory when unset. "
+        "PostgreSQL: postgresql+psycopg://user:pass@host/db"
     )
-    secret_key: SecretStr | None = Field(
-        default=None,
-        description="Fernet key encrypting BMC passwords; generated into "
-        "<data_dir>/secret.key (mode 0600) when unset.",
+    secret_key: SecretStr | None = unset(
+        "Fernet key encrypting BMC passwords; generated into "
+        "<data_dir>/secret.key (mode 0600) when unset."
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
@@ -48,40 +64,36 @@ class Settings(BaseSettings):
     )
 
     # BMC calls: defaults for every BMC, each overridable per BMC.
-    bmc_timeout: float = Field(default=5.0, gt=0, description="Seconds per IPMI attempt.")
+    bmc_timeout: float = seconds(5.0, "Seconds per IPMI attempt.")
     bmc_retries: int = Field(default=2, ge=0, le=10)
     bmc_cipher_suite: int = Field(default=3, description="IPMI cipher suite: 3 or 17.")
-    bmc_workers: int = Field(default=64, ge=1, description="BMC calls in flight at once.")
-    bmc_per_bmc: int = Field(default=1, ge=1, description="Calls in flight per BMC.")
+    bmc_workers: int = at_least(1, 64, "BMC calls in flight at once.")
+    bmc_per_bmc: int = at_least(1, 1, "Calls in flight per BMC.")
 
-    profiles_dir: Path | None = Field(
-        default=None, description="Hardware profiles; the shipped ones when unset."
+    profiles_dir: Path | None = unset("Hardware profiles; the shipped ones when unset.")
+    images_dir: Path | None = unset(
+        "Kernels, initrds and disk images served under /boot/files; <data_dir>/images when unset."
     )
-    images_dir: Path | None = Field(
-        default=None,
-        description="Kernels, initrds and disk images served under /boot/files; "
-        "<data_dir>/images when unset.",
-    )
-    accel_redirect: str | None = Field(
-        default=None,
-        description="Internal nginx location (e.g. /_boot_files/) to hand file bytes to "
-        "with X-Accel-Redirect; the service then only authorises.",
+    accel_redirect: str | None = unset(
+        "Internal nginx location (e.g. /_boot_files/) to hand file bytes to "
+        "with X-Accel-Redirect; the service then only authorises."
     )
 
     reconciler: bool = Field(default=True, description="Carry out actions and inspections.")
-    reconcile_interval: float = Field(default=1.0, gt=0)
-    lease_seconds: float = Field(default=300.0, gt=0)
-    inspect_on_enroll: bool = True
-    power_sync_interval: float = Field(
-        default=60.0, ge=0, description="Seconds between power polls of every node; 0 stops it."
+    reconcile_interval: float = seconds(1.0, "Seconds between two reconciler passes.")
+    lease_seconds: float = seconds(
+        300.0, "Seconds a replica's claim on a node's action holds before another may take it."
     )
-    power_sync_failure_limit: int = Field(
-        default=5, ge=1, description="Failed polls in a row before a node is flagged."
+    inspect_on_enroll: bool = True
+    power_sync_interval: float = seconds(
+        60.0, "Seconds between power polls of every node; 0 stops it.", allow_zero=True
+    )
+    power_sync_failure_limit: int = at_least(
+        1, 5, "Failed polls in a row before a node is flagged."
     )
 
-    role_rules: Path | None = Field(
-        default=None,
-        description="YAML rules giving inspected nodes without a role one (docs/role-rules.md).",
+    role_rules: Path | None = unset(
+        "YAML rules giving inspected nodes without a role one (docs/role-rules.md)."
     )
     # Provisioning: how much at once, how fast, how long.
     default_image: str = Field(
@@ -90,87 +102,57 @@ class Settings(BaseSettings):
     power_on_rate: float = Field(
         default=10.0, gt=0, description="Machines powered on per second, at most (staggering)."
     )
-    max_deploying: int = Field(
-        default=200, ge=1, description="Installations in flight at once, service-wide."
-    )
-    max_deploying_per_rack: int = Field(
-        default=48, ge=1, description="Installations in flight at once in one rack."
-    )
-    handoff_timeout: float = Field(
-        default=3600.0, gt=0, description="Seconds a role's hand-off may take."
-    )
+    max_deploying: int = at_least(1, 200, "Installations in flight at once, service-wide.")
+    max_deploying_per_rack: int = at_least(1, 48, "Installations in flight at once in one rack.")
+    handoff_timeout: float = seconds(3600.0, "Seconds a role's hand-off may take.")
 
     # The boot network (node-facing routes and the embedded TFTP server).
-    boot_url: str | None = Field(
-        default=None,
-        description="Base URL booting nodes reach this service at, e.g. "
-        "http://10.0.0.2:8080; the URL each request arrived on when unset.",
+    boot_url: str | None = unset(
+        "Base URL booting nodes reach this service at, e.g. "
+        "http://10.0.0.2:8080; the URL each request arrived on when unset."
     )
-    deploy_timeout: float = Field(
-        default=3600.0, gt=0, description="Seconds an installation may take before it fails."
-    )
-    discovery_kernel_url: str | None = Field(
-        default=None,
-        description="Kernel unknown machines boot to be inventoried; they boot from their "
-        "local disk when unset.",
+    deploy_timeout: float = seconds(3600.0, "Seconds an installation may take before it fails.")
+    discovery_kernel_url: str | None = unset(
+        "Kernel unknown machines boot to be inventoried; they boot from their "
+        "local disk when unset."
     )
     discovery_initrd_url: str | None = None
     discovery_kernel_args: str = ""
-    wipe_kernel_url: str | None = Field(
-        default=None,
-        description="Kernel released machines boot to erase their disks; the wipe image "
-        "calls back done when finished.",
+    wipe_kernel_url: str | None = unset(
+        "Kernel released machines boot to erase their disks; the wipe image "
+        "calls back done when finished."
     )
     wipe_initrd_url: str | None = None
     wipe_kernel_args: str = ""
-    domain: str | None = Field(default=None, description="DNS domain of installed nodes.")
-    puppet_server: str | None = Field(
-        default=None, description="Puppet server installed nodes use; no Puppet when unset."
-    )
+    domain: str | None = unset("DNS domain of installed nodes.")
+    puppet_server: str | None = unset("Puppet server installed nodes use; no Puppet when unset.")
     ssh_authorized_keys: list[str] = Field(
         default_factory=list, description="SSH public keys for root on installed nodes (JSON)."
     )
-    boot_hops_kept: int = Field(
-        default=10_000, ge=100, description="Boot requests of unknown machines kept."
-    )
+    boot_hops_kept: int = at_least(100, 10_000, "Boot requests of unknown machines kept.")
     tftp_enabled: bool = Field(default=False, description="Serve TFTP from this process.")
     tftp_address: str = "0.0.0.0"  # noqa: S104 (boot networks reach it on any interface)
     tftp_port: int = Field(default=69, ge=0, le=65535)
-    tftp_root: Path | None = Field(
-        default=None, description="iPXE binaries served by TFTP; <data_dir>/tftp when unset."
-    )
+    tftp_root: Path | None = unset("iPXE binaries served by TFTP; <data_dir>/tftp when unset.")
     # Role webhooks (provisioner/handoff/webhooks.py).
-    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds per delivery.")
-    webhook_retry_base: float = Field(
-        default=2.0, gt=0, description="Seconds before the first retry; doubles each time."
-    )
-    webhook_retry_max: float = Field(
-        default=300.0, gt=0, description="Longest wait between two delivery attempts."
-    )
-    webhook_interval: float = Field(
-        default=1.0, gt=0, description="Seconds between two looks for due deliveries."
-    )
+    webhook_timeout: float = seconds(10.0, "Seconds per delivery.")
+    webhook_retry_base: float = seconds(2.0, "Seconds before the first retry; doubles each time.")
+    webhook_retry_max: float = seconds(300.0, "Longest wait between two delivery attempts.")
+    webhook_interval: float = seconds(1.0, "Seconds between two looks for due deliveries.")
     # Puppet CA clean-up on reimage and release (provisioner/handoff/puppet_ca.py).
-    puppet_ca_url: str | None = Field(
-        default=None,
-        description="Puppet CA to revoke and delete a reinstalled node's old certificate "
+    puppet_ca_url: str | None = unset(
+        "Puppet CA to revoke and delete a reinstalled node's old certificate "
         "on, e.g. https://puppet.example.com:8140; the timeline names the manual command "
-        "when unset.",
+        "when unset."
     )
-    puppet_ca_cert: Path | None = Field(
-        default=None, description="Client certificate (PEM) the CA's auth.conf allows."
-    )
-    puppet_ca_key: Path | None = Field(
-        default=None, description="Its private key (PEM, unencrypted)."
-    )
-    puppet_ca_cacert: Path | None = Field(
-        default=None, description="The CA's certificate bundle (its ca.pem)."
-    )
-    puppet_ca_timeout: float = Field(default=10.0, gt=0, description="Seconds per CA request.")
-    puppet_ca_retry_limit: float = Field(
-        default=900.0,
-        ge=0,
-        description="Seconds the clean-up step keeps retrying before the node fails.",
+    puppet_ca_cert: Path | None = unset("Client certificate (PEM) the CA's auth.conf allows.")
+    puppet_ca_key: Path | None = unset("Its private key (PEM, unencrypted).")
+    puppet_ca_cacert: Path | None = unset("The CA's certificate bundle (its ca.pem).")
+    puppet_ca_timeout: float = seconds(10.0, "Seconds per CA request.")
+    puppet_ca_retry_limit: float = seconds(
+        900.0,
+        "Seconds the clean-up step keeps retrying before the node fails; 0 fails at once.",
+        allow_zero=True,
     )
 
     @model_validator(mode="after")

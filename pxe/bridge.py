@@ -168,16 +168,7 @@ class ApiBridge:
         """Queue a finished transfer's report; never blocks, never raises."""
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1  # the deque discards its oldest entry on append
-        self._queue.append(
-            {
-                "client": transfer.client,
-                "server": transfer.server,
-                "file": transfer.filename,
-                "bytes": transfer.bytes,
-                "duration": round(transfer.duration, 6),
-                "result": transfer.result,
-            }
-        )
+        self._queue.append(transfer.report())
         if len(self._queue) >= self._batch_size:
             self._wake.set()
 

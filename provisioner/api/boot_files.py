@@ -5,7 +5,6 @@ download belongs to, for the observer that puts it on the node's timeline."""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -50,5 +49,5 @@ async def boot_file(
         settings.accel_redirect,
         path,
         request.headers,
-        functools.partial(services.file_observer, token, client, path),
+        files.report_to(services.file_observer, token, client, path),
     )

@@ -19,17 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioner.bmc.base import (
-    BmcError,
-    BootDevice,
-    BootSetting,
-    ErrorKind,
-    Health,
-    Inventory,
-    PowerAction,
-    SensorReading,
-    Target,
-)
+from provisioner.bmc import base
 
 
 def _facts(address: str) -> dict[str, Any]:
@@ -58,35 +48,37 @@ class FakeBmc:
     users: dict[str, str] = field(default_factory=lambda: {"admin": "admin"}, repr=False)
     """Username to password."""
     power: str = "off"
-    boot: BootSetting = field(default_factory=lambda: BootSetting(BootDevice.DEFAULT, True))
+    boot: base.BootSetting = field(
+        default_factory=lambda: base.BootSetting(base.BootDevice.DEFAULT, True)
+    )
     facts: dict[str, Any] = field(default_factory=dict)
-    health: Health = field(
-        default_factory=lambda: Health(
+    health: base.Health = field(
+        default_factory=lambda: base.Health(
             "ok",
             [
-                SensorReading("Inlet Temp", 24.0, "°C", "ok"),
-                SensorReading("PSU1 Power", 180.0, "W", "ok"),
+                base.SensorReading("Inlet Temp", 24.0, "°C", "ok"),
+                base.SensorReading("PSU1 Power", 180.0, "W", "ok"),
             ],
         )
     )
     delay: float = 0.0
     """Seconds every call takes, to simulate a slow or hung BMC."""
     logins: int = 0
-    boots: list[BootDevice] = field(default_factory=list)
+    boots: list[base.BootDevice] = field(default_factory=list)
     """The device each boot (power on, cycle, reset) used: the override, else DEFAULT."""
     calls: list[str] = field(default_factory=list)
-    _errors: dict[str, deque[BmcError]] = field(default_factory=dict, repr=False)
+    _errors: dict[str, deque[base.BmcError]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         if not self.facts:
             self.facts = _facts(self.address)
 
-    def fail(self, method: str, error: BmcError | ErrorKind, times: int = 1) -> None:
+    def fail(self, method: str, error: base.BmcError | base.ErrorKind, times: int = 1) -> None:
         """Make the next ``times`` calls of ``method`` ("login", "power_state",
         "set_power", "boot_device", "set_boot_device", "inventory", "health") raise."""
-        if isinstance(error, ErrorKind):
-            error = BmcError(error, f"Injected {error} from the fake BMC at {self.address}.")
+        if isinstance(error, base.ErrorKind):
+            error = base.BmcError(error, f"Injected {error} from the fake BMC at {self.address}.")
         with self._lock:
             self._errors.setdefault(method, deque()).extend([error] * times)
 
@@ -102,17 +94,17 @@ class FakeBmc:
     def _boot(self) -> None:
         self.boots.append(self.boot.device)
         if not self.boot.persistent:
-            self.boot = BootSetting(BootDevice.DEFAULT, persistent=True)
+            self.boot = base.BootSetting(base.BootDevice.DEFAULT, persistent=True)
 
 
 class FakeDriver:
     """A session to a :class:`FakeBmc`; implements :class:`base.Driver`."""
 
-    def __init__(self, bmc: FakeBmc, target: Target) -> None:
+    def __init__(self, bmc: FakeBmc, target: base.Target) -> None:
         bmc._enter("login")
         if bmc.users.get(target.username) != target.password:
-            raise BmcError(
-                ErrorKind.AUTH,
+            raise base.BmcError(
+                base.ErrorKind.AUTH,
                 f"The BMC at {target.address}:{target.port} refused the credentials for "
                 f"user {target.username!r}; check the username and password.",
             )
@@ -129,36 +121,36 @@ class FakeDriver:
         self._enter("power_state")
         return self.bmc.power
 
-    def set_power(self, action: PowerAction) -> None:
+    def set_power(self, action: base.PowerAction) -> None:
         bmc = self.bmc
         self._enter("set_power")
         with bmc._lock:
-            if action in (PowerAction.OFF, PowerAction.SOFT_OFF):
+            if action in (base.PowerAction.OFF, base.PowerAction.SOFT_OFF):
                 bmc.power = "off"
-            elif action is PowerAction.ON and bmc.power == "on":
+            elif action is base.PowerAction.ON and bmc.power == "on":
                 return
             else:  # on from off, cycle, reset: the machine boots
                 bmc.power = "on"
                 bmc._boot()
 
-    def boot_device(self) -> BootSetting:
+    def boot_device(self) -> base.BootSetting:
         self._enter("boot_device")
         return self.bmc.boot
 
-    def set_boot_device(self, setting: BootSetting) -> None:
+    def set_boot_device(self, setting: base.BootSetting) -> None:
         self._enter("set_boot_device")
-        if setting.device is BootDevice.OTHER:
-            raise BmcError(
-                ErrorKind.UNSUPPORTED,
+        if setting.device is base.BootDevice.OTHER:
+            raise base.BmcError(
+                base.ErrorKind.UNSUPPORTED,
                 f"Boot device {setting.device!r} cannot be set; use network, disk or default.",
             )
         self.bmc.boot = setting
 
-    def inventory(self) -> Inventory:
+    def inventory(self) -> base.Inventory:
         self._enter("inventory")
-        return Inventory(facts=dict(self.bmc.facts))
+        return base.Inventory(facts=dict(self.bmc.facts))
 
-    def health(self) -> Health:
+    def health(self) -> base.Health:
         self._enter("health")
         return self.bmc.health
 
@@ -186,7 +178,7 @@ class FakeFleet:
         self.bmcs[(bmc.address, bmc.port)] = bmc
         return bmc
 
-    def driver(self, target: Target) -> FakeDriver:
+    def driver(self, target: base.Target) -> FakeDriver:
         with self._lock:  # pool workers log in to new addresses concurrently
             bmc = self.bmcs.get(target.key)
             if bmc is None and self.adopt_unknown:
@@ -194,8 +186,8 @@ class FakeFleet:
                     target.address, port=target.port, users={target.username: target.password}
                 )
         if bmc is None:
-            raise BmcError(
-                ErrorKind.UNREACHABLE,
+            raise base.BmcError(
+                base.ErrorKind.UNREACHABLE,
                 f"No answer from the BMC at {target.address}:{target.port} within "
                 f"{target.timeout:g} s; check the address, the port and that IPMI over LAN "
                 "is enabled.",

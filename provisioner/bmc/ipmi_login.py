@@ -166,6 +166,20 @@ def log_in(target: Target) -> Login:
     return Login(session, _attach_command(target, kg, session))
 
 
+def _session_key(target: Target, kg: _OwnKey) -> dict[str, Any]:
+    """What pyghmi keys its session cache on: the session we open and the Command we
+    attach must give the same, or the Command would log in again on its own. Bytes,
+    not str: the cache compares stored bytes and would spin on a live session when
+    given str (trap 3)."""
+    return {
+        "bmc": target.address,
+        "userid": target.username.encode(),
+        "password": target.password.encode(),
+        "port": target.port,
+        "kg": kg,
+    }
+
+
 def _open(target: Target, kg: _OwnKey) -> IpmiSession:
     done = threading.Event()
     outcome: dict[str, Any] = {}
@@ -181,19 +195,11 @@ def _open(target: Target, kg: _OwnKey) -> IpmiSession:
     deadline = started + target.timeout
     session_class = _SESSION_CLASSES[target.cipher_suite]
     try:
-        # bytes, not str: pyghmi's session cache compares stored bytes and would spin
-        # on a live session when given str (trap 3). onlogon makes the login
-        # asynchronous, so that our deadline rules, not pyghmi's (trap 4).
+        # onlogon makes the login asynchronous, so that our deadline rules, not
+        # pyghmi's (trap 4).
         for attempt in (1, 2):
             try:
-                session = session_class(
-                    bmc=target.address,
-                    userid=target.username.encode(),
-                    password=target.password.encode(),
-                    port=target.port,
-                    kg=kg,
-                    onlogon=onlogon,
-                )
+                session = session_class(**_session_key(target, kg), onlogon=onlogon)
                 break
             except KeyError:
                 # pyghmi prunes a broken cached session in __new__ while its I/O
@@ -226,14 +232,7 @@ def _open(target: Target, kg: _OwnKey) -> IpmiSession:
 def _attach_command(target: Target, kg: _OwnKey, session: IpmiSession) -> Command:
     # Command's constructor finds our logged-in session in pyghmi's session cache (same
     # key object) and adopts it; with onlogon it never starts a blocking login.
-    command = Command(
-        bmc=target.address,
-        userid=target.username.encode(),
-        password=target.password.encode(),
-        port=target.port,
-        kg=kg,
-        onlogon=lambda response, command: None,
-    )
+    command = Command(**_session_key(target, kg), onlogon=lambda response, command: None)
     if command.ipmi_session is not session:
         with contextlib.suppress(Exception):
             command.ipmi_session.logout()

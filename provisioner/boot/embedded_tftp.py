@@ -35,18 +35,7 @@ def embedded_tftp(settings: Settings, boot: BootService, registry: CollectorRegi
         return None if text is None else text.encode()
 
     def observe(transfer: Transfer) -> None:
-        boot.record_tftp(
-            [
-                TftpTransfer(
-                    client=transfer.client,
-                    server=transfer.server,
-                    file=transfer.filename,
-                    bytes=transfer.bytes,
-                    duration=transfer.duration,
-                    result=transfer.result,
-                )
-            ]
-        )
+        boot.record_tftp([TftpTransfer.model_validate(transfer.report())])
 
     return TftpServer(
         settings.resolved_tftp_root, dynamic=dynamic, observer=observe, registry=registry

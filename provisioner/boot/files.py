@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import quote
 
 from starlette.datastructures import Headers
@@ -50,22 +49,36 @@ _DISK_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="boot-files")
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.ASCII | re.IGNORECASE)
 
 
-class FileObserver(Protocol):
-    """Told once per boot-file response when it ends, completed or aborted.
+@dataclass(frozen=True)
+class FileServed:
+    """One boot-file response that ended, completed or aborted. ``bytes_sent`` counts
+    body bytes handed to the server before the client went away. With
+    ``accel_redirect`` the service sends no body: this reports the hand-off to nginx
+    (``bytes_sent`` 0)."""
 
-    Called on the event loop, so it must be cheap and never block. ``bytes_sent`` counts
-    body bytes handed to the server before the client went away. With ``accel_redirect``
-    the service sends no body: the call reports the hand-off to nginx (``bytes_sent`` 0)."""
+    token: str | None
+    client: str
+    path: str
+    bytes_sent: int
+    status: int
+    complete: bool
 
-    def __call__(
-        self,
-        token: str | None,
-        client: str,
-        path: str,
-        bytes_sent: int,
-        status: int,
-        complete: bool,
-    ) -> None: ...
+
+Ended = Callable[[int, int, bool], None]
+"""Told (bytes_sent, status, complete) when a response ends."""
+
+FileObserver = Callable[[FileServed], None]
+"""Told once per boot-file response when it ends. Called on the event loop, so it must
+be cheap and never block."""
+
+
+def report_to(observer: FileObserver, token: str | None, client: str, path: str) -> Ended:
+    """The ``on_end`` of a response for ``path`` that tells ``observer``."""
+
+    def ended(bytes_sent: int, status: int, complete: bool) -> None:
+        observer(FileServed(token, client, path, bytes_sent, status, complete))
+
+    return ended
 
 
 def not_found(requested: str, root: Path, why: str) -> Problem:
@@ -248,10 +261,6 @@ def unsatisfiable(size: int) -> Problem:
         headers={"Content-Range": f"bytes */{size}"},
         title="Range not satisfiable",
     )
-
-
-Ended = Callable[[int, int, bool], None]
-"""Told (bytes_sent, status, complete) when a response ends."""
 
 
 class BootFileResponse(Response):

@@ -87,30 +87,38 @@ def local_disk(reason: str) -> str:
 def pxelinux(plan: Install | None, reason: str) -> str:
     """``pxelinux.cfg/01-<mac>`` for machines whose firmware runs PXELINUX, not iPXE."""
     if plan is None:
-        return f"# {reason}\nDEFAULT local\nLABEL local\n  LOCALBOOT 0\n"
-    return (
-        f"# {plan.title}\n"
-        "DEFAULT install\n"
-        "LABEL install\n"
-        f"  KERNEL {plan.kernel_url}\n"
-        f"  INITRD {plan.initrd_url}\n"
-        f"  APPEND {plan.kernel_args}\n"
+        return _config(reason, "DEFAULT local", "LABEL local", "  LOCALBOOT 0")
+    return _config(
+        plan.title,
+        "DEFAULT install",
+        "LABEL install",
+        f"  KERNEL {plan.kernel_url}",
+        f"  INITRD {plan.initrd_url}",
+        f"  APPEND {plan.kernel_args}",
     )
 
 
 def grub(plan: Install | None, reason: str) -> str:
     """``grub/grub.cfg-01-<mac>`` for UEFI machines that network-boot GRUB."""
     if plan is None:
-        return f"# {reason}\nset timeout=0\nexit\n"
-    return (
-        f"# {plan.title}\n"
-        "set timeout=0\n"
-        "menuentry install {\n"
-        # ";" ends a GRUB command; Ubuntu's "ds=nocloud-net;s=..." must keep its own.
-        f"  linux {_grub_path(plan.kernel_url)} {plan.kernel_args.replace(';', chr(92) + ';')}\n"
-        f"  initrd {_grub_path(plan.initrd_url)}\n"
-        "}\n"
+        return _config(reason, "set timeout=0", "exit")
+    # ";" ends a GRUB command; Ubuntu's "ds=nocloud-net;s=..." must keep its own.
+    args = plan.kernel_args.replace(";", "\\;")
+    return _config(
+        plan.title,
+        "set timeout=0",
+        "menuentry install {",
+        f"  linux {_grub_path(plan.kernel_url)} {args}",
+        f"  initrd {_grub_path(plan.initrd_url)}",
+        "}",
     )
+
+
+def _config(comment: str, *lines: str) -> str:
+    """A boot loader's configuration, opened by a comment saying what it is for. The
+    comment stays one line, so no name in it can add a directive."""
+    head = "# " + " ".join(comment.splitlines())
+    return "".join(f"{line}\n" for line in (head, *lines))
 
 
 def _grub_path(url: str) -> str:

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from provisioner import deployments
 from provisioner.boot import answers, scripts
+from provisioner.boot.files import FileServed
 from provisioner.boot.hops import HopRecorder
 from provisioner.deployments import Callback, Live
 from provisioner.errors import Problem
@@ -350,21 +351,15 @@ class BootService:
             )
             self.hops.by_address(transfer.client, EventKind.BOOT_TFTP, detail)
 
-    def file_served(
-        self,
-        token: str | None,
-        client: str,
-        path: str,
-        bytes_sent: int,
-        status: int,
-        complete: bool,
-    ) -> None:
+    def file_served(self, served: FileServed) -> None:
         """The boot-file route's observer: kernels and initrds fetched with a token."""
-        detail = f"{path}: HTTP {status}, {bytes_sent:,} bytes" + ("" if complete else ", cut off")
-        if token:
-            self.hops.by_token(token, client, EventKind.BOOT_FILE, detail)
+        detail = f"{served.path}: HTTP {served.status}, {served.bytes_sent:,} bytes"
+        if not served.complete:
+            detail += ", cut off"
+        if served.token:
+            self.hops.by_token(served.token, served.client, EventKind.BOOT_FILE, detail)
         else:
-            self.hops.unknown(client, None, EventKind.HTTP_FILE, detail)
+            self.hops.unknown(served.client, None, EventKind.HTTP_FILE, detail)
 
 
 def _profile_of(connection: Connection, node_id: uuid.UUID) -> str | None:

@@ -121,25 +121,23 @@ class _Job:
     problem: str | None
 
 
+# Deliveries claimed per look: enough to keep a rollout's hand-offs moving, few enough
+# that a replica that dies holds back little.
+_BATCH = 100
+
+
+@dataclass
 class WebhookSender:
     """Sends due deliveries; several replicas may run one each on a shared database."""
 
-    def __init__(
-        self,
-        engine: Engine,
-        vault: Vault,
-        settings: Settings,
-        *,
-        batch: int = 100,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.engine = engine
-        self.vault = vault
-        self.settings = settings
-        self.batch = batch
-        self._transport = transport
-        # A claimed delivery is skipped by others until a send has surely ended.
-        self._claim = timedelta(seconds=5 * settings.webhook_timeout + 10)
+    engine: Engine
+    vault: Vault
+    settings: Settings
+
+    @property
+    def _claim(self) -> timedelta:
+        """How long a claimed delivery is skipped by others: until a send has surely ended."""
+        return timedelta(seconds=5 * self.settings.webhook_timeout + 10)
 
     async def run(self) -> None:
         while True:
@@ -157,9 +155,7 @@ class WebhookSender:
         jobs = await run_in_threadpool(self._claim_due)
         if not jobs:
             return 0
-        async with httpx.AsyncClient(
-            timeout=self.settings.webhook_timeout, transport=self._transport
-        ) as client:
+        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout) as client:
             errors = await asyncio.gather(*(self._send(client, job) for job in jobs))
         await run_in_threadpool(self._record, list(zip(jobs, errors, strict=True)))
         return errors.count(None)
@@ -181,7 +177,7 @@ class WebhookSender:
                 ~blocked,
             )
             .order_by(col(WebhookDelivery.id))
-            .limit(self.batch)
+            .limit(_BATCH)
         )
         if self.engine.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)

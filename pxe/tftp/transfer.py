@@ -29,5 +29,17 @@ class Transfer:
     result: str  # "ok" or a short error description
     options: dict[str, int] = field(default_factory=dict)  # as acknowledged (OACK)
 
+    def report(self) -> dict[str, str | int | float]:
+        """The transfer as the service's ``POST /boot/trace/tftp`` takes it (one of its
+        ``transfers``), whichever process the server runs in."""
+        return {
+            "client": self.client,
+            "server": self.server,
+            "file": self.filename,
+            "bytes": self.bytes,
+            "duration": round(self.duration, 6),
+            "result": self.result,
+        }
+
 
 Observer = Callable[[Transfer], None]

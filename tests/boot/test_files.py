@@ -45,16 +45,8 @@ class Recorder:
 
     calls: list[Call]
 
-    def __call__(
-        self,
-        token: str | None,
-        client: str,
-        path: str,
-        bytes_sent: int,
-        status: int,
-        complete: bool,
-    ) -> None:
-        self.calls.append((token, client, path, bytes_sent, status, complete))
+    def __call__(self, s: files.FileServed) -> None:
+        self.calls.append((s.token, s.client, s.path, s.bytes_sent, s.status, s.complete))
 
     def wait(self, count: int = 1, timeout: float = 10) -> list[Call]:
         deadline = time.monotonic() + timeout
