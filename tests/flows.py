@@ -13,16 +13,16 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from provisioner.services import Services
 from tests.test_reconciler import node, tick
 
 TICKS = 30
 
 
-def services(app: Any) -> Any:
-    """The app's long-lived parts (engine, vault, settings, reconciler, boot, webhooks):
-    ``app.state.services`` (provisioner/services.py), or ``app.state`` itself in a tree
-    from before it."""
-    return getattr(app.state, "services", app.state)
+def services(app: Any) -> Services:
+    """The app's long-lived parts (engine, vault, settings, reconciler, boot, webhooks)."""
+    found: Services = app.state.services
+    return found
 
 
 def state(client: TestClient, headers: dict[str, str], name: str) -> str:

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
-from provisioner.errors import Problem
 from provisioner.handoff import ansible, puppet
 from provisioner.puppet_formats import enc_yaml
 from provisioner.schemas import AutosignIn, AutosignOut
@@ -37,15 +36,7 @@ def puppet_enc(
     """The node's Puppet classification, as ``external_nodes`` prints it (YAML; JSON
     when only JSON is accepted). Fetching it for a provisioned node of an ``enc`` role
     completes that node's hand-off."""
-    node = puppet.find_node(session, settings, certname)
-    if node is None:
-        raise Problem(
-            404,
-            f"No node has the certname {certname!r}; it must be a node name, or that name "
-            "under PROVISIONER_DOMAIN.",
-        )
-    classification = puppet.classification(session, node)
-    puppet.record_enc_fetch(session, node)
+    classification = puppet.enc(session, settings, certname)
     if "json" in accept and "yaml" not in accept:
         return JSONResponse(classification)
     return Response(enc_yaml(classification), media_type=_YAML)

@@ -14,6 +14,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from provisioner import deployments
+from provisioner.errors import Problem
 from provisioner.handoff.roles import puppet_classes
 from provisioner.handoff.webhooks import wake
 from provisioner.lifecycle import State
@@ -31,6 +32,21 @@ def find_node(session: Session, settings: Settings, certname: str) -> Node | Non
     if suffix and certname.lower().endswith(suffix):
         names.add(certname.lower().removesuffix(suffix))
     return session.exec(select(Node).where(col(Node.name).in_(names))).first()
+
+
+def enc(session: Session, settings: Settings, certname: str) -> dict[str, Any]:
+    """The classification of the node named ``certname``; fetching it may complete the
+    node's hand-off (:func:`record_enc_fetch`)."""
+    node = find_node(session, settings, certname)
+    if node is None:
+        raise Problem(
+            404,
+            f"No node has the certname {certname!r}; it must be a node name, or that name "
+            "under PROVISIONER_DOMAIN.",
+        )
+    found = classification(session, node)
+    record_enc_fetch(session, node)
+    return found
 
 
 def classification(session: Session, node: Node) -> dict[str, Any]:
