@@ -10,7 +10,7 @@ from typer.core import TyperGroup
 
 from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/inventory)
 from provisioner.cli.catalog import image_app, role_app, token_app
-from provisioner.cli.client import CliError, GlobalOptions
+from provisioner.cli.client import CliError, GlobalOptions, token_option
 from provisioner.cli.demo import demo
 from provisioner.cli.handoff import ansible_inventory, autosign, enc
 from provisioner.cli.nodes import node_app, rack_app
@@ -63,9 +63,8 @@ def _global_options(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(
-            envvar="PROVISIONER_TOKEN",
-            help="API token; prefer the environment variable, command lines are visible in ps.",
+        token_option(
+            "API token; prefer the environment variable, command lines are visible in ps."
         ),
     ] = None,
 ) -> None:

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.client import CliError, api, path_segment
+from provisioner.cli.client import CliError, api, path_segment, request
 from provisioner.cli.nodes import NodeArg, node_app
-from provisioner.cli.output import JsonOption, info, key_values, print_json, spinner
+from provisioner.cli.output import JsonOption, info, key_values, print_json, show, spinner
 
 
 class PowerVerb(StrEnum):
@@ -93,8 +93,7 @@ def node_bootdev(
     }
     if uefi is not None:
         body["uefi"] = uefi
-    with api(ctx) as client:
-        data = client.put(f"/nodes/{path_segment(node)}/boot-device", json=body)
+    data = request(ctx, "PUT", f"/nodes/{path_segment(node)}/boot-device", json=body)
     if as_json:
         print_json(data)
         return
@@ -105,11 +104,10 @@ def node_bootdev(
 @node_app.command("inventory")
 def node_inventory(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
     """What the last inspection read from the BMC."""
-    with api(ctx) as client:
-        data = client.get(f"/nodes/{path_segment(node)}/inventory")
-    if as_json:
-        print_json(data)
-        return
+    show(request(ctx, "GET", f"/nodes/{path_segment(node)}/inventory"), as_json, _inventory)
+
+
+def _inventory(data: dict[str, Any]) -> None:
     facts = data["facts"]
     device = facts.get("device_id") or {}
     key_values(

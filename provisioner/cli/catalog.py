@@ -3,13 +3,21 @@ ask."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from provisioner.cli.client import api, path_segment
-from provisioner.cli.output import JsonOption, info, key_values, print_json, print_table, when
+from provisioner.cli.client import path_segment, request
+from provisioner.cli.output import (
+    JsonOption,
+    Render,
+    info,
+    key_values,
+    print_json,
+    print_table,
+    show,
+    when,
+)
 
 role_app = typer.Typer(
     help="Roles: what a node becomes (Puppet classes, default image).", no_args_is_help=True
@@ -22,36 +30,12 @@ NameArg = Annotated[str, typer.Argument(show_default=False)]
 
 # Mirrors of the Literal types in provisioner.schemas: importing it (pydantic) would add
 # about 0.3 s to every command.
-class ScopeName(StrEnum):
-    VIEWER = "viewer"
-    OPERATOR = "operator"
-    ADMIN = "admin"
+ScopeName = Literal["viewer", "operator", "admin"]
+OsFamily = Literal["rhel", "debian", "ubuntu"]
+AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
 
 
-class OsFamily(StrEnum):
-    RHEL = "rhel"
-    DEBIAN = "debian"
-    UBUNTU = "ubuntu"
-
-
-class AnswerTemplate(StrEnum):
-    KICKSTART = "kickstart"
-    PRESEED = "preseed"
-    AUTOINSTALL = "autoinstall"
-
-
-def _without_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None}
-
-
-@role_app.command("list")
-def list_roles(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """List roles."""
-    with api(ctx) as client:
-        roles = client.get("/roles")
-    if as_json:
-        print_json(roles)
-        return
+def _roles_table(roles: list[dict[str, Any]]) -> None:
     print_table(
         ("NAME", "DEFAULT IMAGE", "AUTO-PROVISION", "PUPPET CLASSES", "DESCRIPTION"),
         (
@@ -67,14 +51,7 @@ def list_roles(ctx: typer.Context, as_json: JsonOption = False) -> None:
     )
 
 
-@role_app.command("show")
-def show_role(ctx: typer.Context, name: NameArg, as_json: JsonOption = False) -> None:
-    """Show one role."""
-    with api(ctx) as client:
-        role = client.get(f"/roles/{path_segment(name)}")
-    if as_json:
-        print_json(role)
-        return
+def _role_detail(role: dict[str, Any]) -> None:
     key_values(
         [
             ("Name", role["name"]),
@@ -89,6 +66,84 @@ def show_role(ctx: typer.Context, name: NameArg, as_json: JsonOption = False) ->
             ("Updated", when(role["updated_at"])),
         ]
     )
+
+
+def _images_table(images: list[dict[str, Any]]) -> None:
+    print_table(
+        ("NAME", "OS", "VERSION", "TEMPLATE", "KERNEL URL"),
+        (
+            (i["name"], i["os_family"], i["version"], i["answer_template"], i["kernel_url"])
+            for i in images
+        ),
+    )
+
+
+def _image_detail(image: dict[str, Any]) -> None:
+    key_values(
+        [
+            ("Name", image["name"]),
+            ("OS", f"{image['os_family']} {image['version']}"),
+            ("Answer template", image["answer_template"]),
+            ("Kernel", image["kernel_url"]),
+            ("Initrd", image["initrd_url"]),
+            ("Repository", image["repo_url"]),
+            ("Kernel arguments", image["kernel_args"]),
+            ("Created", when(image["created_at"])),
+            ("Updated", when(image["updated_at"])),
+        ]
+    )
+
+
+def _tokens_table(tokens: list[dict[str, Any]]) -> None:
+    print_table(
+        ("ID", "NAME", "SCOPE", "PREFIX", "CREATED", "EXPIRES"),
+        (
+            (
+                t["id"],
+                t["name"],
+                t["scope"],
+                t["prefix"],
+                when(t["created_at"]),
+                when(t["expires_at"]) or "never",
+            )
+            for t in tokens
+        ),
+    )
+
+
+def _add_list_and_show(
+    app: typer.Typer, collection: str, noun: str, table: Render, detail: Render
+) -> None:
+    """Add ``list`` and ``show`` to ``app``: for roles and images they differ only in
+    the words and in how the answer is printed."""
+
+    @app.command("list", help=f"List {noun}s.")
+    def list_all(ctx: typer.Context, as_json: JsonOption = False) -> None:
+        show(request(ctx, "GET", collection), as_json, table)
+
+    @app.command("show", help=f"Show one {noun}.")
+    def show_one(ctx: typer.Context, name: NameArg, as_json: JsonOption = False) -> None:
+        show(request(ctx, "GET", f"{collection}/{path_segment(name)}"), as_json, detail)
+
+
+def _create(
+    ctx: typer.Context, kind: str, collection: str, fields: dict[str, Any], as_json: bool
+) -> None:
+    # Options left unset are left out of the body, so that the API applies its defaults.
+    body = {k: v for k, v in fields.items() if v is not None}
+    created = request(ctx, "POST", collection, json=body)
+    if as_json:
+        print_json(created)
+    else:
+        info(f"created {kind} {created['name']}")
+
+
+def _delete(ctx: typer.Context, kind: str, collection: str, key: str) -> None:
+    request(ctx, "DELETE", f"{collection}/{path_segment(key)}")
+    info(f"deleted {kind} {key}")
+
+
+_add_list_and_show(role_app, "/roles", "role", _roles_table, _role_detail)
 
 
 @role_app.command("create")
@@ -108,69 +163,23 @@ def create_role(
     as_json: JsonOption = False,
 ) -> None:
     """Create a role."""
-    body = _without_none(
-        {
-            "name": name,
-            "description": description,
-            "default_image": default_image,
-            "puppet_classes": puppet_class,
-            "auto_provision": False if no_auto_provision else None,
-        }
-    )
-    with api(ctx) as client:
-        role = client.post("/roles", json=body)
-    if as_json:
-        print_json(role)
-    else:
-        info(f"created role {role['name']}")
+    fields = {
+        "name": name,
+        "description": description,
+        "default_image": default_image,
+        "puppet_classes": puppet_class,
+        "auto_provision": False if no_auto_provision else None,
+    }
+    _create(ctx, "role", "/roles", fields, as_json)
 
 
 @role_app.command("delete")
 def delete_role(ctx: typer.Context, name: NameArg) -> None:
     """Delete a role that no node uses."""
-    with api(ctx) as client:
-        client.delete(f"/roles/{path_segment(name)}")
-    info(f"deleted role {name}")
+    _delete(ctx, "role", "/roles", name)
 
 
-@image_app.command("list")
-def list_images(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """List OS images."""
-    with api(ctx) as client:
-        images = client.get("/images")
-    if as_json:
-        print_json(images)
-        return
-    print_table(
-        ("NAME", "OS", "VERSION", "TEMPLATE", "KERNEL URL"),
-        (
-            (i["name"], i["os_family"], i["version"], i["answer_template"], i["kernel_url"])
-            for i in images
-        ),
-    )
-
-
-@image_app.command("show")
-def show_image(ctx: typer.Context, name: NameArg, as_json: JsonOption = False) -> None:
-    """Show one OS image."""
-    with api(ctx) as client:
-        image = client.get(f"/images/{path_segment(name)}")
-    if as_json:
-        print_json(image)
-        return
-    key_values(
-        [
-            ("Name", image["name"]),
-            ("OS", f"{image['os_family']} {image['version']}"),
-            ("Answer template", image["answer_template"]),
-            ("Kernel", image["kernel_url"]),
-            ("Initrd", image["initrd_url"]),
-            ("Repository", image["repo_url"]),
-            ("Kernel arguments", image["kernel_args"]),
-            ("Created", when(image["created_at"])),
-            ("Updated", when(image["updated_at"])),
-        ]
-    )
+_add_list_and_show(image_app, "/images", "OS image", _images_table, _image_detail)
 
 
 @image_app.command("create")
@@ -187,32 +196,23 @@ def create_image(
     as_json: JsonOption = False,
 ) -> None:
     """Create an OS image."""
-    body = _without_none(
-        {
-            "name": name,
-            "os_family": os_family.value,
-            "version": version,
-            "kernel_url": kernel_url,
-            "initrd_url": initrd_url,
-            "answer_template": answer_template.value,
-            "repo_url": repo_url,
-            "kernel_args": kernel_args,
-        }
-    )
-    with api(ctx) as client:
-        image = client.post("/images", json=body)
-    if as_json:
-        print_json(image)
-    else:
-        info(f"created image {image['name']}")
+    fields = {
+        "name": name,
+        "os_family": os_family,
+        "version": version,
+        "kernel_url": kernel_url,
+        "initrd_url": initrd_url,
+        "answer_template": answer_template,
+        "repo_url": repo_url,
+        "kernel_args": kernel_args,
+    }
+    _create(ctx, "image", "/images", fields, as_json)
 
 
 @image_app.command("delete")
 def delete_image(ctx: typer.Context, name: NameArg) -> None:
     """Delete an OS image that no node or role uses."""
-    with api(ctx) as client:
-        client.delete(f"/images/{path_segment(name)}")
-    info(f"deleted image {name}")
+    _delete(ctx, "image", "/images", name)
 
 
 @token_app.command("create")
@@ -239,41 +239,22 @@ def create_token(
     server runs: run it on the server, as the service's user and with its PROVISIONER_*
     settings (the same data directory or database URL).
     """
-    label = name or f"bootstrap-{scope.value}"
+    label = name or f"bootstrap-{scope}"
     if via_api:
-        body = {"name": label, "scope": scope.value, "expires_in_days": expires_in_days}
-        with api(ctx) as client:
-            token = client.post("/tokens", json=body)["token"]
-        info(f"created {scope.value} token {label!r}")
+        body = {"name": label, "scope": scope, "expires_in_days": expires_in_days}
+        token = request(ctx, "POST", "/tokens", json=body)["token"]
+        info(f"created {scope} token {label!r}")
     else:
         from provisioner.cli.server import create_token_offline
 
-        token = create_token_offline(label, scope.value, expires_in_days)
+        token = create_token_offline(label, scope, expires_in_days)
     typer.echo(token)
 
 
 @token_app.command("list")
 def list_tokens(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List tokens (never their secret part)."""
-    with api(ctx) as client:
-        tokens = client.get("/tokens")
-    if as_json:
-        print_json(tokens)
-        return
-    print_table(
-        ("ID", "NAME", "SCOPE", "PREFIX", "CREATED", "EXPIRES"),
-        (
-            (
-                t["id"],
-                t["name"],
-                t["scope"],
-                t["prefix"],
-                when(t["created_at"]),
-                when(t["expires_at"]) or "never",
-            )
-            for t in tokens
-        ),
-    )
+    show(request(ctx, "GET", "/tokens"), as_json, _tokens_table)
 
 
 @token_app.command("delete")
@@ -281,6 +262,4 @@ def delete_token(
     ctx: typer.Context, token_id: Annotated[str, typer.Argument(metavar="ID")]
 ) -> None:
     """Revoke a token."""
-    with api(ctx) as client:
-        client.delete(f"/tokens/{path_segment(token_id)}")
-    info(f"deleted token {token_id}")
+    _delete(ctx, "token", "/tokens", token_id)

@@ -36,12 +36,6 @@ class ApiError(CliError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    url: str
-    token: str | None
-
-
 def config_file() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "provisioner" / "cli.toml"
@@ -64,6 +58,12 @@ def _read_config_file() -> dict[str, str]:
             raise CliError(f"{path}: `{key}` must be a string")
         values[key] = value
     return values
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    url: str
+    token: str | None
 
 
 def load_config(url: str | None, token: str | None) -> ClientConfig:
@@ -231,3 +231,16 @@ def api(ctx: typer.Context) -> ApiClient:
     options = ctx.find_root().obj
     assert isinstance(options, GlobalOptions)
     return ApiClient(load_config(options.url, options.token))
+
+
+def request(ctx: typer.Context, method: str, path: str, json: Any = None) -> Any:
+    """One request on a client of its own, for a command that makes only this one; a
+    command that makes several opens :func:`api` once for all of them."""
+    with api(ctx) as client:
+        return client.request(method, path, json=json)
+
+
+def token_option(help: str) -> Any:
+    """``--token``, else PROVISIONER_TOKEN: every command that takes a token reads the
+    same variable, so that one export serves them all."""
+    return typer.Option(envvar="PROVISIONER_TOKEN", help=help)

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from provisioner import puppet_formats
-from provisioner.cli.client import CliError, api, path_segment
+from provisioner.cli.client import CliError, path_segment, request
 
 # A CSR is a few KiB; anything far larger is not one.
 _MAX_CSR_BYTES = 64 * 1024
@@ -22,8 +22,7 @@ Certname = Annotated[str, typer.Argument(help="The Puppet certname (node name or
 def enc(ctx: typer.Context, certname: Certname) -> None:
     """Puppet external node classifier (`external_nodes`): print CERTNAME's classes,
     parameters and environment as YAML; exit 1 for an unknown node."""
-    with api(ctx) as client:
-        classification = client.get(f"/handoff/puppet/enc/{path_segment(certname)}")
+    classification = request(ctx, "GET", f"/handoff/puppet/enc/{path_segment(certname)}")
     typer.echo(puppet_formats.enc_yaml(classification), nl=False)
 
 
@@ -36,11 +35,12 @@ def autosign(ctx: typer.Context, certname: Certname) -> None:
         raise CliError("not signed: stdin is not a PEM certificate signing request") from None
     if facts.common_name != certname:
         raise CliError(f"not signed: the CSR is for {facts.common_name!r}, not {certname!r}")
-    with api(ctx) as client:
-        decision = client.post(
-            "/handoff/puppet/autosign",
-            json={"certname": certname, "challenge": facts.challenge, "pp_role": facts.pp_role},
-        )
+    decision = request(
+        ctx,
+        "POST",
+        "/handoff/puppet/autosign",
+        json={"certname": certname, "challenge": facts.challenge, "pp_role": facts.pp_role},
+    )
     if not decision["sign"]:
         raise CliError(f"not signed: {decision['reason']}")
 
@@ -54,7 +54,6 @@ def ansible_inventory(
     with `ansible-inventory -i <script that runs this>`."""
     if list_ == (host is not None):
         raise CliError("give exactly one of --list and --host HOST")
-    with api(ctx) as client:
-        inventory = client.get("/handoff/ansible")
+    inventory = request(ctx, "GET", "/handoff/ansible")
     out = inventory if list_ else inventory["_meta"]["hostvars"].get(host, {})
     typer.echo(json.dumps(out, indent=2, sort_keys=True))

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.client import ApiError, CliError, api, field_errors, path_segment
+from provisioner.cli.client import ApiError, CliError, api, field_errors, path_segment, request
 from provisioner.cli.output import (
     JsonOption,
     events_table,
@@ -18,6 +18,7 @@ from provisioner.cli.output import (
     node_table,
     print_json,
     print_table,
+    show,
     spinner,
 )
 from provisioner.cli.progress import by_name, watch
@@ -70,12 +71,7 @@ def list_nodes(
 @node_app.command("show")
 def show_node(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
     """Show one node."""
-    with api(ctx) as client:
-        data = client.get(f"/nodes/{path_segment(node)}")
-    if as_json:
-        print_json(data)
-    else:
-        node_detail(data)
+    show(request(ctx, "GET", f"/nodes/{path_segment(node)}"), as_json, node_detail)
 
 
 def _bmc_password(from_stdin: bool) -> str:
@@ -137,8 +133,7 @@ def enroll(
         "nics": [{"mac": m} for m in mac or []],
         **{k: v for k, v in optional.items() if v is not None},
     }
-    with api(ctx) as client:
-        data = client.post("/nodes", json=body)
+    data = request(ctx, "POST", "/nodes", json=body)
     if as_json:
         print_json(data)
         return
@@ -155,8 +150,7 @@ def delete_node(
     """Delete a node from the inventory (the machine itself is untouched)."""
     if not yes:
         typer.confirm(f"Delete node {node}?", abort=True, err=True)
-    with api(ctx) as client:
-        client.delete(f"/nodes/{path_segment(node)}")
+    request(ctx, "DELETE", f"/nodes/{path_segment(node)}")
     info(f"deleted node {node}")
 
 
@@ -173,8 +167,7 @@ def node_action(
     """Ask for a lifecycle or power action; it runs in the background."""
     optional = {"reason": reason, "role": role, "image": image}
     body = {k: v for k, v in optional.items() if v is not None}
-    with api(ctx) as client:
-        data = client.post(f"/nodes/{path_segment(node)}/actions/{action.value}", json=body)
+    data = request(ctx, "POST", f"/nodes/{path_segment(node)}/actions/{action.value}", json=body)
     if as_json:
         print_json(data)
         return
@@ -185,12 +178,7 @@ def node_action(
 @node_app.command("events")
 def node_events(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
     """Show a node's event log, oldest first."""
-    with api(ctx) as client:
-        events = client.get(f"/nodes/{path_segment(node)}/events")
-    if as_json:
-        print_json(events)
-    else:
-        events_table(events)
+    show(request(ctx, "GET", f"/nodes/{path_segment(node)}/events"), as_json, events_table)
 
 
 def _manifest_type(path: Path) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
+# Shows one API answer to people: a table or a detail view.
+Render = Callable[[Any], None]
 
 # Piped output goes to grep and awk: one row per line rather than wrapped at 80 columns.
 _PIPE_WIDTH = 240
@@ -42,6 +44,15 @@ def console(stderr: bool = False) -> Console:
 
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
+
+
+def show(data: Any, as_json: bool, render: Render) -> None:
+    """``--json`` prints what the API answered, untouched, for scripts; else ``render``
+    shows it to people."""
+    if as_json:
+        print_json(data)
+    else:
+        render(data)
 
 
 def info(message: str) -> None:

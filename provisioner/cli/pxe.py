@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from provisioner.cli.client import CliError, GlobalOptions, load_config
+from provisioner.cli.client import CliError, GlobalOptions, load_config, token_option
 from provisioner.cli.output import info, print_table
 
 if TYPE_CHECKING:
@@ -195,10 +195,7 @@ def serve(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(
-            envvar="PROVISIONER_TOKEN",
-            help="Operator token for transfer reports; prefer the environment variable.",
-        ),
+        token_option("Operator token for transfer reports; prefer the environment variable."),
     ] = None,
     tftp_address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
     tftp_port: Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")] = 69,
