@@ -70,10 +70,8 @@ def create_app(
         lambda: services.profiles,
         RoleRules.load(settings.role_rules),
     )
-    power_sync = PowerSync(engine, vault, pool, settings)
     hops = HopRecorder(engine, keep=settings.boot_hops_kept)
     boot_service = BootService(engine, vault, settings, lambda: services.profiles, hops)
-    webhooks = WebhookSender(engine, vault, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -91,9 +89,9 @@ def create_app(
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-            loops.append(asyncio.create_task(webhooks.run(), name="webhooks"))
+            loops.append(asyncio.create_task(services.webhooks.run(), name="webhooks"))
             if settings.power_sync_interval > 0:
-                loops.append(asyncio.create_task(power_sync.run(), name="power-sync"))
+                loops.append(asyncio.create_task(services.power_sync.run(), name="power-sync"))
         yield
         for loop in loops:
             loop.cancel()
@@ -128,9 +126,9 @@ def create_app(
         profiles=profiles,
         bmc_pool=pool,
         reconciler=reconciler,
-        power_sync=power_sync,
+        power_sync=PowerSync(engine, vault, pool, settings),
         boot=boot_service,
-        webhooks=webhooks,
+        webhooks=WebhookSender(engine, vault, settings),
         file_observer=boot_service.file_served,
     )
     app.state.services = services

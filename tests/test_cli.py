@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
@@ -365,6 +366,53 @@ def test_roles_images_and_tokens(cli: Cli, admin_token: str) -> None:
     assert row["prefix"] in cli("token", "list", token=admin_token).stdout
     assert cli("token", "delete", row["id"], token=admin_token).exit_code == 0
     fails(cli("node", "list", token=new_token), "refused the token")
+
+
+def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str, tmp_path: Path) -> None:
+    secret = "cli-webhook-secret-0123"
+    cli.secrets.add(secret)
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_text(secret + "\n")
+    enc = cli(
+        "role", "create", "cli-enc", "--handoff", "enc", "--puppet-environment", "staging",
+        "--package", "chrony", "--package", "jq", "--json",
+        token=admin_token,
+    )  # fmt: skip
+    assert enc.exit_code == 0, enc.stderr
+    role = json.loads(enc.stdout)
+    assert (role["handoff"], role["puppet_environment"]) == ("enc", "staging")
+    assert role["packages"] == ["chrony", "jq"]
+
+    hooked = cli(
+        "role", "create", "cli-hook", "--handoff", "webhook",
+        "--webhook-url", "https://cmdb.example.com/hooks/prov",
+        "--webhook-secret-file", str(secret_file), "--json",
+        token=admin_token,
+    )  # fmt: skip
+    assert hooked.exit_code == 0, hooked.stderr
+    assert json.loads(hooked.stdout)["webhook_secret_set"] is True
+
+    no_secret = cli(
+        "role", "create", "cli-nohook", "--handoff", "webhook",
+        "--webhook-url", "https://cmdb.example.com/hooks/prov",
+        token=admin_token,
+    )  # fmt: skip
+    fails(no_secret, "webhook_secret")
+    assert cli("role", "create", "cli-bad", "--handoff", "later").exit_code == 2
+    for name in ("cli-enc", "cli-hook"):
+        assert cli("role", "delete", name, token=admin_token).exit_code == 0
+
+
+def test_cli_choices_mirror_the_api_schema() -> None:
+    """The CLI keeps its own copies of the API's choices (importing the schemas would
+    slow every command); a value the API gains must reach the CLI too."""
+    from provisioner import schemas
+    from provisioner.cli import catalog
+
+    assert get_args(catalog.OsFamily) == get_args(schemas.OsFamily)
+    assert get_args(catalog.AnswerTemplate) == get_args(schemas.AnswerTemplate)
+    assert get_args(catalog.ScopeName) == get_args(schemas.Scope)
+    assert set(get_args(catalog.HandoffName)) == {h.value for h in schemas.Handoff}
 
 
 def test_config_file_and_environment_precedence(cli: Cli, operator_token: str) -> None:

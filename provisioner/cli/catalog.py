@@ -3,6 +3,7 @@ ask."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -28,11 +29,12 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 NameArg = Annotated[str, typer.Argument(show_default=False)]
 
 
-# Mirrors of the Literal types in provisioner.schemas: importing it (pydantic) would add
-# about 0.3 s to every command.
+# Mirrors of the Literal types in provisioner.schemas (tests/test_cli.py checks they
+# match): importing it (pydantic) would add about 0.3 s to every command.
 ScopeName = Literal["viewer", "operator", "admin"]
-OsFamily = Literal["rhel", "debian", "ubuntu"]
+OsFamily = Literal["rhel", "fedora", "debian", "ubuntu"]
 AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
+HandoffName = Literal["immediate", "webhook", "enc"]
 
 
 def _roles_table(roles: list[dict[str, Any]]) -> None:
@@ -151,24 +153,48 @@ def create_role(
     ctx: typer.Context,
     name: NameArg,
     description: Annotated[str | None, typer.Option(help="What the role is for.")] = None,
-    default_image: Annotated[
-        str | None, typer.Option(help="Image used when a node asks for none.")
+    default_image: Annotated[str | None, typer.Option(help="Image if a node names none.")] = None,
+    package: Annotated[list[str] | None, typer.Option(help="Extra package (repeatable).")] = None,
+    handoff: Annotated[
+        HandoffName | None,
+        typer.Option(
+            help="When an installed node is active: at once (immediate, the default), when "
+            "Puppet fetches its classification (enc), or when a webhook receiver "
+            "acknowledges (webhook)."
+        ),
     ] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Receiver of --handoff webhook.")] = None,
+    webhook_secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="File holding the HMAC key the receiver checks (16 characters or more); a "
+            "file keeps it out of the shell history and the process list.",
+        ),
+    ] = None,
+    puppet_environment: Annotated[str | None, typer.Option(help="Default: production.")] = None,
     puppet_class: Annotated[
-        list[str] | None, typer.Option(help="Puppet class to apply; repeat for more.")
+        list[str] | None, typer.Option(help="Puppet class (repeatable).")
     ] = None,
     no_auto_provision: Annotated[
         bool, typer.Option("--no-auto-provision", help="Wait for an operator after inspection.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a role."""
+    """Create a role: what its nodes are installed with and how they are handed off.
+    Top-scope Puppet parameters are set through the API (PATCH /api/v1/roles/NAME)."""
     fields = {
         "name": name,
         "description": description,
         "default_image": default_image,
-        "puppet_classes": puppet_class,
         "auto_provision": False if no_auto_provision else None,
+        "puppet_classes": puppet_class,
+        "puppet_environment": puppet_environment,
+        "packages": package,
+        "handoff": handoff,
+        "webhook_url": webhook_url,
+        "webhook_secret": webhook_secret_file.read_text().strip() if webhook_secret_file else None,
     }
     _create(ctx, "role", "/roles", fields, as_json)
 
