@@ -368,11 +368,9 @@ def test_roles_images_and_tokens(cli: Cli, admin_token: str) -> None:
     fails(cli("node", "list", token=new_token), "refused the token")
 
 
-def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str, tmp_path: Path) -> None:
+def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str) -> None:
     secret = "cli-webhook-secret-0123"
     cli.secrets.add(secret)
-    secret_file = tmp_path / "webhook.secret"
-    secret_file.write_text(secret + "\n")
     enc = cli(
         "role", "create", "cli-enc", "--handoff", "enc", "--puppet-environment", "staging",
         "--package", "chrony", "--package", "jq", "--json",
@@ -386,8 +384,9 @@ def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str, tmp_pat
     hooked = cli(
         "role", "create", "cli-hook", "--handoff", "webhook",
         "--webhook-url", "https://cmdb.example.com/hooks/prov",
-        "--webhook-secret-file", str(secret_file), "--json",
+        "--webhook-secret-stdin", "--json",
         token=admin_token,
+        stdin=secret + "\n",
     )  # fmt: skip
     assert hooked.exit_code == 0, hooked.stderr
     assert json.loads(hooked.stdout)["webhook_secret_set"] is True

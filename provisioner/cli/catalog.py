@@ -3,7 +3,7 @@ ask."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 from typing import Annotated, Any, Literal
 
 import typer
@@ -164,15 +164,10 @@ def create_role(
         ),
     ] = None,
     webhook_url: Annotated[str | None, typer.Option(help="Receiver of --handoff webhook.")] = None,
-    webhook_secret_file: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="File holding the HMAC key the receiver checks (16 characters or more); a "
-            "file keeps it out of the shell history and the process list.",
-        ),
-    ] = None,
+    webhook_secret_stdin: Annotated[
+        bool,
+        typer.Option(help="Read the webhook's HMAC key (16 characters or more) from stdin."),
+    ] = False,
     puppet_environment: Annotated[str | None, typer.Option(help="Default: production.")] = None,
     puppet_class: Annotated[
         list[str] | None, typer.Option(help="Puppet class (repeatable).")
@@ -194,7 +189,8 @@ def create_role(
         "packages": package,
         "handoff": handoff,
         "webhook_url": webhook_url,
-        "webhook_secret": webhook_secret_file.read_text().strip() if webhook_secret_file else None,
+        # Never an option's value: command lines end up in shell history and `ps`.
+        "webhook_secret": sys.stdin.readline().rstrip("\r\n") if webhook_secret_stdin else None,
     }
     _create(ctx, "role", "/roles", fields, as_json)
 
