@@ -243,10 +243,15 @@ class Live:
 
 
 @pytest.fixture
-def live(app: FastAPI) -> Iterator[Live]:
-    """The service on a real port (uvicorn in a thread), with a token of each scope."""
+def live(app: FastAPI, client: TestClient) -> Iterator[Live]:
+    """The service on a real port too (uvicorn in a thread), with a token of each scope.
+
+    The app's lifespan runs once, in ``client``: run again by uvicorn, it would start a
+    second set of background loops on a second event loop, and the two would contend
+    for the app's loop-bound locks (seen as "bound to a different event loop")."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
