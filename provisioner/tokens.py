@@ -55,13 +55,31 @@ def listing(session: Session) -> list[ApiToken]:
 
 
 def revoke(session: Session, cache: TokenCache, token_id: uuid.UUID) -> None:
-    """Delete the token; this process stops honouring it at once (see :class:`TokenCache`)."""
+    """Delete the token; this process stops honouring it at once (see :class:`TokenCache`).
+
+    The last live admin token stays: without one, no one could manage tokens, roles or
+    images through the API again."""
     row = session.get(ApiToken, token_id)
     if row is None:
         raise Problem(404, f"No token has the id {token_id}.")
+    if row.scope == "admin" and is_live(row) and not _other_live_admin(session, token_id):
+        raise Problem(
+            409,
+            "This is the last admin token that has not expired: create another first "
+            "(`provisioner token create --scope admin`), then revoke this one.",
+        )
     session.delete(row)
     session.commit()
     cache.forget(token_id)
+
+
+def _other_live_admin(session: Session, token_id: uuid.UUID) -> bool:
+    # Locked on PostgreSQL, so that two admins revoking each other's tokens at once
+    # cannot both pass.
+    admins = session.exec(
+        select(ApiToken).where(ApiToken.scope == "admin", ApiToken.id != token_id).with_for_update()
+    )
+    return any(is_live(admin) for admin in admins)
 
 
 def is_live(row: ApiToken) -> bool:
