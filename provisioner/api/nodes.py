@@ -45,7 +45,9 @@ async def enroll_node(
     body: NodeCreate, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
 ) -> Response:
     """Enroll one server by its BMC; it starts ``enrolled`` and, unless the service is
-    configured otherwise, is inspected right after."""
+    configured otherwise, is inspected right after. If one of its MACs belongs to a
+    ``discovered`` node, that node is adopted: it keeps its id and timeline and takes
+    the name, BMC and the rest of the request."""
     enroll = functools.partial(
         nodes.enroll_one, session, vault, body, token.name, inspect=settings.inspect_on_enroll
     )
@@ -98,11 +100,21 @@ def change_node(
     body: NodePatch,
     session: SessionDep,
     vault: VaultDep,
+    settings: SettingsDep,
     token: Operator,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write."""
-    node = nodes.change(session, vault, nodes.find(session, ref), body, token.name, if_match)
+    """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write.
+    Giving a ``discovered`` node a BMC enrolls it (then it is inspected, as on POST)."""
+    node = nodes.change(
+        session,
+        vault,
+        nodes.find(session, ref),
+        body,
+        token.name,
+        if_match,
+        inspect=settings.inspect_on_enroll,
+    )
     return node_response(nodes.present(session, [node])[0])
 
 

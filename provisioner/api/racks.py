@@ -35,7 +35,9 @@ _MANIFEST_BODY = {
 async def import_rack(
     request: Request, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
 ) -> Response:
-    """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest."""
+    """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest.
+    A row naming the MAC of a ``discovered`` node adopts that node (same id, timeline
+    kept) instead of conflicting with it."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in manifest.YAML_TYPES | manifest.CSV_TYPES:
         raise Problem(415, "Send the manifest as application/yaml or text/csv.")

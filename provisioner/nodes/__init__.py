@@ -1,6 +1,7 @@
 """Node inventory, by concern: reading (:mod:`~provisioner.nodes.queries`), the checks
 enrollment and changes share (:mod:`~provisioner.nodes.checks`),
-:mod:`~provisioner.nodes.enrollment`, :mod:`~provisioner.nodes.changes` and deletion,
+:mod:`~provisioner.nodes.enrollment` (which :mod:`~provisioner.nodes.adoption` of
+discovered nodes serves), :mod:`~provisioner.nodes.changes` and deletion,
 lifecycle :mod:`~provisioner.nodes.actions`, and asking a node's BMC directly
 (:mod:`~provisioner.nodes.control`, imported on its own).
 

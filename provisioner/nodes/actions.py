@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from provisioner import deployments, timeline
 from provisioner.errors import Problem
-from provisioner.lifecycle import POWER_ACTIONS, Action, State, decide
+from provisioner.lifecycle import POWER_ACTIONS, Action, IllegalAction, State, decide
 from provisioner.models import Node, OsImage, Role
 from provisioner.nodes.changes import POWER_RESET, saving
 from provisioner.schemas import ActionRequest
@@ -34,9 +34,20 @@ def act(
     network-boots from now on gets its installer even before the reconciler powers it.
     """
     state = State(node.state)
-    to_state = decide(
-        state, action, maintenance=node.maintenance, failed_from=_failed_from(node)
-    ).to_state
+    try:
+        to_state = decide(
+            state, action, maintenance=node.maintenance, failed_from=_failed_from(node)
+        ).to_state
+    except IllegalAction as illegal:
+        if state is not State.DISCOVERED:
+            raise
+        # The way out of discovered is not an action: say what it is.
+        raise Problem(
+            409,
+            f"{str(illegal).capitalize()}. Enroll it first: give it a BMC with PATCH "
+            f'/api/v1/nodes/{node.name} {{"bmc": {{"address", "username", "password"}}}}.',
+            allowed_actions=illegal.allowed,
+        ) from None
     changes: dict[str, Any] = {}
     message = body.reason or f"{action.value} requested"
     if action is Action.MAINTENANCE_ON:

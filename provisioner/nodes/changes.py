@@ -16,7 +16,7 @@ from sqlmodel import Session, col
 
 from provisioner import timeline
 from provisioner.errors import Problem
-from provisioner.lifecycle import State
+from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node
 from provisioner.nodes.checks import (
     Claim,
@@ -67,8 +67,18 @@ def check_if_match(node: Node, if_match: str | None) -> None:
 
 
 def change(
-    session: Session, vault: Vault, node: Node, patch: NodePatch, actor: str, if_match: str | None
+    session: Session,
+    vault: Vault,
+    node: Node,
+    patch: NodePatch,
+    actor: str,
+    if_match: str | None,
+    *,
+    inspect: bool = False,
 ) -> Node:
+    """Apply ``patch``. A ``discovered`` node given a BMC is enrolled by it (the
+    lifecycle's discovered --enroll--> enrolled); with ``inspect`` the reconciler then
+    inspects it, as it does a node enrolled by POST /api/v1/nodes."""
     check_if_match(node, if_match)
     given = patch.model_fields_set
     if errors := reference_errors(session, [patch]):
@@ -85,7 +95,7 @@ def change(
             patch.rack_unit if "rack_unit" in given else node.rack_unit,
         ),
     )
-    if errors := conflict_errors(session, [claim], exclude=node.id):
+    if errors := conflict_errors(session, [claim], exclude=[node.id]):
         raise Problem(
             409, "The name, a MAC or the rack position is taken.", errors=in_api_terms(errors)
         )
@@ -110,9 +120,14 @@ def change(
         if patch.nics:
             rows = [{"node_id": node.id, "mac": n.mac, "pxe": n.pxe} for n in patch.nics]
             session.execute(insert(Nic), rows)
+    message = f"changed {', '.join(touched) or 'nothing'}"
     with saving(session, node):
-        message = f"changed {', '.join(touched) or 'nothing'}"
-        timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
+        if patch.bmc is not None and node.state == State.DISCOVERED.value:
+            changes.update(auto_inspect=inspect, auto_provision=inspect)
+            message = f"enrolled with a BMC: {message}"
+            timeline.transition(session, node, Outcome.ENROLL, actor, message, changes=changes)
+        else:
+            timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
     return node
 
 

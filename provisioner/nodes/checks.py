@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +79,11 @@ def rack_position(rack: str | None, unit: int | None) -> tuple[str, int] | None:
 
 
 def conflict_errors(
-    session: Session, claims: Sequence[Claim], exclude: uuid.UUID | None = None
+    session: Session, claims: Sequence[Claim], exclude: Collection[uuid.UUID] = ()
 ) -> list[dict[str, Any]]:
-    """Rows (1-based) whose name, MACs or rack position belong to another node."""
-    others = col(Node.id) != exclude if exclude else true()
+    """Rows (1-based) whose name, MACs or rack position belong to a node not in
+    ``exclude`` (the node being changed, or the discovered nodes being adopted)."""
+    others = col(Node.id).not_in(exclude) if exclude else true()
     names = {c.name for c in claims if c.name}
     taken_names: set[str] = set()
     if names:

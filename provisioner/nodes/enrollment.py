@@ -1,8 +1,10 @@
-"""Enrollment: new nodes from the API (one) or a rack manifest (many), each with its BMC,
-NICs and first event, in one transaction: all or none.
+"""Enrollment: nodes from the API (one) or a rack manifest (many), each with its BMC,
+NICs and first event, in one transaction: all or none. A node whose MAC belongs to a
+``discovered`` node adopts that node (:mod:`provisioner.nodes.adoption`).
 
 Enrollment is the API's hottest write: rows go in through Core inserts built once, and
-the checks ride on the inserts or run only after one fails.
+the checks (and the search for discovered nodes to adopt) ride on the inserts or run
+only after one fails.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_
+from sqlalchemy import Connection, and_, bindparam, exists, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
@@ -20,10 +23,18 @@ from provisioner import timeline
 from provisioner.errors import Problem
 from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node, OsImage, Role, table_of, utcnow
+from provisioner.nodes import adoption
 from provisioner.nodes.checks import Claim, conflict_errors, in_api_terms, reference_errors
-from provisioner.nodes.queries import present_written
+from provisioner.nodes.queries import present, present_written
 from provisioner.schemas import NodeCreate
 from provisioner.secrets import Vault
+
+_UNKNOWN = "Some nodes name a role or image that does not exist."
+_TAKEN = "Some names, MACs or rack positions are taken."
+_ONE_EACH = (
+    "A node adopts at most one discovered node, and a discovered node is adopted by one "
+    "node; nothing was enrolled."
+)
 
 
 @functools.cache
@@ -50,34 +61,28 @@ def _insert_if_known(keys: tuple[str, ...]) -> Any:
     return insert.execution_options(preserve_rowcount=True)
 
 
-def enroll(
-    session: Session,
+@dataclass
+class _Rows:
+    """The rows that enroll nodes: each node's row, its BMC, its NICs and first event."""
+
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    bmcs: list[dict[str, Any]] = field(default_factory=list)
+    nics: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rows(
     vault: Vault,
     items: Sequence[NodeCreate],
+    ids: Sequence[uuid.UUID],
     actor: str,
     how: str,
-    *,
-    inspect: bool = False,
-) -> list[dict[str, Any]]:
-    """Create ``items`` as enrolled nodes in one transaction: all or none.
-
-    Raises :class:`Problem` 422 for unknown roles/images and 409 for names or MACs in use,
-    with ``errors`` naming each row (1-based). With ``inspect``, the reconciler inspects
-    each new node once on its own.
-    """
-    unknown = "Some nodes name a role or image that does not exist."
-    # One node's role and image are checked by its INSERT (see _insert_if_known).
-    single = len(items) == 1
-    if not single and (errors := reference_errors(session, items)):
-        raise Problem(422, unknown, errors=errors)
+    inspect: bool,
+) -> _Rows:
     now = utcnow()
-    node_rows: list[dict[str, Any]] = []
-    bmc_rows: list[dict[str, Any]] = []
-    nic_rows: list[dict[str, Any]] = []
-    event_rows: list[dict[str, Any]] = []
-    for item in items:
-        node_id = uuid.uuid4()
-        node_rows.append(
+    rows = _Rows()
+    for item, node_id in zip(items, ids, strict=True):
+        rows.nodes.append(
             {
                 "id": node_id,
                 "name": item.name,
@@ -106,7 +111,7 @@ def enroll(
                 "version": 1,
             }
         )
-        bmc_rows.append(
+        rows.bmcs.append(
             {
                 "node_id": node_id,
                 "driver": item.bmc.driver,
@@ -119,36 +124,133 @@ def enroll(
                 "cipher_suite": item.bmc.cipher_suite,
             }
         )
-        nic_rows.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
-        event_rows.append(
+        rows.nics.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
+        rows.events.append(
             timeline.event_row(node_id, Outcome.ENROLL, actor, how, to_state=State.ENROLLED)
         )
+    return rows
+
+
+def enroll(
+    session: Session,
+    vault: Vault,
+    items: Sequence[NodeCreate],
+    actor: str,
+    how: str,
+    *,
+    inspect: bool = False,
+) -> list[dict[str, Any]]:
+    """Enroll ``items`` in one transaction: all or none. A node whose MACs belong to a
+    ``discovered`` node adopts it (see :mod:`provisioner.nodes.adoption`); the others
+    are created.
+
+    Raises :class:`Problem` 422 for unknown roles/images and 409 for names or MACs in use,
+    with ``errors`` naming each row (1-based). With ``inspect``, the reconciler inspects
+    each node once on its own.
+    """
+    # One node's role and image are checked by its INSERT (see _insert_if_known).
+    single = len(items) == 1
+    if not single and (errors := reference_errors(session, items)):
+        raise Problem(422, _UNKNOWN, errors=errors)
+    rows = _rows(vault, items, [uuid.uuid4() for _ in items], actor, how, inspect)
     try:
         # Core inserts on the session's connection: the ORM's bulk path costs several
         # times more Python per row, and enrollment is the API's hottest write.
         connection = session.connection()
         if single:
-            (row,) = node_rows
+            (row,) = rows.nodes
             if connection.execute(_insert_if_known(tuple(row)), row).rowcount != 1:
                 errors = reference_errors(session, items)
                 session.rollback()
                 if not errors:  # created between the two statements
                     raise Problem(409, "A role or image changed meanwhile; try again.")
-                raise Problem(422, unknown, errors=errors)
+                raise Problem(422, _UNKNOWN, errors=errors)
         else:
-            connection.execute(_insert(Node), node_rows)
-        connection.execute(_insert(Bmc), bmc_rows)
-        if nic_rows:
-            connection.execute(_insert(Nic), nic_rows)
-        timeline.note_many(connection, event_rows)
+            connection.execute(_insert(Node), rows.nodes)
+        _insert_rest(connection, rows.bmcs, rows.nics, rows.events)
         session.commit()
     except IntegrityError:
         # The unique constraints are the check; asking first would cost every enrollment
-        # three queries to help only the ones that fail.
+        # three queries to help only the ones that fail (or adopt, which is rarer).
         session.rollback()
-        errors = conflict_errors(session, [Claim.of(i) for i in items])
-        raise Problem(409, "Some names, MACs or rack positions are taken.", errors=errors) from None
-    return present_written(node_rows, bmc_rows, nic_rows)
+        return _enroll_adopting(session, vault, items, actor, how, inspect)
+    return present_written(rows.nodes, rows.bmcs, rows.nics)
+
+
+def _enroll_adopting(
+    session: Session,
+    vault: Vault,
+    items: Sequence[NodeCreate],
+    actor: str,
+    how: str,
+    inspect: bool,
+) -> list[dict[str, Any]]:
+    """Enroll ``items`` whose names, MACs or positions are in use: the MACs of discovered
+    nodes are adopted with them; anything else in use is a 409 naming every row."""
+    found = adoption.plan(session, items)
+    adopted = found.adopted
+    claims = [Claim.of(i) for i in items]
+    errors = found.errors + conflict_errors(session, claims, exclude=found.named)
+    if found.errors:
+        errors.sort(key=lambda error: int(error["row"]))
+        raise Problem(409, _ONE_EACH, errors=errors)
+    if errors or not adopted:
+        raise Problem(409, _TAKEN, errors=errors)
+    # The single fast path checked its role and image in an INSERT this path does not run.
+    if errors := reference_errors(session, items):
+        raise Problem(422, _UNKNOWN, errors=errors)
+    node_ids = [adopted[i].id if i in adopted else uuid.uuid4() for i in range(len(items))]
+    rows = _rows(vault, items, node_ids, actor, how, inspect)
+    created = [i for i in range(len(items)) if i not in adopted]
+    try:
+        nics = [
+            nic
+            for i, node in adopted.items()
+            for nic in adoption.adopt(session, node, rows.nodes[i], items[i], actor, how)
+        ]
+        connection = session.connection()
+        if created:
+            connection.execute(_insert(Node), [rows.nodes[i] for i in created])
+        new_ids = {node_ids[i] for i in created}
+        nics += [nic for nic in rows.nics if nic["node_id"] in new_ids]
+        events = [event for event in rows.events if event["node_id"] in new_ids]
+        _insert_rest(connection, rows.bmcs, nics, events)
+        session.commit()
+    except timeline.Stale:
+        session.rollback()
+        raise Problem(409, "A discovered node changed while this request ran; try again.") from None
+    except IntegrityError:
+        # Another request took a name, MAC or position since the check above.
+        session.rollback()
+        errors = conflict_errors(session, claims, exclude=found.named)
+        raise Problem(409, _TAKEN, errors=errors) from None
+    return _views(session, rows, adopted)
+
+
+def _views(session: Session, rows: _Rows, adopted: dict[int, Node]) -> list[dict[str, Any]]:
+    """API views of the enrolled nodes in the order of the request: adopted nodes read
+    back (they keep what they had), created ones from the rows just written."""
+    query = select(Node).where(col(Node.id).in_([node.id for node in adopted.values()]))
+    fresh = session.exec(query.execution_options(populate_existing=True)).all()
+    views = {view["id"]: view for view in present(session, fresh)}
+    created = [i for i in range(len(rows.nodes)) if i not in adopted]
+    written = present_written(
+        [rows.nodes[i] for i in created], [rows.bmcs[i] for i in created], rows.nics
+    )
+    views.update((view["id"], view) for view in written)
+    return [views[row["id"]] for row in rows.nodes]
+
+
+def _insert_rest(
+    connection: Connection,
+    bmcs: list[dict[str, Any]],
+    nics: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+) -> None:
+    connection.execute(_insert(Bmc), bmcs)
+    if nics:
+        connection.execute(_insert(Nic), nics)
+    timeline.note_many(connection, events)
 
 
 def enroll_one(
