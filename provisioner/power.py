@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, bindparam
+from sqlalchemy import Connection, Engine, bindparam
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -172,6 +172,27 @@ class PowerSync:
                     node.update().where(node.c.id == bindparam("nid")).values(power_checked_at=now),
                     quiet,
                 )
-            note_many(connection, events)
+            note_many(connection, _of_existing_nodes(connection, events))
             session.commit()
         return report
+
+
+# Far below SQLite's limit on the parameters of one statement.
+_IDS_PER_QUERY = 1000
+
+
+def _of_existing_nodes(
+    connection: Connection, events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The events whose node still exists. A node deleted while its BMC was polled has no
+    row for its event to refer to, and one such event would fail the whole batch. The
+    caller updated every event's node earlier in this transaction, which so holds those
+    rows (a row lock on PostgreSQL, the write lock on SQLite): a node found here cannot
+    be deleted before the commit."""
+    ids = list({event["node_id"] for event in events})
+    node = table_of(Node)
+    existing: set[uuid.UUID] = set()
+    for start in range(0, len(ids), _IDS_PER_QUERY):
+        chunk = ids[start : start + _IDS_PER_QUERY]
+        existing.update(connection.execute(select(node.c.id).where(node.c.id.in_(chunk))).scalars())
+    return [event for event in events if event["node_id"] in existing]
