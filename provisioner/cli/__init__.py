@@ -14,6 +14,7 @@ from provisioner.cli.client import CliError, GlobalOptions, token_option
 from provisioner.cli.demo import demo
 from provisioner.cli.handoff import ansible_inventory, autosign, enc
 from provisioner.cli.nodes import node_app, rack_app
+from provisioner.cli.output import info
 from provisioner.cli.pxe import pxe_app
 from provisioner.cli.server import db_app, serve
 
@@ -26,7 +27,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except CliError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            info(f"error: {exc}")
             raise typer.Exit(1) from None
 
 

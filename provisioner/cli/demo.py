@@ -28,7 +28,7 @@ import httpx
 import typer
 
 from provisioner.cli.client import CliError
-from provisioner.cli.output import console, events_table, info
+from provisioner.cli.output import cell, console, events_table, info
 from provisioner.cli.progress import watch
 
 ROLES = ("compute", "storage")
@@ -203,7 +203,7 @@ def _report(api: httpx.Client, run: _Demo, example: str) -> None:
             continue
         hosts = members.get("hosts", []) if isinstance(members, dict) else members
         if hosts:
-            out.print(f"  {group}: {', '.join(hosts)}")
+            out.print(cell(f"  {group}: {', '.join(hosts)}"))
     out.print(f"\n[bold]Timeline of {example}[/bold] (provisioner node events {example})")
     events_table(api.get(f"/api/v1/nodes/{example}/events").json())
     out.print(

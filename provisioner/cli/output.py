@@ -1,4 +1,9 @@
-"""What commands print: rich tables for people, the API's JSON for scripts."""
+"""What commands print: rich tables for people, the API's JSON for scripts.
+
+Much of what is printed was supplied by a booting machine or a BMC (an installer's
+progress message, FRU strings, an error built from them) and is stored as given; any
+control character in it reaches the terminal only as a visible escape, here, for every
+command."""
 
 from __future__ import annotations
 
@@ -34,6 +39,27 @@ STATE_STYLES = {
 }
 
 
+# A terminal obeys what such text may carry: ESC [2J clears the screen, ESC ] 0; sets the
+# window title, some sequences make the terminal type an answer into the shell, and bidi
+# controls reorder what is shown. C0, DEL, C1 and the bidi controls are shown as escapes
+# instead, so that the operator still sees that something was there.
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0), *_BIDI)
+_ESCAPED = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROLS} | {
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+# A status line may run over several lines of the CLI's own (a log tail); a value, one
+# cell of a table, stays on its line.
+_ESCAPED_IN_LINES = {c: text for c, text in _ESCAPED.items() if c != ord("\n")}
+
+
+def printable(value: str) -> str:
+    """``value`` with every control character shown as an escape (``\\x1b``)."""
+    return value.translate(_ESCAPED)
+
+
 def console(stderr: bool = False) -> Console:
     # Built per call: the streams differ between invocations (tests swap sys.stdout).
     out = Console(stderr=stderr, highlight=False)
@@ -43,6 +69,8 @@ def console(stderr: bool = False) -> Console:
 
 
 def print_json(data: Any) -> None:
+    # ensure_ascii (the default) writes every character outside printable ASCII, control
+    # characters included, as a \\u escape: the JSON is safe on a terminal as it is.
     typer.echo(json.dumps(data, indent=2))
 
 
@@ -57,20 +85,21 @@ def show(data: Any, as_json: bool, render: Render) -> None:
 
 def info(message: str) -> None:
     """A status line for people, on stderr so that stdout stays parseable."""
-    typer.echo(message, err=True)
+    typer.echo(message.translate(_ESCAPED_IN_LINES), err=True)
 
 
-def _text(value: Any, style: str = "") -> Text:
+def cell(value: Any, style: str = "") -> Text:
+    """One value as a table cell or a detail view shows it; ``-`` when there is none."""
     # Text, not str: rich would read brackets in names and messages as markup.
     if value is None or value == "":
         return Text("-", style="dim")
     if isinstance(value, bool):
         return Text("yes" if value else "no", style=style)
-    return Text(str(value), style=style)
+    return Text(printable(str(value)), style=style)
 
 
 def state_text(state: str) -> Text:
-    return Text(state, style=STATE_STYLES.get(state, ""))
+    return Text(printable(state), style=STATE_STYLES.get(state, ""))
 
 
 def when(value: str | None) -> str:
@@ -94,7 +123,7 @@ def print_table(
 ) -> None:
     table = _table(*columns)
     for row in rows:
-        table.add_row(*(cell if isinstance(cell, Text) else _text(cell) for cell in row))
+        table.add_row(*(value if isinstance(value, Text) else cell(value) for value in row))
     console(stderr).print(table)
 
 
@@ -116,7 +145,7 @@ def node_table(nodes: list[dict[str, Any]]) -> None:
                 n["rack"],
                 n["rack_unit"],
                 n["role"],
-                _text("yes", "bold magenta") if n["maintenance"] else _text(None),
+                cell("yes", "bold magenta") if n["maintenance"] else cell(None),
                 _pxe_mac(n),
             )
             for n in nodes
@@ -132,11 +161,11 @@ def node_detail(node: dict[str, Any]) -> None:
     bmc = node.get("bmc")
     state = state_text(node["state"])
     if node.get("failed_from"):
-        state.append(f" (failed while {node['failed_from']})", style="red")
+        state.append(printable(f" (failed while {node['failed_from']})"), style="red")
     maintenance = (
-        _text(f"yes: {node.get('maintenance_reason') or 'no reason given'}", "bold magenta")
+        cell(f"yes: {node.get('maintenance_reason') or 'no reason given'}", "bold magenta")
         if node["maintenance"]
-        else _text(False)
+        else cell(False)
     )
     rows: list[tuple[str, Any]] = [
         ("Name", node["name"]),
@@ -152,7 +181,7 @@ def node_detail(node: dict[str, Any]) -> None:
         ("BMC", _bmc(bmc) if bmc else None),
         ("NICs", ", ".join(f"{n['mac']}{' (pxe)' if n['pxe'] else ''}" for n in node["nics"])),
         ("Allowed actions", ", ".join(node["allowed_actions"])),
-        ("Last error", _text(node["last_error"], "red")),
+        ("Last error", cell(node["last_error"], "red")),
         ("Created", when(node["created_at"])),
         ("Updated", when(node["updated_at"])),
     ]
@@ -164,7 +193,7 @@ def key_values(rows: Iterable[tuple[str, Any]]) -> None:
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, value if isinstance(value, Text) else _text(value))
+        table.add_row(key, value if isinstance(value, Text) else cell(value))
     console().print(table)
 
 

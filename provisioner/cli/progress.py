@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from provisioner.cli.client import ApiClient, CliError, path_segment
-from provisioner.cli.output import STATE_STYLES, console, state_text
+from provisioner.cli.output import STATE_STYLES, cell, console, printable, state_text
 
 Fetch = Callable[[], list[dict[str, Any]]]
 # Shown individually while not done: more would scroll the counts off the screen.
@@ -81,19 +81,19 @@ def watch(fetch: Fetch, goal: str, title: str, timeout: float, interval: float =
 
 def _view(nodes: list[dict[str, Any]], goal: str, title: str, elapsed: float) -> Group:
     counts = Counter(n["state"] for n in nodes)
-    summary = Text(f"{title}  {elapsed:4.0f} s   ")
+    summary = Text(printable(f"{title}  {elapsed:4.0f} s   "))
     for state, count in sorted(counts.items(), key=lambda item: item[0] != goal):
-        summary.append(f"{state} {count}  ", style=STATE_STYLES.get(state, ""))
+        summary.append(printable(f"{state} {count}  "), style=STATE_STYLES.get(state, ""))
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("NODE", "STATE", "POWER", "LAST ERROR"):
         table.add_column(column)
     working = [n for n in nodes if n["state"] != goal]
     for node in working[:_ROWS]:
         table.add_row(
-            node["name"],
+            cell(node["name"]),
             state_text(node["state"]),
-            node.get("power_state") or "",
-            Text(node.get("last_error") or "", style="red"),
+            cell(node.get("power_state")),
+            cell(node.get("last_error"), "red"),
         )
     if len(working) > _ROWS:
         table.add_row(Text(f"... and {len(working) - _ROWS} more", style="dim"), "", "", "")
