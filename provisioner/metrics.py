@@ -1,4 +1,5 @@
-"""Prometheus metrics: HTTP requests by route and status, and nodes by state."""
+"""Prometheus metrics: HTTP requests by route and status, nodes by state, and what
+bounded discovery turned away."""
 
 from __future__ import annotations
 
@@ -29,6 +30,22 @@ class NodeStateCollector(Collector):
         yield family
 
 
+class DiscoveryCounters:
+    """What bounding discovery (provisioner/boot/discovery.py) did."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.dropped = Counter(
+            "provisioner_discovery_dropped",
+            "Boot requests from unknown MACs not recorded: over PROVISIONER_DISCOVERY_RATE.",
+            registry=registry,
+        )
+        self.pruned = Counter(
+            "provisioner_discovery_pruned",
+            "Discovered nodes deleted to stay within PROVISIONER_DISCOVERY_MAX.",
+            registry=registry,
+        )
+
+
 class Metrics:
     def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
         # One registry per app: tests build many apps in one process.
@@ -47,6 +64,7 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.registry.register(NodeStateCollector(count_by_state))
+        self.discovery = DiscoveryCounters(self.registry)
         self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def series(self, method: str, route: str, status: int) -> tuple[Counter, Histogram]:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from provisioner.boot.scripts import ipxe_safe
 
 
 def default_data_dir() -> Path:
@@ -29,6 +31,11 @@ def seconds(default: float, description: str, *, allow_zero: bool = False) -> An
     if allow_zero:
         return Field(default=default, ge=0, description=description)
     return Field(default=default, gt=0, description=description)
+
+
+def per_second(default: float, description: str, *, allow_zero: bool = False) -> Any:
+    """A rate: more than zero, or zero too where zero has a meaning."""
+    return seconds(default, description, allow_zero=allow_zero)
 
 
 def at_least(minimum: int, default: int, description: str) -> Any:
@@ -99,9 +106,7 @@ class Settings(BaseSettings):
     default_image: str = Field(
         default="rocky-9", description="Image for roles without a default_image."
     )
-    power_on_rate: float = Field(
-        default=10.0, gt=0, description="Machines powered on per second, at most (staggering)."
-    )
+    power_on_rate: float = per_second(10.0, "Machines powered on per second, at most (staggering).")
     max_deploying: int = at_least(1, 200, "Installations in flight at once, service-wide.")
     max_deploying_per_rack: int = at_least(1, 48, "Installations in flight at once in one rack.")
     handoff_timeout: float = seconds(3600.0, "Seconds a role's hand-off may take.")
@@ -118,6 +123,19 @@ class Settings(BaseSettings):
     )
     discovery_initrd_url: str | None = None
     discovery_kernel_args: str = ""
+    # Anyone on a boot network can ask for /boot/ipxe with any MAC: discovery is bounded.
+    discovery_rate: float = per_second(
+        5.0,
+        "Unknown machines recorded as discovered nodes per second, at most, by each "
+        "replica; the others are asked to boot again later. 0 records none.",
+        allow_zero=True,
+    )
+    discovery_burst: int = at_least(
+        1, 50, "Unknown machines recorded at once before the rate applies (a rack powered on)."
+    )
+    discovery_max: int = at_least(
+        1, 1000, "Discovered nodes kept; the oldest are deleted to make room for a new one."
+    )
     wipe_kernel_url: str | None = unset(
         "Kernel released machines boot to erase their disks; the wipe image "
         "calls back done when finished."
@@ -154,6 +172,26 @@ class Settings(BaseSettings):
         "Seconds the clean-up step keeps retrying before the node fails; 0 fails at once.",
         allow_zero=True,
     )
+
+    @field_validator(
+        "boot_url",
+        "discovery_kernel_url",
+        "discovery_initrd_url",
+        "discovery_kernel_args",
+        "wipe_kernel_url",
+        "wipe_initrd_url",
+        "wipe_kernel_args",
+    )
+    @classmethod
+    def _ipxe_safe(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """These go on iPXE command lines as they are: refused at start-up, not at every
+        boot."""
+        if value and not ipxe_safe(value):
+            raise ValueError(
+                f"PROVISIONER_{str(info.field_name).upper()} must not hold $, {{, }}, "
+                "double quotes or line breaks: iPXE would interpret them"
+            )
+        return value
 
     @model_validator(mode="after")
     def _puppet_ca_files(self) -> Settings:

@@ -30,6 +30,7 @@ from provisioner import deployments, handoff, nodes, power, timeline
 from provisioner.bmc.base import BmcError, BootDevice, BootSetting, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
+from provisioner.boot import scripts
 from provisioner.handoff.puppet_ca import CaError, PuppetCa, certname_for, manual_clean_command
 from provisioner.lifecycle import Action, IllegalAction, Outcome, State
 from provisioner.models import Bmc, Deployment, Node, Role, utcnow
@@ -159,6 +160,10 @@ class StepRunner:
         self, step: Step, node: Node, bmc: Bmc | None, deployment: Deployment, *, resumed: bool
     ) -> Result:
         done = Result(StepOutcome.DONE)
+        if DeploymentStatus(deployment.status) is DeploymentStatus.FAILED:
+            # Whatever the step: the machine's side cannot go on (the installer said
+            # so, or the service could not render its boot chain).
+            return Result(StepOutcome.FAILED, _failure(deployment.message))
         try:
             if step is Step.PUPPET_CLEAN:
                 return await self._puppet_clean(node, deployment)
@@ -268,9 +273,6 @@ class StepRunner:
         deadline = _aware(deployment.expires_at)
         if status is DeploymentStatus.DONE:
             return Result(StepOutcome.DONE)
-        if status is DeploymentStatus.FAILED:
-            why = f"the installer reported failure: {deployment.message}"
-            return Result(StepOutcome.FAILED, why)
         if status not in LIVE:
             return Result(StepOutcome.FAILED, f"the deployment ended ({status.value})")
         if utcnow() >= deadline:
@@ -469,6 +471,13 @@ class StepRunner:
             except (timeline.Stale, IllegalAction):
                 return
             session.commit()
+
+
+def _failure(message: str) -> str:
+    """Why a failed deployment failed, in the words of whoever failed it."""
+    if message.startswith(scripts.BOOT_FAILED):
+        return message
+    return f"the installer reported failure: {message}"
 
 
 def _set_step(session: Session, deployment_id: uuid.UUID, step: Step) -> None:

@@ -91,7 +91,12 @@ class IpxeScripts:
         services: Services = scope["app"].state.services
         boot = services.boot
         client = scope["client"][0] if scope.get("client") else "unknown"
-        script = await boot.ipxe(mac, client, boot.base_url(_request_base(scope)))
+        try:
+            base = boot.base_url(_request_base(scope))
+        except Problem as problem:
+            await problem_response(problem.status, problem.detail)(scope, receive, send)
+            return
+        script = await boot.ipxe(mac, client, base, services.metrics.discovery)
         body = script.encode()
         headers = [(b"content-type", _TEXT_BYTES), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, sele
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.models import BootHop, Deployment, Nic, table_of, utcnow
+from provisioner.models import BootHop, Deployment, Nic, Node, table_of, utcnow
 from provisioner.secrets import hash_token
 from provisioner.timeline import Actor, EventKind, event_row, note_many
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _nic = table_of(Nic)
 _hop = table_of(BootHop)
 _deployment = table_of(Deployment)
+_node = table_of(Node)
 
 # How far back a newly seen boot address claims anonymous hops: one boot's worth.
 CLAIM_WINDOW = timedelta(minutes=5)
@@ -132,7 +133,7 @@ class HopRecorder:
                 )
                 self._claim(connection, batch.boot_ips)
             self._place(connection, batch)
-            note_many(connection, batch.events)
+            note_many(connection, _of_existing_nodes(connection, batch.events))
             if batch.unknown:
                 connection.execute(insert(_hop), batch.unknown)
                 self._writes += len(batch.unknown)
@@ -198,6 +199,18 @@ class HopRecorder:
 def _unplaced(kind: EventKind, message: str) -> dict[str, Any]:
     """An event whose node is found when the batch is written."""
     return event_row(uuid.UUID(int=0), kind, Actor.NODE, message)
+
+
+def _of_existing_nodes(
+    connection: Connection, events: list[dict[str, object]]
+) -> list[dict[str, object]]:
+    """The events whose node still exists: a node deleted since its hop was recorded (by
+    an operator, or pruned by discovery) drops its own hops, not the whole batch's."""
+    if not events:
+        return events
+    wanted = {event["node_id"] for event in events}
+    found = set(connection.execute(select(_node.c.id).where(_node.c.id.in_(wanted))).scalars())
+    return [event for event in events if event["node_id"] in found]
 
 
 def _owners_of(connection: Connection, addresses: set[str]) -> dict[str, uuid.UUID]:

@@ -19,10 +19,30 @@ from dataclasses import dataclass
 _IPXE_UNSAFE = frozenset('${}\n\r"')
 
 
+# An echoed sentence may quote the record that could not be rendered: besides the above,
+# iPXE ends a command at ";", "||" or "&&" and drops everything after a "#".
+_ECHO_UNSAFE = _IPXE_UNSAFE | frozenset(";|&#")
+# Seconds a machine the service does not answer for yet waits before it asks again.
+RETRY_AFTER = 10
+# How a deployment's message starts when the service failed it because its boot chain
+# could not be rendered (see boot.service): the step runner then reports the message as
+# it is, not as the installer's word.
+BOOT_FAILED = "the boot chain could not be rendered"
+
+
 def _safe(value: str, what: str) -> str:
-    if any(c in _IPXE_UNSAFE for c in value):
+    if not ipxe_safe(value):
         raise ValueError(f"{what} {value!r} contains characters iPXE would interpret")
     return value
+
+
+def ipxe_safe(value: str) -> bool:
+    """Whether ``value`` can go on an iPXE command line as it is."""
+    return not any(c in _IPXE_UNSAFE for c in value)
+
+
+def _echoed(sentence: str) -> str:
+    return "".join("?" if c in _ECHO_UNSAFE else c for c in " ".join(sentence.split()))
 
 
 @dataclass(frozen=True)
@@ -73,14 +93,32 @@ def install(plan: Install) -> str:
     )
 
 
+def ipxe(plan: Install | None, reason: str) -> str:
+    """The iPXE script for ``plan``, or local boot saying why there is none."""
+    return local_disk(reason) if plan is None else install(plan)
+
+
 def local_disk(reason: str) -> str:
     # BIOS: boot the first disk directly, which works even when the firmware's boot
     # order puts the network first. UEFI: hand back to the firmware's boot manager.
     return (
         "#!ipxe\n"
-        f"echo provisioner: {_safe(reason, 'reason')}; booting from local disk\n"
+        f"echo provisioner: {_echoed(reason)}; booting from local disk\n"
         "iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||\n"
         "exit\n"
+    )
+
+
+def later(base_url: str, reason: str) -> str:
+    """Ask again after a pause, from the start of the chain: for a machine the service
+    does not answer for now (discovery over its rate). Falls back to the next boot
+    device if the service cannot be reached."""
+    url = f"{_safe(base_url, 'boot URL')}/boot/bootstrap.ipxe"
+    return (
+        "#!ipxe\n"
+        f"echo provisioner: {_echoed(reason)}; asking again in {RETRY_AFTER} s\n"
+        f"sleep {RETRY_AFTER}\n"
+        f"chain --autofree {url} || exit\n"
     )
 
 

@@ -7,42 +7,59 @@ session, so the node-facing routes stay independent of the API's request session
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import jinja2
 from sqlalchemy import (
     Connection,
     Engine,
     PoolProxiedConnection,
     Select,
     bindparam,
-    insert,
     select,
+    update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import deployments
+from provisioner import deployments, timeline
 from provisioner.boot import answers, scripts
+from provisioner.boot.discovery import Discovery
 from provisioner.boot.files import FileServed
 from provisioner.boot.hops import HopRecorder
 from provisioner.deployments import Callback, Live
 from provisioner.errors import Problem
 from provisioner.lifecycle import NETBOOT_STATES, State
-from provisioner.models import Nic, Node, OsImage, Role, table_of, utcnow
+from provisioner.metrics import DiscoveryCounters
+from provisioner.models import Deployment, Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.profiles import ProfileSet
 from provisioner.schemas import TftpTransfer
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
-from provisioner.timeline import EventKind
+from provisioner.steps import LIVE, DeploymentStatus
+from provisioner.timeline import Actor, EventKind
 from provisioner.validation import normalize_mac
+
+log = logging.getLogger(__name__)
 
 _node = table_of(Node)
 _nic = table_of(Nic)
+_deployment = table_of(Deployment)
+
+# What rendering a boot chain raises for records it cannot render: answers and scripts
+# refuse a value with a ValueError naming it; a template can fail on its own.
+_RENDER_ERRORS = (ValueError, jinja2.TemplateError)
+# Renders a boot loader's text from a plan, or from why there is none.
+Render = Callable[[scripts.Install | None, str], str]
+# A base URL every script and answer file can carry as it is (answers.py checks URLs the
+# same way): printable ASCII, none of iPXE's or the kernel's special characters.
+_BASE_URL = re.compile(r"https?://[\x21-\x7e]+")
+_BASE_UNSAFE = frozenset('${}"\\')
 
 # PXELINUX asks for "01-<mac with dashes>" (01 = Ethernet); GRUB for "grub.cfg-01-<mac>".
 _PER_MAC_FILE = re.compile(
@@ -105,25 +122,38 @@ class BootService:
         self._inline = engine.dialect.name == "sqlite"
         self._reader: PoolProxiedConnection | None = None
         self._by_mac_sql = ""
+        self._discovery = Discovery(engine, settings)
 
     def base_url(self, request_base: str) -> str:
-        """Where nodes reach the service: the configured URL, else the one they used."""
-        return (self._settings.boot_url or request_base).rstrip("/")
+        """Where nodes reach the service: the configured URL, else the one they used.
+        A Host header no script could carry is refused here: it is the asker's doing,
+        and must not fail the deployment of the node it names."""
+        base = (self._settings.boot_url or request_base).rstrip("/")
+        if not _BASE_URL.fullmatch(base) or not _BASE_UNSAFE.isdisjoint(base):
+            raise Problem(
+                400,
+                "The Host header must be a plain host or host:port: boot scripts carry it "
+                "as it is.",
+            )
+        return base
 
     # --- iPXE ---------------------------------------------------------------------
 
-    async def ipxe(self, mac: str, client: str, base: str) -> str:
+    async def ipxe(self, mac: str, client: str, base: str, counters: DiscoveryCounters) -> str:
         """The script for ``mac``. Boot storms ask hundreds of times a second: on SQLite
         the indexed lookup (tens of microseconds, never blocked by writers in WAL mode)
         runs on the event loop, sparing each request two thread hand-offs; a network
         database is asked from a worker thread."""
         if self._inline:
-            return self._script(mac, client, base, self._read_inline(mac))
-        return await run_in_threadpool(self._look_up_and_script, mac, client, base)
+            return self._script(mac, client, base, self._read_inline(mac), counters)
+        return await run_in_threadpool(self._look_up_and_script, mac, client, base, counters)
 
-    def _look_up_and_script(self, mac: str, client: str, base: str) -> str:
+    def _look_up_and_script(
+        self, mac: str, client: str, base: str, counters: DiscoveryCounters
+    ) -> str:
         with self._engine.connect() as connection:
-            return self._script(mac, client, base, _booting_node(connection, mac))
+            node = _booting_node(connection, mac)
+        return self._script(mac, client, base, node, counters)
 
     def _read_inline(self, mac: str) -> BootingNode | None:
         # One DBAPI connection kept for the event loop's lookups: checking a connection
@@ -139,28 +169,29 @@ class BootService:
             self._reader.close()
             self._reader = None
 
-    def _script(self, mac: str, client: str, base: str, node: BootingNode | None) -> str:
+    def _script(
+        self,
+        mac: str,
+        client: str,
+        base: str,
+        node: BootingNode | None,
+        counters: DiscoveryCounters,
+    ) -> str:
         if node is None:
-            with Session(self._engine) as session:
-                return self._discovered(session, mac, client, base)
+            return self._unknown(mac, client, base, counters)
         self._seen(node, client)
-        if node.state in NETBOOT_STATES:
-            with self._engine.connect() as connection:
-                plan, why = self._plan(connection, node, base)
-        else:
-            plan, why = None, f"{node.name} is {node.state}"
-        if plan is None:
-            self.hops.node(node.node_id, EventKind.BOOT_IPXE, f"iPXE script: local disk ({why})")
-            return scripts.local_disk(why)
-        self.hops.node(node.node_id, EventKind.BOOT_IPXE, f"iPXE script: {plan.title}")
-        return scripts.install(plan)
+        return self._loader_text(node, base, scripts.ipxe, EventKind.BOOT_IPXE, "iPXE script")
 
     def _seen(self, node: BootingNode, client: str) -> None:
         if node.boot_ip != client:
             self.hops.boot_ip(node.mac, client)
 
-    def _discovered(self, session: Session, mac: str, client: str, base: str) -> str:
-        node_id = self._discover(session, mac)
+    def _unknown(self, mac: str, client: str, base: str, counters: DiscoveryCounters) -> str:
+        node_id = self._discovery.record(mac, counters)
+        if node_id is None:
+            why = "not recorded: over PROVISIONER_DISCOVERY_RATE"
+            self.hops.unknown(client, mac, EventKind.BOOT_IPXE, f"iPXE script: {why}")
+            return scripts.later(base, "too many unknown machines at once")
         self.hops.boot_ip(mac, client)
         settings = self._settings
         if settings.discovery_kernel_url and settings.discovery_initrd_url:
@@ -175,44 +206,72 @@ class BootService:
         self.hops.node(node_id, EventKind.BOOT_IPXE, "iPXE script: local disk (no discovery image)")
         return scripts.local_disk("unknown machine, no discovery image configured")
 
-    def _discover(self, session: Session, mac: str) -> uuid.UUID:
-        """Record an unknown MAC as a ``discovered`` node, once however often it asks."""
-        node_id = uuid.uuid4()
-        now = utcnow()
+    def _loader_text(
+        self, node: BootingNode, base: str, render: Render, kind: EventKind, what: str
+    ) -> str:
+        """What ``node``'s boot loader is told (``render`` of its deployment's plan), with
+        the hop on its timeline. A deployment whose boot chain cannot be rendered fails,
+        and the loader is told why instead."""
+        live = None
         try:
-            session.execute(
-                insert(_node).values(
-                    id=node_id,
-                    name=f"discovered-{mac.replace(':', '')}",
-                    state=State.DISCOVERED.value,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            session.execute(insert(_nic).values(node_id=node_id, mac=mac, pxe=True))
-            self.hops.node(node_id, EventKind.DISCOVERED, f"network boot from unknown MAC {mac}")
-            session.commit()
-        except IntegrityError:
-            # A concurrent request for the same MAC (or a node already named so) won.
-            session.rollback()
-            node = _booting_node(session.connection(), mac)
-            if node is None:
+            with self._engine.connect() as connection:
+                live, why = self._live(connection, node)
+                plan, why = self._plan(connection, node, live, base) if live else (None, why)
+            text = render(plan, why)
+        except _RENDER_ERRORS as exc:
+            if live is None:
                 raise
-            return node.node_id
-        return node_id
+            why = f"{scripts.BOOT_FAILED} ({what}): {exc}"
+            plan, text = None, render(None, why)
+            if self._fail(node.node_id, node.name, live, kind, why):
+                return text  # the failure's event records this hop
+        summary = plan.title if plan else f"local disk ({why})"
+        self.hops.node(node.node_id, kind, f"{what}: {summary}")
+        return text
 
-    def _plan(
-        self, connection: Connection, node: BootingNode, base: str
-    ) -> tuple[scripts.Install | None, str]:
-        state = node.state
-        if state not in NETBOOT_STATES:
-            return None, f"{node.name} is {state}"
+    def _live(self, connection: Connection, node: BootingNode) -> tuple[Live | None, str]:
+        """The deployment a network boot of ``node`` is for, or why there is none."""
+        if node.state not in NETBOOT_STATES:
+            return None, f"{node.name} is {node.state}"
         live = deployments.live_for_node(connection, self._vault, node.node_id)
         if live is None:
-            return None, f"{node.name} is {state} but has no live deployment"
-        if state == State.WIPING:
+            return None, f"{node.name} is {node.state} but has no live deployment"
+        return live, ""
+
+    def _plan(
+        self, connection: Connection, node: BootingNode, live: Live, base: str
+    ) -> tuple[scripts.Install | None, str]:
+        if node.state == State.WIPING:
             return self._wipe_plan(node, live, base)
         return self._install_plan(connection, node, live, base), ""
+
+    def _fail(
+        self, node_id: uuid.UUID, name: str, live: Live, kind: EventKind, message: str
+    ) -> bool:
+        """End ``live`` as failed with ``message``, and wake its node: the reconciler then
+        fails the node through its timeline, as after an installer's ``failed``. Once:
+        the machine asks again and again, and only the first request finds the
+        deployment live (the others find no live deployment, and boot from disk).
+        Whether this call ended it."""
+        short = str(live.row.id)[:8]
+        with self._engine.begin() as connection:
+            ended = connection.execute(
+                update(_deployment)
+                .where(_deployment.c.id == live.row.id, _deployment.c.status.in_(LIVE))
+                .values(
+                    status=DeploymentStatus.FAILED.value,
+                    message=message[:2000],
+                    finished_at=utcnow(),
+                )
+            )
+            if ended.rowcount != 1:
+                return False
+            connection.execute(update(_node).where(_node.c.id == node_id).values(wake_at=None))
+            text = f"deployment {short} failed: {message}"
+            timeline.note(connection, node_id, kind, Actor.PROVISIONER, text)
+        # One line per failed deployment, not a traceback per request.
+        log.warning("node %s: deployment %s failed: %s", name, short, message)
+        return True
 
     def _install_plan(
         self, connection: Connection, node: BootingNode, live: Live, base: str
@@ -259,10 +318,9 @@ class BootService:
         image = _catalog_entry(connection, _IMAGE, OsImage, row.image)
         role = _catalog_entry(connection, _ROLE, Role, row.role)
         if image is None or role is None:
-            raise Problem(
-                409,
-                f"Deployment {row.id} names role {row.role!r} and image {row.image!r}, which "
-                "no longer both exist; start a new deployment.",
+            raise ValueError(
+                f"deployment {str(row.id)[:8]} names role {row.role!r} and image "
+                f"{row.image!r}, which no longer both exist; start a new deployment"
             )
         profile_name = node.hardware_profile if node else _profile_of(connection, row.node_id)
         profile = self._profiles().get(profile_name) if profile_name else None
@@ -295,23 +353,27 @@ class BootService:
     # --- answer files and callbacks -----------------------------------------------
 
     def answer(self, token: str, part: str, base: str) -> tuple[str, str]:
-        """The answer file (or, for autoinstall, its ``user-data``/``meta-data``)."""
+        """The answer file (or, for autoinstall, its ``user-data``/``meta-data``). One
+        that cannot be rendered fails the deployment (410: its token is spent)."""
         with Session(self._engine) as session:
             live = deployments.by_token(session, self._vault, token)
             node = session.get(Node, live.row.node_id)
             if node is None:  # deleted between the two reads
                 raise Problem(404, "No deployment has this token.")
-            context, image = self._answer_context(session.connection(), node.name, None, live, base)
-        if part == "meta-data":
-            text, media = answers.meta_data(context), "text/plain; charset=utf-8"
-        else:
-            text = answers.render_answer(context)
-            media = answers.answer_media_type(image.answer_template)
-        self.hops.node(
-            live.row.node_id,
-            EventKind.BOOT_ANSWER,
-            f"answer file served: {image.answer_template} {part}",
-        )
+            name = node.name
+            try:
+                context, image = self._answer_context(session.connection(), name, None, live, base)
+                text, media = _answer_part(context, image, part)
+            except _RENDER_ERRORS as exc:
+                failure = f"{scripts.BOOT_FAILED} (answer file): {exc}"
+            else:
+                failure = ""
+        node_id = live.row.node_id
+        if failure:
+            self._fail(node_id, name, live, EventKind.BOOT_ANSWER, failure)
+            raise Problem(410, f"This deployment has failed: {failure}.")
+        detail = f"answer file served: {image.answer_template} {part}"
+        self.hops.node(node_id, EventKind.BOOT_ANSWER, detail)
         return text, media
 
     def callback(self, token: str, kind: Callback, message: str, client: str) -> None:
@@ -326,20 +388,14 @@ class BootService:
         if match is None:
             return None
         mac = normalize_mac(match.group(1).replace("-", ":"))
-        with Session(self._engine) as session:
-            node = _booting_node(session.connection(), mac)
-            if node is None:
-                self.hops.unknown(client, mac, EventKind.TFTP_CONFIG, f"{path}: unknown MAC")
-                return None
-            self._seen(node, client)
-            plan, why = self._plan(session.connection(), node, base)
+        with self._engine.connect() as connection:
+            node = _booting_node(connection, mac)
+        if node is None:
+            self.hops.unknown(client, mac, EventKind.TFTP_CONFIG, f"{path}: unknown MAC")
+            return None
+        self._seen(node, client)
         render = scripts.grub if path.startswith("grub/") else scripts.pxelinux
-        try:
-            text = render(plan, why or (plan.title if plan else ""))
-        except ValueError as exc:
-            text, why = render(None, str(exc)), str(exc)
-        self.hops.node(node.node_id, EventKind.BOOT_TFTP, f"{path}: {why or 'install'}")
-        return text
+        return self._loader_text(node, base, render, EventKind.BOOT_TFTP, path)
 
     def record_tftp(self, transfers: Sequence[TftpTransfer]) -> None:
         """Put finished TFTP transfers on the timelines of the nodes that last booted
@@ -360,6 +416,13 @@ class BootService:
             self.hops.by_token(served.token, served.client, EventKind.BOOT_FILE, detail)
         else:
             self.hops.unknown(served.client, None, EventKind.HTTP_FILE, detail)
+
+
+def _answer_part(context: answers.AnswerContext, image: OsImage, part: str) -> tuple[str, str]:
+    """The text of an answer file's ``part`` and its media type."""
+    if part == "meta-data":
+        return answers.meta_data(context), "text/plain; charset=utf-8"
+    return answers.render_answer(context), answers.answer_media_type(image.answer_template)
 
 
 def _profile_of(connection: Connection, node_id: uuid.UUID) -> str | None:
