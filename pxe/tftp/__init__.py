@@ -10,9 +10,9 @@ about 20 µs of CPU per packet, where a boot storm is hundreds of clients at onc
 
 The modules, one concept each:
 
-- ``packets``: the wire; opcodes, option negotiation, ERROR/OACK/DATA encoding.
+- ``packets``: the wire; opcodes, option negotiation, netascii, ERROR/OACK/DATA encoding.
 - ``files``: which names may be served from the root, and their DATA packets, encoded
-  once per (file, blksize) and shared by every session through a content cache, so
+  once per (file, blksize, mode) and shared by every session through a content cache, so
   sending a block is one ``sendto()``.
 - ``session``: one read transfer, its socket, windows, ACKs and retransmissions.
 - ``server``: the listening socket, request validation, dynamic files, metrics.

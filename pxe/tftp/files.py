@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pxe.tftp.packets import Refused, encode_blocks
+from pxe.tftp.packets import Refused, encode_blocks, to_netascii
 from pxe.tftp.transfer import ACCESS_VIOLATION
 
 log = logging.getLogger(__name__)
@@ -23,17 +23,24 @@ class Content:
     blocks: list[bytes]
 
 
+def encode_content(data: bytes, blksize: int, netascii: bool) -> Content:
+    """What a transfer sends: the file in the mode asked (its size is the bytes on the
+    wire, which tsize reports), as DATA packets."""
+    sent = to_netascii(data) if netascii else data
+    return Content(len(sent), encode_blocks(sent, blksize))
+
+
 class ContentCache:
-    """Encoded blocks by (file identity, mtime, size, blksize), least recently used out:
-    in a boot storm everyone fetches the same binary with the same block size."""
+    """Encoded blocks by (file identity, mtime, size, blksize, mode), least recently used
+    out: in a boot storm everyone fetches the same binary with the same block size."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._used = 0
         self._entries: OrderedDict[tuple[int, ...], Content] = OrderedDict()
 
-    def get(self, fd: int, st: os.stat_result, blksize: int) -> Content:
-        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, blksize)
+    def get(self, fd: int, st: os.stat_result, blksize: int, netascii: bool) -> Content:
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, blksize, netascii)
         content = self._entries.get(key)
         if content is not None:
             self._entries.move_to_end(key)
@@ -41,11 +48,10 @@ class ContentCache:
         chunks = []
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        data = b"".join(chunks)
-        content = Content(len(data), encode_blocks(data, blksize))
-        if len(data) <= self._limit // 4:
+        content = encode_content(b"".join(chunks), blksize, netascii)
+        if content.size <= self._limit // 4:
             self._entries[key] = content
-            self._used += len(data)
+            self._used += content.size
             while self._used > self._limit:
                 _, evicted = self._entries.popitem(last=False)
                 self._used -= evicted.size
@@ -70,8 +76,9 @@ class ServedRoot:
         os.close(self._fd)
         self._fd = -1
 
-    def content(self, filename: str, blksize: int) -> Content | None:
-        """The file's content, or None when nothing of that name is under the root.
+    def content(self, filename: str, blksize: int, netascii: bool) -> Content | None:
+        """The file's content as sent in the mode asked, or None when nothing of that
+        name is under the root.
 
         The name is checked, then resolved with realpath and checked to lie under the
         root; the resolved path (free of symlinks) is then opened component by component
@@ -109,6 +116,6 @@ class ServedRoot:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise Refused(2, "Not a regular file", ACCESS_VIOLATION)
-            return self._cache.get(fd, st, blksize)
+            return self._cache.get(fd, st, blksize, netascii)
         finally:
             os.close(fd)

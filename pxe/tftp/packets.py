@@ -70,24 +70,36 @@ def encode_blocks(data: bytes, blksize: int) -> list[bytes]:
 
 
 def negotiate(requested: dict[str, str], max_blksize: int, max_window: int) -> dict[str, int]:
-    """The options to acknowledge. Names are case-insensitive; unknown options and values
-    that are not plain decimal numbers are ignored (RFC 2347 lets the server drop them).
-    tsize is answered later, once the size is known."""
+    """The options to acknowledge. Names are case-insensitive. RFC 2347 lets a server
+    leave out of its OACK any option it does not accept, and a client then goes on
+    without it, so every option outside its RFC's range is left out rather than
+    answered with a value the client did not ask for: ``blksize`` below 8 (RFC 2348),
+    ``timeout`` outside 1..255 and a ``tsize`` other than 0 in a read request (RFC 2349),
+    ``windowsize`` 0 (RFC 7440), unknown options and values that are not plain decimal
+    numbers. Values above the server's limits are lowered, as RFC 2348 and RFC 7440
+    allow. tsize is answered later, once the size is known."""
     accepted: dict[str, int] = {}
     for name, value in requested.items():
         key = name.lower()
         if not value.isdigit() or len(value) > 20:
             continue
         number = int(value)
-        if key == "blksize":
-            accepted[key] = max(8, min(number, max_blksize))
-        elif key == "tsize":
+        if key == "blksize" and number >= 8:
+            accepted[key] = min(number, max_blksize)
+        elif key == "tsize" and number == 0:
             accepted[key] = 0
         elif key == "timeout" and 1 <= number <= 255:
             accepted[key] = number
         elif key == "windowsize" and number >= 1:
             accepted[key] = min(number, max_window)
     return accepted
+
+
+def to_netascii(data: bytes) -> bytes:
+    """RFC 1350's netascii (RFC 764): CR is sent as CR NUL and LF as CR LF. A client
+    that asked for netascii turns these back, so any file, binary too, arrives as it
+    is stored. CRs first, so the CRs the LFs gain are not doubled."""
+    return data.replace(b"\r", b"\r\0").replace(b"\n", b"\r\n")
 
 
 class Refused(Exception):

@@ -18,7 +18,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from pxe.tftp.files import Content, ServedRoot
+from pxe.tftp.files import Content, ServedRoot, encode_content
 from pxe.tftp.packets import (
     DEFAULT_BLKSIZE,
     MAX_BLKSIZE,
@@ -27,7 +27,6 @@ from pxe.tftp.packets import (
     UNKNOWN_TID,
     WRQ,
     Refused,
-    encode_blocks,
     negotiate,
     parse_request,
 )
@@ -235,13 +234,14 @@ class TftpServer:
             filename = request.filename
             if data[1] == WRQ:
                 raise Refused(2, "Read-only server", ACCESS_VIOLATION)
-            # netascii is served byte for byte: boot files are binary, and tftp-hpa's
-            # client asks for netascii unless told otherwise.
+            # netascii is converted, as tftp-hpa does: its client asks for netascii
+            # unless told otherwise, and turns the conversion back (docs/tftp.md).
             if request.mode not in ("octet", "netascii"):
-                raise Refused(4, "Unsupported mode", ILLEGAL)
+                raise Refused(4, "Unsupported mode: use octet or netascii", ILLEGAL)
+            netascii = request.mode == "netascii"
             options = negotiate(request.options, self._max_blksize, self._max_window)
             blksize = options.get("blksize", DEFAULT_BLKSIZE)
-            content = self._files.content(filename, blksize)
+            content = self._files.content(filename, blksize, netascii)
         except Refused as refused:
             self._refuse(addr, local, filename, refused, started)
             return
@@ -251,7 +251,7 @@ class TftpServer:
             self._refuse(addr, local, filename, Refused(1, "File not found", NOT_FOUND), started)
         else:
             task = self.loop.create_task(
-                self._serve_dynamic(addr, local, filename, options, started)
+                self._serve_dynamic(addr, local, filename, netascii, options, started)
             )
             self._pending[addr] = task
             task.add_done_callback(lambda _: self._pending.pop(addr, None))
@@ -261,6 +261,7 @@ class TftpServer:
         addr: tuple[str, int],
         local: str,
         filename: str,
+        netascii: bool,
         options: dict[str, int],
         started: float,
     ) -> None:
@@ -277,8 +278,8 @@ class TftpServer:
         if data is None:
             self._refuse(addr, local, filename, Refused(1, "File not found", NOT_FOUND), started)
             return
-        blocks = encode_blocks(data, options.get("blksize", DEFAULT_BLKSIZE))
-        self._begin(addr, local, filename, Content(len(data), blocks), options, started)
+        content = encode_content(data, options.get("blksize", DEFAULT_BLKSIZE), netascii)
+        self._begin(addr, local, filename, content, options, started)
 
     def _begin(
         self,
