@@ -142,7 +142,11 @@ def write_manifest(path: Path, plans: Sequence[NodePlan], role: str | None = Non
         for plan in plans
     ]
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as out:
+    # The rows hold the BMC passwords in the clear: the owner's only, whatever the umask
+    # (fchmod too, for a leftover .tmp of another mode and for a umask above 0o177).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    with open(os.open(tmp, flags, 0o600), "w", newline="") as out:
+        os.fchmod(out.fileno(), 0o600)
         if path.suffix.lower() in (".yaml", ".yml"):
             nodes = [{k: v for k, v in row.items() if v is not None} for row in rows]
             yaml.safe_dump({"nodes": nodes}, out, sort_keys=False)

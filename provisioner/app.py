@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import __version__, db, nodes
+from provisioner import __version__, db, nodes, private_files
 from provisioner.api import (
     actions,
     bmc,
@@ -77,6 +77,7 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(db.upgrade, engine)
         log.info("database ready at %s", engine.url.render_as_string(hide_password=True))
+        private_files.warn_if_open(settings.data_dir, db.sqlite_file(engine.url))
         # The modules loaded by now are permanent: keep full collections from walking
         # them again and again (they set the latency tail of every request otherwise).
         gc.collect()

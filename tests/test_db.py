@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
@@ -109,3 +114,104 @@ def test_upgrading_keeps_every_row(database_url: str) -> None:
     engine.dispose()
     assert counts == {"node": 1, "bmc": 1, "nic": 1, "event": 1}
     assert failures == 0
+
+
+# --- files with secrets: the owner's only (issue 11) ------------------------------------
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_sqlite_files_and_data_directory_are_private_whatever_the_umask(
+    tmp_path: Path, umask: int
+) -> None:
+    """The service's database, its WAL files and secret key, as ``create_app`` and the
+    migrations on start create them, while the service runs (SQLite removes the WAL
+    files when the last connection closes)."""
+    from fastapi.testclient import TestClient
+
+    from provisioner.app import create_app
+    from provisioner.settings import Settings
+
+    data = tmp_path / "data"
+    previous = os.umask(umask)
+    try:
+        app = create_app(Settings(data_dir=data, database_url=None, reconciler=False))
+        with TestClient(app), app.state.services.engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = version_num"))
+            modes = _modes(data)
+    finally:
+        os.umask(previous)
+    assert modes == {
+        "provisioner.db": 0o600,
+        "provisioner.db-wal": 0o600,
+        "provisioner.db-shm": 0o600,
+        "secret.key": 0o600,
+    }
+    assert _modes(tmp_path)["data"] == 0o700
+
+
+def test_make_engine_creates_a_private_database_even_under_a_strict_umask(
+    tmp_path: Path,
+) -> None:
+    """A umask that takes the owner's write bit would leave SQLite a file it cannot
+    write; ``provisioner db upgrade`` makes the engine the same way."""
+    (tmp_path / "db").mkdir()
+    previous = os.umask(0o277)
+    try:
+        engine = make_engine(f"sqlite:///{tmp_path / 'db' / 'p.db'}")
+        upgrade(engine)
+        engine.dispose()
+    finally:
+        os.umask(previous)
+    assert _modes(tmp_path / "db") == {"p.db": 0o600}
+
+
+@pytest.mark.parametrize(
+    ("directory_mode", "database_mode", "commands"),
+    [
+        (0o755, None, ["chmod go-rw {data}"]),
+        (0o770, None, ["chmod go-rw {data}"]),
+        (0o700, None, []),
+        # Traversable, as nginx serving <data_dir>/images needs, with nothing readable.
+        (0o711, None, []),
+        # A database an earlier release created with the umask's mode.
+        (0o711, 0o644, ["chmod 600 {data}/provisioner.db"]),
+    ],
+)
+def test_start_warns_once_with_the_command_when_secrets_are_open(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    directory_mode: int,
+    database_mode: int | None,
+    commands: list[str],
+) -> None:
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from provisioner.app import create_app
+    from provisioner.settings import Settings
+
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(directory_mode)
+    settings = Settings(data_dir=data, database_url=None, reconciler=False)
+    if database_mode is not None:
+        with TestClient(create_app(settings)):
+            pass
+        (data / "provisioner.db").chmod(database_mode)
+    caplog.clear()
+    caplog.set_level(logging.WARNING, logger="provisioner")
+    with TestClient(create_app(settings)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.name == "provisioner.private_files"]
+    if not commands:
+        assert warnings == []
+        return
+    [warning] = warnings
+    for command in commands:
+        assert command.format(data=data.resolve()) in warning, warning
+    assert "secret.key" not in warning  # 0600 since it was created
