@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlmodel import Session, SQLModel, col, func, select
 
+from provisioner.boot import answers
 from provisioner.errors import Problem
 from provisioner.models import Node, OsImage, Role, utcnow
 from provisioner.schemas import ImageIn, RoleIn
@@ -34,8 +36,11 @@ def create(
     name = data.name
     if session.get(model, name) is not None:
         raise Problem(409, f"A {_WHAT[model]} named {name!r} exists already.")
-    _check_image(session, data)
-    row = model.model_validate(data.model_dump() | (sealed or {}))
+    _check_default_image(session, data)
+    values = data.model_dump() | (sealed or {})
+    if model is OsImage:
+        _check_renders(values)
+    row = model.model_validate(values)
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -45,8 +50,11 @@ def create(
 def change(
     session: Session, row: SQLModel, patch: BaseModel, sealed: dict[str, Any] | None = None
 ) -> None:
-    _check_image(session, patch)
-    for key, value in (patch.model_dump(exclude_unset=True) | (sealed or {})).items():
+    _check_default_image(session, patch)
+    changes = patch.model_dump(exclude_unset=True) | (sealed or {})
+    if isinstance(row, OsImage):
+        _check_renders(row.model_dump() | changes)
+    for key, value in changes.items():
         setattr(row, key, value)
     row.updated_at = utcnow()
     session.add(row)
@@ -75,7 +83,7 @@ def remove(session: Session, row: Role | OsImage) -> None:
     session.commit()
 
 
-def _check_image(session: Session, data: BaseModel) -> None:
+def _check_default_image(session: Session, data: BaseModel) -> None:
     image = getattr(data, "default_image", None)
     if image and session.get(OsImage, image) is None:
         raise Problem(
@@ -83,3 +91,20 @@ def _check_image(session: Session, data: BaseModel) -> None:
             f"Unknown image {image!r}; create it first (POST /api/v1/images).",
             errors=[{"field": "default_image", "message": "unknown image"}],
         )
+
+
+def _check_renders(image: dict[str, Any]) -> None:
+    """Refuse an image no node could be installed from, by the renderer's own rules: every
+    boot from it would fail otherwise, long after the change that broke it."""
+    spec = answers.ImageSpec(
+        **{f.name: image[f.name] for f in dataclasses.fields(answers.ImageSpec)}
+    )
+    try:
+        answers.check_image(spec)
+    except answers.ImageError as exc:
+        raise Problem(
+            422,
+            f"No node could be installed from image {spec.name!r} ({exc}); fill in or "
+            f"correct {exc.field}.",
+            errors=[{"field": exc.field, "message": str(exc)}],
+        ) from None

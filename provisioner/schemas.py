@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -22,6 +23,7 @@ from pydantic import (
 from provisioner import validation
 from provisioner.bmc.registry import DRIVER_NAMES
 from provisioner.lifecycle import Action, State
+from provisioner.patches import Keep
 
 Mac = Annotated[str, AfterValidator(validation.normalize_mac)]
 NodeName = Annotated[str, AfterValidator(validation.node_name)]
@@ -77,11 +79,11 @@ class BmcIn(Strict):
 
 
 class BmcPatch(Strict):
-    driver: BmcDriver | None = None
-    address: Host | None = None
-    port: Port | None = None
-    username: Annotated[str, Field(min_length=1, max_length=16)] | None = None
-    password: Annotated[SecretStr, Field(min_length=1, max_length=20)] | None = None
+    driver: Keep[BmcDriver] = None
+    address: Keep[Host] = None
+    port: Keep[Port] = None
+    username: Keep[Annotated[str, Field(min_length=1, max_length=16)]] = None
+    password: Keep[Annotated[SecretStr, Field(min_length=1, max_length=20)]] = None
     timeout: BmcTimeout | None = None
     retries: BmcRetries | None = None
     cipher_suite: CipherSuite | None = None
@@ -141,14 +143,14 @@ class NodeCreate(Strict):
 class NodePatch(Strict):
     """Fields left out are unchanged; ``nics`` replaces the whole list."""
 
-    name: NodeName | None = None
+    name: Keep[NodeName] = None
     rack: RackName | None = None
     rack_unit: RackUnit | None = None
     role: Slug | None = None
     hardware_profile: Slug | None = None
     image: Slug | None = None
-    bmc: BmcPatch | None = None
-    nics: list[NicIn] | None = Field(default=None, max_length=16)
+    bmc: Keep[BmcPatch] = None
+    nics: Keep[Annotated[list[NicIn], Field(max_length=16)]] = None
 
     _nics = field_validator("nics")(_check_nics)
 
@@ -346,16 +348,18 @@ class RoleIn(RoleBase):
 
 
 class RolePatch(Strict):
-    description: Annotated[str, Field(max_length=255)] | None = None
+    """Fields left out are unchanged; null clears ``default_image`` and ``webhook_url``."""
+
+    description: Keep[Annotated[str, Field(max_length=255)]] = None
     default_image: Slug | None = None
-    auto_provision: bool | None = None
-    puppet_environment: Slug | None = None
-    puppet_classes: list[Annotated[str, Field(max_length=255)]] | None = None
-    parameters: dict[str, Any] | None = None
-    packages: list[Annotated[str, Field(max_length=255)]] | None = None
-    handoff: Handoff | None = None
+    auto_provision: Keep[bool] = None
+    puppet_environment: Keep[Slug] = None
+    puppet_classes: Keep[list[Annotated[str, Field(max_length=255)]]] = None
+    parameters: Keep[dict[str, Any]] = None
+    packages: Keep[list[Annotated[str, Field(max_length=255)]]] = None
+    handoff: Keep[Handoff] = None
     webhook_url: WebhookUrl | None = None
-    webhook_secret: WebhookSecret | None = _WRITE_ONLY
+    webhook_secret: Keep[WebhookSecret] = _WRITE_ONLY
 
 
 class RoleOut(RoleBase):
@@ -364,6 +368,15 @@ class RoleOut(RoleBase):
     webhook_secret_set: bool
     created_at: UtcDatetime
     updated_at: UtcDatetime
+
+    @field_validator("puppet_classes", "parameters", "packages", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: Any, info: ValidationInfo) -> Any:
+        # A PATCH with null stored JSON null here before such nulls were refused; such a
+        # role reads as having none, instead of failing every listing of roles.
+        if value is None:
+            return {} if info.field_name == "parameters" else []
+        return value
 
 
 OsFamily = Literal["rhel", "fedora", "debian", "ubuntu"]
@@ -390,32 +403,48 @@ BootLocation = Annotated[
 ]
 
 
+# The installers fetch packages over HTTP: empty means the answer template's default
+# mirror (none for kickstart, which the catalog refuses by the renderer's rule).
+RepoUrl = Annotated[str, Field(max_length=1024, pattern=r"^(https?://\S+)?$")]
+
+
 class ImageIn(Strict):
     name: Slug
     os_family: OsFamily
     version: Annotated[str, Field(min_length=1, max_length=32)]
     kernel_url: BootLocation
     initrd_url: BootLocation
-    repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] = ""
+    repo_url: RepoUrl = ""
     answer_template: AnswerTemplate
     kernel_args: Annotated[str, Field(max_length=1024)] = ""
 
 
 class ImagePatch(Strict):
-    os_family: OsFamily | None = None
-    version: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    kernel_url: BootLocation | None = None
-    initrd_url: BootLocation | None = None
-    repo_url: Annotated[str, Field(max_length=1024, pattern=r"^((https?|file)://\S+)?$")] | None = (
-        None
-    )
-    answer_template: AnswerTemplate | None = None
-    kernel_args: Annotated[str, Field(max_length=1024)] | None = None
+    """Fields left out are unchanged; none may be null (an empty string clears
+    ``repo_url`` and ``kernel_args``)."""
+
+    os_family: Keep[OsFamily] = None
+    version: Keep[Annotated[str, Field(min_length=1, max_length=32)]] = None
+    kernel_url: Keep[BootLocation] = None
+    initrd_url: Keep[BootLocation] = None
+    repo_url: Keep[RepoUrl] = None
+    answer_template: Keep[AnswerTemplate] = None
+    kernel_args: Keep[Annotated[str, Field(max_length=1024)]] = None
 
 
-class ImageOut(ImageIn):
-    model_config = ConfigDict(from_attributes=True, extra="ignore")
+class ImageOut(BaseModel):
+    """Without ImageIn's patterns: an image stored under older rules must still read."""
 
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    os_family: OsFamily
+    version: str
+    kernel_url: str
+    initrd_url: str
+    repo_url: str
+    answer_template: AnswerTemplate
+    kernel_args: str
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -100,11 +100,51 @@ async def _on_bmc_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(status, str(exc), bmc_error=exc.kind.value)
 
 
+# The constraints whose failure is a conflict with other data, by PostgreSQL SQLSTATE
+# and SQLite extended result code. Any other (NOT NULL, CHECK) means the request lacked
+# a value or held one the schema should have refused: the caller's input, not a conflict.
+_TAKEN = {"23505", "SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+_DANGLING = {"23503", "SQLITE_CONSTRAINT_FOREIGNKEY"}
+_NOT_NULL = {"23502", "SQLITE_CONSTRAINT_NOTNULL"}
+
+
+def _constraint(error: Any) -> str:
+    return str(getattr(error, "sqlstate", None) or getattr(error, "sqlite_errorname", ""))
+
+
+def _null_column(error: Any) -> str:
+    """The column a NOT NULL failure names: psycopg has it apart, SQLite only in its
+    message ("NOT NULL constraint failed: table.column")."""
+    diag = getattr(error, "diag", None)
+    column = getattr(diag, "column_name", None)
+    return column or str(error).partition(": ")[2].rpartition(".")[2] or "body"
+
+
 async def _on_integrity(_: Request, exc: Exception) -> JSONResponse:
-    # Services check uniqueness first with a precise message; this is the race fallback.
-    log.warning("integrity error: %s", type(exc.__cause__ or exc).__name__)
+    # Services check what they can first with a precise message; this is the fallback
+    # for races and for what no check caught.
+    assert isinstance(exc, IntegrityError)
+    constraint = _constraint(exc.orig)
+    log.warning("integrity error: %s %s", type(exc.orig).__name__, constraint)
+    if constraint in _TAKEN:
+        return problem_response(
+            409, "The change conflicts with existing data (a name or MAC is already in use)."
+        )
+    if constraint in _DANGLING:
+        return problem_response(
+            409,
+            "The change refers to a record that no longer exists, or removes one that others "
+            "still refer to; reload and retry.",
+        )
+    if constraint in _NOT_NULL:
+        field = _null_column(exc.orig)
+        return problem_response(
+            422,
+            f"The request leaves {field} empty; give it a value.",
+            errors=[{"field": field, "message": "a value is required"}],
+        )
     return problem_response(
-        409, "The change conflicts with existing data (a name or MAC is already in use)."
+        422, "The request holds a value the service cannot store; check it against /docs."
     )
 
 

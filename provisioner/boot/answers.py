@@ -44,6 +44,14 @@ class ImageSpec:
     kernel_args: str = ""  # for the installer only, space-separated
 
 
+class ImageError(ValueError):
+    """An image no node can be installed from; ``field`` names the image field to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class RoleSpec:
     name: str
@@ -120,10 +128,18 @@ _KERNEL_ARG_UNSAFE = frozenset('${}"\\')
 _IPXE_TERMINATORS = frozenset({";", "||", "&&"})
 
 
+def check_image(image: ImageSpec) -> None:
+    """Raise :class:`ImageError` unless answers and kernel arguments can be rendered from
+    ``image``: the renderer's own rules about the image alone, so that the catalog can
+    refuse an image when it is stored instead of every boot from it failing."""
+    _image_values(image)
+    _image_kernel_args(image)
+
+
 def render_answer(ctx: AnswerContext) -> str:
     """The answer file for ``ctx.image.answer_template``."""
     fmt = _format(ctx.image.answer_template)
-    values = _values(ctx, fmt)
+    values = _values(ctx)
     if ctx.image.answer_template == "autoinstall":
         return _autoinstall(values)
     return _ENV.get_template(fmt.template).render(values)
@@ -137,8 +153,7 @@ def kernel_arguments(ctx: AnswerContext) -> str:
     """The installer's kernel command line (after the kernel and ``initrd=``), safe to put
     on an iPXE ``kernel`` line as it is."""
     template = ctx.image.answer_template
-    fmt = _format(template)
-    values = _values(ctx, fmt)
+    values = _values(ctx)
     answer_url = values["answer_url"]
     if template == "kickstart":
         args = [f"inst.ks={answer_url}", f"inst.repo={values['repo_url']}", "ip=dhcp"]
@@ -155,7 +170,7 @@ def kernel_arguments(ctx: AnswerContext) -> str:
     # The serial console goes last: the kernel makes the last console= /dev/console,
     # which is where the installer's own output goes.
     args += values["installer_console"] + values["profile_kernel_args"]
-    args += ctx.image.kernel_args.split()
+    args += _image_kernel_args(ctx.image)
     return " ".join(_kernel_arg(arg, "kernel argument") for arg in args)
 
 
@@ -175,18 +190,52 @@ def _format(template: str) -> _Format:
         return _FORMATS[template]
     except KeyError:
         known = ", ".join(sorted(_FORMATS))
-        raise ValueError(f"unknown answer template {template!r}: use one of {known}") from None
+        raise ImageError(
+            "answer_template", f"unknown answer template {template!r}: use one of {known}"
+        ) from None
 
 
-def _values(ctx: AnswerContext, fmt: _Format) -> dict[str, Any]:
-    """The template variables, every one validated for where it is going."""
-    image, role = ctx.image, ctx.role
+def _image_values(image: ImageSpec) -> dict[str, Any]:
+    """The image's template variables, every one validated for where it is going."""
+    fmt = _format(image.answer_template)
     if image.os_family not in fmt.families:
         families = ", ".join(sorted(fmt.families))
-        raise ValueError(
+        raise ImageError(
+            "answer_template",
             f"image {image.name!r} is {image.os_family!r} but the {image.answer_template} "
-            f"template installs {families}"
+            f"template installs {families}",
         )
+    if not _PRINTABLE.fullmatch(image.version):
+        raise ImageError(
+            "version", f"image version {image.version!r} must be printable ASCII without spaces"
+        )
+    repo_url = _repo_url(image)
+    mirror = urlsplit(repo_url)
+    return {
+        "image_name": validation.slug(image.name),
+        "image_version": image.version,
+        "repo_url": repo_url,
+        # Rocky/Alma/RHEL split the distribution: BaseOS (the installer's source) and
+        # AppStream, where most role packages live, side by side in the same tree.
+        "appstream_url": repo_url.replace("/BaseOS/", "/AppStream/")
+        if "/BaseOS/" in repo_url
+        else None,
+        # d-i wants its mirror as protocol, host[:port] and directory.
+        "mirror": {"protocol": mirror.scheme, "host": mirror.netloc, "directory": mirror.path},
+    }
+
+
+def _image_kernel_args(image: ImageSpec) -> list[str]:
+    try:
+        return [_kernel_arg(arg, "image kernel_args") for arg in image.kernel_args.split()]
+    except ValueError as exc:
+        raise ImageError("kernel_args", str(exc)) from None
+
+
+def _values(ctx: AnswerContext) -> dict[str, Any]:
+    """The template variables, every one validated for where it is going."""
+    image, role = ctx.image, ctx.role
+    image_values = _image_values(image)
     hostname = validation.node_name(ctx.hostname)
     domain = _domain(ctx.domain) if ctx.domain else None
     profile = ctx.profile
@@ -217,11 +266,7 @@ def _values(ctx: AnswerContext, fmt: _Format) -> dict[str, Any]:
     for key in ctx.ssh_keys:
         if not _SSH_KEY.fullmatch(key):
             raise ValueError(f"{key[:40]!r}... is not one OpenSSH public key line")
-    repo_url = _repo_url(image)
-    mirror = urlsplit(repo_url)
-    return {
-        "image_name": validation.slug(image.name),
-        "image_version": _printable(image.version, "image version"),
+    return image_values | {
         "role_name": validation.slug(role.name),
         "hostname": hostname,
         "domain": domain,
@@ -232,14 +277,6 @@ def _values(ctx: AnswerContext, fmt: _Format) -> dict[str, Any]:
         "root_password_hash": password_hash,
         "callback_url": _url(ctx.callback_url, "callback_url"),
         "answer_url": _url(ctx.answer_url, "answer_url"),
-        "repo_url": repo_url,
-        # Rocky/Alma/RHEL split the distribution: BaseOS (the installer's source) and
-        # AppStream, where most role packages live, side by side in the same tree.
-        "appstream_url": repo_url.replace("/BaseOS/", "/AppStream/")
-        if "/BaseOS/" in repo_url
-        else None,
-        # d-i wants its mirror as protocol, host[:port] and directory.
-        "mirror": {"protocol": mirror.scheme, "host": mirror.netloc, "directory": mirror.path},
         "boot_mode": profile.boot_mode if profile else None,
         "disk": _disk(profile.root_disk if profile else RootDisk()),
         # tty0 too, so that a crash cart on the VGA port also sees the boot.
@@ -248,12 +285,6 @@ def _values(ctx: AnswerContext, fmt: _Format) -> dict[str, Any]:
         "profile_kernel_args": profile_args,
         "printf_file": _printf_file,
     }
-
-
-def _printable(value: str, what: str) -> str:
-    if not _PRINTABLE.fullmatch(value):
-        raise ValueError(f"{what} {value!r} must be printable ASCII without spaces")
-    return value
 
 
 def _challenge(value: str) -> str:
@@ -288,9 +319,14 @@ def _url(value: str, what: str) -> str:
 
 def _repo_url(image: ImageSpec) -> str:
     if image.repo_url:
-        return _url(image.repo_url, "image repo_url")
+        try:
+            return _url(image.repo_url, "image repo_url")
+        except ValueError as exc:
+            raise ImageError("repo_url", str(exc)) from None
     if image.answer_template == "kickstart":
-        raise ValueError(f"image {image.name!r} needs a repo_url: Anaconda installs from it")
+        raise ImageError(
+            "repo_url", f"image {image.name!r} needs a repo_url: Anaconda installs from it"
+        )
     if image.answer_template == "preseed":
         return "http://deb.debian.org/debian"
     return ""  # autoinstall: the installer's default archive
