@@ -17,8 +17,7 @@ FROM python:3.11-slim-bookworm
 # A fixed uid so volume ownership survives rebuilds and matches on every host.
 RUN useradd --system --no-log-init --uid 10001 --user-group \
         --home-dir /var/lib/provisioner --shell /usr/sbin/nologin provisioner \
-    && mkdir -p /var/lib/provisioner \
-    && chown provisioner:provisioner /var/lib/provisioner
+    && install -d -m 0700 -o provisioner -g provisioner /var/lib/provisioner
 
 COPY --from=builder /opt/provisioner /opt/provisioner
 

@@ -71,7 +71,15 @@ def create_app(
         RoleRules.load(settings.role_rules),
     )
     hops = HopRecorder(engine, keep=settings.boot_hops_kept)
-    boot_service = BootService(engine, vault, settings, lambda: services.profiles, hops)
+
+    def count_by_state() -> dict[str, int]:
+        with Session(engine) as session:
+            return nodes.count_by_state(session)
+
+    metrics = Metrics(count_by_state)
+    boot_service = BootService(
+        engine, vault, settings, lambda: services.profiles, hops, metrics.discovery
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -105,10 +113,6 @@ def create_app(
         pool.close()
         engine.dispose()
 
-    def count_by_state() -> dict[str, int]:
-        with Session(engine) as session:
-            return nodes.count_by_state(session)
-
     app = FastAPI(
         title="provisioner",
         version=__version__,
@@ -123,7 +127,7 @@ def create_app(
         engine=engine,
         vault=vault,
         token_cache=TokenCache(),
-        metrics=Metrics(count_by_state),
+        metrics=metrics,
         profiles=profiles,
         bmc_pool=pool,
         reconciler=reconciler,

@@ -24,7 +24,8 @@ def load_or_create_key(settings: Settings) -> bytes:
     path = settings.data_dir / "secret.key"
     if path.exists():
         return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # The owner's only when created here, as the database's (private_files.py).
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Fernet.generate_key()
     # O_EXCL: two processes starting at once must not overwrite each other's key.
     try:

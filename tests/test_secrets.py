@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import stat
 import uuid
 from pathlib import Path
@@ -27,6 +28,16 @@ def test_key_file_is_created_private_and_reused(tmp_path: Path) -> None:
     assert load_or_create_key(settings) == key
     vault = Vault(key)
     assert vault.decrypt(vault.encrypt("pw")) == "pw"
+
+
+def test_a_data_directory_the_key_creates_is_the_owners_only(tmp_path: Path) -> None:
+    """With PostgreSQL nothing else creates the data directory: the key file does."""
+    old = os.umask(0o022)
+    try:
+        load_or_create_key(Settings(data_dir=tmp_path / "new" / "data"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "new" / "data").stat().st_mode) == 0o700
 
 
 def test_wrong_key_gives_a_clear_error(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ class IpxeScripts:
         except Problem as problem:
             await problem_response(problem.status, problem.detail)(scope, receive, send)
             return
-        script = await boot.ipxe(mac, client, base, services.metrics.discovery)
+        script = await boot.ipxe(mac, client, base)
         body = script.encode()
         headers = [(b"content-type", _TEXT_BYTES), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -61,19 +61,20 @@ class TokenBucket:
 
 
 class Discovery:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, counters: DiscoveryCounters) -> None:
         self._engine = engine
         self._keep = settings.discovery_max
         self._bucket = TokenBucket(settings.discovery_rate, settings.discovery_burst)
+        self._counters = counters
 
-    def record(self, mac: str, counters: DiscoveryCounters) -> uuid.UUID | None:
+    def record(self, mac: str) -> uuid.UUID | None:
         """The node ``mac`` is now recorded as, or None when the rate turned it away."""
         if not self._bucket.take():
-            counters.dropped.inc()
+            self._counters.dropped.inc()
             return None
         node_id, new = self._insert(mac)
         if new:
-            counters.pruned.inc(self._prune(node_id))
+            self._counters.pruned.inc(self._prune(node_id))
         return node_id
 
     def _insert(self, mac: str) -> tuple[uuid.UUID, bool]:

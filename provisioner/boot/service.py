@@ -113,6 +113,7 @@ class BootService:
         settings: Settings,
         profiles: Callable[[], ProfileSet],
         hops: HopRecorder,
+        discovery: DiscoveryCounters,
     ) -> None:
         self._engine = engine
         self._vault = vault
@@ -122,7 +123,7 @@ class BootService:
         self._inline = engine.dialect.name == "sqlite"
         self._reader: PoolProxiedConnection | None = None
         self._by_mac_sql = ""
-        self._discovery = Discovery(engine, settings)
+        self._discovery = Discovery(engine, settings, discovery)
 
     def base_url(self, request_base: str) -> str:
         """Where nodes reach the service: the configured URL, else the one they used.
@@ -139,21 +140,19 @@ class BootService:
 
     # --- iPXE ---------------------------------------------------------------------
 
-    async def ipxe(self, mac: str, client: str, base: str, counters: DiscoveryCounters) -> str:
+    async def ipxe(self, mac: str, client: str, base: str) -> str:
         """The script for ``mac``. Boot storms ask hundreds of times a second: on SQLite
         the indexed lookup (tens of microseconds, never blocked by writers in WAL mode)
         runs on the event loop, sparing each request two thread hand-offs; a network
         database is asked from a worker thread."""
         if self._inline:
-            return self._script(mac, client, base, self._read_inline(mac), counters)
-        return await run_in_threadpool(self._look_up_and_script, mac, client, base, counters)
+            return self._script(mac, client, base, self._read_inline(mac))
+        return await run_in_threadpool(self._look_up_and_script, mac, client, base)
 
-    def _look_up_and_script(
-        self, mac: str, client: str, base: str, counters: DiscoveryCounters
-    ) -> str:
+    def _look_up_and_script(self, mac: str, client: str, base: str) -> str:
         with self._engine.connect() as connection:
             node = _booting_node(connection, mac)
-        return self._script(mac, client, base, node, counters)
+        return self._script(mac, client, base, node)
 
     def _read_inline(self, mac: str) -> BootingNode | None:
         # One DBAPI connection kept for the event loop's lookups: checking a connection
@@ -169,16 +168,9 @@ class BootService:
             self._reader.close()
             self._reader = None
 
-    def _script(
-        self,
-        mac: str,
-        client: str,
-        base: str,
-        node: BootingNode | None,
-        counters: DiscoveryCounters,
-    ) -> str:
+    def _script(self, mac: str, client: str, base: str, node: BootingNode | None) -> str:
         if node is None:
-            return self._unknown(mac, client, base, counters)
+            return self._unknown(mac, client, base)
         self._seen(node, client)
         return self._loader_text(node, base, scripts.ipxe, EventKind.BOOT_IPXE, "iPXE script")
 
@@ -186,8 +178,8 @@ class BootService:
         if node.boot_ip != client:
             self.hops.boot_ip(node.mac, client)
 
-    def _unknown(self, mac: str, client: str, base: str, counters: DiscoveryCounters) -> str:
-        node_id = self._discovery.record(mac, counters)
+    def _unknown(self, mac: str, client: str, base: str) -> str:
+        node_id = self._discovery.record(mac)
         if node_id is None:
             why = "not recorded: over PROVISIONER_DISCOVERY_RATE"
             self.hops.unknown(client, mac, EventKind.BOOT_IPXE, f"iPXE script: {why}")
