@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -114,6 +115,33 @@ def test_upgrading_keeps_every_row(database_url: str) -> None:
     engine.dispose()
     assert counts == {"node": 1, "bmc": 1, "nic": 1, "event": 1}
     assert failures == 0
+
+
+def test_roles_left_holding_json_null_get_their_empty_values_back(database_url: str) -> None:
+    """A PATCH with ``"parameters": null`` once stored JSON null, which broke every read
+    of the role (issue 11); migration 0009 mends such rows."""
+    from datetime import UTC, datetime
+
+    engine = make_engine(database_url)
+    upgrade(engine, "0008")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO role (name, description, auto_provision, puppet_environment,"
+                " puppet_classes, parameters, packages, handoff, created_at, updated_at)"
+                " VALUES (:name, '', true, 'production', :classes, :null, :null, 'immediate',"
+                " :now, :now)"
+            ),
+            {"name": "broken", "classes": '["role::x"]', "null": "null", "now": datetime.now(UTC)},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT puppet_classes, parameters, packages FROM role WHERE name = 'broken'")
+        ).one()
+    engine.dispose()
+    decoded = [value if isinstance(value, (list, dict)) else json.loads(value) for value in row]
+    assert decoded == [["role::x"], {}, []]
 
 
 # --- files with secrets: the owner's only (issue 11) ------------------------------------
