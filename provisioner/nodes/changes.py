@@ -99,12 +99,6 @@ def change(
         raise Problem(
             409, "The name, a MAC or the rack position is taken.", errors=in_api_terms(errors)
         )
-    if "name" in given and patch.name is None:
-        raise Problem(
-            422,
-            "A node must keep a name.",
-            errors=[{"field": "name", "message": "may not be null"}],
-        )
     changes: dict[str, Any] = {
         field: getattr(patch, field)
         for field in ("name", "rack", "rack_unit", "role", "hardware_profile", "image")
@@ -145,9 +139,10 @@ def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) ->
             )
         bmc = Bmc(node_id=node.id, password_encrypted="", **fields)
     else:
+        # The schema refuses null where a field cannot be cleared; a null left here (the
+        # timeout, retries, cipher suite) returns the BMC to the service's default.
         for key, value in fields.items():
-            if value is not None:
-                setattr(bmc, key, value)
+            setattr(bmc, key, value)
     if patch.bmc.password is not None:
         bmc.password_encrypted = vault.encrypt(patch.bmc.password.get_secret_value())
     session.add(bmc)

@@ -155,6 +155,20 @@ def test_node_patch_null_is_refused_where_it_cannot_clear(
     assert snapshot(app) == before
 
 
+def test_bmc_overrides_cleared_by_null_fall_back_to_the_service_default(
+    client: TestClient, operator: dict[str, str]
+) -> None:
+    assert client.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
+    overrides = {"timeout": 3.0, "retries": 1, "cipher_suite": 17}
+    set_ = client.patch("/api/v1/nodes/r01-u01", json={"bmc": overrides}, headers=operator)
+    assert set_.status_code == 200, set_.text
+    assert {k: set_.json()["bmc"][k] for k in overrides} == overrides
+    cleared = dict.fromkeys(overrides)
+    reset = client.patch("/api/v1/nodes/r01-u01", json={"bmc": cleared}, headers=operator)
+    assert reset.status_code == 200, reset.text
+    assert {k: reset.json()["bmc"][k] for k in overrides} == cleared
+
+
 def test_integrity_errors_are_conflicts_only_when_they_are(
     client: TestClient, app: FastAPI
 ) -> None:
