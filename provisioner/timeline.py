@@ -152,19 +152,10 @@ def transition(
     final.update(changes or {})
     final["state"] = moved.to_state.value
     _update(session, node, final, lease_owner)
-    note_many(
-        session,
-        [
-            event_row(
-                node.id,
-                change,
-                actor,
-                message,
-                from_state=moved.from_state,
-                to_state=moved.to_state,
-            )
-        ],
+    row = event_row(
+        node.id, change, actor, message, from_state=moved.from_state, to_state=moved.to_state
     )
+    note_many(session, [row])
     if facts is not None:
         source, found = facts
         session.add(InventoryFact(node_id=node.id, source=source, facts=found))

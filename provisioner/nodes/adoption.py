@@ -80,20 +80,15 @@ def plan(session: Session, items: Sequence[NodeCreate]) -> Plan:
 
 
 def adopt(
-    session: Session,
-    node: Node,
-    node_row: Mapping[str, Any],
-    item: NodeCreate,
-    actor: str,
-    how: str,
+    session: Session, node: Node, row: Mapping[str, Any], item: NodeCreate, actor: str, how: str
 ) -> list[dict[str, Any]]:
-    """Make discovered ``node`` the node ``node_row`` describes (no commit). Its BMC is
+    """Make discovered ``node`` the node ``row`` describes (no commit). Its BMC is
     the caller's to insert; returns the NIC rows to insert for MACs it did not have.
 
     NICs it keeps keep their boot address, so the machine's next TFTP hops still find
     it. Raises :class:`provisioner.timeline.Stale` if the node changed since it was read.
     """
-    changes = {key: value for key, value in node_row.items() if key not in _KEPT}
+    changes = {key: value for key, value in row.items() if key not in _KEPT}
     message = f"adopted discovered node {node.name}: {how}"
     timeline.transition(session, node, Outcome.ENROLL, actor, message, changes=changes)
     connection = session.connection()
