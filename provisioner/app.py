@@ -95,6 +95,12 @@ def create_app(
             tftp = embedded_tftp(settings, boot_service, services.metrics.registry)
             await tftp.start(settings.tftp_address, settings.tftp_port)
             services.tftp = tftp
+            log.info(
+                "TFTP serving %s on %s port %d (UDP)",
+                settings.resolved_tftp_root,
+                settings.tftp_address,
+                tftp.port,
+            )
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
         if settings.reconciler:
             loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))

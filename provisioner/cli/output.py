@@ -19,6 +19,8 @@ from rich.status import Status
 from rich.table import Table
 from rich.text import Text
 
+from provisioner.text import printable, printable_lines
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON.")]
 # Shows one API answer to people: a table or a detail view.
 Render = Callable[[Any], None]
@@ -37,27 +39,6 @@ STATE_STYLES = {
     "wiping": "yellow",
     "failed": "bold red",
 }
-
-
-# A terminal obeys what such text may carry: ESC [2J clears the screen, ESC ] 0; sets the
-# window title, some sequences make the terminal type an answer into the shell, and bidi
-# controls reorder what is shown. C0, DEL, C1 and the bidi controls are shown as escapes
-# instead, so that the operator still sees that something was there.
-_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-_CONTROLS = (*range(0x20), 0x7F, *range(0x80, 0xA0), *_BIDI)
-_ESCAPED = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROLS} | {
-    ord("\t"): "\\t",
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-}
-# A status line may run over several lines of the CLI's own (a log tail); a value, one
-# cell of a table, stays on its line.
-_ESCAPED_IN_LINES = {c: text for c, text in _ESCAPED.items() if c != ord("\n")}
-
-
-def printable(value: str) -> str:
-    """``value`` with every control character shown as an escape (``\\x1b``)."""
-    return value.translate(_ESCAPED)
 
 
 def console(stderr: bool = False) -> Console:
@@ -85,7 +66,7 @@ def show(data: Any, as_json: bool, render: Render) -> None:
 
 def info(message: str) -> None:
     """A status line for people, on stderr so that stdout stays parseable."""
-    typer.echo(message.translate(_ESCAPED_IN_LINES), err=True)
+    typer.echo(printable_lines(message), err=True)
 
 
 def cell(value: Any, style: str = "") -> Text:

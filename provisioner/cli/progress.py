@@ -18,7 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from provisioner.cli.client import ApiClient, CliError, path_segment
-from provisioner.cli.output import STATE_STYLES, cell, console, printable, state_text
+from provisioner.cli.output import STATE_STYLES, cell, console, state_text
+from provisioner.text import printable
 
 Fetch = Callable[[], list[dict[str, Any]]]
 # Shown individually while not done: more would scroll the counts off the screen.

@@ -202,15 +202,12 @@ def serve(
     root: RootOption = None,
 ) -> None:
     """Run the TFTP server of this boot segment until SIGINT or SIGTERM."""
+    from provisioner import logs
     from provisioner.cli.server import _settings
     from pxe.assets import BOOT_FILES
 
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
-    # One line per request from httpx would drown the one line per transfer.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(settings.log_level)
     directory = root or settings.resolved_tftp_root
     if not directory.is_dir():
         raise CliError(

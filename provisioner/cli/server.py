@@ -115,12 +115,14 @@ def serve(
     """Run the API service (migrates the database on start)."""
     import uvicorn
 
+    from provisioner import logs
     from provisioner.app import create_app
     from provisioner.role_rules import RoleRulesError
     from provisioner.zerocopy import ZeroCopyHttpProtocol
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(**overrides)
+    logs.configure(settings.log_level)
     info(f"database: {masked_url(settings.resolved_database_url)}")
     try:
         app = create_app(settings)
