@@ -390,6 +390,12 @@ def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str) -> None
     )  # fmt: skip
     assert hooked.exit_code == 0, hooked.stderr
     assert json.loads(hooked.stdout)["webhook_secret_set"] is True
+    shown = cli("role", "show", "cli-hook", token=admin_token).stdout
+    assert "webhook to https://cmdb.example.com/hooks/prov (secret set)" in shown
+    listed = cli("role", "list", token=admin_token).stdout.splitlines()
+    assert "HAND-OFF" in listed[0]
+    (enc_row,) = [line for line in listed if line.startswith("cli-enc ")]
+    assert enc_row.split()[3] == "enc"
 
     no_secret = cli(
         "role", "create", "cli-nohook", "--handoff", "webhook",

@@ -39,12 +39,13 @@ HandoffName = Literal["immediate", "webhook", "enc"]
 
 def _roles_table(roles: list[dict[str, Any]]) -> None:
     print_table(
-        ("NAME", "DEFAULT IMAGE", "AUTO-PROVISION", "PUPPET CLASSES", "DESCRIPTION"),
+        ("NAME", "DEFAULT IMAGE", "AUTO-PROVISION", "HAND-OFF", "PUPPET CLASSES", "DESCRIPTION"),
         (
             (
                 r["name"],
                 r["default_image"],
                 r["auto_provision"],
+                r["handoff"],
                 ", ".join(r["puppet_classes"]),
                 r["description"],
             )
@@ -60,6 +61,7 @@ def _role_detail(role: dict[str, Any]) -> None:
             ("Description", role["description"]),
             ("Default image", role["default_image"]),
             ("Auto-provision", role["auto_provision"]),
+            ("Hand-off", _handoff(role)),
             ("Puppet environment", role["puppet_environment"]),
             ("Puppet classes", ", ".join(role["puppet_classes"])),
             ("Packages", ", ".join(role["packages"])),
@@ -68,6 +70,13 @@ def _role_detail(role: dict[str, Any]) -> None:
             ("Updated", when(role["updated_at"])),
         ]
     )
+
+
+def _handoff(role: dict[str, Any]) -> str:
+    if role["handoff"] != "webhook":
+        return str(role["handoff"])
+    secret = "secret set" if role["webhook_secret_set"] else "NO SECRET"
+    return f"webhook to {role['webhook_url']} ({secret})"
 
 
 def _images_table(images: list[dict[str, Any]]) -> None:
