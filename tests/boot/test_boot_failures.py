@@ -137,6 +137,7 @@ def test_an_unrenderable_answer_file_fails_the_deployment_once(
         first = own.get(f"/boot/answers/{token.group(1)}")
         assert first.status_code == 410
         assert "needs a repo_url" in first.json()["detail"]
+        assert first.json()["title"] == "Gone"  # the status's phrase, not "Error"
         again = [own.get(f"/boot/answers/{token.group(1)}") for _ in range(20)]
     assert {a.status_code for a in again} == {410}
     failed_once(client, operator, caplog, "answer file")
