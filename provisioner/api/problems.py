@@ -59,14 +59,38 @@ def _field(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+# Characters of a refused value an error quotes back: enough to recognise it, and a
+# 100 KB value does not come back as a 100 KB answer.
+_QUOTED = 40
+_MESSAGE = 300
+
+
 def field_errors(errors: Any) -> list[dict[str, str]]:
     """Pydantic errors as ``{"field", "message"}``, without echoing the input (it may be
-    a password)."""
+    a password); a message of our own validators that quotes a long value quotes its
+    start only."""
     out = []
     for err in errors:
         message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        out.append({"field": _field(tuple(err.get("loc", ()))), "message": message})
+        value = err.get("input")
+        if isinstance(value, str) and len(value) > _QUOTED:
+            message = message.replace(repr(value), repr(value[:_QUOTED]) + "...")
+        out.append({"field": _field(tuple(err.get("loc", ()))), "message": _cut(message)})
     return out
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MESSAGE else text[:_MESSAGE] + "..."
+
+
+def _shown_path(path: str) -> str:
+    """The path as an error quotes it: node-facing routes carry a deployment's token in
+    the path (/callback/TOKEN/..., /boot/answers/TOKEN), which no answer repeats."""
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        if parts[i - 1] in ("callback", "answers"):
+            parts[i] = "<token>"
+    return _cut("/".join(parts))
 
 
 async def _on_problem(_: Request, exc: Exception) -> JSONResponse:
@@ -79,9 +103,9 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     detail = exc.detail
     # Starlette's own 404/405 carry just the status phrase: say what was asked for.
     if exc.status_code == 404 and detail == "Not Found":
-        detail = f"There is no {request.url.path}; the API is described at /docs."
+        detail = f"There is no {_shown_path(request.url.path)}; the API is described at /docs."
     elif exc.status_code == 405 and detail == "Method Not Allowed":
-        detail = f"{request.method} is not allowed on {request.url.path}; see /docs."
+        detail = f"{request.method} is not allowed on {_shown_path(request.url.path)}; see /docs."
     return problem_response(exc.status_code, str(detail), headers=exc.headers)
 
 
