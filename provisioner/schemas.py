@@ -66,13 +66,20 @@ def _known_driver(name: str) -> str:
 BmcDriver = Annotated[str, AfterValidator(_known_driver)]
 
 
+# IPMI 2.0 keeps 16 bytes of a user name and 20 of a password; BMCs cut longer ones
+# silently. The lengths in characters document the limit; the validators count bytes.
+BmcUser = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(validation.ipmi_user)]
+BmcPassword = Annotated[
+    SecretStr, Field(min_length=1, max_length=20), AfterValidator(validation.ipmi_password)
+]
+
+
 class BmcIn(Strict):
     driver: BmcDriver = "ipmi"
     address: Host
     port: Port = 623
-    username: Annotated[str, Field(min_length=1, max_length=16)]
-    # IPMI 2.0 passwords are at most 20 bytes; longer ones are silently truncated by BMCs.
-    password: Annotated[SecretStr, Field(min_length=1, max_length=20)]
+    username: BmcUser
+    password: BmcPassword
     timeout: BmcTimeout | None = None
     retries: BmcRetries | None = None
     cipher_suite: CipherSuite | None = None
@@ -82,8 +89,8 @@ class BmcPatch(Strict):
     driver: Keep[BmcDriver] = None
     address: Keep[Host] = None
     port: Keep[Port] = None
-    username: Keep[Annotated[str, Field(min_length=1, max_length=16)]] = None
-    password: Keep[Annotated[SecretStr, Field(min_length=1, max_length=20)]] = None
+    username: Keep[BmcUser] = None
+    password: Keep[BmcPassword] = None
     timeout: BmcTimeout | None = None
     retries: BmcRetries | None = None
     cipher_suite: CipherSuite | None = None

@@ -7,6 +7,8 @@ import ipaddress
 import re
 import uuid
 
+from pydantic import SecretStr
+
 _HEX = re.compile(r"^[0-9a-f]{12}$")
 _CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _MAC_CHARS = re.compile(r"^[0-9a-f:.\-]+$")
@@ -83,3 +85,21 @@ def host(value: str) -> str:
     if _DIGITS_AND_DOTS.match(lowered) or len(lowered) > 253 or not _HOSTNAME.match(lowered):
         raise ValueError(f"{value!r} is neither an IP address nor a valid hostname")
     return lowered
+
+
+def ipmi_user(value: str) -> str:
+    """IPMI 2.0 keeps 16 bytes of a user name; a BMC cuts a longer one silently."""
+    if len(value.encode()) > 16:
+        raise ValueError(
+            f"the BMC user name takes {len(value.encode())} bytes in UTF-8; IPMI allows 16"
+        )
+    return value
+
+
+def ipmi_password(value: SecretStr) -> SecretStr:
+    """IPMI 2.0 keeps 20 bytes of a password; a BMC cuts a longer one silently, and the
+    login then fails with a password that looks right. The message never quotes it."""
+    size = len(value.get_secret_value().encode())
+    if size > 20:
+        raise ValueError(f"the BMC password takes {size} bytes in UTF-8; IPMI allows 20")
+    return value
