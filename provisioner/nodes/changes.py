@@ -6,6 +6,7 @@ cannot lose each other's updates (see :func:`saving`).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,10 +55,22 @@ def etag(node: Node) -> str:
     return f'"{node.version}"'
 
 
+_ENTITY_TAG = re.compile(r'(W/)?"[\x21\x23-\x7e]*"')
+
+
 def check_if_match(node: Node, if_match: str | None) -> None:
+    """RFC 9110 section 13.1.1: the change goes ahead only if one of the listed entity
+    tags is the node's, compared strongly: a weak tag (W/"7") names a version only
+    roughly, so it never matches."""
     if if_match is None or if_match.strip() == "*":
         return
-    tags = {t.strip().removeprefix("W/") for t in if_match.split(",")}
+    tags = [t.strip() for t in if_match.split(",")]
+    if not all(_ENTITY_TAG.fullmatch(t) for t in tags):
+        raise Problem(
+            400,
+            f"If-Match takes entity tags in double quotes, as the ETag header gives them "
+            f'(here {etag(node)}), or "*"; not {if_match[:40]!r}.',
+        )
     if etag(node) not in tags:
         raise Problem(
             412,

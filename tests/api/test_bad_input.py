@@ -115,6 +115,25 @@ def test_stale_if_match_is_412(
     assert snapshot(app) == before
 
 
+def test_if_match_compares_strongly_and_wants_quotes(
+    client: TestClient, app: FastAPI, operator: dict[str, str], existing: object
+) -> None:
+    """RFC 9110: a weak tag never matches If-Match, and a tag is quoted."""
+    before = snapshot(app)
+    current = client.get("/api/v1/nodes/r01-u01", headers=operator).headers["ETag"]
+    for header, status in ((f"W/{current}", 412), (current.strip('"'), 400)):
+        response = client.patch(
+            "/api/v1/nodes/r01-u01", json={"rack": "r09"}, headers={**operator, "If-Match": header}
+        )
+        assert response.status_code == status, (header, response.text)
+    assert "double quotes" in response.json()["detail"]
+    assert snapshot(app) == before
+    matched = client.patch(
+        "/api/v1/nodes/r01-u01", json={"rack": "r09"}, headers={**operator, "If-Match": current}
+    )
+    assert matched.status_code == 200
+
+
 def test_wrong_token_and_viewer_mutation_change_nothing(
     client: TestClient, app: FastAPI, viewer: dict[str, str], existing: object
 ) -> None:
