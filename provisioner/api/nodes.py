@@ -58,6 +58,7 @@ async def enroll_node(
 @router.get("", response_model=NodePage)
 async def list_nodes(
     session: SessionDep,
+    vault: VaultDep,
     _: Viewer,
     state: State | None = None,
     role: Slug | None = None,
@@ -65,12 +66,13 @@ async def list_nodes(
     mac: Annotated[str | None, AfterValidator(lambda v: v and validation.normalize_mac(v))] = None,
     maintenance: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> Response:
     """Nodes ordered by name, filtered, one page at a time (follow ``next_cursor``)."""
     listing = functools.partial(
         nodes.page,
         session,
+        vault,
         limit=limit,
         cursor=cursor,
         state=state.value if state else None,

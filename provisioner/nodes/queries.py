@@ -7,8 +7,6 @@ statements built once per combination of filters.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import uuid
 from collections import defaultdict
@@ -22,6 +20,7 @@ from provisioner.errors import Problem
 from provisioner.lifecycle import State, allowed_actions
 from provisioner.models import Bmc, Event, InventoryFact, Nic, Node
 from provisioner.schemas import BmcOut, EventOut, NodeOut
+from provisioner.secrets import Vault
 
 MAX_EVENTS = 1000
 
@@ -100,16 +99,25 @@ def present(session: Session, nodes: Sequence[Node | Row[Any]]) -> list[dict[str
     return [_view(_mapping(n), bmcs.get(n.id), nics[n.id]) for n in nodes]
 
 
-def _encode_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+# What a cursor's plaintext starts with: nothing else the vault encrypts (BMC passwords,
+# webhook secrets) can pass for a cursor.
+_AFTER = "page after "
 
 
-def _decode_cursor(cursor: str) -> str:
+def _encode_cursor(vault: Vault, name: str) -> str:
+    """Opaque and tamper-evident: the last name of the page, encrypted and authenticated
+    with the service's secret key, so a client can neither read nor forge a position."""
+    return vault.encrypt(_AFTER + name)
+
+
+def _decode_cursor(vault: Vault, cursor: str) -> str:
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise Problem(400, "The cursor is not one this service handed out.") from None
+        plain = vault.decrypt(cursor)
+    except ValueError:
+        plain = ""
+    if not plain.startswith(_AFTER):
+        raise Problem(400, "The cursor is not one this service handed out: list again without one.")
+    return plain.removeprefix(_AFTER)
 
 
 # A page is two statements built once per combination of filters (SQLAlchemy then skips
@@ -175,6 +183,7 @@ def _page_statements(shape: frozenset[str]) -> tuple[Any, Any]:
 
 def page(
     session: Session,
+    vault: Vault,
     *,
     limit: int,
     cursor: str | None = None,
@@ -186,7 +195,7 @@ def page(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of node views ordered by name, and the cursor of the next page."""
     given = {
-        "cursor": _decode_cursor(cursor) if cursor else None,
+        "cursor": _decode_cursor(vault, cursor) if cursor else None,
         "state": state,
         "role": role,
         "rack": rack,
@@ -200,7 +209,7 @@ def page(
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
-        next_cursor = _encode_cursor(rows[-1][_NAME])
+        next_cursor = _encode_cursor(vault, rows[-1][_NAME])
     if not rows:
         return [], None
     params.pop("cursor", None)

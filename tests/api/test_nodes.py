@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
+from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
 from provisioner.models import Bmc, Node
+from provisioner.secrets import Vault
 from tests.conftest import node_body
 
 
@@ -114,6 +117,28 @@ def test_list_refuses_bad_filters(client: TestClient, viewer: dict[str, str]) ->
         assert response.status_code == 422, params
         assert response.json()["errors"]
     assert client.get("/api/v1/nodes", params={"cursor": "%%%"}, headers=viewer).status_code == 400
+
+
+def test_cursors_are_opaque_and_tamper_evident(
+    client: TestClient, app: FastAPI, operator: dict[str, str], viewer: dict[str, str]
+) -> None:
+    for i in range(3):
+        body = node_body(name=f"c{i}", mac=f"52:54:00:00:0c:0{i}")
+        assert client.post("/api/v1/nodes", json=body, headers=operator).status_code == 201
+    cursor = client.get("/api/v1/nodes", params={"limit": 1}, headers=viewer).json()["next_cursor"]
+    # Readable only with the service's key.
+    assert app.state.services.vault.decrypt(cursor) == "page after c0"
+    following = client.get("/api/v1/nodes", params={"limit": 1, "cursor": cursor}, headers=viewer)
+    assert [n["name"] for n in following.json()["items"]] == ["c1"]
+    forged = [
+        cursor[:-6] + ("A" if cursor[-6] != "A" else "B") + cursor[-5:],  # one character
+        base64.urlsafe_b64encode(b"c0").decode(),  # a readable position, as cursors once were
+        Vault(Fernet.generate_key()).encrypt("page after c0"),  # another service's key
+    ]
+    for bad in forged:
+        refused = client.get("/api/v1/nodes", params={"cursor": bad}, headers=viewer)
+        assert refused.status_code == 400, bad
+        assert "not one this service handed out" in refused.json()["detail"]
 
 
 def test_patch_with_etag_and_stale_etag(client: TestClient, operator: dict[str, str]) -> None:
