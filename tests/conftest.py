@@ -3,6 +3,7 @@ PROVISIONER_TEST_DATABASE_URL is set), the app, and tokens of each scope."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +16,26 @@ from sqlmodel import Session
 
 from provisioner.app import create_app
 from provisioner.db import make_engine
+from provisioner.logs import OneLine
 from provisioner.settings import Settings
 from provisioner.tokens import create_token
 
 POSTGRES_URL = os.environ.get("PROVISIONER_TEST_DATABASE_URL")
 POSTGRES_REQUIRED = os.environ.get("PROVISIONER_REQUIRE_POSTGRES") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _service_logging_undone() -> Iterator[None]:
+    """`provisioner serve` and `pxe serve` run in-process configure the service's logging
+    for the whole process (provisioner/logs.py); the next test starts without it."""
+    root = logging.getLogger()
+    levels = {name: logging.getLogger(name).level for name in ("provisioner", "pxe")}
+    yield
+    for handler in root.handlers[:]:
+        if isinstance(handler.formatter, OneLine):
+            root.removeHandler(handler)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def _reset_postgres(url: str) -> None:
