@@ -12,13 +12,14 @@ when it looks, and a node another replica deleted first is skipped.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
 
 from sqlalchemy import Engine, func, insert, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
 from provisioner import nodes, timeline
@@ -27,6 +28,8 @@ from provisioner.metrics import DiscoveryCounters
 from provisioner.models import Nic, Node, table_of, utcnow
 from provisioner.settings import Settings
 from provisioner.timeline import Actor, EventKind
+
+log = logging.getLogger(__name__)
 
 _node = table_of(Node)
 _nic = table_of(Nic)
@@ -127,17 +130,27 @@ class Discovery:
             ).all()
             pruned = 0
             for node in oldest:
-                # Not claimed: gone or adopted meanwhile, and nothing was written.
-                if _claim(session, node):
-                    nodes.remove(session, node, PRUNER)
-                    pruned += 1
+                try:
+                    # Not claimed: gone or adopted meanwhile, and nothing was written.
+                    if _claim(session, node):
+                        nodes.remove(session, node, PRUNER)
+                        pruned += 1
+                except OperationalError as err:
+                    # Pruning is housekeeping: the next discovered node prunes again.
+                    session.rollback()
+                    log.warning("discovery: could not prune %s now: %s", node.name, err.orig)
         return pruned
 
 
 def _claim(session: Session, node: Node) -> bool:
     """Hold ``node`` until its deletion commits, if it is still as read and still
     discovered: one adopted by an import or an enrollment meanwhile is no longer a
-    discovered node and must stay."""
+    discovered node and must stay.
+
+    Its NICs are locked first, as the boot trace's writer takes them (NIC, then the
+    node through an event's foreign key): the other order deadlocked the two on
+    PostgreSQL."""
+    session.execute(select(_nic.c.id).where(_nic.c.node_id == node.id).with_for_update())
     claimed = session.execute(
         update(_node)
         .where(

@@ -181,11 +181,21 @@ class PuppetCa:
                 f"{cause.verify_message}; use the CA host's own ca.pem and the host name "
                 "its certificate was issued for"
             )
+        check = (
+            f"check that {self.cert} (PROVISIONER_PUPPET_CA_CERT) was signed by that CA "
+            "and is not revoked"
+        )
         if cause is not None:
             return (
                 f"the TLS handshake with the Puppet CA at {self.url} failed: {_reason(cause)}; "
-                f"check that {self.cert} (PROVISIONER_PUPPET_CA_CERT) was signed by that CA "
-                "and is not revoked"
+                + check
+            )
+        if isinstance(err, (httpx.ReadError, httpx.RemoteProtocolError)):
+            # Connected, then dropped before any answer: under TLS 1.3 a CA that refuses
+            # the client certificate may close the connection before its alert is read.
+            return (
+                f"the Puppet CA at {self.url} closed the connection without answering "
+                f"({_reason(err)}); {check}"
             )
         return f"cannot reach the Puppet CA at {self.url}: {_reason(err)}"
 

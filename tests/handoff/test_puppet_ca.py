@@ -232,7 +232,14 @@ def test_a_client_certificate_of_another_ca_is_reported(
     err = failure(ca, "r01-u05.lab.example")
 
     assert err.retryable
-    assert str(err).startswith(f"the TLS handshake with the Puppet CA at {server.url} failed: ")
+    # Under TLS 1.3 the refusal comes as an alert after the handshake, or, on a busy
+    # machine, as the connection closed before the alert is read: both say what to check.
+    assert str(err).startswith(
+        (
+            f"the TLS handshake with the Puppet CA at {server.url} failed: ",
+            f"the Puppet CA at {server.url} closed the connection without answering (",
+        )
+    ), err
     assert f"check that {cert} (PROVISIONER_PUPPET_CA_CERT) was signed by that CA" in str(err)
 
 
