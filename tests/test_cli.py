@@ -395,7 +395,7 @@ def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str) -> None
     listed = cli("role", "list", token=admin_token).stdout.splitlines()
     assert "HAND-OFF" in listed[0]
     (enc_row,) = [line for line in listed if line.startswith("cli-enc ")]
-    assert enc_row.split()[3] == "enc"
+    assert enc_row.split()[1] == "enc"
 
     no_secret = cli(
         "role", "create", "cli-nohook", "--handoff", "webhook",

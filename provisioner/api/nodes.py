@@ -69,18 +69,8 @@ async def list_nodes(
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> Response:
     """Nodes ordered by name, filtered, one page at a time (follow ``next_cursor``)."""
-    listing = functools.partial(
-        nodes.page,
-        session,
-        vault,
-        limit=limit,
-        cursor=cursor,
-        state=state.value if state else None,
-        role=role,
-        rack=rack,
-        mac=mac,
-        maintenance=maintenance,
-    )
+    where = nodes.NodeFilter(state and state.value, role, rack, mac, maintenance)
+    listing = functools.partial(nodes.page, session, vault, where, limit=limit, cursor=cursor)
     # Inline on SQLite too (run_db): readers never wait for a lock there, and a thread
     # would not run even a page of 1,000 any sooner, only hand the GIL back and forth.
     items, next_cursor = await run_db(session, listing)

@@ -39,14 +39,14 @@ HandoffName = Literal["immediate", "webhook", "enc"]
 
 def _roles_table(roles: list[dict[str, Any]]) -> None:
     print_table(
-        ("NAME", "DEFAULT IMAGE", "AUTO-PROVISION", "HAND-OFF", "PUPPET CLASSES", "DESCRIPTION"),
+        ("NAME", "HAND-OFF", "PUPPET CLASSES", "DEFAULT IMAGE", "AUTO-PROVISION", "DESCRIPTION"),
         (
             (
                 r["name"],
-                r["default_image"],
-                r["auto_provision"],
                 r["handoff"],
                 ", ".join(r["puppet_classes"]),
+                r["default_image"],
+                r["auto_provision"],
                 r["description"],
             )
             for r in roles

@@ -11,9 +11,18 @@ Node state and events are written only through :mod:`provisioner.timeline`.
 from provisioner.nodes.actions import act
 from provisioner.nodes.changes import change, remove
 from provisioner.nodes.enrollment import enroll, enroll_one
-from provisioner.nodes.queries import count_by_state, events, find, last_inspection, page, present
+from provisioner.nodes.queries import (
+    NodeFilter,
+    count_by_state,
+    events,
+    find,
+    last_inspection,
+    page,
+    present,
+)
 
 __all__ = [
+    "NodeFilter",
     "act",
     "change",
     "count_by_state",

@@ -11,6 +11,7 @@ import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Row, bindparam, func, literal_column
@@ -181,27 +182,22 @@ def _page_statements(shape: frozenset[str]) -> tuple[Any, Any]:
     return nodes, nics
 
 
+@dataclass(frozen=True)
+class NodeFilter:
+    """What a listing keeps; None keeps any."""
+
+    state: str | None = None
+    role: str | None = None
+    rack: str | None = None
+    mac: str | None = None
+    maintenance: bool | None = None
+
+
 def page(
-    session: Session,
-    vault: Vault,
-    *,
-    limit: int,
-    cursor: str | None = None,
-    state: str | None = None,
-    role: str | None = None,
-    rack: str | None = None,
-    mac: str | None = None,
-    maintenance: bool | None = None,
+    session: Session, vault: Vault, where: NodeFilter, *, limit: int, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of node views ordered by name, and the cursor of the next page."""
-    given = {
-        "cursor": _decode_cursor(vault, cursor) if cursor else None,
-        "state": state,
-        "role": role,
-        "rack": rack,
-        "mac": mac,
-        "maintenance": maintenance,
-    }
+    given = {"cursor": _decode_cursor(vault, cursor) if cursor else None, **asdict(where)}
     params = {k: v for k, v in given.items() if v is not None and v != ""}
     nodes_statement, nics_statement = _page_statements(frozenset(params))
     connection = session.connection()
