@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable
 
 from fastapi.testclient import TestClient
 
@@ -17,6 +15,7 @@ from provisioner.bmc.base import BmcError, ErrorKind
 from provisioner.bmc.fake import FakeFleet
 from tests import flows
 from tests.handoff.conftest import BIN, IMAGE, Live
+from tests.serving import poll
 from tests.test_reconciler import PASSWORD
 
 PAYLOAD = "\x1b[2J\x1b]0;pwned\x07"
@@ -91,13 +90,6 @@ def _fail_the_installation(client: TestClient, operator: dict[str, str]) -> None
     flows.tick_until(client, operator, NAME, "failed")
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"never {what}"
-        time.sleep(0.1)
-
-
 def test_machine_supplied_text_reaches_the_terminal_only_as_escapes(
     live: Live,
     client: TestClient,
@@ -119,7 +111,7 @@ def test_machine_supplied_text_reaches_the_terminal_only_as_escapes(
         env=_env(live, FORCE_COLOR="1", COLUMNS="200"),
     )  # fmt: skip
     try:
-        _wait_until(lambda: flows.state(client, operator, NAME) == "provisioning", "provisioning")
+        poll(lambda: flows.state(client, operator, NAME) == "provisioning", 30, lambda: NAME)
         _fail_the_installation(client, operator)
         stdout, stderr = waiting.communicate(timeout=60)
     finally:
