@@ -249,7 +249,11 @@ class EventOut(BaseModel):
 
 
 class ImportResult(BaseModel):
-    created: int
+    created: int = Field(description="Nodes the manifest added.")
+    adopted: int = Field(
+        description="Discovered nodes a manifest row named by MAC and took over (same id, "
+        "timeline kept)."
+    )
     nodes: list[NodeOut]
 
 

@@ -59,8 +59,14 @@ def _import(
             f"The manifest has {len(exc.errors)} error(s); nothing was imported.",
             errors=exc.errors,
         ) from None
-    created = nodes.enroll(
+    enrolled = nodes.enroll(
         session, vault, items, actor, "imported from a rack manifest", inspect=inspect
     )
-    result = ImportResult.model_validate({"created": len(created), "nodes": created})
+    result = ImportResult.model_validate(
+        {
+            "created": len(enrolled.nodes) - enrolled.adopted,
+            "adopted": enrolled.adopted,
+            "nodes": enrolled.nodes,
+        }
+    )
     return Response(result.model_dump_json(), status_code=201, media_type="application/json")

@@ -227,7 +227,8 @@ def import_rack(
         print_json(result)
         return
     node_table(result["nodes"])
-    info(f"created {result['created']} node(s) from {file.name}")
+    adopted = f", adopted {result['adopted']} discovered" if result["adopted"] else ""
+    info(f"created {result['created']} node(s){adopted} from {file.name}")
 
 
 WaitOption = Annotated[bool, typer.Option("--wait", help="Show progress until every node is done.")]

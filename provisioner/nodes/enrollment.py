@@ -37,6 +37,15 @@ _ONE_EACH = (
 )
 
 
+@dataclass(frozen=True)
+class Enrolled:
+    """The API views of the enrolled nodes in the order asked, and how many of them
+    adopted a discovered node instead of being created."""
+
+    nodes: list[dict[str, Any]]
+    adopted: int
+
+
 @functools.cache
 def _insert(model: type[SQLModel]) -> Any:
     """One INSERT statement per table, built once (SQLAlchemy keys its cache on it)."""
@@ -139,7 +148,7 @@ def enroll(
     how: str,
     *,
     inspect: bool = False,
-) -> list[dict[str, Any]]:
+) -> Enrolled:
     """Enroll ``items`` in one transaction: all or none. A node whose MACs belong to a
     ``discovered`` node adopts it (see :mod:`provisioner.nodes.adoption`); the others
     are created.
@@ -174,7 +183,7 @@ def enroll(
         # three queries to help only the ones that fail (or adopt, which is rarer).
         session.rollback()
         return _enroll_adopting(session, vault, items, actor, how, inspect)
-    return present_written(rows.nodes, rows.bmcs, rows.nics)
+    return Enrolled(present_written(rows.nodes, rows.bmcs, rows.nics), adopted=0)
 
 
 def _enroll_adopting(
@@ -184,7 +193,7 @@ def _enroll_adopting(
     actor: str,
     how: str,
     inspect: bool,
-) -> list[dict[str, Any]]:
+) -> Enrolled:
     """Enroll ``items`` whose names, MACs or positions are in use: the MACs of discovered
     nodes are adopted with them; anything else in use is a 409 naming every row."""
     found = adoption.plan(session, items)
@@ -224,7 +233,7 @@ def _enroll_adopting(
         session.rollback()
         errors = conflict_errors(session, claims, exclude=found.named)
         raise Problem(409, _TAKEN, errors=errors) from None
-    return _views(session, rows, adopted)
+    return Enrolled(_views(session, rows, adopted), adopted=len(adopted))
 
 
 def _views(session: Session, rows: _Rows, adopted: dict[int, Node]) -> list[dict[str, Any]]:
@@ -257,8 +266,11 @@ def enroll_one(
     session: Session, vault: Vault, item: NodeCreate, actor: str, *, inspect: bool = False
 ) -> dict[str, Any]:
     try:
-        (node,) = enroll(session, vault, [item], actor, "enrolled through the API", inspect=inspect)
+        enrolled = enroll(
+            session, vault, [item], actor, "enrolled through the API", inspect=inspect
+        )
     except Problem as problem:
         problem.extra["errors"] = in_api_terms(problem.extra.get("errors", []))
         raise
+    (node,) = enrolled.nodes
     return node
