@@ -198,6 +198,12 @@ class ActionRequest(Strict):
     reason: Annotated[str, Field(max_length=255)] | None = None
     role: Slug | None = None
     image: Slug | None = None
+    skip_wipe: bool = Field(
+        default=False,
+        description="release only: return the node to ready without erasing its disks. "
+        "Without it a release needs the wipe image (PROVISIONER_WIPE_KERNEL_URL and "
+        "PROVISIONER_WIPE_INITRD_URL).",
+    )
 
 
 class Selection(Strict):
