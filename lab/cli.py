@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="provisioner-lab", description=__doc__.split("\n")[0])
+    # The docstring's first paragraph, whole: its first line alone ends mid-sentence.
+    summary = " ".join(__doc__.split("\n\n")[0].replace("``", "").split())
+    parser = argparse.ArgumentParser(prog="provisioner-lab", description=summary)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="start virtual BMCs and write their manifest")

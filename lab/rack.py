@@ -7,6 +7,7 @@ worker processes that the calling process supervises.
 from __future__ import annotations
 
 import csv
+import errno
 import multiprocessing
 import os
 import random
@@ -202,7 +203,7 @@ def serve(
             if done % 50 == 0 or done == len(plans):
                 report(("started", done))
     except OSError as exc:
-        report(("failed", f"cannot listen on {plan.address}:{plan.port}: {exc.strerror}"))
+        report(("failed", f"cannot listen on {plan.address}:{plan.port}: {_bind_advice(exc)}"))
         netboot.close()
         return
     netboot.start()
@@ -224,6 +225,16 @@ def serve(
         netboot.close()
         for bmc in loop.bmcs:
             bmc.close()
+
+
+def _bind_advice(exc: OSError) -> str:
+    """Why a BMC's port could not be had, and the option of ``provisioner-lab up`` that
+    changes it."""
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+        return f"{exc.strerror}; choose other ports with --base-port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{exc.strerror}; choose an address of this machine with --address"
+    return str(exc.strerror or exc)
 
 
 def run(
