@@ -3,9 +3,13 @@ way operators and scripts use it: exit codes, one-line errors, and no secrets pr
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import json
 import os
+import pty
 import re
+import select
 import socket
 import subprocess
 import sys
@@ -14,10 +18,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import httpx
 import pytest
+import typer
 import uvicorn
 from typer.testing import CliRunner, Result
 
@@ -154,10 +159,14 @@ def fails(result: Result, *phrases: str) -> str:
     return lines[0]
 
 
+# One BMC address and port is one machine: every node enrolled here gets a port of its own.
+_bmc_ports = itertools.count(20_001)
+
+
 def enroll(cli: Cli, token: str, name: str, mac: str, *extra: str) -> Result:
     return cli(
         "node", "enroll", name, "--bmc-address", "10.0.0.1", "--bmc-username", "admin",
-        "--mac", mac, *extra,
+        "--bmc-port", str(next(_bmc_ports)), "--mac", mac, *extra,
         token=token,
         env={"PROVISIONER_BMC_PASSWORD": BMC_PASSWORD},
     )  # fmt: skip
@@ -204,14 +213,18 @@ def test_node_enroll_list_show_action_events_delete(cli: Cli, operator_token: st
 
     shown = cli("node", "show", "cli-n1", token=operator_token)
     assert shown.exit_code == 0
-    assert "ipmi://admin@10.0.0.1:623" in shown.stdout
+    assert re.search(r"ipmi://admin@10\.0\.0\.1:\d+ ", shown.stdout)
     assert "inspect" in shown.stdout
     node = json.loads(cli("node", "show", "cli-n1", "--json", token=operator_token).stdout)
     assert "password" not in node["bmc"]
 
     acted = cli("node", "action", "cli-n1", "inspect", "--reason", "cli test", token=operator_token)
     assert acted.exit_code == 0, acted.stderr
-    assert "inspecting" in acted.stdout
+    # What happened and the node's row, in this order, in one stream: `> log` keeps both.
+    accepted, acted_row = acted.stdout.split("\n", 1)
+    assert accepted == "inspect accepted for cli-n1: now inspecting"
+    assert acted_row.splitlines()[2].split()[:2] == ["cli-n1", "inspecting"]
+    assert acted.stderr == ""
 
     events = json.loads(cli("node", "events", "cli-n1", "--json", token=operator_token).stdout)
     assert [e["kind"] for e in events] == ["enroll", "inspect"]
@@ -232,18 +245,70 @@ def test_delete_asks_first(cli: Cli, operator_token: str) -> None:
     assert cli("node", "show", "cli-keep", token=operator_token).exit_code == 0
 
 
-@pytest.mark.parametrize("source", ["stdin", "prompt"])
-def test_bmc_password_from_stdin_or_prompt(cli: Cli, operator_token: str, source: str) -> None:
-    name = f"cli-pw-{source}"
-    flag = ["--bmc-password-stdin"] if source == "stdin" else []
+def test_bmc_password_from_stdin(cli: Cli, operator_token: str) -> None:
     result = cli(
-        "node", "enroll", name, "--bmc-address", "bmc.example.net", "--bmc-username", "root",
-        *flag,
+        "node", "enroll", "cli-pw-stdin", "--bmc-address", "bmc.example.net",
+        "--bmc-username", "root", "--bmc-port", "20000", "--bmc-password-stdin",
         token=operator_token,
         stdin=BMC_PASSWORD + "\n",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    assert cli("node", "show", name, token=operator_token).exit_code == 0
+    assert cli("node", "show", "cli-pw-stdin", token=operator_token).exit_code == 0
+
+
+def _enroll_command(cli: Cli, token: str, name: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The installed command and its environment, for the runs that need a real stdin."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env |= {k: v for k, v in cli.env(token, None).items() if v is not None}
+    command = [
+        str(Path(sys.executable).parent / "provisioner"), "node", "enroll", name,
+        "--bmc-address", "bmc.example.net", "--bmc-username", "root", "--bmc-port", str(port),
+    ]  # fmt: skip
+    return command, env
+
+
+def test_bmc_password_prompt_on_a_terminal(cli: Cli, operator_token: str) -> None:
+    command, env = _enroll_command(cli, operator_token, "cli-pw-prompt", 20100)
+    controller, terminal = pty.openpty()
+    # A session of its own has no controlling terminal: getpass asks on stdin, the pty.
+    enrolling = subprocess.Popen(
+        command, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        assert enrolling.stderr is not None
+        asked = b""
+        # getpass flushes pending input when it turns echo off, then writes its prompt.
+        while not asked.endswith(b"BMC password: "):
+            ready, _, _ = select.select([enrolling.stderr], [], [], 30)
+            assert ready, f"no prompt in 30 s: {asked!r}"
+            chunk = os.read(enrolling.stderr.fileno(), 100)
+            assert chunk, f"the command ended before asking: {asked!r}"
+            asked += chunk
+        os.write(controller, BMC_PASSWORD.encode() + b"\n")
+        stdout, stderr = enrolling.communicate(timeout=30)
+    finally:
+        enrolling.kill()
+        os.close(controller)
+    assert enrolling.returncode == 0, stderr
+    assert b"enrolled cli-pw-prompt" in stdout
+    assert BMC_PASSWORD.encode() not in stdout + stderr
+    assert b"Warning" not in stderr
+
+
+def test_no_terminal_and_no_password_says_to_use_stdin(cli: Cli, operator_token: str) -> None:
+    command, env = _enroll_command(cli, operator_token, "cli-pw-none", 20200)
+    result = subprocess.run(
+        command, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: no BMC password: stdin is not a terminal"), line
+    assert "--bmc-password-stdin" in line
+    assert "PROVISIONER_BMC_PASSWORD" in line
+    assert "Warning" not in result.stderr
 
 
 def test_list_follows_cursors_with_all(cli: Cli, operator_token: str) -> None:
@@ -258,7 +323,7 @@ def test_list_follows_cursors_with_all(cli: Cli, operator_token: str) -> None:
     assert first.exit_code == 0
     assert "cli-pg1" in first.stdout
     assert "cli-pg2" not in first.stdout
-    assert "--all" in first.stderr
+    assert first.stdout.splitlines()[-1] == "showing the first 2 nodes; pass --all for the rest"
     everything = json.loads(
         cli(
             "node", "list", "--rack", "pg", "--limit", "2", "--all", "--json", token=operator_token
@@ -283,7 +348,7 @@ nodes:
     )
     result = cli("rack", "import", str(manifest), token=operator_token)
     assert result.exit_code == 0, result.stderr
-    assert "created 2 node(s)" in result.stderr
+    assert result.stdout.splitlines()[-1] == "created 2 node(s) from rack-c1.yaml"
     assert "c1-n1" in result.stdout
     assert "c1-n2" in result.stdout
     names = [
@@ -408,6 +473,88 @@ def test_role_hand_off_from_the_command_line(cli: Cli, admin_token: str) -> None
         assert cli("role", "delete", name, token=admin_token).exit_code == 0
 
 
+def test_role_update_changes_only_what_is_given(cli: Cli, admin_token: str) -> None:
+    created = cli(
+        "role", "create", "cli-upd", "--description", "before", "--package", "chrony",
+        "--puppet-class", "role::db", "--puppet-environment", "staging", "--no-auto-provision",
+        token=admin_token,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.stderr
+    secret = "cli-update-secret-4567"
+    cli.secrets.add(secret)
+    updated = cli(
+        "role", "update", "cli-upd", "--handoff", "webhook",
+        "--webhook-url", "https://cmdb.example.com/hooks/upd", "--webhook-secret-stdin",
+        "--package", "jq", "--package", "htop",
+        token=admin_token,
+        stdin=secret + "\n",
+    )  # fmt: skip
+    assert updated.exit_code == 0, updated.stderr
+    assert updated.stdout == (
+        "updated role cli-upd: handoff, packages, webhook_secret, webhook_url\n"
+    )
+    role = json.loads(cli("role", "show", "cli-upd", "--json", token=admin_token).stdout)
+    assert (role["handoff"], role["webhook_url"], role["webhook_secret_set"]) == (
+        "webhook",
+        "https://cmdb.example.com/hooks/upd",
+        True,
+    )
+    assert role["packages"] == ["jq", "htop"]
+    # Untouched by the PATCH:
+    assert (role["description"], role["puppet_environment"]) == ("before", "staging")
+    assert (role["puppet_classes"], role["auto_provision"]) == (["role::db"], False)
+
+    cleared = cli(
+        "role", "update", "cli-upd", "--handoff", "enc", "--no-webhook-url",
+        "--clear-packages", "--clear-puppet-classes", "--auto-provision", "--json",
+        token=admin_token,
+    )  # fmt: skip
+    assert cleared.exit_code == 0, cleared.stderr
+    role = json.loads(cleared.stdout)
+    assert (role["handoff"], role["webhook_url"]) == ("enc", None)
+    assert (role["packages"], role["puppet_classes"], role["auto_provision"]) == ([], [], True)
+    assert role["description"] == "before"
+
+    fails(cli("role", "update", "cli-upd", token=admin_token), "nothing to change")
+    fails(
+        cli("role", "update", "cli-upd", "--package", "x", "--clear-packages", token=admin_token),
+        "--package or --clear-packages",
+    )
+    missing = cli("role", "update", "no-such-role", "--description", "x", token=admin_token)
+    fails(missing, "not found")
+    assert cli("role", "delete", "cli-upd", token=admin_token).exit_code == 0
+
+
+def test_image_update_changes_only_what_is_given(cli: Cli, admin_token: str) -> None:
+    help_text = cli("image", "create", "--help", env={"COLUMNS": "200"}).stdout
+    assert "path in the service's images directory" in " ".join(help_text.split())
+    created = cli(
+        "image", "create", "cli-img", "--os-family", "debian", "--version", "12",
+        "--kernel-url", "debian12/linux", "--initrd-url", "debian12/initrd.gz",
+        "--answer-template", "preseed", "--kernel-args", "quiet",
+        token=admin_token,
+    )  # fmt: skip
+    assert created.exit_code == 0, created.stderr
+    updated = cli(
+        "image", "update", "cli-img", "--version", "12.5", "--kernel-args", "",
+        "--kernel-url", "http://mirror.example/debian/linux",
+        token=admin_token,
+    )  # fmt: skip
+    assert updated.exit_code == 0, updated.stderr
+    assert updated.stdout == "updated image cli-img: kernel_args, kernel_url, version\n"
+    image = json.loads(cli("image", "show", "cli-img", "--json", token=admin_token).stdout)
+    assert (image["version"], image["kernel_args"]) == ("12.5", "")
+    assert image["kernel_url"] == "http://mirror.example/debian/linux"
+    assert (image["initrd_url"], image["answer_template"]) == ("debian12/initrd.gz", "preseed")
+    fails(
+        cli("image", "update", "cli-img", "--kernel-url", "../etc/passwd", token=admin_token),
+        "invalid request",
+        "kernel_url",
+    )
+    fails(cli("image", "update", "cli-img", token=admin_token), "nothing to change")
+    assert cli("image", "delete", "cli-img", token=admin_token).exit_code == 0
+
+
 def test_cli_choices_mirror_the_api_schema() -> None:
     """The CLI keeps its own copies of the API's choices (importing the schemas would
     slow every command); a value the API gains must reach the CLI too."""
@@ -418,6 +565,67 @@ def test_cli_choices_mirror_the_api_schema() -> None:
     assert get_args(catalog.AnswerTemplate) == get_args(schemas.AnswerTemplate)
     assert get_args(catalog.ScopeName) == get_args(schemas.Scope)
     assert set(get_args(catalog.HandoffName)) == {h.value for h in schemas.Handoff}
+
+
+# Any: typer's own copy of click's classes, or click's, depending on the version.
+def _commands(group: Any, ctx: Any) -> Iterator[Any]:
+    """A context for every command under ``group``, as `--help` would build it."""
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        assert command is not None
+        sub = command.make_context(name, [], parent=ctx, resilient_parsing=True)
+        yield sub
+        if hasattr(command, "list_commands"):
+            yield from _commands(command, sub)
+
+
+@pytest.mark.parametrize("columns", [60, 200])
+def test_help_is_wrapped_to_the_terminal_and_never_cut(
+    columns: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command's help: rewrapped to COLUMNS whatever the source's line breaks,
+    with every option's name and every summary whole."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    root = typer.main.get_command(app)
+    top = root.make_context("provisioner", [], resilient_parsing=True)
+    contexts = [top, *_commands(root, top)]
+    assert len(contexts) > 40
+    for ctx in contexts:
+        text = ctx.command.get_help(ctx)
+        where = f"{ctx.command_path} --help at {columns} columns:\n{text}"
+        assert max(len(line) for line in text.splitlines()) <= columns, where
+        # Compared without whitespace: a line may break after a hyphen.
+        flat = "".join(text.split())
+        for paragraph in inspect.cleandoc(ctx.command.help or "").split("\n\n"):
+            assert "".join(paragraph.split()) in flat, where
+        for param in ctx.command.params:
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("-"):
+                    assert name in text.split() or f"{name}," in text, (name, where)
+        if hasattr(ctx.command, "list_commands"):
+            for name in ctx.command.list_commands(ctx):
+                sub = ctx.command.get_command(ctx, name)
+                assert sub is not None
+                summary = sub.get_short_help_str(limit=10_000)
+                assert "".join(summary.split()) in flat, where
+                assert not summary.endswith("..."), where
+
+
+def test_help_follows_columns_as_the_installed_command() -> None:
+    command = [str(Path(sys.executable).parent / "provisioner"), "token", "create", "--help"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    wide = subprocess.run(
+        command, capture_output=True, text=True, env=env | {"COLUMNS": "200"}, check=True
+    ).stdout
+    # The docstring breaks its lines after "before the" and "with its PROVISIONER_*".
+    assert "so it works before the server runs: run it on the server, as the" in wide, wide
+    assert max(len(line) for line in wide.splitlines()) > 150, wide
+    assert max(len(line) for line in wide.splitlines()) <= 200, wide
+    narrow = subprocess.run(
+        command, capture_output=True, text=True, env=env | {"COLUMNS": "50"}, check=True
+    ).stdout
+    assert max(len(line) for line in narrow.splitlines()) <= 50, narrow
+    assert "--expires-in-days" in narrow.split()
 
 
 def test_config_file_and_environment_precedence(cli: Cli, operator_token: str) -> None:
@@ -509,7 +717,7 @@ def test_db_upgrade(cli: Cli, tmp_path: Path) -> None:
     result = cli("db", "upgrade", env={"PROVISIONER_DATA_DIR": str(tmp_path / "fresh")})
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "fresh" / "provisioner.db").is_file()
-    assert "migrated sqlite:///" in result.stderr
+    assert "migrated sqlite:///" in result.stdout
 
 
 def test_client_commands_do_not_import_the_service() -> None:

@@ -6,20 +6,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
 
 from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/inventory)
 from provisioner.cli.catalog import image_app, role_app, token_app
 from provisioner.cli.client import CliError, GlobalOptions, token_option
 from provisioner.cli.demo import demo
+from provisioner.cli.groups import CONTEXT_SETTINGS, HelpGroup
 from provisioner.cli.handoff import ansible_inventory, autosign, enc
 from provisioner.cli.nodes import node_app, rack_app
-from provisioner.cli.output import info
+from provisioner.cli.output import error
 from provisioner.cli.pxe import pxe_app
 from provisioner.cli.server import db_app, serve
 
 
-class _Group(TyperGroup):
+class _Group(HelpGroup):
     """Turns expected failures into one line on stderr instead of a traceback."""
 
     # Any: the Context class is click's or typer's vendored copy depending on the version.
@@ -27,7 +27,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except CliError as exc:
-            info(f"error: {exc}")
+            error(str(exc))
             raise typer.Exit(1) from None
 
 
@@ -36,6 +36,8 @@ app = typer.Typer(
     name="provisioner",
     help="Bare-metal provisioning: inventory, lifecycle and hand-off.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings=CONTEXT_SETTINGS,
     # Locals in a traceback could include the API token or a BMC password.
     pretty_exceptions_show_locals=False,
 )

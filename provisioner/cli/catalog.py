@@ -8,23 +8,23 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from provisioner.cli.client import path_segment, request
+from provisioner.cli.client import CliError, path_segment, request
+from provisioner.cli.groups import command_group
 from provisioner.cli.output import (
     JsonOption,
     Render,
     info,
     key_values,
+    note,
     print_json,
     print_table,
     show,
     when,
 )
 
-role_app = typer.Typer(
-    help="Roles: what a node becomes (Puppet classes, default image).", no_args_is_help=True
-)
-image_app = typer.Typer(help="OS images that nodes are installed from.", no_args_is_help=True)
-token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+role_app = command_group("Roles: what a node becomes (Puppet classes, default image).")
+image_app = command_group("OS images that nodes are installed from.")
+token_app = command_group("API tokens.")
 
 NameArg = Annotated[str, typer.Argument(show_default=False)]
 
@@ -149,6 +149,38 @@ def _create(
         info(f"created {kind} {created['name']}")
 
 
+def _update(
+    ctx: typer.Context, kind: str, collection: str, name: str, body: dict[str, Any], as_json: bool
+) -> None:
+    """PATCH only what was given: the rest of the record stays as it is."""
+    if not body:
+        raise CliError(
+            f"nothing to change: give at least one option (provisioner {kind} update --help)"
+        )
+    updated = request(ctx, "PATCH", f"{collection}/{path_segment(name)}", json=body)
+    if as_json:
+        print_json(updated)
+    else:
+        info(f"updated {kind} {updated['name']}: {', '.join(sorted(body))}")
+
+
+def _list_change(
+    body: dict[str, Any], field: str, values: list[str] | None, clear: bool, option: str
+) -> None:
+    """A list option replaces the whole list; --clear-... empties it."""
+    if values and clear:
+        raise CliError(f"give {option} or --clear-{field.replace('_', '-')}, not both")
+    if clear:
+        body[field] = []
+    elif values:
+        body[field] = values
+
+
+def _secret_from_stdin() -> str:
+    # Never an option's value: command lines end up in shell history and `ps`.
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def _delete(ctx: typer.Context, kind: str, collection: str, key: str) -> None:
     request(ctx, "DELETE", f"{collection}/{path_segment(key)}")
     info(f"deleted {kind} {key}")
@@ -157,26 +189,35 @@ def _delete(ctx: typer.Context, kind: str, collection: str, key: str) -> None:
 _add_list_and_show(role_app, "/roles", "role", _roles_table, _role_detail)
 
 
+Description = Annotated[str | None, typer.Option(help="What the role is for.")]
+HandoffOption = Annotated[
+    HandoffName | None,
+    typer.Option(
+        help="When an installed node is active: at once (immediate, the default), when "
+        "Puppet fetches its classification (enc), or when a webhook receiver "
+        "acknowledges (webhook)."
+    ),
+]
+WebhookUrlOption = Annotated[str | None, typer.Option(help="Receiver of --handoff webhook.")]
+WebhookSecretStdin = Annotated[
+    bool,
+    typer.Option(
+        "--webhook-secret-stdin",
+        help="Read the webhook's HMAC key (16 characters or more) from stdin.",
+    ),
+]
+
+
 @role_app.command("create")
 def create_role(
     ctx: typer.Context,
     name: NameArg,
-    description: Annotated[str | None, typer.Option(help="What the role is for.")] = None,
+    description: Description = None,
     default_image: Annotated[str | None, typer.Option(help="Image if a node names none.")] = None,
     package: Annotated[list[str] | None, typer.Option(help="Extra package (repeatable).")] = None,
-    handoff: Annotated[
-        HandoffName | None,
-        typer.Option(
-            help="When an installed node is active: at once (immediate, the default), when "
-            "Puppet fetches its classification (enc), or when a webhook receiver "
-            "acknowledges (webhook)."
-        ),
-    ] = None,
-    webhook_url: Annotated[str | None, typer.Option(help="Receiver of --handoff webhook.")] = None,
-    webhook_secret_stdin: Annotated[
-        bool,
-        typer.Option(help="Read the webhook's HMAC key (16 characters or more) from stdin."),
-    ] = False,
+    handoff: HandoffOption = None,
+    webhook_url: WebhookUrlOption = None,
+    webhook_secret_stdin: WebhookSecretStdin = False,
     puppet_environment: Annotated[str | None, typer.Option(help="Default: production.")] = None,
     puppet_class: Annotated[
         list[str] | None, typer.Option(help="Puppet class (repeatable).")
@@ -198,10 +239,73 @@ def create_role(
         "packages": package,
         "handoff": handoff,
         "webhook_url": webhook_url,
-        # Never an option's value: command lines end up in shell history and `ps`.
-        "webhook_secret": sys.stdin.readline().rstrip("\r\n") if webhook_secret_stdin else None,
+        "webhook_secret": _secret_from_stdin() if webhook_secret_stdin else None,
     }
     _create(ctx, "role", "/roles", fields, as_json)
+
+
+@role_app.command("update")
+def update_role(
+    ctx: typer.Context,
+    name: NameArg,
+    description: Description = None,
+    default_image: Annotated[str | None, typer.Option(help="Image if a node names none.")] = None,
+    no_default_image: Annotated[
+        bool, typer.Option("--no-default-image", help="Remove the default image.")
+    ] = False,
+    auto_provision: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-provision/--no-auto-provision",
+            help="Provision inspected nodes at once, or wait for an operator.",
+        ),
+    ] = None,
+    package: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra package (repeatable); replaces the role's list."),
+    ] = None,
+    clear_packages: Annotated[
+        bool, typer.Option("--clear-packages", help="Remove every extra package.")
+    ] = False,
+    handoff: HandoffOption = None,
+    webhook_url: WebhookUrlOption = None,
+    no_webhook_url: Annotated[
+        bool, typer.Option("--no-webhook-url", help="Remove the webhook receiver.")
+    ] = False,
+    webhook_secret_stdin: WebhookSecretStdin = False,
+    puppet_environment: Annotated[str | None, typer.Option(help="Puppet environment.")] = None,
+    puppet_class: Annotated[
+        list[str] | None,
+        typer.Option(help="Puppet class (repeatable); replaces the role's list."),
+    ] = None,
+    clear_puppet_classes: Annotated[
+        bool, typer.Option("--clear-puppet-classes", help="Remove every Puppet class.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a role: only the options given are changed, the rest stays as it is."""
+    if default_image and no_default_image:
+        raise CliError("give --default-image or --no-default-image, not both")
+    if webhook_url and no_webhook_url:
+        raise CliError("give --webhook-url or --no-webhook-url, not both")
+    given = {
+        "description": description,
+        "default_image": default_image,
+        "auto_provision": auto_provision,
+        "puppet_environment": puppet_environment,
+        "handoff": handoff,
+        "webhook_url": webhook_url,
+        "webhook_secret": _secret_from_stdin() if webhook_secret_stdin else None,
+    }
+    body: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    # null clears these two (and only these: the API refuses null elsewhere).
+    if no_default_image:
+        body["default_image"] = None
+    if no_webhook_url:
+        body["webhook_url"] = None
+    _list_change(body, "packages", package, clear_packages, "--package")
+    _list_change(body, "puppet_classes", puppet_class, clear_puppet_classes, "--puppet-class")
+    _update(ctx, "role", "/roles", name, body, as_json)
 
 
 @role_app.command("delete")
@@ -213,17 +317,34 @@ def delete_role(ctx: typer.Context, name: NameArg) -> None:
 _add_list_and_show(image_app, "/images", "OS image", _images_table, _image_detail)
 
 
+_BOOT_FILE = (
+    "an http(s) URL the machine fetches it from, or a path in the service's images "
+    "directory (PROVISIONER_IMAGES_DIR, default <data_dir>/images), e.g. rocky9/vmlinuz, "
+    "which the service serves at /boot/files/PATH."
+)
+KernelUrl = Annotated[str, typer.Option(help="The installer kernel: " + _BOOT_FILE)]
+InitrdUrl = Annotated[str, typer.Option(help="The installer initrd: " + _BOOT_FILE)]
+RepoUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Package repository URL (kickstart needs one; preseed and autoinstall default to "
+        "their distribution's mirror)."
+    ),
+]
+KernelArgs = Annotated[str | None, typer.Option(help="Extra kernel arguments.")]
+
+
 @image_app.command("create")
 def create_image(
     ctx: typer.Context,
     name: NameArg,
     os_family: Annotated[OsFamily, typer.Option(help="OS family.")],
     version: Annotated[str, typer.Option(help="OS version, e.g. 9.4 or 12.")],
-    kernel_url: Annotated[str, typer.Option(help="URL of the installer kernel.")],
-    initrd_url: Annotated[str, typer.Option(help="URL of the installer initrd.")],
+    kernel_url: KernelUrl,
+    initrd_url: InitrdUrl,
     answer_template: Annotated[AnswerTemplate, typer.Option(help="Installer answer file format.")],
-    repo_url: Annotated[str | None, typer.Option(help="Package repository URL.")] = None,
-    kernel_args: Annotated[str | None, typer.Option(help="Extra kernel arguments.")] = None,
+    repo_url: RepoUrlOption = None,
+    kernel_args: KernelArgs = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create an OS image."""
@@ -238,6 +359,40 @@ def create_image(
         "kernel_args": kernel_args,
     }
     _create(ctx, "image", "/images", fields, as_json)
+
+
+@image_app.command("update")
+def update_image(
+    ctx: typer.Context,
+    name: NameArg,
+    os_family: Annotated[OsFamily | None, typer.Option(help="OS family.")] = None,
+    version: Annotated[str | None, typer.Option(help="OS version, e.g. 9.4 or 12.")] = None,
+    kernel_url: Annotated[
+        str | None, typer.Option(help="The installer kernel: " + _BOOT_FILE)
+    ] = None,
+    initrd_url: Annotated[
+        str | None, typer.Option(help="The installer initrd: " + _BOOT_FILE)
+    ] = None,
+    answer_template: Annotated[
+        AnswerTemplate | None, typer.Option(help="Installer answer file format.")
+    ] = None,
+    repo_url: RepoUrlOption = None,
+    kernel_args: KernelArgs = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an OS image: only the options given are changed, the rest stays as it is;
+    an empty --repo-url or --kernel-args clears it."""
+    given = {
+        "os_family": os_family,
+        "version": version,
+        "kernel_url": kernel_url,
+        "initrd_url": initrd_url,
+        "answer_template": answer_template,
+        "repo_url": repo_url,
+        "kernel_args": kernel_args,
+    }
+    body = {k: v for k, v in given.items() if v is not None}
+    _update(ctx, "image", "/images", name, body, as_json)
 
 
 @image_app.command("delete")
@@ -274,7 +429,7 @@ def create_token(
     if via_api:
         body = {"name": label, "scope": scope, "expires_in_days": expires_in_days}
         token = request(ctx, "POST", "/tokens", json=body)["token"]
-        info(f"created {scope} token {label!r}")
+        note(f"created {scope} token {label!r}")
     else:
         from provisioner.cli.server import create_token_offline
 

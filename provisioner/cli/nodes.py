@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from provisioner.cli.client import ApiError, CliError, api, field_errors, path_segment, request
+from provisioner.cli.groups import command_group
 from provisioner.cli.output import (
     JsonOption,
     events_table,
@@ -24,8 +25,8 @@ from provisioner.cli.output import (
 from provisioner.cli.progress import by_name, watch
 from provisioner.lifecycle import Action, State
 
-node_app = typer.Typer(help="List, enroll and act on nodes.", no_args_is_help=True)
-rack_app = typer.Typer(help="Bulk operations on racks.", no_args_is_help=True)
+node_app = command_group("List, enroll and act on nodes.")
+rack_app = command_group("Bulk operations on racks.")
 
 NodeArg = Annotated[str, typer.Argument(help="Node name or id.", show_default=False)]
 
@@ -35,7 +36,12 @@ MANIFEST_TYPES = {".yaml": "application/yaml", ".yml": "application/yaml", ".csv
 @node_app.command("list")
 def list_nodes(
     ctx: typer.Context,
-    state: Annotated[State | None, typer.Option(help="Only nodes in this state.")] = None,
+    state: Annotated[
+        State | None,
+        typer.Option(
+            metavar="STATE", help=f"Only nodes in this state: {', '.join(s.value for s in State)}."
+        ),
+    ] = None,
     role: Annotated[str | None, typer.Option(help="Only nodes with this role.")] = None,
     rack: Annotated[str | None, typer.Option(help="Only nodes in this rack.")] = None,
     mac: Annotated[str | None, typer.Option(help="The node with this NIC.")] = None,
@@ -78,9 +84,15 @@ def _bmc_password(from_stdin: bool) -> str:
     # Never an option: command lines end up in shell history and `ps`.
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+    elif os.environ.get("PROVISIONER_BMC_PASSWORD"):
+        password = os.environ["PROVISIONER_BMC_PASSWORD"]
+    elif sys.stdin.isatty():
+        password = typer.prompt("BMC password", hide_input=True, err=True)
     else:
-        password = os.environ.get("PROVISIONER_BMC_PASSWORD") or typer.prompt(
-            "BMC password", hide_input=True, err=True
+        # getpass would only warn that it cannot hide the input, then read stdin anyway.
+        raise CliError(
+            "no BMC password: stdin is not a terminal to ask on; pass --bmc-password-stdin "
+            "and write the password to stdin, or set PROVISIONER_BMC_PASSWORD"
         )
     if not password:
         raise CliError("the BMC password is empty")
@@ -154,19 +166,50 @@ def delete_node(
     info(f"deleted node {node}")
 
 
+def _action(value: str) -> str:
+    # Checked here rather than typed as the enum: help then lists the choices in its
+    # text, where they wrap, and not in the argument's column, where they would not.
+    if value in {a.value for a in Action}:
+        return value
+    choices = ", ".join(a.value for a in Action)
+    raise typer.BadParameter(f"{value!r} is not one of {choices}")
+
+
 @node_app.command("action")
 def node_action(
     ctx: typer.Context,
     node: NodeArg,
-    action: Annotated[Action, typer.Argument(help="What to do.", show_default=False)],
+    action_name: Annotated[
+        str,
+        typer.Argument(
+            metavar="ACTION",
+            callback=_action,
+            help=f"What to do: {', '.join(a.value for a in Action)}.",
+            show_default=False,
+        ),
+    ],
     reason: Annotated[str | None, typer.Option(help="Why (kept in the event log).")] = None,
     role: Annotated[str | None, typer.Option(help="Role to provision with.")] = None,
     image: Annotated[str | None, typer.Option(help="Image to provision with.")] = None,
+    skip_wipe: Annotated[
+        bool,
+        typer.Option(
+            "--skip-wipe",
+            help="release only: back to ready without erasing the disks. Without it a "
+            "release boots the wipe image (PROVISIONER_WIPE_KERNEL_URL and "
+            "PROVISIONER_WIPE_INITRD_URL), and is refused when there is none.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Ask for a lifecycle or power action; it runs in the background."""
+    action = Action(action_name)
+    if skip_wipe and action is not Action.RELEASE:
+        raise CliError(f"--skip-wipe goes with release, not {action.value}")
     optional = {"reason": reason, "role": role, "image": image}
-    body = {k: v for k, v in optional.items() if v is not None}
+    body: dict[str, Any] = {k: v for k, v in optional.items() if v is not None}
+    if skip_wipe:
+        body["skip_wipe"] = True
     data = request(ctx, "POST", f"/nodes/{path_segment(node)}/actions/{action.value}", json=body)
     if as_json:
         print_json(data)

@@ -64,9 +64,25 @@ def show(data: Any, as_json: bool, render: Render) -> None:
         render(data)
 
 
+# Which stream: whatever a command reports to people (tables, "accepted" and "created"
+# lines, --wait progress) goes to stdout, so that `provisioner ... > log` keeps it in
+# order; stderr has errors, prompts, and the remarks of a command whose stdout is data for
+# a program (--json, token create, dnsmasq-config, the service's log).
+
+
 def info(message: str) -> None:
-    """A status line for people, on stderr so that stdout stays parseable."""
+    """A line of a command's report to people, on stdout with its tables."""
+    typer.echo(printable_lines(message))
+
+
+def note(message: str) -> None:
+    """A remark beside data on stdout (a token, a configuration file), on stderr so
+    that stdout stays exactly the data."""
     typer.echo(printable_lines(message), err=True)
+
+
+def error(message: str) -> None:
+    typer.echo(printable_lines(f"error: {message}"), err=True)
 
 
 def cell(value: Any, style: str = "") -> Text:

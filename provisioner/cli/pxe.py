@@ -19,17 +19,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from provisioner.cli.client import CliError, GlobalOptions, load_config, token_option
-from provisioner.cli.output import info, print_table
+from provisioner.cli.groups import command_group
+from provisioner.cli.output import info, note, print_table
 
 if TYPE_CHECKING:
     from pxe.bridge import ApiBridge
 
 log = logging.getLogger("provisioner.pxe")
 
-pxe_app = typer.Typer(
-    help="Boot network: iPXE binaries, dnsmasq configuration, TFTP server.",
-    no_args_is_help=True,
-)
+pxe_app = command_group("Boot network: iPXE binaries, dnsmasq configuration, TFTP server.")
 
 
 class DhcpMode(StrEnum):
@@ -164,7 +162,8 @@ def dnsmasq_config(
         typer.echo(text, nl=False)
         return
     _write_atomically(output, text)
-    info(f"wrote {output}; check it with `dnsmasq --test --conf-file={output}`")
+    # Without -o the configuration itself is stdout: its remark is stderr either way.
+    note(f"wrote {output}; check it with `dnsmasq --test --conf-file={output}`")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from provisioner.cli.client import CliError
-from provisioner.cli.output import info
+from provisioner.cli.groups import command_group
+from provisioner.cli.output import info, note
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from provisioner.settings import Settings
 
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+db_app = command_group("Database maintenance.")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -96,7 +97,7 @@ def create_token_offline(name: str, scope: str, expires_in_days: int | None) -> 
         raise CliError(f"cannot store the token: {_reason(exc)}") from exc
     finally:
         engine.dispose()
-    info(
+    note(
         f"created {row.scope} token {row.name!r} (id {row.id}) in "
         f"{masked_url(settings.resolved_database_url)}"
     )
@@ -123,7 +124,8 @@ def serve(
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(**overrides)
     logs.configure(settings.log_level)
-    info(f"database: {masked_url(settings.resolved_database_url)}")
+    # Beside the service's log lines, which go to stderr.
+    note(f"database: {masked_url(settings.resolved_database_url)}")
     try:
         app = create_app(settings)
     except RoleRulesError as exc:
