@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -119,7 +122,9 @@ def create_app(
         pool.close()
         engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from files of its own package: the
+    # default pages load them from a CDN, and show nothing on an isolated network.
+    app = FastAPIOffline(
         title="provisioner",
         version=__version__,
         summary="Bare-metal provisioning: inventory, lifecycle, boot and hand-off.",
@@ -161,7 +166,19 @@ def create_app(
         handoff_api.router,
     ):
         app.include_router(router)
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(boot.IpxeScripts)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The document FastAPI builds from the routes, with the error schema and the one
+    route a middleware serves (/boot/ipxe) added."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # caches it in app.openapi_schema
+    schema["paths"]["/boot/ipxe"] = boot.IPXE_PATH_ITEM
+    problems.document(schema)
+    return schema

@@ -4,14 +4,12 @@ is an error, not a silently ignored setting."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -20,58 +18,28 @@ from pydantic import (
     model_validator,
 )
 
-from provisioner import validation
-from provisioner.bmc.registry import DRIVER_NAMES
 from provisioner.lifecycle import Action, State
 from provisioner.patches import Keep
+from provisioner.schema_types import (
+    BmcDriver,
+    BmcPassword,
+    BmcRetries,
+    BmcTimeout,
+    BmcUser,
+    CipherSuite,
+    Host,
+    Mac,
+    NodeName,
+    Port,
+    RackUnit,
+    UtcDatetime,
+)
 
-Mac = Annotated[str, AfterValidator(validation.normalize_mac)]
-NodeName = Annotated[str, AfterValidator(validation.node_name)]
-RackName = Annotated[str, AfterValidator(validation.rack_name)]
-Slug = Annotated[str, AfterValidator(validation.slug)]
-Host = Annotated[str, AfterValidator(validation.host)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-RackUnit = Annotated[int, Field(ge=1, le=60)]
-Scope = Literal["viewer", "operator", "admin"]
-
-
-def _as_utc(value: Any) -> Any:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    if isinstance(value, datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-UtcDatetime = Annotated[datetime, BeforeValidator(_as_utc)]
-
-
-class Strict(BaseModel):
-    # No global whitespace stripping: it would alter passwords. Validators of names,
-    # MACs and hosts strip what they normalise.
-    model_config = ConfigDict(extra="forbid")
-
-
-BmcTimeout = Annotated[float, Field(gt=0, le=120, description="Seconds per attempt.")]
-BmcRetries = Annotated[int, Field(ge=0, le=10)]
-# pyghmi speaks suite 3 (SHA-1) and 17 (SHA-256); BMCs differ in which they allow.
-CipherSuite = Literal[3, 17]
-
-
-def _known_driver(name: str) -> str:
-    if name not in DRIVER_NAMES:
-        raise ValueError(f"unknown BMC driver {name!r}; use one of {', '.join(DRIVER_NAMES)}")
-    return name
-
-
-BmcDriver = Annotated[str, AfterValidator(_known_driver)]
-
-
-# IPMI 2.0 keeps 16 bytes of a user name and 20 of a password; BMCs cut longer ones
-# silently. The lengths in characters document the limit; the validators count bytes.
-BmcUser = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(validation.ipmi_user)]
-BmcPassword = Annotated[
-    SecretStr, Field(min_length=1, max_length=20), AfterValidator(validation.ipmi_password)
-]
+# Re-exported: the names callers have always imported from here.
+from provisioner.schema_types import RackName as RackName
+from provisioner.schema_types import Scope as Scope
+from provisioner.schema_types import Slug as Slug
+from provisioner.schema_types import Strict as Strict
 
 
 class BmcIn(Strict):
@@ -206,12 +174,29 @@ class ActionRequest(Strict):
     )
 
 
-class Selection(Strict):
-    """Which nodes a bulk action applies to: every filter given must match."""
+def _one_of(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JSON Schema for "at least one of these fields, given and not null"."""
+    return {"anyOf": [{"required": [n], "properties": {n: s}} for n, s in fields.items()]}
 
-    names: Annotated[list[str], Field(max_length=10_000)] | None = None
-    rack: str | None = None
-    role: str | None = None
+
+class Selection(Strict):
+    """Which nodes a bulk action applies to: every filter given must match, and at least
+    one must be given."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_one_of(
+            {
+                "names": {"type": "array"},
+                "rack": {"type": "string"},
+                "role": {"type": "string"},
+                "state": {"type": "string"},
+            }
+        )
+    )
+
+    names: Annotated[list[NodeName], Field(min_length=1, max_length=10_000)] | None = None
+    rack: RackName | None = None
+    role: Slug | None = None
     state: State | None = None
 
     @model_validator(mode="after")
@@ -350,6 +335,22 @@ class RoleBase(Strict):
 
 
 class RoleIn(RoleBase):
+    model_config = ConfigDict(
+        json_schema_extra={
+            # handoff "webhook" needs both webhook fields (the validator below says so).
+            "anyOf": [
+                {"properties": {"handoff": {"enum": ["immediate", "enc"]}}},
+                {
+                    "required": ["webhook_url", "webhook_secret"],
+                    "properties": {
+                        "webhook_url": {"type": "string"},
+                        "webhook_secret": {"type": "string"},
+                    },
+                },
+            ]
+        }
+    )
+
     webhook_secret: WebhookSecret | None = _WRITE_ONLY
 
     @model_validator(mode="after")
@@ -415,6 +416,8 @@ BootLocation = Annotated[
         max_length=1024,
         pattern=r"^(https?://\S+|[A-Za-z0-9_][A-Za-z0-9._/-]*)$",
         description="http(s) URL, or a path in the images directory",
+        # A path may not climb out of the images directory.
+        json_schema_extra={"not": {"pattern": r"^([^:]*/)?\.\.(/[^:]*)?$"}},
     ),
     AfterValidator(_boot_location),
 ]

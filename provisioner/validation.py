@@ -18,6 +18,23 @@ _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _RACK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
+
+# What each validator accepts, as JSON Schema (ECMA-262) patterns for the API's schema:
+# surrounding whitespace and capitals are accepted, as the validators strip and lower.
+_CI_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+MAC_PATTERN = r"^\s*[-:.]*[0-9A-Fa-f][-:.]*[02468aceACE]([-:.]*[0-9A-Fa-f]){10}[-:.]*\s*$"
+NOT_ZERO_MAC_PATTERN = r"^[\s\-:.0]*$"
+NODE_NAME_PATTERN = rf"^\s*{_CI_LABEL}(\.{_CI_LABEL})*\s*$"
+# uuid.UUID takes any 32 hex digits with hyphens anywhere: such a name is refused.
+UUID_LIKE_PATTERN = r"^\s*[0-9A-Fa-f](-*[0-9A-Fa-f]){31}\s*$"
+SLUG_PATTERN = r"^\s*[A-Za-z0-9][A-Za-z0-9._-]{0,62}\s*$"
+RACK_PATTERN = SLUG_PATTERN
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_PATTERN = rf"^\s*({_OCTET}\.){{3}}{_OCTET}\s*$"
+HOSTNAME_PATTERN = rf"^\s*{_CI_LABEL}(\.{_CI_LABEL})*\.*\s*$"
+DIGITS_AND_DOTS_PATTERN = r"^[\s0-9.]*$"
+PRINTABLE_ASCII_PATTERN = _PRINTABLE_ASCII.pattern
 
 
 def normalize_mac(value: str) -> str:
@@ -93,7 +110,14 @@ def ipmi_user(value: str) -> str:
         raise ValueError(
             f"the BMC user name takes {len(value.encode())} bytes in UTF-8; IPMI allows 16"
         )
+    _printable("user name", value)
     return value
+
+
+def _printable(what: str, value: str) -> None:
+    # BMCs take printable ASCII; it also makes the limit in bytes one a schema can state.
+    if not _PRINTABLE_ASCII.match(value):
+        raise ValueError(f"the BMC {what} must be printable ASCII (letters, digits, punctuation)")
 
 
 def ipmi_password(value: SecretStr) -> SecretStr:
@@ -102,4 +126,5 @@ def ipmi_password(value: SecretStr) -> SecretStr:
     size = len(value.get_secret_value().encode())
     if size > 20:
         raise ValueError(f"the BMC password takes {size} bytes in UTF-8; IPMI allows 20")
+    _printable("password", value.get_secret_value())
     return value

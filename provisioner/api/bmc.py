@@ -8,11 +8,14 @@ from fastapi import APIRouter
 
 from provisioner import nodes
 from provisioner.api.deps import Operator, ServicesDep, SessionDep, Viewer
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.bmc.base import BootSetting
 from provisioner.nodes import control
 from provisioner.schemas import BootDeviceIn, BootDeviceOut, InventoryOut, PowerOut
 
-router = APIRouter(prefix="/api/v1/nodes", tags=["bmc"])
+router = APIRouter(prefix="/api/v1/nodes", tags=["bmc"], responses=API_ERRORS)
+
+_BMC = (404, (409, "The node has no BMC, or its state owns the boot device now."), 502, 504)
 
 
 def _boot_out(setting: BootSetting) -> BootDeviceOut:
@@ -21,7 +24,7 @@ def _boot_out(setting: BootSetting) -> BootDeviceOut:
     )
 
 
-@router.get("/{ref}/power", response_model=PowerOut)
+@router.get("/{ref}/power", response_model=PowerOut, responses=responses(*_BMC))
 async def read_power(
     ref: str, services: ServicesDep, session: SessionDep, _viewer: Viewer
 ) -> PowerOut:
@@ -29,7 +32,11 @@ async def read_power(
     return PowerOut(power_state=await control.power_state(services, session, ref))
 
 
-@router.put("/{ref}/boot-device", response_model=BootDeviceOut)
+@router.put(
+    "/{ref}/boot-device",
+    response_model=BootDeviceOut,
+    responses=responses(400, 403, *_BMC, 413, 422),
+)
 async def set_boot_device(
     ref: str, body: BootDeviceIn, services: ServicesDep, session: SessionDep, token: Operator
 ) -> BootDeviceOut:
@@ -37,14 +44,18 @@ async def set_boot_device(
     return _boot_out(await control.set_boot_device(services, session, ref, body, token.name))
 
 
-@router.get("/{ref}/boot-device", response_model=BootDeviceOut)
+@router.get("/{ref}/boot-device", response_model=BootDeviceOut, responses=responses(*_BMC))
 async def read_boot_device(
     ref: str, services: ServicesDep, session: SessionDep, _viewer: Viewer
 ) -> BootDeviceOut:
     return _boot_out(await control.boot_device(services, session, ref))
 
 
-@router.get("/{ref}/inventory", response_model=InventoryOut)
+@router.get(
+    "/{ref}/inventory",
+    response_model=InventoryOut,
+    responses=responses((404, "No such node, or it has not been inspected yet.")),
+)
 def read_inventory(ref: str, session: SessionDep, _viewer: Viewer) -> InventoryOut:
     """What the last inspection read from the BMC."""
     node = nodes.find(session, ref)

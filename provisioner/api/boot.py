@@ -9,7 +9,7 @@ timelines, so they need an operator token like any other write.
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -18,16 +18,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisioner.api.deps import Operator, ServicesDep
-from provisioner.api.problems import problem_response
+from provisioner.api.problems import problem_response, responses
 from provisioner.boot import scripts
 from provisioner.boot.service import BootService
 from provisioner.deployments import Callback
 from provisioner.errors import Problem
 from provisioner.schemas import CallbackOut, TftpTrace
 from provisioner.services import Services
-from provisioner.validation import normalize_mac
+from provisioner.validation import MAC_PATTERN, normalize_mac
 
-router = APIRouter(tags=["boot (node-facing)"])
+_TAG = "boot (node-facing)"
+router = APIRouter(tags=[_TAG])
 
 _TEXT = "text/plain; charset=utf-8"
 _TEXT_BYTES = _TEXT.encode()
@@ -40,6 +41,14 @@ async def _boot(services: ServicesDep) -> BootService:
 
 
 Boot = Annotated[BootService, Depends(_boot)]
+
+_SCRIPT: dict[str, Any] = {"content": {_TEXT: {"schema": {"type": "string"}}}}
+_ANSWER: dict[str, Any] = {
+    "description": "A kickstart, preseed or cloud-init file.",
+    "content": {
+        media: {"schema": {"type": "string"}} for media in ("text/plain", "application/yaml")
+    },
+}
 Mac = Annotated[str, AfterValidator(normalize_mac)]
 
 
@@ -51,10 +60,55 @@ def _base(request: Request, boot: BootService) -> str:
     return boot.base_url(str(request.base_url))
 
 
-@router.get("/boot/bootstrap.ipxe", response_class=Response)
+_BAD_HOST = (400, "The Host header is not a plain host or host:port a script could carry.")
+_TOKEN = (
+    (404, "No deployment has this token."),
+    (410, "The deployment has ended, or failed now because its answer file cannot be rendered."),
+)
+
+
+@router.get(
+    "/boot/bootstrap.ipxe",
+    response_class=Response,
+    responses={200: _SCRIPT, **responses(_BAD_HOST)},
+)
 def bootstrap(request: Request, boot: Boot) -> Response:
     """The script DHCP names for iPXE: chains to /boot/ipxe with the machine's MAC."""
     return Response(scripts.bootstrap(_base(request, boot)), media_type=_TEXT)
+
+
+_IPXE_OPERATION: dict[str, Any] = {
+    "tags": [_TAG],
+    "summary": "The iPXE script for a machine",
+    "description": "What the service wants the machine with this MAC to do next: boot its "
+    "installer, its disk, or wait. An unknown MAC is recorded as a `discovered` node, "
+    "within the discovery limits.",
+    "parameters": [
+        {
+            "name": "mac",
+            "in": "query",
+            "required": True,
+            "description": "The booting NIC's MAC (iPXE's ${net0/mac}).",
+            "schema": {"type": "string", "pattern": MAC_PATTERN},
+        }
+    ],
+    "responses": {
+        "200": {
+            "description": "An iPXE script.",
+            "content": {_TEXT: {"schema": {"type": "string"}}},
+        },
+        **responses(
+            (400, "The Host header is not a plain host or host:port a script could carry."),
+            (422, "`mac` is missing or not a NIC's MAC."),
+        ),
+    },
+}
+
+# The middleware answers ahead of the routing, so no route describes it: this does.
+IPXE_PATH_ITEM = {
+    "get": {**_IPXE_OPERATION, "operationId": "ipxe_script_boot_ipxe_get"},
+    "head": {**_IPXE_OPERATION, "operationId": "ipxe_script_boot_ipxe_head"},
+}
 
 
 class IpxeScripts:
@@ -77,7 +131,9 @@ class IpxeScripts:
             return
         scope["route"] = self  # the metrics label
         if scope["method"] not in ("GET", "HEAD"):
-            refusal = problem_response(405, "Only GET is allowed here.", {"Allow": "GET"})
+            refusal = problem_response(
+                405, "Only GET and HEAD are allowed here.", {"Allow": "GET, HEAD"}
+            )
             await refusal(scope, receive, send)
             return
         try:
@@ -121,14 +177,30 @@ def _request_base(scope: Scope) -> str:
     return f"{scope['scheme']}://{host}{scope.get('root_path', '')}"
 
 
-@router.get("/boot/answers/{token}", response_class=Response)
+@router.get(
+    "/boot/answers/{token}",
+    response_class=Response,
+    responses={200: _ANSWER, **responses(_BAD_HOST, *_TOKEN, 503)},
+)
 def answer(request: Request, boot: Boot, token: str) -> Response:
     """The deployment's kickstart, preseed or autoinstall file."""
     text, media = boot.answer(token, "answer", _base(request, boot))
     return Response(text, media_type=media)
 
 
-@router.get("/boot/answers/{token}/{part}", response_class=Response)
+@router.get(
+    "/boot/answers/{token}/{part}",
+    response_class=Response,
+    responses={
+        200: _ANSWER,
+        **responses(
+            _BAD_HOST,
+            (404, "No deployment has this token, or there is no such part."),
+            _TOKEN[1],
+            503,
+        ),
+    },
+)
 def answer_part(request: Request, boot: Boot, token: str, part: str) -> Response:
     """cloud-init's ``user-data`` and ``meta-data``: Ubuntu's installer fetches both
     below the URL given in ``ds=nocloud-net;s=...``."""
@@ -138,7 +210,17 @@ def answer_part(request: Request, boot: Boot, token: str, part: str) -> Response
     return Response(text, media_type=media)
 
 
-@router.post("/callback/{token}/{kind}", response_model=CallbackOut)
+@router.post(
+    "/callback/{token}/{kind}",
+    response_model=CallbackOut,
+    responses=responses(
+        *_TOKEN,
+        (409, "The deployment is past this step (a late or repeated callback)."),
+        413,
+        (422, "`kind` is not one of the callbacks."),
+        503,
+    ),
+)
 async def callback(request: Request, boot: Boot, token: str, kind: Callback) -> CallbackOut:
     """An installer reports: started, progress, done or failed. Optional body: JSON
     ``{"message": ...}`` or plain text."""
@@ -161,7 +243,14 @@ def _message(body: bytes) -> str:
     return " ".join(text.split())[:_MAX_MESSAGE]
 
 
-@router.get("/boot/tftp/{path:path}", response_class=Response)
+@router.get(
+    "/boot/tftp/{path:path}",
+    response_class=Response,
+    responses={
+        200: _SCRIPT,
+        **responses(_BAD_HOST, (404, "No dynamic boot file has this path."), 422, 503),
+    },
+)
 def tftp_file(
     request: Request, boot: Boot, path: str, client: Annotated[str, Query(max_length=45)]
 ) -> Response:
@@ -173,7 +262,11 @@ def tftp_file(
     return Response(text, media_type=_TEXT)
 
 
-@router.post("/boot/trace/tftp", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/boot/trace/tftp",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=responses(400, 401, 403, 413, 422, 503),
+)
 def tftp_trace(body: TftpTrace, boot: Boot, _: Operator) -> dict[str, int]:
     """Finished TFTP transfers, reported by a pxe process, for the nodes' timelines."""
     boot.record_tftp(body.transfers)

@@ -10,18 +10,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from provisioner.api.deps import ServicesDep
+from provisioner.api.problems import responses
 from provisioner.boot import files
 
-router = APIRouter(tags=["boot"])
-
-_PROBLEM: dict[int | str, dict[str, Any]] = {
-    status: {"content": {"application/problem+json": {}}, "description": description}
-    for status, description in (
-        (404, "No such file inside the images directory."),
-        (416, "The range starts past the end of the file."),
-    )
-}
-
+router = APIRouter(tags=["boot (node-facing)"])
 
 _ROUTE: dict[str, Any] = {
     "path": "/boot/files/{path:path}",
@@ -30,7 +22,10 @@ _ROUTE: dict[str, Any] = {
         200: {"content": {"application/octet-stream": {}}},
         206: {"description": "The one byte range asked for."},
         304: {"description": "The node's copy is current."},
-        **_PROBLEM,
+        **responses(
+            (404, "No such file inside the images directory."),
+            (416, "The range starts past the end of the file."),
+        ),
     },
 }
 

@@ -8,13 +8,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from provisioner.api.deps import SessionDep, Viewer
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.boot import hops
 from provisioner.schemas import BootHopOut
 
-router = APIRouter(prefix="/api/v1/boot", tags=["boot"])
+router = APIRouter(prefix="/api/v1/boot", tags=["boot"], responses=API_ERRORS)
 
 
-@router.get("/hops", response_model=list[BootHopOut])
+@router.get("/hops", response_model=list[BootHopOut], responses=responses(422))
 def unknown_hops(
     session: SessionDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[BootHopOut]:

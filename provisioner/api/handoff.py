@@ -13,18 +13,22 @@ from fastapi import APIRouter, Header, Response
 from fastapi.responses import JSONResponse
 
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.handoff import ansible, puppet
 from provisioner.puppet_formats import enc_yaml
 from provisioner.schemas import AutosignIn, AutosignOut
 
-router = APIRouter(prefix="/api/v1/handoff", tags=["hand-off"])
+router = APIRouter(prefix="/api/v1/handoff", tags=["hand-off"], responses=API_ERRORS)
 
 _YAML = "application/yaml"
 
 
 @router.get(
     "/puppet/enc/{certname}",
-    responses={200: {"content": {_YAML: {}, "application/json": {}}}},
+    responses={
+        200: {"content": {_YAML: {}, "application/json": {}}},
+        **responses((404, "No node has this certname.")),
+    },
 )
 def puppet_enc(
     certname: str,
@@ -42,7 +46,9 @@ def puppet_enc(
     return Response(enc_yaml(classification), media_type=_YAML)
 
 
-@router.post("/puppet/autosign", response_model=AutosignOut)
+@router.post(
+    "/puppet/autosign", response_model=AutosignOut, responses=responses(400, 403, 413, 422)
+)
 def puppet_autosign(
     body: AutosignIn, session: SessionDep, vault: VaultDep, settings: SettingsDep, _: Operator
 ) -> puppet.Decision:

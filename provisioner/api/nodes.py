@@ -10,6 +10,7 @@ from pydantic import AfterValidator, TypeAdapter
 
 from provisioner import nodes, validation
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer, run_db
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.lifecycle import Action, State
 from provisioner.schemas import (
     ActionRequest,
@@ -22,7 +23,9 @@ from provisioner.schemas import (
     Slug,
 )
 
-router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"])
+router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], responses=API_ERRORS)
+
+_TAKEN = (409, "A name, MAC, rack position or BMC address and port is another node's.")
 
 NodeRef = Annotated[str, "a node's id or name"]
 
@@ -40,7 +43,12 @@ def node_response(
     return Response(body, status_code, {**etag, **(headers or {})}, "application/json")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=NodeOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=NodeOut,
+    responses=responses(400, 403, _TAKEN, 413, 422),
+)
 async def enroll_node(
     body: NodeCreate, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
 ) -> Response:
@@ -55,7 +63,11 @@ async def enroll_node(
     return node_response(view, 201, {"Location": f"/api/v1/nodes/{view['id']}"})
 
 
-@router.get("", response_model=NodePage)
+@router.get(
+    "",
+    response_model=NodePage,
+    responses=responses((400, "The cursor is not one this service handed out."), 422),
+)
 async def list_nodes(
     session: SessionDep,
     vault: VaultDep,
@@ -78,7 +90,7 @@ async def list_nodes(
     return Response(page.model_dump_json(), media_type="application/json")
 
 
-@router.get("/{ref}", response_model=NodeOut)
+@router.get("/{ref}", response_model=NodeOut, responses=responses(404))
 async def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
     def show() -> dict[str, Any]:
         return nodes.present(session, [nodes.find(session, ref)])[0]
@@ -86,7 +98,19 @@ async def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
     return node_response(await run_db(session, show))
 
 
-@router.patch("/{ref}", response_model=NodeOut)
+@router.patch(
+    "/{ref}",
+    response_model=NodeOut,
+    responses=responses(
+        (400, "The body is not JSON, or If-Match is not a list of quoted entity tags."),
+        403,
+        404,
+        _TAKEN,
+        412,
+        413,
+        422,
+    ),
+)
 def change_node(
     ref: NodeRef,
     body: NodePatch,
@@ -110,13 +134,16 @@ def change_node(
     return node_response(nodes.present(session, [node])[0])
 
 
-@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(403, 404, 409))
 def delete_node(ref: NodeRef, session: SessionDep, token: Operator) -> None:
     nodes.remove(session, nodes.find(session, ref), token.name)
 
 
 @router.post(
-    "/{ref}/actions/{action}", status_code=status.HTTP_202_ACCEPTED, response_model=NodeOut
+    "/{ref}/actions/{action}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=NodeOut,
+    responses=responses(400, 403, 404, 409, 413, 422),
 )
 def act_on_node(
     ref: NodeRef,
@@ -140,7 +167,7 @@ def act_on_node(
     return node_response(nodes.present(session, [node])[0], 202)
 
 
-@router.get("/{ref}/events", response_model=list[EventOut])
+@router.get("/{ref}/events", response_model=list[EventOut], responses=responses(404))
 def node_events(ref: NodeRef, session: SessionDep, _: Viewer) -> list[EventOut]:
     """The node's timeline, oldest first."""
     return nodes.events(session, nodes.find(session, ref))

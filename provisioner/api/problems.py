@@ -11,8 +11,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from provisioner.bmc.base import BmcError
 from provisioner.errors import Problem
@@ -41,6 +43,91 @@ _TITLES = {
 # A BMC that cannot be reached or does not answer in time is a gateway's 504; one that
 # answers wrongly (a refused login, an error) a 502.
 _BMC_ERROR_STATUS = {"unreachable": 504, "timed-out": 504, "authentication-failed": 502}
+
+
+# What each status means wherever the service answers it; a route says more where it
+# knows more (see ``responses``).
+_MEANINGS = {
+    400: "The request is malformed: a body that is not JSON, a header in the wrong form.",
+    401: "No API token, or one that is unknown, revoked or expired.",
+    403: "The API token's scope does not allow this.",
+    404: "There is no such resource.",
+    409: "The request conflicts with the current state: `detail` says what is allowed.",
+    412: "If-Match names a version that is no longer current.",
+    413: "The request body is larger than the service accepts.",
+    415: "The body is not in a media type this operation takes.",
+    422: "The request is well formed but its values are refused; `errors` names the fields. "
+    "Besides the constraints in this schema: references to roles, images or nodes that "
+    "do not exist, and rules that span fields.",
+    502: "The node's BMC answered with an error (`bmc_error` says which).",
+    503: "The database is unavailable; retry shortly.",
+    504: "The node's BMC did not answer in time.",
+}
+
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+
+
+class ProblemFieldError(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    field: str | None = None
+    message: str
+    row: int | None = Field(default=None, description="The manifest row, from 1.")
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details; members beyond these may be added (``allowed_actions``
+    on a refused lifecycle action, ``bmc_error`` on a BMC failure)."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[ProblemFieldError] | None = None
+    allowed_actions: list[str] | None = None
+    bmc_error: str | None = None
+
+
+def responses(*statuses: int | tuple[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the errors an operation answers, each as
+    ``application/problem+json``; a ``(status, description)`` pair says what the status
+    means there."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for item in statuses:
+        status, description = item if isinstance(item, tuple) else (item, _MEANINGS[item])
+        out[status] = {
+            "description": description,
+            "content": {PROBLEM_JSON: {"schema": PROBLEM_REF}},
+        }
+    return out
+
+
+# What every /api/v1 operation may answer: each needs a token and the database.
+API_ERRORS = responses(401, 503)
+
+
+def problem_component() -> dict[str, dict[str, Any]]:
+    """The schemas the ``Problem`` reference needs, for ``components.schemas``."""
+    schema = ProblemDetails.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    return {"Problem": schema, **defs}
+
+
+def document(schema: dict[str, Any]) -> None:
+    """Complete an OpenAPI document: the ``Problem`` schema in its components, and the
+    422 FastAPI describes on its own for operations with parameters answered as what
+    the service sends (problem+json), not as FastAPI's default body."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(problem_component())
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            answers = operation.get("responses", {})
+            if "application/json" in answers.get("422", {}).get("content", {}):
+                answers["422"] = responses(422)[422]
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
 
 
 def problem_response(
@@ -104,9 +191,26 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     # Starlette's own 404/405 carry just the status phrase: say what was asked for.
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"There is no {_shown_path(request.url.path)}; the API is described at /docs."
-    elif exc.status_code == 405 and detail == "Method Not Allowed":
-        detail = f"{request.method} is not allowed on {_shown_path(request.url.path)}; see /docs."
-    return problem_response(exc.status_code, str(detail), headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405 and detail == "Method Not Allowed":
+        allowed = _allowed_methods(request)
+        detail = (
+            f"{request.method} is not allowed on {_shown_path(request.url.path)}; "
+            f"use {', '.join(allowed)}."
+        )
+        # Starlette names the methods of the first route on the path only; a path served
+        # by several routes (GET, PATCH, DELETE) allows all of theirs.
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return problem_response(exc.status_code, str(detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:

@@ -14,11 +14,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from provisioner.api.deps import ServicesDep, Viewer
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.errors import Problem
 from provisioner.profiles import Profile, ProfileList, ProfileSet
 from provisioner.tokens import scope_allows
 
-router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"])
+router = APIRouter(prefix="/api/v1/profiles", tags=["profiles"], responses=API_ERRORS)
 
 
 async def get_profiles(services: ServicesDep) -> ProfileSet:
@@ -34,7 +35,7 @@ def list_profiles(token: Viewer, profiles: ProfilesDep) -> ProfileList:
     return ProfileList(items=list(profiles.profiles), errors=errors)
 
 
-@router.get("/{name}", response_model=Profile)
+@router.get("/{name}", response_model=Profile, responses=responses(404))
 def show_profile(name: str, _: Viewer, profiles: ProfilesDep) -> Profile:
     profile = profiles.get(name)
     if profile is None:

@@ -8,11 +8,12 @@ from starlette.concurrency import run_in_threadpool
 
 from provisioner import manifest, nodes
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep
+from provisioner.api.problems import API_ERRORS, responses
 from provisioner.errors import Problem
 from provisioner.schemas import ImportResult
 from provisioner.secrets import Vault
 
-router = APIRouter(prefix="/api/v1/racks", tags=["racks"])
+router = APIRouter(prefix="/api/v1/racks", tags=["racks"], responses=API_ERRORS)
 
 _MANIFEST_BODY = {
     "requestBody": {
@@ -31,6 +32,13 @@ _MANIFEST_BODY = {
     status_code=status.HTTP_201_CREATED,
     response_model=ImportResult,
     openapi_extra=_MANIFEST_BODY,
+    responses=responses(
+        403,
+        (409, "A row's name, MAC, rack position or BMC is another node's; nothing was imported."),
+        413,
+        415,
+        (422, "The manifest has errors, listed by row in `errors`; nothing was imported."),
+    ),
 )
 async def import_rack(
     request: Request, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator

@@ -8,7 +8,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from provisioner import db
 from provisioner.api.deps import ServicesDep
-from provisioner.api.problems import problem_response
+from provisioner.api.problems import problem_response, responses
 
 router = APIRouter(tags=["service"])
 
@@ -19,7 +19,9 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz", response_model=None, responses=responses((503, "The database does not answer."))
+)
 def readyz(services: ServicesDep) -> dict[str, str] | Response:
     """The process can serve: its database answers."""
     try:
