@@ -10,6 +10,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -746,6 +747,17 @@ def test_demo_runs_to_the_end() -> None:
         [str(DEMO)], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
     )
     output = result.stdout + result.stderr
+    kept = re.search(r"^logs kept in (\S+): service\.log, lab\.log$", result.stdout, re.M)
+    assert kept, output
+    run_dir = Path(kept.group(1))
+    try:
+        # The logs outlive the demo, for a look at what happened; the rest is gone.
+        assert result.stdout.splitlines()[-1] == kept.group(0), output
+        assert sorted(p.name for p in run_dir.iterdir()) == ["lab.log", "service.log"]
+        assert "TFTP" in (run_dir / "service.log").read_text()
+        assert "lab up: 12/12 BMCs answering" in (run_dir / "lab.log").read_text()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     assert result.returncode == 0, output
     assert "all 12 node(s) active" in output
     assert "role_compute: lab-r01-u01, lab-r01-u02" in output
@@ -761,3 +773,27 @@ def test_demo_runs_to_the_end() -> None:
     ):
         assert hop in output, hop
     assert "/docs" in output
+
+
+@pytest.mark.skipif(not DEMO.exists(), reason="scripts/demo is not in this checkout")
+def test_demo_keep_keeps_the_whole_run() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    result = subprocess.run(
+        [str(DEMO), "--nodes", "2", "--keep"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    output = result.stdout + result.stderr
+    kept = re.search(r"^kept in (\S+): service\.log, lab\.log, work/", result.stdout, re.M)
+    assert kept, output
+    run_dir = Path(kept.group(1))
+    try:
+        assert result.returncode == 0, output
+        assert (run_dir / "service.log").stat().st_size > 0
+        assert (run_dir / "work" / "data" / "provisioner.db").is_file()
+        assert (run_dir / "work" / "rack.csv").is_file()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)

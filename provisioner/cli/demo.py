@@ -1,10 +1,14 @@
-"""``provisioner demo``: the whole mission on one machine, in a temporary directory.
+"""``provisioner demo``: the whole mission on one machine, in a directory of its own.
 
 A lab rack of emulated servers (virtual BMCs on loopback; machines that network-boot over
 the service's real TFTP and HTTP), the service on SQLite with its TFTP server on a high
 port, two roles, the lab's rack manifest imported, and a live view until every node is
 active; then the Ansible inventory, one node's timeline, and where the API is. Nothing is
 sent anywhere but 127.0.0.1.
+
+Each run gets a fresh directory under the system's temporary directory: the service's and
+the lab's logs stay there after the demo (it says where), and the rest (database, boot
+files, lab manifest, token) is removed at the end unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ IPXE_SOURCE = Path("/usr/lib/ipxe")
 @dataclass
 class _Demo:
     workdir: Path
+    """Database, boot files, lab manifest and token: removed at the end unless --keep."""
+    logs: Path
+    """service.log and lab.log: kept."""
     url: str
     tftp_port: int
     env: dict[str, str]
@@ -53,12 +60,33 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option(help="Leave the service and the lab up until Ctrl-C.")
     ] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep",
+            help="Keep the whole run directory (database, boot files, lab manifest, token), "
+            "not only the logs.",
+        ),
+    ] = False,
 ) -> None:
     """Rack, inspect, provision by role and hand off a lab rack, end to end."""
+    run_dir = Path(tempfile.mkdtemp(prefix="provisioner-demo-"))
+    info(f"logs: {run_dir / 'service.log'} and {run_dir / 'lab.log'}")
+    try:
+        _run(run_dir, nodes, timeout, keep_running)
+    finally:
+        # Said last, after the report or an error, so that it is where the eye ends up.
+        if keep:
+            info(f"kept in {run_dir}: service.log, lab.log, work/ (database, boot files, token)")
+        else:
+            shutil.rmtree(run_dir / "work", ignore_errors=True)
+            info(f"logs kept in {run_dir}: service.log, lab.log")
+
+
+def _run(run_dir: Path, nodes: int, timeout: float, keep_running: bool) -> None:
     bin_dir = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory(prefix="provisioner-demo-") as tmp, _processes() as procs:
-        run = _prepare(Path(tmp))
-        info(f"data, logs and the lab in {tmp}")
+    with _processes() as procs:
+        run = _prepare(run_dir / "work", run_dir)
         run.token = _offline_token(bin_dir, run.env)
         procs.append(
             _start(
@@ -68,7 +96,7 @@ def demo(
                 "service.log",
             )
         )
-        _wait_ready(run.url, procs[-1], run.workdir / "service.log")
+        _wait_ready(run.url, procs[-1], run.logs / "service.log")
         api = httpx.Client(base_url=run.url, headers={"Authorization": f"Bearer {run.token}"})
         _catalogue(api)
         manifest = run.workdir / "rack.csv"
@@ -88,7 +116,7 @@ def demo(
             str(run.workdir / "lab"),
         ]
         procs.append(_start(bin_dir / "provisioner-lab", lab_args, run, "lab.log"))
-        _wait_file(manifest, procs[-1], run.workdir / "lab.log")
+        _wait_file(manifest, procs[-1], run.logs / "lab.log")
         _assign_roles(manifest)
         imported = api.post(
             "/api/v1/racks/import",
@@ -114,10 +142,10 @@ def demo(
                 signal.pause()
 
 
-def _prepare(workdir: Path) -> _Demo:
+def _prepare(workdir: Path, logs: Path) -> _Demo:
     port, tftp_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
     tftp_root = workdir / "tftp"
-    tftp_root.mkdir()
+    tftp_root.mkdir(parents=True)
     for name in ("undionly.kpxe", "ipxe.efi"):
         if (IPXE_SOURCE / name).is_file():
             shutil.copyfile(IPXE_SOURCE / name, tftp_root / name)
@@ -144,7 +172,7 @@ def _prepare(workdir: Path) -> _Demo:
         PROVISIONER_RECONCILE_INTERVAL="0.25",
         PROVISIONER_POWER_SYNC_INTERVAL="0",
     )
-    return _Demo(workdir, url, tftp_port, env)
+    return _Demo(workdir, logs, url, tftp_port, env)
 
 
 def _offline_token(bin_dir: Path, env: dict[str, str]) -> str:
@@ -229,7 +257,7 @@ def _processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 def _start(program: Path, args: list[str], run: _Demo, log: str) -> subprocess.Popen[bytes]:
-    out = (run.workdir / log).open("wb")
+    out = (run.logs / log).open("wb")
     return subprocess.Popen([program, *args], env=run.env, stdout=out, stderr=subprocess.STDOUT)
 
 
