@@ -187,6 +187,12 @@ class Machine:
         self._stopped()
         return OK
 
+    def powered_off_by_itself(self) -> None:
+        """The running software powered the machine off (``poweroff -f`` in a VM, whose
+        QEMU then exits): the firmware has stopped already, so it is not told."""
+        with self._lock:
+            self.power_on = False
+
     def diagnostic_interrupt(self) -> int:
         return OK if self.power_on else NOT_IN_PRESENT_STATE
 
