@@ -92,6 +92,11 @@ class Node(SQLModel, table=True):
 
 
 class Bmc(SQLModel, table=True):
+    # One BMC speaks for one machine: two nodes on one address and port would be powered
+    # and booted as one. Every row has both columns (a node without a BMC, a discovered
+    # one say, has no row), so NULLs, which differ from each other, never slip past it.
+    __table_args__ = (UniqueConstraint("address", "port", name="uq_bmc_address_port"),)
+
     node_id: uuid.UUID = Field(
         sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), primary_key=True)
     )

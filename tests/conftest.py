@@ -105,6 +105,16 @@ def viewer(tokens: dict[str, str]) -> dict[str, str]:
     return auth(tokens["viewer"])
 
 
+# Two nodes may not share a BMC: each name gets a port of its own, the same one every
+# time a test names it (as the lab gives each machine its own port on 127.0.0.1).
+_BMC_PORTS: dict[str, int] = {}
+
+
+def bmc_port(name: str) -> int:
+    """The BMC port of node ``name`` in :func:`node_body`."""
+    return _BMC_PORTS.setdefault(name, 6230 + len(_BMC_PORTS))
+
+
 def node_body(
     name: str = "r01-u01", mac: str = "52:54:00:00:01:01", **extra: object
 ) -> dict[str, object]:
@@ -114,7 +124,7 @@ def node_body(
         "bmc": {
             "driver": "ipmi",
             "address": "127.0.0.1",
-            "port": 6230,
+            "port": bmc_port(name),
             "username": "admin",
             "password": "s3cret-bmc-pw",
         },

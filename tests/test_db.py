@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import Connection, inspect, text
 from sqlmodel import SQLModel
 
 import provisioner.models  # noqa: F401  (registers the tables)
@@ -142,6 +142,97 @@ def test_roles_left_holding_json_null_get_their_empty_values_back(database_url: 
     engine.dispose()
     decoded = [value if isinstance(value, (list, dict)) else json.loads(value) for value in row]
     assert decoded == [["role::x"], {}, []]
+
+
+def _add_node(connection: Connection, name: str, bmc: tuple[str, int] | None) -> None:
+    """A node as the schema before 0010 kept it (not through the API, which refuses a
+    shared BMC now), with a BMC at ``bmc``, if given."""
+    import uuid
+    from datetime import UTC, datetime
+
+    node_id = uuid.uuid4()
+    key = node_id.hex if connection.dialect.name == "sqlite" else node_id
+    connection.execute(
+        text(
+            "INSERT INTO node (id, name, state, power_state, maintenance, created_at,"
+            " updated_at, version, power_failures, auto_inspect, auto_provision)"
+            " VALUES (:id, :name, 'enrolled', 'unknown', false, :now, :now, 1, 0, false, false)"
+        ),
+        {"id": key, "name": name, "now": datetime.now(UTC)},
+    )
+    if bmc is not None:
+        connection.execute(
+            text(
+                "INSERT INTO bmc (node_id, driver, address, port, username, password_encrypted)"
+                " VALUES (:id, 'ipmi', :address, :port, 'admin', 'sealed')"
+            ),
+            {"id": key, "address": bmc[0], "port": bmc[1]},
+        )
+
+
+def test_nodes_sharing_a_bmc_stop_the_upgrade_with_what_to_do(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Migration 0010 makes a BMC (address, port) one node's. On a database where nodes
+    share one it stops with the nodes and the way out, not the database's bare
+    refusal; once they are told apart it goes through, and then holds."""
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+    from typer.testing import CliRunner
+
+    from provisioner.cli import app as cli
+
+    engine = make_engine(database_url)
+    upgrade(engine, "0009")
+    with engine.begin() as connection:
+        for name, bmc in [
+            ("a1", ("10.0.0.5", 623)),
+            ("a2", ("10.0.0.5", 623)),
+            ("b1", ("127.0.0.1", 6230)),
+            ("b2", ("127.0.0.1", 6230)),
+            ("b3", ("127.0.0.1", 6230)),
+            ("own", ("127.0.0.1", 6231)),
+            ("discovered-525400000001", None),
+            ("discovered-525400000002", None),
+        ]:
+            _add_node(connection, name, bmc)
+    with pytest.raises(SQLAlchemyError) as refused:
+        upgrade(engine)
+    message = str(refused.value)
+    assert not isinstance(refused.value, IntegrityError)
+    assert "\n" not in message  # the CLI shows the first line
+    assert "BMC 10.0.0.5 port 623 by nodes 'a1', 'a2'" in message
+    assert "BMC 127.0.0.1 port 6230 by nodes 'b1', 'b2', 'b3'" in message
+    # A node with a BMC of its own, and nodes with none, are not in question.
+    assert "'own'" not in message
+    assert "discovered-" not in message
+    assert "PATCH /api/v1/nodes/NAME" in message
+    assert "then run `provisioner db upgrade` again" in message
+    with engine.connect() as connection:
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0009"
+
+    if engine.dialect.name == "sqlite":
+        # What an operator sees from the command: the sentence, not a traceback.
+        env = {"PROVISIONER_DATABASE_URL": database_url, "PROVISIONER_DATA_DIR": str(tmp_path)}
+        result = CliRunner().invoke(cli, ["db", "upgrade"], env=env)
+        assert result.exit_code == 1
+        assert "BMC 127.0.0.1 port 6230 by nodes 'b1', 'b2', 'b3'" in result.stderr
+        assert "Traceback" not in result.stderr + result.stdout
+
+    with engine.begin() as connection:
+        for name, port in (("a2", 624), ("b2", 6232), ("b3", 6233)):
+            connection.execute(
+                text(
+                    "UPDATE bmc SET port = :port WHERE node_id ="
+                    " (SELECT id FROM node WHERE name = :name)"
+                ),
+                {"name": name, "port": port},
+            )
+    upgrade(engine)
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        _add_node(connection, "again", ("10.0.0.5", 623))
+    engine.dispose()
+    assert _diff(database_url) == []
 
 
 # --- files with secrets: the owner's only (issue 11) ------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from provisioner import timeline
@@ -20,7 +21,9 @@ from provisioner.errors import Problem
 from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node
 from provisioner.nodes.checks import (
+    IPMI_PORT,
     Claim,
+    bmc_claim,
     conflict_errors,
     in_api_terms,
     rack_position,
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 # Clears a node flagged by the power sync: an operator has acted on its BMC.
 POWER_RESET: dict[str, Any] = {"power_failures": 0, "power_reason": None}
+_TAKEN = "The name, a MAC, the BMC or the rack position is taken."
 
 
 @contextmanager
@@ -101,17 +105,63 @@ def change(
             errors=in_api_terms(errors),
         )
     claim = Claim(
-        name=patch.name if "name" in given else None,
-        macs=tuple(n.mac for n in patch.nics or ()),
-        position=rack_position(
+        patch.name if "name" in given else None,
+        tuple(n.mac for n in patch.nics or ()),
+        rack_position(
             patch.rack if "rack" in given else node.rack,
             patch.rack_unit if "rack_unit" in given else node.rack_unit,
         ),
+        *_bmc_wanted(session, node, patch),
     )
     if errors := conflict_errors(session, [claim], exclude=[node.id]):
-        raise Problem(
-            409, "The name, a MAC or the rack position is taken.", errors=in_api_terms(errors)
-        )
+        raise Problem(409, _TAKEN, errors=in_api_terms(errors))
+    try:
+        _apply(session, vault, node, patch, actor, inspect=inspect)
+    except IntegrityError:
+        # Another request took what the check above found free; anything else the
+        # database refused is not a conflict, and is answered as what it is.
+        session.rollback()
+        if errors := conflict_errors(session, [claim], exclude=[node.id]):
+            raise Problem(409, _TAKEN, errors=in_api_terms(errors)) from None
+        raise
+    return node
+
+
+def _bmc_wanted(
+    session: Session, node: Node, patch: NodePatch
+) -> tuple[tuple[str, int] | None, str]:
+    """The BMC (address, port) ``patch`` gives the node, if it changes them, and the
+    field a conflict over it is reported on: the one the patch changes (of both, as
+    for a new BMC: see :func:`~provisioner.nodes.checks.bmc_claim`)."""
+    if patch.bmc is None:
+        return None, "bmc_address"
+    given = patch.bmc.model_fields_set & {"address", "port"}
+    current = session.get(Bmc, node.id)
+    if current is None:
+        if patch.bmc.address is None:
+            return None, "bmc_address"  # refused as incomplete when applied
+        port = patch.bmc.port if patch.bmc.port is not None else IPMI_PORT
+        return bmc_claim(patch.bmc.address, port, "port" in given)
+    if not given:
+        return None, "bmc_address"
+    # Given, they are not None (a null is refused for them); left out, they are kept.
+    address = patch.bmc.address if patch.bmc.address is not None else current.address
+    port = patch.bmc.port if patch.bmc.port is not None else current.port
+    if given == {"address"}:
+        return (address, port), "bmc_address"
+    return bmc_claim(address, port, "port" in given)
+
+
+def _apply(
+    session: Session,
+    vault: Vault,
+    node: Node,
+    patch: NodePatch,
+    actor: str,
+    *,
+    inspect: bool,
+) -> None:
+    given = patch.model_fields_set
     changes: dict[str, Any] = {
         field: getattr(patch, field)
         for field in ("name", "rack", "rack_unit", "role", "hardware_profile", "image")
@@ -135,7 +185,6 @@ def change(
             timeline.transition(session, node, Outcome.ENROLL, actor, message, changes=changes)
         else:
             timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
-    return node
 
 
 def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) -> None:

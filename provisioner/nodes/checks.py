@@ -1,5 +1,5 @@
-"""The checks enrollment and changes share: named roles and images exist; names, MACs
-and rack positions are a node's own. Errors are ``{"row", "field", "message"}`` (rows
+"""The checks enrollment and changes share: named roles and images exist; names, MACs,
+BMCs and rack positions are a node's own. Errors are ``{"row", "field", "message"}`` (rows
 1-based, as in a manifest); :func:`in_api_terms` restates them for one node of the API.
 """
 
@@ -14,8 +14,11 @@ from typing import Any
 from sqlalchemy import bindparam, true
 from sqlmodel import Session, col, select
 
-from provisioner.models import Nic, Node, OsImage, Role
+from provisioner.models import Bmc, Nic, Node, OsImage, Role
 from provisioner.schemas import NodeCreate, NodePatch
+
+# The port IPMI's RMCP+ listens on: BMCs on it are told apart by their addresses.
+IPMI_PORT = 623
 
 
 @functools.cache
@@ -61,16 +64,30 @@ def reference_errors(
 
 @dataclass(frozen=True)
 class Claim:
-    """What a new or changed node wants for itself alone: a name, MACs, a rack position."""
+    """What a new or changed node wants for itself alone: a name, MACs, a rack position,
+    a BMC (address, port) and the field a conflict over it is reported on."""
 
     name: str | None = None
     macs: tuple[str, ...] = ()
     position: tuple[str, int] | None = None
+    bmc: tuple[str, int] | None = None
+    bmc_field: str = "bmc_address"
 
     @classmethod
     def of(cls, item: NodeCreate) -> Claim:
         macs = tuple(n.mac for n in item.nics)
-        return cls(item.name, macs, rack_position(item.rack, item.rack_unit))
+        position = rack_position(item.rack, item.rack_unit)
+        bmc = item.bmc
+        port_given = "port" in bmc.model_fields_set
+        return cls(item.name, macs, position, *bmc_claim(bmc.address, bmc.port, port_given))
+
+
+def bmc_claim(address: str, port: int, port_given: bool) -> tuple[tuple[str, int], str]:
+    """A new BMC's (address, port), and the field that tells it apart: the port, when
+    it is given and not IPMI's own (several BMCs behind one address, as in the lab),
+    else the address."""
+    own_port = port_given and port != IPMI_PORT
+    return (address, port), "bmc_port" if own_port else "bmc_address"
 
 
 def rack_position(rack: str | None, unit: int | None) -> tuple[str, int] | None:
@@ -81,8 +98,9 @@ def rack_position(rack: str | None, unit: int | None) -> tuple[str, int] | None:
 def conflict_errors(
     session: Session, claims: Sequence[Claim], exclude: Collection[uuid.UUID] = ()
 ) -> list[dict[str, Any]]:
-    """Rows (1-based) whose name, MACs or rack position belong to a node not in
-    ``exclude`` (the node being changed, or the discovered nodes being adopted)."""
+    """Rows (1-based) whose name, MACs, rack position or BMC belong to a node not in
+    ``exclude`` (the node being changed, or the discovered nodes being adopted), or
+    whose BMC an earlier row claims too."""
     others = col(Node.id).not_in(exclude) if exclude else true()
     names = {c.name for c in claims if c.name}
     taken_names: set[str] = set()
@@ -102,6 +120,8 @@ def conflict_errors(
         occupants = {
             (r, u): n for r, u, n in session.exec(query3) if r is not None and u is not None
         }
+    bmc_users = _bmc_users(session, {c.bmc for c in claims if c.bmc}, others)
+    bmc_rows: dict[tuple[str, int], int] = {}
     errors: list[dict[str, Any]] = []
     for row, claim in enumerate(claims, start=1):
         if claim.name in taken_names:
@@ -116,10 +136,38 @@ def conflict_errors(
             rack, unit = claim.position
             message = f"rack {rack} U{unit} holds node {occupants[claim.position]!r}"
             errors.append({"row": row, "field": "u", "message": message})
+        if claim.bmc is None:
+            continue
+        address, port = claim.bmc
+        first = bmc_rows.setdefault(claim.bmc, row)
+        if claim.bmc in bmc_users:
+            message = f"BMC {address} port {port} belongs to node {bmc_users[claim.bmc]!r}"
+            errors.append({"row": row, "field": claim.bmc_field, "message": message})
+        elif first != row:
+            message = f"BMC {address} port {port} is already listed on row {first}"
+            errors.append({"row": row, "field": claim.bmc_field, "message": message})
     return errors
 
 
-_API_NAMES = {"macs": "nics", "u": "rack_unit"}
+def _bmc_users(session: Session, bmcs: set[tuple[str, int]], others: Any) -> dict[Any, str]:
+    """The nodes (among ``others``) that use each of ``bmcs``, by (address, port)."""
+    if not bmcs:
+        return {}
+    addresses = {address for address, _ in bmcs}
+    query = (
+        select(Bmc.address, Bmc.port, Node.name)
+        .join(Node, col(Node.id) == col(Bmc.node_id))
+        .where(col(Bmc.address).in_(addresses), others)
+    )
+    return {(a, p): n for a, p, n in session.exec(query) if (a, p) in bmcs}
+
+
+_API_NAMES = {
+    "macs": "nics",
+    "u": "rack_unit",
+    "bmc_address": "bmc.address",
+    "bmc_port": "bmc.port",
+}
 
 
 def in_api_terms(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from provisioner.schemas import NodeCreate
 from provisioner.secrets import Vault
 
 _UNKNOWN = "Some nodes name a role or image that does not exist."
-_TAKEN = "Some names, MACs or rack positions are taken."
+_TAKEN = "Some names, MACs, BMCs or rack positions are taken."
 _ONE_EACH = (
     "A node adopts at most one discovered node, and a discovered node is adopted by one "
     "node; nothing was enrolled."
@@ -153,8 +153,9 @@ def enroll(
     ``discovered`` node adopts it (see :mod:`provisioner.nodes.adoption`); the others
     are created.
 
-    Raises :class:`Problem` 422 for unknown roles/images and 409 for names or MACs in use,
-    with ``errors`` naming each row (1-based). With ``inspect``, the reconciler inspects
+    Raises :class:`Problem` 422 for unknown roles/images and 409 for names, MACs, BMCs
+    or rack positions in use (or a BMC two rows share), with ``errors`` naming each row
+    (1-based). With ``inspect``, the reconciler inspects
     each node once on its own.
     """
     # One node's role and image are checked by its INSERT (see _insert_if_known).
@@ -194,8 +195,9 @@ def _enroll_adopting(
     how: str,
     inspect: bool,
 ) -> Enrolled:
-    """Enroll ``items`` whose names, MACs or positions are in use: the MACs of discovered
-    nodes are adopted with them; anything else in use is a 409 naming every row."""
+    """Enroll ``items`` whose names, MACs, BMCs or positions are in use: the MACs of
+    discovered nodes are adopted with them; anything else in use is a 409 naming every
+    row."""
     found = adoption.plan(session, items)
     adopted = found.adopted
     claims = [Claim.of(i) for i in items]
@@ -229,7 +231,7 @@ def _enroll_adopting(
         session.rollback()
         raise Problem(409, "A discovered node changed while this request ran; try again.") from None
     except IntegrityError:
-        # Another request took a name, MAC or position since the check above.
+        # Another request took a name, MAC, BMC or position since the check above.
         session.rollback()
         errors = conflict_errors(session, claims, exclude=found.named)
         raise Problem(409, _TAKEN, errors=errors) from None
