@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import Engine, func, insert, update
+from sqlalchemy import Engine, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, col, select
 
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 _node = table_of(Node)
 _nic = table_of(Nic)
 _DISCOVERED = State.DISCOVERED.value
+# Names tried for one new machine: its own, then free ones as other nodes take them.
+_NAME_TRIES = 3
 # Who deleted a pruned node, for the deletion's log line.
 PRUNER = "discovery (PROVISIONER_DISCOVERY_MAX)"
 
@@ -84,34 +86,39 @@ class Discovery:
         """Record ``mac`` as a ``discovered`` node, once however often it asks; whether
         this call made it."""
         node_id = uuid.uuid4()
-        now = utcnow()
+        base = name = f"discovered-{mac.replace(':', '')}"
         with Session(self._engine) as session:
-            try:
-                session.execute(
-                    insert(_node).values(
-                        id=node_id,
-                        name=f"discovered-{mac.replace(':', '')}",
-                        state=_DISCOVERED,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                session.execute(insert(_nic).values(node_id=node_id, mac=mac, pxe=True))
-                # In this transaction, not the boot trace's batch: the node may be
-                # pruned before the batch is written.
-                message = f"network boot from unknown MAC {mac}"
-                timeline.note(session, node_id, EventKind.DISCOVERED, Actor.NODE, message)
-                session.commit()
-            except IntegrityError:
-                # A concurrent request for the same MAC (or a node already named so) won.
-                session.rollback()
-                found = session.execute(
-                    select(_nic.c.node_id).where(_nic.c.mac == mac)
-                ).scalar_one_or_none()
-                if found is None:
-                    raise
-                return found, False
-        return node_id, True
+            for _ in range(_NAME_TRIES):
+                try:
+                    self._write(session, node_id, name, mac)
+                except IntegrityError:
+                    # A concurrent request for the same MAC won, or another node has the
+                    # name (an operator may name or rename a node anything).
+                    session.rollback()
+                    found = session.execute(
+                        select(_nic.c.node_id).where(_nic.c.mac == mac)
+                    ).scalar_one_or_none()
+                    if found is not None:
+                        return found, False
+                    name = _free_name(session, base)
+                else:
+                    return node_id, True
+        raise RuntimeError(f"discovery: no free name for {mac} after {_NAME_TRIES} tries")
+
+    @staticmethod
+    def _write(session: Session, node_id: uuid.UUID, name: str, mac: str) -> None:
+        now = utcnow()
+        session.execute(
+            insert(_node).values(
+                id=node_id, name=name, state=_DISCOVERED, created_at=now, updated_at=now
+            )
+        )
+        session.execute(insert(_nic).values(node_id=node_id, mac=mac, pxe=True))
+        # In this transaction, not the boot trace's batch: the node may be pruned
+        # before the batch is written.
+        message = f"network boot from unknown MAC {mac}"
+        timeline.note(session, node_id, EventKind.DISCOVERED, Actor.NODE, message)
+        session.commit()
 
     def _prune(self, newest: uuid.UUID) -> int:
         """Delete the oldest discovered nodes over the maximum, through the node
@@ -140,6 +147,23 @@ class Discovery:
                     session.rollback()
                     log.warning("discovery: could not prune %s now: %s", node.name, err.orig)
         return pruned
+
+
+def _free_name(session: Session, base: str) -> str:
+    """``base``, or the first of ``base-2``, ``base-3``... that no node has: the same
+    machine gets the same name whichever replica records it."""
+    taken = set(
+        session.execute(
+            select(_node.c.name).where(
+                or_(_node.c.name == base, _node.c.name.startswith(f"{base}-", autoescape=True))
+            )
+        ).scalars()
+    )
+    return next(
+        name
+        for name in (base, *(f"{base}-{n}" for n in range(2, len(taken) + 3)))
+        if name not in taken
+    )
 
 
 def _claim(session: Session, node: Node) -> bool:

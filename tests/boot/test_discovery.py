@@ -136,3 +136,27 @@ def test_the_bucket_refills_at_its_rate() -> None:
 def test_bounds_are_checked(bounds: dict[str, float]) -> None:
     with pytest.raises(ValidationError):
         Settings(**bounds)  # type: ignore[arg-type]
+
+
+def test_a_node_already_named_for_the_mac_does_not_stop_its_discovery(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    """An operator may name (or rename) a node ``discovered-<mac>``: the machine with
+    that MAC is still discovered, under the first free name after its own, and asking
+    again finds the same node (it once failed with a 500 on every request)."""
+    named = node_body("discovered-5254001000aa", "52:54:00:10:01:01")
+    assert client.post("/api/v1/nodes", json=named, headers=admin).status_code == 201
+    renamed = node_body("spare", "52:54:00:10:01:02")
+    assert client.post("/api/v1/nodes", json=renamed, headers=admin).status_code == 201
+    patch = {"name": "discovered-5254001000aa-2"}
+    assert client.patch("/api/v1/nodes/spare", json=patch, headers=admin).status_code == 200
+
+    answers = [client.get("/boot/ipxe", params={"mac": "52:54:00:10:00:aa"}) for _ in range(2)]
+    assert [a.status_code for a in answers] == [200, 200]
+    assert all("booting from local disk" in a.text for a in answers)
+    assert discovered(client, admin) == ["discovered-5254001000aa-3"]
+    found = client.get("/api/v1/nodes", params={"mac": "52:54:00:10:00:aa"}, headers=admin)
+    assert [n["name"] for n in found.json()["items"]] == ["discovered-5254001000aa-3"]
+    # The operator's nodes are as they were.
+    for name in ("discovered-5254001000aa", "discovered-5254001000aa-2"):
+        assert client.get(f"/api/v1/nodes/{name}", headers=admin).json()["state"] == "enrolled"
