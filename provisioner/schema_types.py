@@ -65,6 +65,21 @@ Host = Annotated[
         description="An IPv4 or IPv6 address or a DNS hostname.",
     ),
 ]
+
+
+def _json_number(value: Any) -> Any:
+    # JSON's numbers only: pydantic would otherwise take "5" or true for a number. A
+    # whole float (5.0) is an integer to JSON Schema, and stays one.
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+# Last in an Annotated, after any Field constraints: the schema then keeps them as
+# minimum and maximum.
+JSON_NUMBER = BeforeValidator(_json_number)
+JsonInt = Annotated[int, JSON_NUMBER]
+JsonFloat = Annotated[float, JSON_NUMBER]
 Port = Annotated[int, Field(ge=1, le=65535)]
 RackUnit = Annotated[int, Field(ge=1, le=60)]
 Scope = Literal["viewer", "operator", "admin"]

@@ -25,7 +25,7 @@ from provisioner.deployments import Callback
 from provisioner.errors import Problem
 from provisioner.schemas import CallbackOut, TftpTrace
 from provisioner.services import Services
-from provisioner.validation import MAC_PATTERN, normalize_mac
+from provisioner.validation import MAC_PATTERN, NOT_ZERO_MAC_PATTERN, normalize_mac
 
 _TAG = "boot (node-facing)"
 router = APIRouter(tags=[_TAG])
@@ -89,7 +89,11 @@ _IPXE_OPERATION: dict[str, Any] = {
             "in": "query",
             "required": True,
             "description": "The booting NIC's MAC (iPXE's ${net0/mac}).",
-            "schema": {"type": "string", "pattern": MAC_PATTERN},
+            "schema": {
+                "type": "string",
+                "pattern": MAC_PATTERN,
+                "not": {"pattern": NOT_ZERO_MAC_PATTERN},
+            },
         }
     ],
     "responses": {

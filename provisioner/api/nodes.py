@@ -6,12 +6,13 @@ import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Header, Query, Response, status
-from pydantic import AfterValidator, TypeAdapter
+from pydantic import TypeAdapter
 
-from provisioner import nodes, validation
+from provisioner import nodes
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer, run_db
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.lifecycle import Action, State
+from provisioner.schema_types import Mac
 from provisioner.schemas import (
     ActionRequest,
     EventOut,
@@ -28,6 +29,10 @@ router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], responses=API_ERRORS)
 _TAKEN = (409, "A name, MAC, rack position or BMC address and port is another node's.")
 
 NodeRef = Annotated[str, "a node's id or name"]
+
+# RFC 9110 If-Match: "*" or a list of quoted entity tags (checked in nodes.check_if_match).
+_ETAG = r'(W/)?"[\x21\x23-\x7e]*"'
+_IF_MATCH = {"pattern": rf"^\s*\*\s*$|^\s*{_ETAG}\s*(,\s*{_ETAG}\s*)*$"}
 
 
 _NODE = TypeAdapter(NodeOut)
@@ -75,7 +80,7 @@ async def list_nodes(
     state: State | None = None,
     role: Slug | None = None,
     rack: RackName | None = None,
-    mac: Annotated[str | None, AfterValidator(lambda v: v and validation.normalize_mac(v))] = None,
+    mac: Mac | None = None,
     maintenance: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
@@ -118,7 +123,7 @@ def change_node(
     vault: VaultDep,
     settings: SettingsDep,
     token: Operator,
-    if_match: Annotated[str | None, Header()] = None,
+    if_match: Annotated[str | None, Header(json_schema_extra=_IF_MATCH)] = None,
 ) -> Response:
     """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write.
     Giving a ``discovered`` node a BMC enrolls it (then it is inspected, as on POST)."""

@@ -1,0 +1,1 @@
+"""Schemathesis against a live `provisioner serve`: see tests/api/test_schemathesis.py."""
