@@ -15,8 +15,9 @@ from sqlmodel import Session, col, select
 from provisioner import nodes
 from provisioner.deployments import Batch
 from provisioner.errors import Problem
-from provisioner.lifecycle import IllegalAction
+from provisioner.lifecycle import Action, IllegalAction
 from provisioner.models import Node
+from provisioner.nodes.actions import NO_WIPE_IMAGE, check_skip_wipe
 from provisioner.schemas import ActionRequest, BulkActionOut, BulkActionRequest, Refusal
 from provisioner.secrets import Vault
 
@@ -57,9 +58,18 @@ def apply(
     request: BulkActionRequest,
     actor: str,
     deploy_timeout: float,
+    wipe_image: bool = True,
 ) -> BulkActionOut:
+    """Act on each selected node. What is wrong with the request itself (``skip_wipe``
+    with another action, a release with no wipe image to wipe with) refuses it whole,
+    before any node is touched; ``wipe_image`` is as for :func:`provisioner.nodes.act`."""
+    check_skip_wipe(request.action, request)
+    if request.action is Action.RELEASE and not (request.skip_wipe or wipe_image):
+        raise Problem(409, NO_WIPE_IMAGE + " Nothing was done.")
     batch = Batch(uuid.uuid4(), request.max_in_flight) if request.max_in_flight else None
-    body = ActionRequest(reason=request.reason, role=request.role, image=request.image)
+    body = ActionRequest(
+        reason=request.reason, role=request.role, image=request.image, skip_wipe=request.skip_wipe
+    )
     accepted: list[str] = []
     refused: list[Refusal] = []
     for node in select_nodes(session, request):
@@ -72,6 +82,7 @@ def apply(
                 actor,
                 vault=vault,
                 deploy_timeout=deploy_timeout,
+                wipe_image=wipe_image,
                 batch=batch,
             )
         except Problem as problem:

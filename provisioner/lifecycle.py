@@ -8,6 +8,7 @@ reconciler asks it where a finished (or failed) step leads. Everything else abou
     ready --provision--> provisioning --deployed--> provisioned --handed-off--> active
     active|provisioned --reimage--> provisioning
     active|provisioned|ready|failed --release--> wiping --wiped--> ready
+    active|provisioned|ready|failed --wipe-skipped--> ready   (a release without a wipe)
     inspecting|provisioning|provisioned|wiping --fail--> failed
     inspecting|provisioning|wiping --abort--> failed
     failed --retry--> the state it failed in
@@ -52,13 +53,15 @@ class Action(StrEnum):
 
 
 class Outcome(StrEnum):
-    """What the service itself reports when a step ends."""
+    """What the service itself reports when a step ends, and a release that skips the
+    wipe step (which only an operator's explicit ``skip_wipe`` asks for)."""
 
     ENROLL = "enroll"
     INSPECTED = "inspected"
     DEPLOYED = "deployed"
     HANDED_OFF = "handed-off"
     WIPED = "wiped"
+    WIPE_SKIPPED = "wipe-skipped"
     FAIL = "fail"
 
 
@@ -67,6 +70,8 @@ WORKING_STATES = frozenset({State.INSPECTING, State.PROVISIONING, State.PROVISIO
 DEPLOYMENT_STATES = frozenset({State.PROVISIONING, State.PROVISIONED, State.WIPING})
 # States in which a machine that network-boots is given its deployment's boot script.
 NETBOOT_STATES = frozenset({State.PROVISIONING, State.WIPING})
+# States in which a node runs (or is being given) an operating system in its role.
+INSTALLED_STATES = frozenset({State.PROVISIONING, State.PROVISIONED, State.ACTIVE})
 
 # Where a failed step falls back to when the operator gives up on it (abort from failed).
 FALLBACK = {
@@ -94,6 +99,10 @@ TRANSITIONS: dict[tuple[State, Action | Outcome], State] = {
     (State.WIPING, Outcome.WIPED): State.READY,
     (State.WIPING, Action.ABORT): State.FAILED,
     (State.FAILED, Action.RELEASE): State.WIPING,
+    **{
+        (s, Outcome.WIPE_SKIPPED): State.READY
+        for s in (State.ACTIVE, State.PROVISIONED, State.READY, State.FAILED)
+    },
     **{(s, Outcome.FAIL): State.FAILED for s in WORKING_STATES},
 }
 
@@ -140,6 +149,13 @@ def _target(
             return None
         return failed_from if action is Action.RETRY else FALLBACK[failed_from]
     return TRANSITIONS.get((state, action))
+
+
+def installed(state: State, failed_from: State | None) -> bool:
+    """Whether a node in ``state`` runs an operating system installed in its role: it is
+    being installed, is installed, or failed on the way without losing it. A released
+    node (wiping, or ready again) and one never installed do not."""
+    return state in INSTALLED_STATES or (state is State.FAILED and failed_from in INSTALLED_STATES)
 
 
 def allowed_actions(

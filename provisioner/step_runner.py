@@ -39,6 +39,7 @@ from provisioner.schemas import ActionRequest, Handoff
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 from provisioner.steps import (
+    BEFORE_BOOT,
     IN_FLIGHT,
     LIVE,
     SAME_TICK,
@@ -164,6 +165,11 @@ class StepRunner:
             # Whatever the step: the machine's side cannot go on (the installer said
             # so, or the service could not render its boot chain).
             return Result(StepOutcome.FAILED, _failure(deployment.message))
+        # Released while a wipe image was set (or by a replica with one): this machine
+        # would boot from disk and the wipe wait for a callback in vain.
+        unbootable = not nodes.actions.has_wipe_image(self.settings)
+        if unbootable and deployment.kind == DeploymentKind.WIPE and step in BEFORE_BOOT:
+            return Result(StepOutcome.FAILED, nodes.actions.NO_WIPE_IMAGE)
         try:
             if step is Step.PUPPET_CLEAN:
                 return await self._puppet_clean(node, deployment)

@@ -105,6 +105,9 @@ MILESTONES: dict[tuple[DeploymentKind, Step], Outcome] = {
     (DeploymentKind.WIPE, Step.OFF): Outcome.WIPED,
 }
 
+# The steps before the machine boots what its deployment gives it.
+BEFORE_BOOT = frozenset({Step.PUPPET_CLEAN, Step.NETWORK, Step.POWER, Step.POWERING})
+
 # The steps during which a machine is booting its installer: they count against the
 # limits on deployments in flight (overall, per rack, per bulk request).
 IN_FLIGHT = frozenset({Step.POWERING, Step.INSTALL})

@@ -41,6 +41,11 @@ EXPECTED: dict[tuple[State, Action | Outcome], State] = {
     (S.WIPING, A.ABORT): S.FAILED,
     (S.WIPING, R.FAIL): S.FAILED,
     (S.FAILED, A.RELEASE): S.WIPING,
+    # A release whose wipe the operator skipped explicitly (skip_wipe).
+    (S.ACTIVE, R.WIPE_SKIPPED): S.READY,
+    (S.PROVISIONED, R.WIPE_SKIPPED): S.READY,
+    (S.READY, R.WIPE_SKIPPED): S.READY,
+    (S.FAILED, R.WIPE_SKIPPED): S.READY,
 }
 POWER_OK = {S.ENROLLED, S.READY, S.PROVISIONED, S.ACTIVE, S.FAILED}
 for _state, _power in itertools.product(POWER_OK, (A.POWER_ON, A.POWER_OFF, A.POWER_CYCLE)):

@@ -17,7 +17,7 @@ from provisioner import deployments
 from provisioner.errors import Problem
 from provisioner.handoff.roles import puppet_classes
 from provisioner.handoff.webhooks import wake
-from provisioner.lifecycle import State
+from provisioner.lifecycle import State, installed
 from provisioner.models import Deployment, Node, Role, table_of, utcnow
 from provisioner.schemas import Handoff
 from provisioner.secrets import Vault
@@ -51,11 +51,17 @@ def enc(session: Session, settings: Settings, certname: str) -> dict[str, Any]:
 
 def classification(session: Session, node: Node) -> dict[str, Any]:
     """What ``external_nodes`` prints: classes (the mapping form, so that parameterised
-    classes fit too), top-scope parameters and the environment."""
-    role = session.get(Role, node.role) if node.role else None
+    classes fit too), top-scope parameters and the environment.
+
+    A node is classified in its role only while it is installed in it: once released
+    (wiping, or ready again with or without a wipe) it runs no system of that role, and
+    a Puppet agent left on it must not be given the role's classes."""
+    failed_from = State(node.failed_from) if node.failed_from else None
+    in_role = node.role if installed(State(node.state), failed_from) else None
+    role = session.get(Role, in_role) if in_role else None
     facts = {
         "node_name": node.name,
-        "role": node.role,
+        "role": in_role,
         "rack": node.rack,
         "rack_unit": node.rack_unit,
         "hardware_profile": node.hardware_profile,

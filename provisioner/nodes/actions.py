@@ -1,5 +1,9 @@
 """Lifecycle and power actions on one node, as an operator (or the reconciler) asks for
-them: checked against the lifecycle and recorded; the reconciler does the work."""
+them: checked against the lifecycle and recorded; the reconciler does the work.
+
+A release wipes the node's disks with the wipe image; without one configured it is
+refused, unless the operator says explicitly to skip the wipe (``skip_wipe``), which
+returns the node to ``ready`` at once with its disks as they were."""
 
 from __future__ import annotations
 
@@ -9,12 +13,35 @@ from sqlmodel import Session
 
 from provisioner import deployments, timeline
 from provisioner.errors import Problem
-from provisioner.lifecycle import POWER_ACTIONS, Action, IllegalAction, State, decide
+from provisioner.lifecycle import POWER_ACTIONS, Action, IllegalAction, Outcome, State, decide
 from provisioner.models import Node, OsImage, Role
 from provisioner.nodes.changes import POWER_RESET, saving
 from provisioner.schemas import ActionRequest
 from provisioner.secrets import Vault
+from provisioner.settings import Settings
 from provisioner.steps import KIND_FOR_STATE, DeploymentKind, DeploymentStatus
+
+NO_WIPE_IMAGE = (
+    "No wipe image is configured, so the node's disks cannot be wiped: set "
+    "PROVISIONER_WIPE_KERNEL_URL and PROVISIONER_WIPE_INITRD_URL and restart the service, "
+    'or release it without a wipe, leaving its disks as they are: {"skip_wipe": true} '
+    "(provisioner node release --skip-wipe)."
+)
+
+
+def has_wipe_image(settings: Settings) -> bool:
+    """Whether a release can wipe: the kernel and initrd of the wipe image are set."""
+    return bool(settings.wipe_kernel_url and settings.wipe_initrd_url)
+
+
+def check_skip_wipe(action: Action, body: ActionRequest) -> None:
+    """``skip_wipe`` belongs to a release: anywhere else it is a mistake, not a no-op."""
+    if body.skip_wipe and action is not Action.RELEASE:
+        raise Problem(
+            422,
+            f"skip_wipe applies to release only, not to {action.value}.",
+            errors=[{"field": "skip_wipe", "message": "applies to release only"}],
+        )
 
 
 def act(
@@ -26,13 +53,17 @@ def act(
     *,
     vault: Vault,
     deploy_timeout: float,
+    wipe_image: bool = True,
     batch: deployments.Batch | None = None,
 ) -> Node:
     """Validate ``action`` against the lifecycle and record it; the reconciler does the work.
 
     Entering provisioning or wiping starts a deployment at once, so a machine that
     network-boots from now on gets its installer even before the reconciler powers it.
+    Wiping needs the wipe image (``wipe_image``: :func:`has_wipe_image` of the
+    service's settings); a release with ``skip_wipe`` goes to ``ready`` without one.
     """
+    check_skip_wipe(action, body)
     state = State(node.state)
     try:
         to_state = decide(
@@ -48,6 +79,10 @@ def act(
             f'/api/v1/nodes/{node.name} {{"bmc": {{"address", "username", "password"}}}}.',
             allowed_actions=illegal.allowed,
         ) from None
+    if body.skip_wipe:
+        return _release_unwiped(session, node, body, actor)
+    if to_state is State.WIPING and not wipe_image:
+        raise Problem(409, NO_WIPE_IMAGE)
     changes: dict[str, Any] = {}
     message = body.reason or f"{action.value} requested"
     if action is Action.MAINTENANCE_ON:
@@ -79,6 +114,22 @@ def act(
         deployments.end_live(session, node.id, DeploymentStatus.ABORTED, f"aborted by {actor}")
     with saving(session, node):
         timeline.transition(session, node, action, actor, message, changes=changes)
+    return node
+
+
+def _release_unwiped(session: Session, node: Node, body: ActionRequest, actor: str) -> Node:
+    """Release ``node`` without wiping it, as the operator chose explicitly: it is
+    ``ready`` at once, its disks (and whatever system is on them) as they were."""
+    message = (
+        f"released without a wipe, as {actor} chose explicitly (skip_wipe): its disks "
+        "keep their data"
+    )
+    if body.reason:
+        message += f": {body.reason}"
+    deployments.end_live(session, node.id, DeploymentStatus.SUPERSEDED, "released without a wipe")
+    changes = {"wake_at": None, "auto_provision": False}
+    with saving(session, node):
+        timeline.transition(session, node, Outcome.WIPE_SKIPPED, actor, message, changes=changes)
     return node
 
 

@@ -76,6 +76,35 @@ def test_enc_uses_the_roles_classes_and_environment(
     assert answer["environment"] == "staging"
 
 
+def test_a_released_node_is_no_longer_classified_in_its_role(
+    client: TestClient, fleet: FakeFleet, admin: dict[str, str], operator: dict[str, str]
+) -> None:
+    """After a release the node runs no system of its role: the ENC gives a Puppet agent
+    left on it neither the role's classes nor its environment, while wiping and once
+    ready again, though the node keeps its role for the next provision (issue 11)."""
+    _role(client, admin, name="db-server", puppet_environment="staging")
+    install(client, fleet, "r01-u05", "db-server", state="active")
+    assert yaml.safe_load(_enc(client, FQDN, operator).text)["classes"] == {"role::db_server": {}}
+    released = client.post("/api/v1/nodes/r01-u05/actions/release", headers=operator)
+    assert released.status_code == 202, released.text
+    unclassified = {
+        "classes": {},
+        "parameters": {
+            "node_name": "r01-u05",
+            "rack": "r01",
+            "hardware_profile": "lab-small",
+            "image": "rocky-9",
+        },
+    }
+    assert yaml.safe_load(_enc(client, FQDN, operator).text) == unclassified
+    mac = client.get("/api/v1/nodes/r01-u05", headers=operator).json()["nics"][0]["mac"]
+    callback = flows.boot(client, operator, "r01-u05", mac, r"provisioner\.callback=(\S+)")
+    assert client.post(f"{callback.group(1)}/done").status_code == 200
+    flows.tick_until(client, operator, "r01-u05", "ready")
+    assert yaml.safe_load(_enc(client, FQDN, operator).text) == unclassified
+    assert client.get("/api/v1/nodes/r01-u05", headers=operator).json()["role"] == "db-server"
+
+
 def test_enc_fetch_completes_an_enc_handoff(
     client: TestClient,
     app: FastAPI,
