@@ -1,7 +1,6 @@
 """What an operator's log file gets from the CLI: `provisioner ... > log` holds the
 command's whole report in order (the "accepted" line, then one plain line per change while
---wait watches), and only errors go to stderr. Also the release without a wipe
-(--skip-wipe)."""
+--wait watches), and only errors go to stderr."""
 
 from __future__ import annotations
 
@@ -93,27 +92,3 @@ def test_wait_into_a_file_prints_a_line_per_change_after_the_accepted_line(
     assert len(set(changes)) == len(changes), stdout
     assert not [c for c in stdout if ord(c) < 0x20 and c != "\n"], repr(stdout)
     assert stderr == f"error: 1 of 2 node(s) failed: wait-n2: {failure}\n"
-
-
-def test_release_skip_wipe_is_sent_and_only_with_release(
-    live: Live, client: TestClient, fleet: FakeFleet, operator: dict[str, str]
-) -> None:
-    install(client, fleet, "wipe-n1", None, rack="wipe-r1", state="ready")
-    run = [str(BIN / "provisioner"), "node", "action", "wipe-n1"]
-    refused = subprocess.run(
-        [*run, "inspect", "--skip-wipe"], capture_output=True, text=True, env=_env(live)
-    )
-    assert refused.returncode == 1
-    assert refused.stderr == "error: --skip-wipe goes with release, not inspect\n"
-    assert flows.state(client, operator, "wipe-n1") == "ready"
-
-    # The API refuses a field it does not know (422): accepted, the option reached it.
-    released = subprocess.run(
-        [*run, "release", "--skip-wipe", "--reason", "returned to the pool"],
-        capture_output=True,
-        text=True,
-        env=_env(live),
-    )
-    assert released.returncode == 0, released.stderr
-    assert released.stdout.startswith("release accepted for wipe-n1: now "), released.stdout
-    assert released.stderr == ""
