@@ -72,7 +72,7 @@ class VmSpec:
     uefi_pxe: str = "ipxe"
     memory_mb: int = 512  # 96 MB boots the agent; 64 MB does not
     disk_bytes: int = 2 * 1024**3
-    disk_format: str = "qcow2"
+    disk_format: str = "raw"  # sparse; qcow2 needs qemu-img (Debian's qemu-utils)
 
     def __post_init__(self) -> None:
         for value, known, what in (
@@ -135,6 +135,8 @@ class Vm:
             if s.disk_format == "raw":
                 with self.disk.open("wb") as disk:
                     disk.truncate(s.disk_bytes)  # sparse
+            elif shutil.which("qemu-img") is None:
+                raise VmError("qcow2 disks need qemu-img (apt-get install qemu-utils)")
             else:
                 result = subprocess.run(
                     ["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), str(s.disk_bytes)],
@@ -254,6 +256,8 @@ class Vm:
         if self.qmp is not None:
             self.qmp.close()
             self.qmp = None
+        if self.process is not None and self.process.poll() is not None:
+            self.process = None
 
 
 class VmFirmware:

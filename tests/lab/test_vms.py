@@ -205,6 +205,9 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
             assert lab.machine.boots == ["pxe", "pxe"]
             assert "52:54:00:5e:00:01" in network.dhcp_log.read_text()
 
+            # Soft off is the ACPI button, which the agent ignores: the VM stays on.
+            ipmitool(node, "power", "soft")
+            assert power(node) == "on"
             api.command = "poweroff"  # the guest powers itself off: QEMU exits
             poll(lambda: power(node) == "off", 120, why)
             assert vm.process is None
@@ -237,7 +240,7 @@ def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
     with vmnet.LabNetwork(tmp_path / "net") as network:
         service, api = serve_in(network, tmp_path, agent)
         network.start_dhcp(f"http://{network.address}:8080", snponly=True)
-        with lab_vm(network, tmp_path / "vm", "uefi", uefi_pxe="edk2", disk_format="raw") as lab:
+        with lab_vm(network, tmp_path / "vm", "uefi", uefi_pxe="edk2") as lab:
             name = "discovered-5254005e0001"
 
             def discovered() -> bool:
@@ -258,9 +261,10 @@ def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
             ipmitool(lab.node, "power", "on")
             poll(discovered, BOOT_DEADLINE, why)
             poll(started, BOOT_DEADLINE, why)
-            kinds = [e["kind"] for e in api.get(f"/api/v1/nodes/{name}/events").json()]
-            assert "boot-tftp" in kinds, kinds
-            assert "boot-ipxe" in kinds, kinds
+            events = api.get(f"/api/v1/nodes/{name}/events").json()
+            hops = [(e["kind"], e["message"]) for e in events if e["kind"].startswith("boot-")]
+            assert any(k == "boot-tftp" and "TFTP snponly.efi" in m for k, m in hops), hops
+            assert ("boot-ipxe", "iPXE script: discovery image") in hops, hops
             assert service.poll() is None
 
 
