@@ -169,6 +169,7 @@ def create_app(
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(boot.IpxeScripts)
+    app.add_middleware(problems.UnexpectedErrors)
     app.add_middleware(MetricsMiddleware, metrics=services.metrics)
     return app
 

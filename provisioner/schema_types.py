@@ -26,7 +26,9 @@ Mac = Annotated[
         pattern=validation.MAC_PATTERN,
         # The all-zero MAC is no NIC's.
         **{"not": {"pattern": validation.NOT_ZERO_MAC_PATTERN}},
-        description="A NIC's MAC: six hex octets, any of ':', '-' or '.' between them.",
+        description="A NIC's MAC: six hex octets apart by ':' or '-', twelve hex digits, "
+        "or three groups of four apart by '.'.",
+        examples=["52:54:00:12:34:56"],
     ),
 ]
 NodeName = Annotated[
@@ -80,6 +82,18 @@ def _json_number(value: Any) -> Any:
 JSON_NUMBER = BeforeValidator(_json_number)
 JsonInt = Annotated[int, JSON_NUMBER]
 JsonFloat = Annotated[float, JSON_NUMBER]
+
+
+def never_null(schema: dict[str, Any]) -> None:
+    """For a query parameter ``X | None``: it is left out or given, and a null would be
+    sent as the text "null"; the schema is X's alone."""
+    choices = [c for c in schema.pop("anyOf", ()) if c != {"type": "null"}]
+    if len(choices) == 1:
+        schema.update(choices[0])
+    elif choices:
+        schema["anyOf"] = choices
+
+
 Port = Annotated[int, Field(ge=1, le=65535)]
 RackUnit = Annotated[int, Field(ge=1, le=60)]
 Scope = Literal["viewer", "operator", "admin"]

@@ -9,9 +9,11 @@ import uuid
 
 from pydantic import SecretStr
 
-_HEX = re.compile(r"^[0-9a-f]{12}$")
 _CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
-_MAC_CHARS = re.compile(r"^[0-9a-f:.\-]+$")
+# Six octets apart by ':' or '-', twelve digits, or Cisco's three groups of four.
+_MAC_FORMS = re.compile(
+    r"([0-9a-f]{2}[:-]){5}[0-9a-f]{2}|[0-9a-f]{12}|([0-9a-f]{4}\.){2}[0-9a-f]{4}"
+)
 _MAC_SEPARATORS = re.compile(r"[:\-.]")
 _DIGITS_AND_DOTS = re.compile(r"^[0-9.]+$")
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -23,8 +25,13 @@ _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
 # What each validator accepts, as JSON Schema (ECMA-262) patterns for the API's schema:
 # surrounding whitespace and capitals are accepted, as the validators strip and lower.
 _CI_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-MAC_PATTERN = r"^\s*[-:.]*[0-9A-Fa-f][-:.]*[02468aceACE]([-:.]*[0-9A-Fa-f]){10}[-:.]*\s*$"
-NOT_ZERO_MAC_PATTERN = r"^[\s\-:.0]*$"
+_X = "[0-9A-Fa-f]"
+_FIRST = f"{_X}[02468aceACE]"  # the first octet of a NIC's MAC is even: not multicast
+MAC_PATTERN = (
+    rf"^[ \t]*({_FIRST}[:-]({_X}{{2}}[:-]){{4}}{_X}{{2}}|{_FIRST}{_X}{{10}}"
+    rf"|{_FIRST}{_X}{{2}}\.{_X}{{4}}\.{_X}{{4}})[ \t]*$"
+)
+NOT_ZERO_MAC_PATTERN = r"^[ \t\-:.0]*$"
 NODE_NAME_PATTERN = rf"^\s*{_CI_LABEL}(\.{_CI_LABEL})*\s*$"
 # uuid.UUID takes any 32 hex digits with hyphens anywhere: such a name is refused.
 UUID_LIKE_PATTERN = r"^\s*[0-9A-Fa-f](-*[0-9A-Fa-f]){31}\s*$"
@@ -44,12 +51,12 @@ def normalize_mac(value: str) -> str:
         # iPXE sends this form with every boot request: nothing to rewrite.
         digits = value.replace(":", "")
     else:
-        raw = value.strip().lower()
-        digits = _MAC_SEPARATORS.sub("", raw)
-        if not _HEX.match(digits) or not _MAC_CHARS.match(raw):
+        raw = value.strip(" \t").lower()
+        if not _MAC_FORMS.fullmatch(raw):
             raise ValueError(
                 f"{value!r} is not a MAC address (expected six hex octets, aa:bb:cc:dd:ee:ff)"
             )
+        digits = _MAC_SEPARATORS.sub("", raw)
     if int(digits[:2], 16) & 1:
         raise ValueError(f"{value!r} is a multicast/broadcast address, not a NIC's MAC")
     if digits == "0" * 12:

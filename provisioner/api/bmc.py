@@ -4,18 +4,43 @@ these routes read live state and set the boot device."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from fastapi import APIRouter
 
 from provisioner import nodes
 from provisioner.api.deps import Operator, ServicesDep, SessionDep, Viewer
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.bmc.base import BootSetting
+from provisioner.errors import Problem
 from provisioner.nodes import control
 from provisioner.schemas import BootDeviceIn, BootDeviceOut, InventoryOut, PowerOut
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/api/v1/nodes", tags=["bmc"], responses=API_ERRORS)
 
 _BMC = (404, (409, "The node has no BMC, or its state owns the boot device now."), 502, 504)
+
+
+# The longest an API call waits on a BMC: a node may allow its BMC two minutes an
+# attempt and ten retries, which no HTTP client waits out. The call goes on in the
+# BMC pool; the caller gets a 504 and can ask again.
+API_WAIT = 30.0
+
+
+async def _within_wait(call: Awaitable[T]) -> T:
+    try:
+        return await asyncio.wait_for(call, API_WAIT)
+    except TimeoutError:
+        raise Problem(
+            504,
+            f"The BMC did not answer within {API_WAIT:g} s; a change asked for may still "
+            "take effect. Ask again to see.",
+            bmc_error="timed-out",
+        ) from None
 
 
 def _boot_out(setting: BootSetting) -> BootDeviceOut:
@@ -29,7 +54,7 @@ async def read_power(
     ref: str, services: ServicesDep, session: SessionDep, _viewer: Viewer
 ) -> PowerOut:
     """Ask the BMC now (the node's ``power_state`` is what the last poll saw)."""
-    return PowerOut(power_state=await control.power_state(services, session, ref))
+    return PowerOut(power_state=await _within_wait(control.power_state(services, session, ref)))
 
 
 @router.put(
@@ -41,14 +66,16 @@ async def set_boot_device(
     ref: str, body: BootDeviceIn, services: ServicesDep, session: SessionDep, token: Operator
 ) -> BootDeviceOut:
     """Set the next (or every, with ``persistent``) boot to the network or the disk."""
-    return _boot_out(await control.set_boot_device(services, session, ref, body, token.name))
+    return _boot_out(
+        await _within_wait(control.set_boot_device(services, session, ref, body, token.name))
+    )
 
 
 @router.get("/{ref}/boot-device", response_model=BootDeviceOut, responses=responses(*_BMC))
 async def read_boot_device(
     ref: str, services: ServicesDep, session: SessionDep, _viewer: Viewer
 ) -> BootDeviceOut:
-    return _boot_out(await control.boot_device(services, session, ref))
+    return _boot_out(await _within_wait(control.boot_device(services, session, ref)))
 
 
 @router.get(

@@ -50,6 +50,7 @@ _ANSWER: dict[str, Any] = {
     },
 }
 Mac = Annotated[str, AfterValidator(normalize_mac)]
+_BAD_HOST = (400, "The Host header is not a plain host or host:port a script could carry.")
 
 
 def _client(request: Request) -> str:
@@ -60,7 +61,6 @@ def _base(request: Request, boot: BootService) -> str:
     return boot.base_url(str(request.base_url))
 
 
-_BAD_HOST = (400, "The Host header is not a plain host or host:port a script could carry.")
 _TOKEN = (
     (404, "No deployment has this token."),
     (410, "The deployment has ended, or failed now because its answer file cannot be rendered."),
@@ -101,10 +101,12 @@ _IPXE_OPERATION: dict[str, Any] = {
             "description": "An iPXE script.",
             "content": {_TEXT: {"schema": {"type": "string"}}},
         },
-        **responses(
-            (400, "The Host header is not a plain host or host:port a script could carry."),
-            (422, "`mac` is missing or not a NIC's MAC."),
-        ),
+        **{
+            str(status): response
+            for status, response in responses(
+                _BAD_HOST, (422, "`mac` is missing or not a NIC's MAC.")
+            ).items()
+        },
     },
 }
 

@@ -12,7 +12,7 @@ from provisioner import nodes
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer, run_db
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.lifecycle import Action, State
-from provisioner.schema_types import Mac
+from provisioner.schema_types import Mac, never_null
 from provisioner.schemas import (
     ActionRequest,
     EventOut,
@@ -32,7 +32,13 @@ NodeRef = Annotated[str, "a node's id or name"]
 
 # RFC 9110 If-Match: "*" or a list of quoted entity tags (checked in nodes.check_if_match).
 _ETAG = r'(W/)?"[\x21\x23-\x7e]*"'
-_IF_MATCH = {"pattern": rf"^\s*\*\s*$|^\s*{_ETAG}\s*(,\s*{_ETAG}\s*)*$"}
+_IF_MATCH_PATTERN = rf"^[ \t]*\*[ \t]*$|^[ \t]*{_ETAG}[ \t]*(,[ \t]*{_ETAG}[ \t]*)*$"
+
+
+def _if_match(schema: dict[str, Any]) -> None:
+    # A header is left out or has a value: never null, which a client would send as "null".
+    schema.clear()
+    schema.update(type="string", pattern=_IF_MATCH_PATTERN, examples=['"1"'])
 
 
 _NODE = TypeAdapter(NodeOut)
@@ -80,7 +86,7 @@ async def list_nodes(
     state: State | None = None,
     role: Slug | None = None,
     rack: RackName | None = None,
-    mac: Mac | None = None,
+    mac: Annotated[Mac | None, Query(json_schema_extra=never_null)] = None,
     maintenance: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
@@ -123,7 +129,7 @@ def change_node(
     vault: VaultDep,
     settings: SettingsDep,
     token: Operator,
-    if_match: Annotated[str | None, Header(json_schema_extra=_IF_MATCH)] = None,
+    if_match: Annotated[str | None, Header(json_schema_extra=_if_match)] = None,
 ) -> Response:
     """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write.
     Giving a ``discovered`` node a BMC enrolls it (then it is inspected, as on POST)."""

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisioner.bmc.base import BmcError
 from provisioner.errors import Problem
@@ -204,13 +205,17 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, str(detail), headers=headers)
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    # Asked of the routes method by method: included routers keep theirs inside.
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
 
 
 async def _on_validation(_: Request, exc: Exception) -> JSONResponse:
@@ -295,5 +300,41 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
+_UNEXPECTED = "The service hit an unexpected error; it is in the service log."
+
+
 async def _on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-    return problem_response(500, "The service hit an unexpected error; it is in the service log.")
+    # Reached only by an error in a middleware outside UnexpectedErrors.
+    return problem_response(500, _UNEXPECTED)
+
+
+class UnexpectedErrors:
+    """ASGI middleware: an unexpected exception is answered 500 (problem+json) and
+    logged here, and goes no further. Starlette's exception handler for ``Exception``
+    answers too but then raises it again, for the server, and uvicorn closes the
+    connection of an exception it sees after a response: the client's next request on
+    that keep-alive connection was reset."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:  # half a response is out: only closing the connection ends it
+                raise
+            log.exception(
+                "unexpected error answering %s %s", scope["method"], _shown_path(scope["path"])
+            )
+            await problem_response(500, _UNEXPECTED)(scope, receive, send)
