@@ -80,6 +80,35 @@ def _fail_wiping(
     return node(client, admin, name)
 
 
+def test_release_without_a_wipe_image_is_refused_naming_the_settings(
+    client: TestClient, app: FastAPI, admin: dict[str, str], fleet: FakeFleet
+) -> None:
+    """Once it left a node in wiping for good; a retry of a failed wipe is a wipe too."""
+    _active(client, admin, fleet, 1)
+    enroll(client, admin, fleet, "n2", 2)
+    tick(client)
+    _fail_wiping(client, app, admin, "n2")
+    before = _deployments(app)
+    single = client.post("/api/v1/nodes/n1/actions/release", headers=admin)
+    bulk = client.post(
+        "/api/v1/actions",
+        json={"action": "release", "selection": {"names": ["n1"]}},
+        headers=admin,
+    )
+    retry = client.post("/api/v1/nodes/n2/actions/retry", headers=admin)
+    for refused in (single, bulk, retry):
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        for named in ("PROVISIONER_WIPE_KERNEL_URL", "PROVISIONER_WIPE_INITRD_URL"):
+            assert named in detail
+        assert '"skip_wipe": true' in detail
+        assert "--skip-wipe" in detail
+    assert node(client, admin, "n1")["state"] == "active"
+    assert node(client, admin, "n2")["state"] == "failed"
+    assert _deployments(app) == before
+    assert "release" not in kinds(client, admin, "n1")
+
+
 def test_release_with_skip_wipe_is_ready_at_once_and_says_so(
     client: TestClient, app: FastAPI, admin: dict[str, str], fleet: FakeFleet
 ) -> None:
