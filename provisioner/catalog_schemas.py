@@ -30,7 +30,9 @@ class Handoff(StrEnum):
     ENC = "enc"
 
 
-WebhookUrl = Annotated[str, Field(max_length=1024, pattern=r"^https?://[^\s/?#]+[^\s]*$")]
+# No brackets in the host: a URL with one (an IPv6 literal, or a typo) is one Python's
+# urlsplit may refuse when the hand-off is sent, long after the role was stored.
+WebhookUrl = Annotated[str, Field(max_length=1024, pattern=r"^https?://[^\s/?#\[\]]+([/?#]\S*)?$")]
 # Write-only: stored encrypted, never returned (RoleOut.webhook_secret_set says if set).
 WebhookSecret = Annotated[SecretStr, Field(min_length=16, max_length=256)]
 # exclude=True keeps it out of model_dump(), so it never reaches a row unencrypted.
@@ -99,6 +101,8 @@ class RolePatch(Strict):
 class RoleOut(RoleBase):
     model_config = ConfigDict(from_attributes=True, extra="ignore")
 
+    # As stored: a URL kept under the looser rule of earlier versions must still read.
+    webhook_url: str | None = None
     webhook_secret_set: bool
     created_at: UtcDatetime
     updated_at: UtcDatetime

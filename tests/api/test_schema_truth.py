@@ -98,6 +98,18 @@ def _validator(schema: dict[str, Any]) -> jsonschema_rs.Draft202012Validator:
             {"name": "n1", "bmc": {"address": "b1", "username": "a", "password": "é"}},
         ),
         ("/api/v1/tokens", "post", {"name": "t", "scope": "viewer", "expires_in_days": "5"}),
+        # urlsplit refuses this one: the webhook would fail only when sent.
+        ("/api/v1/roles", "post", {"name": "web", "webhook_url": "http://[0"}),
+        # Twelve hex digits, but not in any of a MAC's forms.
+        (
+            "/api/v1/nodes",
+            "post",
+            {
+                "name": "n1",
+                "bmc": {"address": "b1", "username": "a", "password": "b"},
+                "nics": [{"mac": "0a:b:bcc:dd:ee:ff"}],
+            },
+        ),
     ],
 )
 def test_what_the_code_refuses_the_schema_refuses(
