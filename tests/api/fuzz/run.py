@@ -31,7 +31,7 @@ def main(out: Path) -> int:
         (mine,) = served.api.get("/api/v1/tokens").json()
         env = {
             **os.environ,
-            "SCHEMATHESIS_HOOKS": "tests.api.fuzz.hooks",
+            "SCHEMATHESIS_HOOKS": str(HERE / "hooks.py"),
             "PROVISIONER_FUZZ_TOKEN_ID": mine["id"],
         }
         command = [
@@ -60,7 +60,13 @@ def main(out: Path) -> int:
             str(out / "report"),
             "--no-color",
         ]
-        return subprocess.run(command, env=env, cwd=out, check=False).returncode
+        status = subprocess.run(command, env=env, cwd=out, check=False).returncode
+        # Every later answer would have been a documented 401, and the run green.
+        kept = served.api.get("/api/v1/tokens").status_code
+        if kept != 200:
+            print(f"the fuzzer's admin token no longer works ({kept})", file=sys.stderr)
+            return 1
+        return status
     finally:
         served.stop()
 
