@@ -109,17 +109,18 @@ class Qmp:
                 return answer.get("return")
 
     def events(self, wait: float = 0.0) -> list[Event]:
-        """The events received so far, oldest first, each returned once; waits up to
-        ``wait`` seconds for one when none is pending."""
+        """The events received so far, oldest first, each returned once: all QEMU has
+        sent, waiting up to ``wait`` seconds for one when none is pending."""
         with self._lock:
-            if not self._events and wait > 0:
-                self._sock.settimeout(wait)
-                try:
+            self._sock.settimeout(wait if wait > 0 and not self._events else 0.0)
+            try:
+                while True:
                     self._read()
-                except TimeoutError:
-                    pass
-                finally:
-                    self._sock.settimeout(self._timeout)
+                    self._sock.settimeout(0.0)  # then only what has arrived already
+            except (TimeoutError, BlockingIOError):
+                pass
+            finally:
+                self._sock.settimeout(self._timeout)
             found, self._events = self._events, []
             return found
 
@@ -145,8 +146,8 @@ class Qmp:
         while b"\n" not in self._buffer:
             try:
                 chunk = self._sock.recv(65536)
-            except TimeoutError:
-                raise  # not QmpClosed: the caller decides whether waiting longer helps
+            except (TimeoutError, BlockingIOError):
+                raise  # not QmpClosed: nothing more yet, the message so far is kept
             except OSError as exc:
                 raise QmpClosed(str(exc)) from exc
             if not chunk:

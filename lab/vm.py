@@ -27,13 +27,14 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.bmc import LabBmc
 from lab.machine import OK, BootDevice, BootFlags, Machine
-from lab.qmp import Qmp, QmpClosed, QmpError
+from lab.qmp import Event, Qmp, QmpClosed, QmpError
 from lab.vmnet import Namespace, spawn
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ DISK = "/machine/peripheral/disk0"
 _NETWORK_BOOT = frozenset({BootDevice.PXE})
 _SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, NUL included
 _POLL_SECONDS = 0.5
+# One reboot of a BIOS VM is a burst of resets: SeaBIOS resets the machine again (to
+# restore its shadowed image) and a rebooting kernel may try more than one way, seconds
+# apart under load. QEMU rebuilds the firmware's boot order at each: resets closer
+# together than this (by QEMU's clock) are one boot, and the order for the next boot is
+# set only once they have stopped.
+_SAME_BOOT_SECONDS = 6.0
 
 
 class VmError(RuntimeError):
@@ -227,12 +234,12 @@ class Vm:
         for path, index in ((other, max(order.values()) + 1), (first, 1), (other, 2)):
             self.qmp.execute("qom-set", {"path": path, "property": "bootindex", "value": index})
 
-    def reset(self) -> None:
-        """``system_reset``, returning once the reset is done (QEMU's RESET event
-        follows the devices' reset, the firmware's boot order included)."""
+    def reset(self) -> Event:
+        """``system_reset``, returning QEMU's RESET event: the reset is done by then
+        (QEMU sends it after the devices' reset, the firmware's boot order included)."""
         assert self.qmp is not None
         self.qmp.execute("system_reset")
-        self.qmp.wait_event("RESET", timeout=30)
+        return self.qmp.wait_event("RESET", timeout=30)
 
     def quit(self, timeout: float = 15.0) -> None:
         """Power off: QEMU quits at once; killed if it does not."""
@@ -270,6 +277,7 @@ class VmFirmware:
         self.vm = vm
         self.errors: list[str] = []  # what went wrong, for `provisioner-lab status`
         self._work: queue.Queue[tuple[str, BootDevice]] = queue.Queue()
+        self._last_reset = 0.0  # QEMU's timestamp of the last reset
         self._thread = threading.Thread(target=self._run, name=f"vm {machine.name}", daemon=True)
         self._thread.start()
 
@@ -312,10 +320,12 @@ class VmFirmware:
 
     def _do(self, action: str, device: BootDevice) -> None:
         vm = self.vm
+        if action:
+            self._note(f"BMC: {action} {device.name.lower()}, flags {self.machine.boot}")
         if action == "boot":
             if vm.running:
                 vm.set_first(first_device(device))
-                vm.reset()
+                self._last_reset = vm.reset().timestamp
             else:
                 vm.start(first_device(device))
         elif action == "off":
@@ -334,11 +344,23 @@ class VmFirmware:
         if vm.qmp is None:
             return
         for event in vm.qmp.events():
-            if event.name == "RESET" and event.data.get("guest"):
+            self._note(f"event {event.name} {event.data} at {event.timestamp:.3f}")
+            if event.name != "RESET":
+                continue
+            if event.data.get("guest") and event.timestamp > self._last_reset + _SAME_BOOT_SECONDS:
                 self._guest_reset()
+            self._last_reset = event.timestamp
+        if time.time() < self._last_reset + _SAME_BOOT_SECONDS:
+            return
         # The order the BMC's flags name for the next boot, should the guest reset.
         flags = self.machine.boot
         vm.set_first(first_device(BootDevice(flags.device) if flags.valid else BootDevice.DISK))
+
+    def _note(self, line: str) -> None:
+        """A line of the VM's ``events.log``: what QEMU reported and the BMC did."""
+        stamp = time.strftime("%H:%M:%S")
+        with (self.vm.workdir / "events.log").open("a") as out:
+            out.write(f"{stamp} {line}\n")
 
     def _guest_reset(self) -> None:
         """The guest rebooted (an installer's or the agent's ``reboot``): it booted from
@@ -347,6 +369,7 @@ class VmFirmware:
         flags = self.machine.boot
         used = BootDevice(flags.device) if flags.valid else BootDevice.DISK
         self.machine.boots.append(used.name.lower() + ("-uefi" if flags.uefi else ""))
+        self._note(f"guest reset: booted {used.name.lower()}, flags {flags}")
         if flags.valid and not flags.persistent:
             self.machine.set_boot_flags(BootFlags(valid=False, persistent=False, uefi=flags.uefi))
 

@@ -61,6 +61,20 @@ class LabVm:
     node: Node
 
 
+_loop: PacketLoop | None = None
+
+
+def packet_loop() -> PacketLoop:
+    """One loop for the module's BMCs, never stopped, whose BMCs are never closed:
+    closing a BMC's socket while pyghmi's I/O thread waits on it ends that thread, and
+    with it every later BMC of the process."""
+    global _loop
+    if _loop is None:
+        _loop = PacketLoop()
+        threading.Thread(target=_loop.run, name="vm-bmcs", daemon=True).start()
+    return _loop
+
+
 @contextmanager
 def lab_vm(
     network: vmnet.LabNetwork, workdir: Path, boot_mode: str, **spec: Any
@@ -70,20 +84,14 @@ def lab_vm(
     vm = Vm(spec_for(machine, network.add_tap(), **spec), workdir, network.namespace)
     firmware = VmFirmware(machine, vm)
     machine.firmware = firmware
-    loop = PacketLoop()
+    loop = packet_loop()
     port = free_port_block(1)
     gate = faults.FaultGate(SEED, machine.name, faults.NO_FAULT)
-    bmc = VmBmc(machine, "admin", PASSWORD, gate, loop, "127.0.0.1", port)
-    loop.bmcs.append(bmc)
-    thread = threading.Thread(target=loop.run, daemon=True)
-    thread.start()
+    loop.bmcs.append(VmBmc(machine, "admin", PASSWORD, gate, loop, "127.0.0.1", port))
     try:
         yield LabVm(machine, vm, firmware, Node(machine.name, port, "admin", PASSWORD))
     finally:
         firmware.close()
-        loop.stop()
-        thread.join(timeout=5)
-        bmc.close()
 
 
 def power(node: Node) -> str:
@@ -93,11 +101,12 @@ def power(node: Node) -> str:
 @dataclass
 class AgentApi:
     """Stands in for the agent endpoints the service does not have yet: records the
-    inventories posted and answers heartbeats with ``command``."""
+    inventories posted and answers heartbeats with the next of ``commands`` (``wait 2``
+    when there is none)."""
 
     agent: build.Agent
     address: str
-    command: str = "wait 2"
+    commands: list[str] = field(default_factory=list)
     inventories: list[dict[str, Any]] = field(default_factory=list)
     fetched: list[str] = field(default_factory=list)
 
@@ -129,7 +138,10 @@ def serve_agent_api(namespace: vmnet.Namespace, api: AgentApi) -> ThreadingHTTPS
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.path.endswith("/inventory"):
                 api.inventories.append(json.loads(body))
-            self.answer(api.command.encode() if self.path.endswith("/heartbeat") else b"{}")
+            if not self.path.endswith("/heartbeat"):
+                self.answer(b"{}")
+            else:
+                self.answer((api.commands.pop(0) if api.commands else "wait 2").encode())
 
         def answer(self, body: bytes) -> None:
             self.send_response(200)
@@ -153,7 +165,9 @@ def serial(vm: Vm) -> str:
 def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path: Path) -> None:  # noqa: F811
     """ipmitool against the VM's lab BMC: power on starts QEMU, a next-boot-only PXE
     request is used by that boot and the disk comes first again after it, a persistent
-    one plus a power cycle network-boots the VM again, the guest powering itself off
+    one plus a power cycle network-boots the VM again, so does a reboot by the guest
+    itself after a next-boot-only request, soft off leaves the decision to the guest
+    (which ignores it), the guest powering itself off
     shows as power off, and power off ends QEMU. The VM network-boots through dnsmasq
     (the project's configuration) and iPXE into the agent, whose API is played here by
     a small server in the namespace (the service has no agent endpoints yet)."""
@@ -179,7 +193,8 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
             ipmitool(node, "chassis", "bootdev", "pxe")
             ipmitool(node, "power", "on")
             assert power(node) == "on"
-            poll(lambda: vm.running, 60, lambda: "QEMU did not start")
+            poll(lambda: vm.qmp is not None, 60, lambda: "QEMU did not start")
+            assert vm.running
             assert vm.qmp is not None
             assert vm.qmp.execute("query-status")["status"] == "running"
             poll(lambda: booted(1), BOOT_DEADLINE, why)
@@ -205,10 +220,19 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
             assert lab.machine.boots == ["pxe", "pxe"]
             assert "52:54:00:5e:00:01" in network.dhcp_log.read_text()
 
+            # The guest reboots itself: it boots as the BMC's flags now say, and a
+            # next-boot-only request is used up by that boot as by one the BMC starts.
+            ipmitool(node, "chassis", "bootdev", "pxe")
+            api.commands.append("reboot")
+            poll(lambda: booted(3), BOOT_DEADLINE, why)
+            assert lab.machine.boots == ["pxe", "pxe", "pxe"]
+            assert not lab.machine.boot.valid
+            poll(lambda: vm.boot_order()[DISK] == 1, 30, lambda: f"order {vm.boot_order()}")
+
             # Soft off is the ACPI button, which the agent ignores: the VM stays on.
             ipmitool(node, "power", "soft")
             assert power(node) == "on"
-            api.command = "poweroff"  # the guest powers itself off: QEMU exits
+            api.commands.append("poweroff")  # the guest powers itself off: QEMU exits
             poll(lambda: power(node) == "off", 120, why)
             assert vm.process is None
             assert "provisioner-agent: powering off" in serial(vm)
