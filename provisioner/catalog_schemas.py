@@ -30,9 +30,10 @@ class Handoff(StrEnum):
     ENC = "enc"
 
 
-# No brackets in the host: a URL with one (an IPv6 literal, or a typo) is one Python's
-# urlsplit may refuse when the hand-off is sent, long after the role was stored.
-WebhookUrl = Annotated[str, Field(max_length=1024, pattern=r"^https?://[^\s/?#\[\]]+([/?#]\S*)?$")]
+# An http(s) URL without brackets in its host: a URL with one (an IPv6 literal, or a
+# typo) is one Python's urlsplit may refuse when it is used, long after it was stored.
+_HTTP_URL = r"https?://[^\s/?#\[\]]+([/?#]\S*)?"
+WebhookUrl = Annotated[str, Field(max_length=1024, pattern=rf"^{_HTTP_URL}$")]
 # Write-only: stored encrypted, never returned (RoleOut.webhook_secret_set says if set).
 WebhookSecret = Annotated[SecretStr, Field(min_length=16, max_length=256)]
 # exclude=True keeps it out of model_dump(), so it never reaches a row unencrypted.
@@ -138,7 +139,7 @@ BootLocation = Annotated[
     Field(
         min_length=1,
         max_length=1024,
-        pattern=r"^(https?://\S+|[A-Za-z0-9_][A-Za-z0-9._/-]*)$",
+        pattern=rf"^({_HTTP_URL}|[A-Za-z0-9_][A-Za-z0-9._/-]*)$",
         description="http(s) URL, or a path in the images directory",
         # A path may not climb out of the images directory.
         json_schema_extra={"not": {"pattern": r"^([^:]*/)?\.\.(/[^:]*)?$"}},
@@ -149,7 +150,7 @@ BootLocation = Annotated[
 
 # The installers fetch packages over HTTP: empty means the answer template's default
 # mirror (none for kickstart, which the catalog refuses by the renderer's rule).
-RepoUrl = Annotated[str, Field(max_length=1024, pattern=r"^(https?://\S+)?$")]
+RepoUrl = Annotated[str, Field(max_length=1024, pattern=rf"^({_HTTP_URL})?$")]
 
 
 class ImageIn(Strict):
