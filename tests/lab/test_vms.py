@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +30,7 @@ import pytest
 from lab import faults, vmnet
 from lab.machine import Machine, build_machine
 from lab.packet_loop import PacketLoop
-from lab.vm import DISK, NIC, OVMF_CODE, Vm, VmBmc, VmFirmware, spec_for
+from lab.vm import DISK, NIC, OVMF_CODE, OVMF_VARS, Vm, VmBmc, VmFirmware, spec_for
 from provisioner.agent import build
 from tests.agent.conftest import agent, agent_data  # noqa: F401 - the session's one build
 from tests.lab.conftest import REQUIRE_TOOLS, Node, free_port_block, ipmitool
@@ -349,26 +351,97 @@ def serve_in(
     return service, api
 
 
-def test_teardown_leaves_nothing_and_a_stale_namespace_is_removed(tmp_path: Path) -> None:
-    """A lab killed without cleaning up left a namespace with a process in it: the next
-    lab network removes both. Closing a network leaves no namespace and no process."""
-    ended = subprocess.Popen(["true"])
-    ended.wait()  # a pid that no longer runs: the owner of the stale namespace
-    stale = vmnet.Namespace(f"{vmnet.PREFIX}{ended.pid}-0")
-    vmnet.ip("netns", "add", stale.name)
+# A lab network in a process of its own, with dnsmasq and a stand-in for QEMU (sleep)
+# inside: what a test interrupts or kills.
+_LAB_PROCESS = """
+import sys, time
+from pathlib import Path
+from lab import vmnet
+with vmnet.LabNetwork(Path(sys.argv[1])) as network:
+    network.add_tap()
+    network.start_dhcp(f"http://{network.address}:8080")
+    guest = vmnet.spawn(network.namespace.exec_args(["sleep", "600"]), 1)
+    network.on_close(lambda: vmnet.stop(guest))
+    print(network.namespace.name, network.dhcp.pid, guest.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def start_lab_process(workdir: Path) -> tuple[subprocess.Popen[str], str, list[int]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _LAB_PROCESS, str(workdir)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    name, *pids = process.stdout.readline().split()
+    assert name.startswith(vmnet.PREFIX), f"the lab process did not start ({name!r})"
+    return process, name, [int(pid) for pid in pids]
+
+
+def gone(pid: int) -> bool:
+    """Not running: no such process, or a zombie waiting for a reaper."""
     try:
-        stale.ip("tuntap", "add", "dev", "tap0", "mode", "tap")
-        orphan = subprocess.Popen(stale.exec_args(["sleep", "600"]))
-        with vmnet.LabNetwork(tmp_path / "net") as network:
-            assert stale.name not in vmnet.ip("netns", "list")
-            assert orphan.wait(timeout=10) is not None
-            network.add_tap()
-            network.start_dhcp(f"http://{network.address}:8080")
-            dhcp = network.dhcp
-            assert dhcp is not None
-            assert dhcp.pid in network.namespace.pids()
-            name = network.namespace.name
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def test_ctrl_c_leaves_no_namespace_and_no_process(tmp_path: Path) -> None:
+    process, name, pids = start_lab_process(tmp_path / "lab")
+    assert name in vmnet.ip("netns", "list")
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=30)
+    assert name not in vmnet.ip("netns", "list")
+    assert all(gone(pid) for pid in pids), pids
+
+
+def test_a_killed_labs_namespace_is_removed_by_the_next(tmp_path: Path) -> None:
+    """SIGKILL cleans nothing up: the processes that keep their credentials die with the
+    lab (PR_SET_PDEATHSIG), and the next lab network removes the namespace with what
+    still runs in it (dnsmasq, which dropped root and with it that signal)."""
+    process, name, pids = start_lab_process(tmp_path / "killed")
+    process.kill()
+    process.wait(timeout=30)
+    assert name in vmnet.ip("netns", "list")  # nothing cleaned up yet
+    guest = pids[1]
+    poll(lambda: gone(guest), 10, lambda: "the guest outlived the lab that started it")
+    with vmnet.LabNetwork(tmp_path / "next") as network:
         assert name not in vmnet.ip("netns", "list")
-        assert dhcp.poll() is not None
+        assert all(gone(pid) for pid in pids), pids
+        network.start_dhcp(f"http://{network.address}:8080")
+        dhcp = network.dhcp
+        assert dhcp is not None
+        assert dhcp.pid in network.namespace.pids()
+        own = network.namespace.name
+    assert own not in vmnet.ip("netns", "list")
+    assert dhcp.poll() is not None
+
+
+def test_a_namespace_whose_owner_runs_is_left_alone(tmp_path: Path) -> None:
+    """Another lab's namespace (another engineer's, another test's) is not stale."""
+    process, name, _ = start_lab_process(tmp_path / "other")
+    try:
+        with vmnet.LabNetwork(tmp_path / "mine"):
+            assert name in vmnet.ip("netns", "list")
     finally:
-        stale.delete()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+
+
+def test_the_qemu_command_line(tmp_path: Path) -> None:
+    """What the notes measured to work: TCG, identity, device ids, the per-VM VARS copy
+    and, for EDK2's own PXE, a NIC without an option ROM."""
+    machine = build_machine("vm-1", 0, SEED, ["52:54:00:5e:00:01"])
+    machine.boot_mode = "uefi"
+    vm = Vm(spec_for(machine, "tap0", uefi_pxe="edk2"), tmp_path, None)
+    line = " ".join(vm.command(NIC))
+    assert "-accel tcg -cpu max" in line
+    assert f"-uuid {machine.uuid}" in line
+    assert f"serial={machine.inventory.serial}" in line
+    assert "id=nic0,netdev=n0,mac=52:54:00:5e:00:01,bootindex=1,romfile= " in line
+    assert "id=disk0,drive=d0,bootindex=2" in line
+    assert f"unit=1,file={tmp_path / 'OVMF_VARS.fd'}" in line
+    assert (tmp_path / "OVMF_VARS.fd").read_bytes() == OVMF_VARS.read_bytes()
+    assert "-no-reboot" not in line
+    assert "-no-shutdown" not in line
+    assert (tmp_path / "disk.raw").stat().st_size == vm.spec.disk_bytes
