@@ -170,7 +170,8 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
     one plus a power cycle network-boots the VM again, so does a reboot by the guest
     itself after a next-boot-only request, soft off leaves the decision to the guest
     (which ignores it), the guest powering itself off
-    shows as power off, and power off ends QEMU. The VM network-boots through dnsmasq
+    shows as power off, power off ends QEMU, and closing the lab network stops a
+    running VM and removes the namespace. The VM network-boots through dnsmasq
     (the project's configuration) and iPXE into the agent, whose API is played here by
     a small server in the namespace (the service has no agent endpoints yet)."""
     with vmnet.LabNetwork(tmp_path / "net") as network:
@@ -246,6 +247,12 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
             ipmitool(node, "power", "off")
             assert process.wait(timeout=30) is not None
             assert power(node) == "off"
+            ipmitool(node, "power", "on")  # left running for the teardown to stop
+            poll(lambda: vm.running, 60, lambda: "QEMU did not start")
+            process = vm.process
+            assert process is not None
+    assert network.namespace.name not in vmnet.ip("netns", "list")
+    assert process.poll() is not None
 
 
 def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
@@ -292,6 +299,11 @@ def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
             assert any(k == "boot-tftp" and "TFTP snponly.efi" in m for k, m in hops), hops
             assert ("boot-ipxe", "iPXE script: discovery image") in hops, hops
             assert service.poll() is None
+            qemu = lab.vm.process
+            assert qemu is not None
+    assert network.namespace.name not in vmnet.ip("netns", "list")
+    assert qemu.poll() is not None
+    assert service.poll() is not None
 
 
 def serve_in(
