@@ -59,10 +59,11 @@ class Qmp:
         self.execute("qmp_capabilities")
 
     @classmethod
-    def connect(cls, path: Path, timeout: float = 30.0) -> Qmp:
-        """Connect once QEMU listens on ``path``, within ``timeout`` seconds (QEMU
-        creates the socket early in its start-up, before the guest runs)."""
-        deadline = time.monotonic() + timeout
+    def connect(cls, path: Path, timeout: float = 30.0, wait: float | None = None) -> Qmp:
+        """Connect once QEMU listens on ``path``, waiting up to ``wait`` seconds (default
+        ``timeout``; QEMU creates the socket early in its start-up, before the guest
+        runs). ``timeout`` bounds each answer afterwards."""
+        deadline = time.monotonic() + (timeout if wait is None else wait)
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:

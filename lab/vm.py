@@ -52,6 +52,7 @@ DISK = "/machine/peripheral/disk0"
 _NETWORK_BOOT = frozenset({BootDevice.PXE})
 _SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes, NUL included
 _POLL_SECONDS = 0.5
+_START_SECONDS = 60.0  # from exec to QMP answering, on a busy machine
 # One reboot of a BIOS VM is a burst of resets: SeaBIOS resets the machine again (to
 # restore its shadowed image) and a rebooting kernel may try more than one way, seconds
 # apart under load. QEMU rebuilds the firmware's boot order at each: resets closer
@@ -205,12 +206,18 @@ class Vm:
         with (self.workdir / "qemu.log").open("ab") as output:
             self.process = spawn(args, output)
         self._first = first
-        try:
-            self.qmp = Qmp.connect(self.qmp_path, timeout=60)
-        except (OSError, QmpClosed) as exc:
-            self.kill()
-            text = (self.workdir / "qemu.log").read_text(errors="replace")[-2000:]
-            raise VmError(f"QEMU for {self.spec.name} did not start: {exc}\n{text}") from exc
+        deadline = time.monotonic() + _START_SECONDS
+        while True:
+            try:
+                self.qmp = Qmp.connect(self.qmp_path, timeout=30, wait=1)
+                return
+            except (OSError, QmpClosed) as exc:
+                # Until QEMU listens, unless it already gave up (a bad option, say).
+                if self.running and time.monotonic() < deadline:
+                    continue
+                self.kill()
+                text = (self.workdir / "qemu.log").read_text(errors="replace")[-2000:]
+                raise VmError(f"QEMU for {self.spec.name} did not start: {exc}\n{text}") from exc
 
     def boot_order(self) -> dict[str, int]:
         """The NIC's and the disk's bootindex, as QEMU has them now."""
@@ -275,7 +282,7 @@ class VmFirmware:
     def __init__(self, machine: Machine, vm: Vm) -> None:
         self.machine = machine
         self.vm = vm
-        self.errors: list[str] = []  # what went wrong, for `provisioner-lab status`
+        self.errors: list[str] = []  # the last 20 things that went wrong, for a status
         self._work: queue.Queue[tuple[str, BootDevice]] = queue.Queue()
         self._last_reset = 0.0  # QEMU's timestamp of the last reset
         self._thread = threading.Thread(target=self._run, name=f"vm {machine.name}", daemon=True)
@@ -313,10 +320,12 @@ class VmFirmware:
                     return
                 self._do(action, device)
                 self._follow()
-            except (OSError, QmpClosed, QmpError, TimeoutError) as exc:
+            except (OSError, QmpClosed, QmpError, TimeoutError, VmError) as exc:
                 # QEMU died under a command, or refused it: the next round sees which.
-                self.errors.append(f"{action or 'watch'}: {exc}")
+                self.errors[:] = [*self.errors[-19:], f"{action or 'watch'}: {exc}"]
                 log.warning("VM %s: %s: %s", self.machine.name, action or "watch", exc)
+                if action == "boot" and not self.vm.running:
+                    self.machine.powered_off_by_itself()  # it never came on
 
     def _do(self, action: str, device: BootDevice) -> None:
         vm = self.vm

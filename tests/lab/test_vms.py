@@ -441,7 +441,7 @@ def test_a_namespace_whose_owner_runs_is_left_alone(tmp_path: Path) -> None:
 
 
 def test_the_qemu_command_line(tmp_path: Path) -> None:
-    """What the notes measured to work: TCG, identity, device ids, the per-VM VARS copy
+    """What docs/lab-vms.md says works: TCG, identity, device ids, the per-VM VARS copy
     and, for EDK2's own PXE, a NIC without an option ROM."""
     machine = build_machine("vm-1", 0, SEED, ["52:54:00:5e:00:01"])
     machine.boot_mode = "uefi"
@@ -457,3 +457,16 @@ def test_the_qemu_command_line(tmp_path: Path) -> None:
     assert "-no-reboot" not in line
     assert "-no-shutdown" not in line
     assert (tmp_path / "disk.raw").stat().st_size == vm.spec.disk_bytes
+
+
+def test_a_vm_that_cannot_start_stays_off(tmp_path: Path) -> None:
+    """QEMU refusing its command line is a power-on that did not happen: the BMC then
+    reports the machine off, and the VM's errors say why."""
+    with (
+        vmnet.LabNetwork(tmp_path / "net") as network,
+        lab_vm(network, tmp_path / "vm", "bios", memory_mb=-1) as lab,
+    ):
+        ipmitool(lab.node, "power", "on")
+        poll(lambda: power(lab.node) == "off", 60, lambda: "the VM is still on")
+        assert lab.vm.process is None
+        assert any("did not start" in error for error in lab.firmware.errors)
