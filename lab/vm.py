@@ -35,7 +35,7 @@ from pathlib import Path
 from lab.bmc import LabBmc
 from lab.machine import OK, BootDevice, BootFlags, Machine
 from lab.qmp import Event, Qmp, QmpClosed, QmpError
-from lab.vmnet import Namespace, spawn
+from lab.vmnet import LabNetwork, Namespace, spawn
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,18 @@ def spec_for(machine: Machine, tap: str, **hardware: str | int) -> VmSpec:
         firmware=machine.boot_mode,
         **hardware,  # type: ignore[arg-type]
     )
+
+
+def attach(
+    machine: Machine, network: LabNetwork, workdir: Path, **hardware: str | int
+) -> VmFirmware:
+    """Make ``machine`` a VM on ``network`` (a tap of its own, files in ``workdir``),
+    powered off and stopped when the network closes."""
+    spec = spec_for(machine, network.add_tap(), **hardware)
+    firmware = VmFirmware(machine, Vm(spec, workdir, network.namespace))
+    machine.firmware = firmware
+    network.on_close(firmware.close)
+    return firmware
 
 
 def first_device(device: BootDevice) -> str:

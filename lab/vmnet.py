@@ -329,6 +329,16 @@ class LabNetwork:
         if self.dhcp is not None:
             stop(self.dhcp)
 
+    def run(
+        self, args: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``args`` run inside the namespace (output appended to ``log``), stopped when
+        the network closes: the service with its TFTP server, say."""
+        with log.open("ab") as output:
+            process = spawn(self.namespace.exec_args(args), output, env)
+        self._closers.append(lambda: stop(process))
+        return process
+
     def forward(self, port: int) -> Forwarder:
         """The host's 127.0.0.1:<returned .port> forwarded to ``port`` on the bridge."""
         forwarder = Forwarder(self.namespace, self.address, port)

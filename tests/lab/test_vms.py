@@ -30,7 +30,7 @@ import pytest
 from lab import faults, vmnet
 from lab.machine import Machine, build_machine
 from lab.packet_loop import PacketLoop
-from lab.vm import DISK, NIC, OVMF_CODE, OVMF_VARS, Vm, VmBmc, VmFirmware, spec_for
+from lab.vm import DISK, NIC, OVMF_CODE, OVMF_VARS, Vm, VmBmc, VmFirmware, attach, spec_for
 from provisioner.agent import build
 from tests.agent.conftest import agent, agent_data  # noqa: F401 - the session's one build
 from tests.lab.conftest import REQUIRE_TOOLS, Node, free_port_block, ipmitool
@@ -83,15 +83,13 @@ def lab_vm(
 ) -> Iterator[LabVm]:
     machine = build_machine("vm-1", 0, SEED, ["52:54:00:5e:00:01"])
     machine.boot_mode = boot_mode
-    vm = Vm(spec_for(machine, network.add_tap(), **spec), workdir, network.namespace)
-    firmware = VmFirmware(machine, vm)
-    machine.firmware = firmware
+    firmware = attach(machine, network, workdir, **spec)
     loop = packet_loop()
     port = free_port_block(1)
     gate = faults.FaultGate(SEED, machine.name, faults.NO_FAULT)
     loop.bmcs.append(VmBmc(machine, "admin", PASSWORD, gate, loop, "127.0.0.1", port))
     try:
-        yield LabVm(machine, vm, firmware, Node(machine.name, port, "admin", PASSWORD))
+        yield LabVm(machine, firmware.vm, firmware, Node(machine.name, port, "admin", PASSWORD))
     finally:
         firmware.close()
 
@@ -340,10 +338,8 @@ def serve_in(
 
     provisioner("pxe", "assets", "--root", str(tmp / "tftp"))
     token = provisioner("token", "create", "--scope", "admin").strip()
-    with (tmp / "service.log").open("ab") as log:
-        command = [str(BIN / "provisioner"), "serve", "--host", network.address, "--port", "8080"]
-        service = vmnet.spawn(network.namespace.exec_args(command), log, env)
-    network.on_close(lambda: vmnet.stop(service))
+    command = [str(BIN / "provisioner"), "serve", "--host", network.address, "--port", "8080"]
+    service = network.run(command, tmp / "service.log", env)
     forwarder = network.forward(8080)
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{forwarder.port}",
