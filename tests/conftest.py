@@ -21,6 +21,9 @@ from provisioner.settings import Settings
 from provisioner.tokens import create_token
 
 POSTGRES_URL = os.environ.get("PROVISIONER_TEST_DATABASE_URL")
+# The agent ramdisk is built once per session for every test that boots it.
+pytest_plugins = ("tests.agent.fixtures",)
+
 POSTGRES_REQUIRED = os.environ.get("PROVISIONER_REQUIRE_POSTGRES") == "1"
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from provisioner.agent import build
-from tests.agent.conftest import need
+from tests.agent.fixtures import need
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")

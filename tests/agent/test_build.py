@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from provisioner.agent import build, ramdisk
-from tests.agent.conftest import need
+from tests.agent.fixtures import need
 
 
 def members(initrd: Path) -> dict[str, str]:

@@ -32,7 +32,6 @@ from lab.machine import Machine, build_machine
 from lab.packet_loop import PacketLoop
 from lab.vm import DISK, NIC, OVMF_CODE, OVMF_VARS, Vm, VmBmc, VmFirmware, attach, spec_for
 from provisioner.agent import build
-from tests.agent.conftest import agent, agent_data  # noqa: F401 - the session's one build
 from tests.lab.conftest import REQUIRE_TOOLS, Node, free_port_block, ipmitool
 from tests.serving import BIN, clean_env, poll
 
@@ -162,7 +161,7 @@ def serial(vm: Vm) -> str:
     return vm.serial_log.read_text(errors="replace") if vm.serial_log.exists() else ""
 
 
-def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path: Path) -> None:  # noqa: F811
+def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path: Path) -> None:
     """ipmitool against the VM's lab BMC: power on starts QEMU, a next-boot-only PXE
     request is used by that boot and the disk comes first again after it, a persistent
     one plus a power cycle network-boots the VM again, so does a reboot by the guest
@@ -254,7 +253,7 @@ def test_ipmi_power_and_boot_device_drive_a_bios_vm(agent: build.Agent, tmp_path
 
 
 def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
-    agent: build.Agent,  # noqa: F811
+    agent: build.Agent,
     tmp_path: Path,
 ) -> None:
     """An unknown UEFI VM, powered on through its BMC, PXE-boots as real UEFI servers

@@ -1,4 +1,5 @@
-"""One agent build per test session: the first test that needs it downloads Debian's
+"""One agent build per test session (a plugin of tests/conftest.py, so tests/agent and
+tests/lab share it): the first test that needs it downloads Debian's
 kernel and busybox packages and builds; the others reuse it (a rebuild with unchanged
 inputs is a cache hit, which tests/agent/test_build.py checks)."""
 
