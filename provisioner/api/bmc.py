@@ -81,12 +81,17 @@ async def read_boot_device(
 @router.get(
     "/{ref}/inventory",
     response_model=InventoryOut,
-    responses=responses((404, "No such node, or it has not been inspected yet.")),
+    responses=responses(404, (409, "The node has not been inspected yet.")),
 )
 def read_inventory(ref: str, session: SessionDep, _viewer: Viewer) -> InventoryOut:
     """What the last inspection read from the BMC."""
     node = nodes.find(session, ref)
-    fact = nodes.last_inspection(session, node)
+    try:
+        fact = nodes.last_inspection(session, node)
+    except Problem as problem:
+        # The node is there and its inventory comes with its first inspection: a state
+        # to change (the detail says how), not a resource that is missing.
+        raise Problem(409, problem.detail) from None
     return InventoryOut(
         source=fact.source,
         collected_at=fact.collected_at,

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from provisioner.app import create_app
 from provisioner.settings import Settings
+from tests.conftest import node_body
 from tests.serving import InThread
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -202,3 +203,14 @@ def test_an_unexpected_error_leaves_the_keep_alive_connection_usable(
                 assert after.extensions["network_stream"].get_extra_info("client_addr") == first
     finally:
         server.stop()
+
+
+def test_an_uninspected_nodes_inventory_is_a_state_not_a_missing_node(
+    client: TestClient, operator: dict[str, str]
+) -> None:
+    # The fuzzer read a 404 right after the node's creation as the node being lost.
+    assert client.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
+    early = client.get("/api/v1/nodes/r01-u01/inventory", headers=operator)
+    assert early.status_code == 409
+    assert "inspect" in early.json()["detail"]
+    assert client.get("/api/v1/nodes/nope/inventory", headers=operator).status_code == 404
