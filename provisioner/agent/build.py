@@ -144,7 +144,7 @@ def key(packages: Sequence[Package], modules: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _download(package: Package, into: Path) -> Path:
+def download(package: Package, into: Path) -> Path:
     into.mkdir(parents=True, exist_ok=True)
     deb = into / f"{package.name}_{package.version.replace(':', '%3a')}_amd64.deb"
     if not deb.is_file() or hashlib.sha256(deb.read_bytes()).hexdigest() != package.sha256:
@@ -169,7 +169,7 @@ def build(data_dir: Path, progress: Progress, *, modules: Sequence[str] = MODULE
     debs = []
     for package in packages:
         progress(f"downloading {package.pinned}")
-        debs.append(_download(package, root / "packages"))
+        debs.append(download(package, root / "packages"))
     with tempfile.TemporaryDirectory(dir=root, prefix="build-") as scratch:
         tree = Path(scratch)
         for deb in debs:
