@@ -346,12 +346,13 @@ def config_drive(path: Path, hostname: str, public_keys: Mapping[str, str], call
     return path
 
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 
+# A callback makes the app a group even with one command, so ``build`` is named.
 @app.callback()
 def image_group() -> None:
-    """The deployable test image (a group even with one command, so ``build`` is named)."""
+    """The deployable test image."""
 
 
 @app.command("build")
@@ -378,7 +379,10 @@ def build_command(
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Adds ``image`` to the argparse sub-commands of ``provisioner-lab`` (lab/cli.py),
     handing everything after it to :data:`app`."""
-    parser = commands.add_parser("image", help="the deployable test image", add_help=False)
+    # Options are Typer's to parse: no prefix argparse would read as one of its own.
+    parser = commands.add_parser(
+        "image", help="the deployable test image", add_help=False, prefix_chars="\0"
+    )
     parser.add_argument("rest", nargs=argparse.REMAINDER)
     parser.set_defaults(command=_run_app)
 
