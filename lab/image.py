@@ -93,7 +93,7 @@ def _run(args: Sequence[str], env: Mapping[str, str] | None = None) -> None:
         )
     except FileNotFoundError:
         raise build.BuildError(
-            f"{args[0]} is not installed (Debian: {_PROVIDER[args[0]]})"
+            f"{args[0]} is not installed (Debian: {_PROVIDER.get(args[0], args[0])})"
         ) from None
     if done.returncode != 0:
         raise build.BuildError(f"{' '.join(args)} failed: {done.stderr.strip()[-500:]}")
