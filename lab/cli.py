@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from lab import control, faults, rack
+from lab import control, faults, image, rack
 from lab.bmc import SESSION_IDLE_SECONDS
 from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
 
@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
     status.set_defaults(command=_status)
+    image.register(commands)
     return parser
 
 

@@ -58,7 +58,7 @@ def apply(
     request: BulkActionRequest,
     actor: str,
     deploy_timeout: float,
-    wipe_image: bool = True,
+    wipe_image: bool,
 ) -> BulkActionOut:
     """Act on each selected node. What is wrong with the request itself (``skip_wipe``
     with another action, a release with no wipe image to wipe with) refuses it whole,

@@ -129,8 +129,7 @@ class StepRunner:
         return await run_in_threadpool(self._record, node.id, deployment, step, result)
 
     def auto_provision(self, node: Node) -> None:
-        """The racking flow: a freshly inspected node with a role is provisioned with the
-        role's default image, if the role says so."""
+        """The racking flow: an inspected node whose role says so is provisioned."""
         with Session(self.engine) as session:
             role = session.get(Role, node.role) if node.role else None
             current = session.get(Node, node.id)
@@ -153,6 +152,7 @@ class StepRunner:
                 Actor.PROVISIONER,
                 vault=self.vault,
                 deploy_timeout=self.settings.deploy_timeout,
+                wipe_image=nodes.has_wipe_image(self.settings),
             )
 
     # ---- the steps -----------------------------------------------------------------

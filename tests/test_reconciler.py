@@ -312,5 +312,5 @@ def test_boot_device_is_refused_while_a_step_owns_the_node(
     response = client.put("/api/v1/nodes/n1/boot-device", json={"device": "disk"}, headers=operator)
     assert response.status_code == 409
     missing = client.get("/api/v1/nodes/n1/inventory", headers=operator)
-    assert missing.status_code == 404
+    assert missing.status_code == 409
     assert "not been inspected" in missing.json()["detail"]

@@ -174,6 +174,7 @@ def act_on_node(
         token.name,
         vault=vault,
         deploy_timeout=settings.deploy_timeout,
+        wipe_image=nodes.has_wipe_image(settings),
     )
     return node_response(nodes.present(session, [node])[0], 202)
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from provisioner.cli import bmc as _bmc  # noqa: F401  (adds node power/bootdev/inventory)
+from provisioner.cli.agent import agent_app
 from provisioner.cli.catalog import image_app, role_app, token_app
 from provisioner.cli.client import CliError, GlobalOptions, token_option
 from provisioner.cli.demo import demo
@@ -48,6 +49,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 app.add_typer(pxe_app, name="pxe")
+app.add_typer(agent_app, name="agent")
 app.command()(serve)
 app.command()(demo)
 app.command()(enc)

@@ -8,7 +8,7 @@ lifecycle :mod:`~provisioner.nodes.actions`, and asking a node's BMC directly
 Node state and events are written only through :mod:`provisioner.timeline`.
 """
 
-from provisioner.nodes.actions import act
+from provisioner.nodes.actions import act, has_wipe_image
 from provisioner.nodes.changes import change, remove
 from provisioner.nodes.enrollment import enroll, enroll_one
 from provisioner.nodes.queries import (
@@ -30,6 +30,7 @@ __all__ = [
     "enroll_one",
     "events",
     "find",
+    "has_wipe_image",
     "last_inspection",
     "page",
     "present",

@@ -53,7 +53,7 @@ def act(
     *,
     vault: Vault,
     deploy_timeout: float,
-    wipe_image: bool = True,
+    wipe_image: bool,
     batch: deployments.Batch | None = None,
 ) -> Node:
     """Validate ``action`` against the lifecycle and record it; the reconciler does the work.

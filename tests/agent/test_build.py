@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from provisioner.agent import build, ramdisk
 from tests.agent.fixtures import need
+from tests.serving import BIN
 
 
 def members(initrd: Path) -> dict[str, str]:
@@ -102,3 +104,19 @@ def test_the_archive_is_the_same_bytes_for_the_same_entries() -> None:
 def test_a_file_that_is_not_a_module_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ramdisk.NotAModule, match="not a 64-bit"):
         ramdisk.module_info(b"#!/bin/sh\n" + bytes(64))
+
+
+def test_the_cli_builds_into_the_data_dir_and_says_what_it_made(
+    agent: build.Agent, agent_data: Path
+) -> None:
+    done = subprocess.run(
+        [str(BIN / "provisioner"), "agent", "build"],
+        env={**os.environ, "PROVISIONER_DATA_DIR": str(agent_data), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"up to date: {agent.directory}" in done.stdout
+    assert str(agent.initrd) in done.stdout
+    assert f"kernel {agent.kernel_version}" in done.stdout

@@ -49,3 +49,17 @@ def test_release_skip_wipe_is_ready_at_once_by_either_command(
     assert wrong.returncode == 1
     assert wrong.stderr == "error: invalid request: skip_wipe: applies to release only\n"
     assert flows.state(client, operator, "rel-n2") == "ready"
+
+
+def test_release_without_a_wipe_image_is_refused_naming_what_to_do(
+    live: Live, client: TestClient, fleet: FakeFleet, operator: dict[str, str]
+) -> None:
+    install(client, fleet, "rel-n3", None, rack="rel-r1", state="ready")
+    refused = _provisioner(live, "node", "release", "rel-n3")
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: conflict: ")
+    for what in ("PROVISIONER_WIPE_KERNEL_URL", "PROVISIONER_WIPE_INITRD_URL", "--skip-wipe"):
+        assert what in line
+    assert flows.state(client, operator, "rel-n3") == "ready"
