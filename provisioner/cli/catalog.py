@@ -214,13 +214,15 @@ def create_role(
     name: NameArg,
     description: Description = None,
     default_image: Annotated[str | None, typer.Option(help="Image if a node names none.")] = None,
-    package: Annotated[list[str] | None, typer.Option(help="Extra package (repeatable).")] = None,
+    package: Annotated[
+        list[str] | None, typer.Option(metavar="PACKAGE", help="Extra package (repeatable).")
+    ] = None,
     handoff: HandoffOption = None,
     webhook_url: WebhookUrlOption = None,
     webhook_secret_stdin: WebhookSecretStdin = False,
     puppet_environment: Annotated[str | None, typer.Option(help="Default: production.")] = None,
     puppet_class: Annotated[
-        list[str] | None, typer.Option(help="Puppet class (repeatable).")
+        list[str] | None, typer.Option(metavar="CLASS", help="Puppet class (repeatable).")
     ] = None,
     no_auto_provision: Annotated[
         bool, typer.Option("--no-auto-provision", help="Wait for an operator after inspection.")
@@ -244,6 +246,16 @@ def create_role(
     _create(ctx, "role", "/roles", fields, as_json)
 
 
+def _replacing(what: str) -> Any:
+    """A repeatable option of `role update` whose values replace the role's list."""
+    metavar = what.split()[-1].upper()
+    return typer.Option(metavar=metavar, help=f"{what} (repeatable); replaces the role's list.")
+
+
+def _clearing(flag: str, what: str) -> Any:
+    return typer.Option(flag, help=f"Remove every {what}.")
+
+
 @role_app.command("update")
 def update_role(
     ctx: typer.Context,
@@ -260,13 +272,8 @@ def update_role(
             help="Provision inspected nodes at once, or wait for an operator.",
         ),
     ] = None,
-    package: Annotated[
-        list[str] | None,
-        typer.Option(help="Extra package (repeatable); replaces the role's list."),
-    ] = None,
-    clear_packages: Annotated[
-        bool, typer.Option("--clear-packages", help="Remove every extra package.")
-    ] = False,
+    package: Annotated[list[str] | None, _replacing("Extra package")] = None,
+    clear_packages: Annotated[bool, _clearing("--clear-packages", "extra package")] = False,
     handoff: HandoffOption = None,
     webhook_url: WebhookUrlOption = None,
     no_webhook_url: Annotated[
@@ -274,12 +281,9 @@ def update_role(
     ] = False,
     webhook_secret_stdin: WebhookSecretStdin = False,
     puppet_environment: Annotated[str | None, typer.Option(help="Puppet environment.")] = None,
-    puppet_class: Annotated[
-        list[str] | None,
-        typer.Option(help="Puppet class (repeatable); replaces the role's list."),
-    ] = None,
+    puppet_class: Annotated[list[str] | None, _replacing("Puppet class")] = None,
     clear_puppet_classes: Annotated[
-        bool, typer.Option("--clear-puppet-classes", help="Remove every Puppet class.")
+        bool, _clearing("--clear-puppet-classes", "Puppet class")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -348,17 +352,10 @@ def create_image(
     as_json: JsonOption = False,
 ) -> None:
     """Create an OS image."""
-    fields = {
-        "name": name,
-        "os_family": os_family,
-        "version": version,
-        "kernel_url": kernel_url,
-        "initrd_url": initrd_url,
-        "answer_template": answer_template,
-        "repo_url": repo_url,
-        "kernel_args": kernel_args,
-    }
-    _create(ctx, "image", "/images", fields, as_json)
+    fields = _image_fields(
+        os_family, version, kernel_url, initrd_url, answer_template, repo_url, kernel_args
+    )
+    _create(ctx, "image", "/images", {"name": name, **fields}, as_json)
 
 
 @image_app.command("update")
@@ -382,17 +379,17 @@ def update_image(
 ) -> None:
     """Change an OS image: only the options given are changed, the rest stays as it is;
     an empty --repo-url or --kernel-args clears it."""
-    given = {
-        "os_family": os_family,
-        "version": version,
-        "kernel_url": kernel_url,
-        "initrd_url": initrd_url,
-        "answer_template": answer_template,
-        "repo_url": repo_url,
-        "kernel_args": kernel_args,
-    }
+    given = _image_fields(
+        os_family, version, kernel_url, initrd_url, answer_template, repo_url, kernel_args
+    )
     body = {k: v for k, v in given.items() if v is not None}
     _update(ctx, "image", "/images", name, body, as_json)
+
+
+def _image_fields(*values: Any) -> dict[str, Any]:
+    """An image's fields as create and update take them, in this order."""
+    names = ("os_family", "version", "kernel_url", "initrd_url", "answer_template")
+    return dict(zip((*names, "repo_url", "kernel_args"), values, strict=True))
 
 
 @image_app.command("delete")

@@ -115,7 +115,8 @@ def enroll(
         ),
     ] = False,
     mac: Annotated[
-        list[str] | None, typer.Option(help="NIC MAC address; repeat for more (first boots).")
+        list[str] | None,
+        typer.Option(metavar="MAC", help="NIC MAC address; repeat for more (first boots)."),
     ] = None,
     rack: Annotated[str | None, typer.Option(help="Rack name.")] = None,
     u: Annotated[int | None, typer.Option("--u", min=1, max=60, help="Rack unit.")] = None,
