@@ -10,8 +10,11 @@ provisioner-lab status
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import threading
@@ -21,9 +24,11 @@ from typing import Any
 
 import yaml
 
-from lab import control, faults, image, rack
+from lab import control, faults, image, rack, vm, vmnet
 from lab.bmc import SESSION_IDLE_SECONDS
 from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
+from provisioner.agent import build
+from provisioner.settings import default_data_dir
 
 DEFAULT_CONTROL_DIR = Path(".provisioner-lab")
 
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result: int = args.command(args)
-    except (ValueError, LookupError, OSError) as exc:
+    except (ValueError, LookupError, OSError, vm.VmError, vmnet.NetworkError) as exc:
         print(f"provisioner-lab: {exc}", file=sys.stderr)
         return 2
     return result
@@ -46,7 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     up = commands.add_parser("up", help="start virtual BMCs and write their manifest")
-    up.add_argument("--nodes", type=int, required=True, help="number of BMCs")
+    size = up.add_mutually_exclusive_group(required=True)
+    size.add_argument("--nodes", type=int, help="number of emulated machines and their BMCs")
+    size.add_argument(
+        "--vms",
+        type=int,
+        metavar="N",
+        help="number of QEMU VMs behind BMCs, with the service serving them on a private "
+        "network (root; docs/lab-vms.md)",
+    )
     up.add_argument(
         "--manifest",
         type=Path,
@@ -145,6 +158,39 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="an iPXE 'sleep N' waits N x FACTOR seconds (default: %(default)s)",
     )
+    vms = up.add_argument_group("VMs (with --vms)")
+    vms.add_argument(
+        "--firmware",
+        choices=("bios", "uefi", "mixed"),
+        default="bios",
+        help="the VMs' firmware; mixed alternates, bios first (default: %(default)s)",
+    )
+    vms.add_argument(
+        "--uefi-pxe",
+        choices=("ipxe", "edk2"),
+        default="ipxe",
+        help="UEFI network boot by QEMU's iPXE ROM or by OVMF's own PXE client, which "
+        "fetches snponly.efi over TFTP (default: %(default)s)",
+    )
+    vms.add_argument(
+        "--api-port",
+        type=int,
+        default=0,
+        help="host port at 127.0.0.1 forwarded to the service (default: a free one)",
+    )
+    vms.add_argument(
+        "--workdir",
+        type=Path,
+        help="the VMs' disks and logs, the service's data, the admin token "
+        "(default: CONTROL_DIR/vms; keep it short, unix sockets live in it)",
+    )
+    vms.add_argument(
+        "--agent-data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="data directory whose agent build (provisioner agent build) unknown VMs "
+        "boot as the discovery image (default: %(default)s)",
+    )
     up.set_defaults(command=_up)
 
     fault = commands.add_parser("fault", help="set a running node's fault ('none' clears it)")
@@ -163,11 +209,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.vms is not None:
+        return _up_vms(args)
     began = time.monotonic()
     if not 1 <= args.per_process <= 900:
         raise ValueError("--per-process takes 1 to 900 (select() stops near 1,024 sockets)")
-    node_faults = _faults_file(args.faults) if args.faults else {}
-    node_faults.update(faults.parse_assignment(text) for text in args.fault)
+    node_faults = _node_faults(args)
     boot_mode, boot_modes = _boot_modes(args.boot_mode)
     netboot = NetbootSettings(
         dhcp=_dhcp(args.tftp, args.ipxe_url),
@@ -217,6 +264,89 @@ def _up(args: argparse.Namespace) -> int:
     ok = rack.run(plans, settings, per_process=args.per_process, on_event=progress.event, stop=stop)
     print("lab stopped" if ok else "lab failed to start", flush=True)
     return 0 if ok else 1
+
+
+VM_TOOLS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "dnsmasq": "dnsmasq-base",
+    "ip": "iproute2",
+}
+
+
+def _up_vms(args: argparse.Namespace) -> int:
+    """``up --vms N``: a lab network, the service serving it, N VMs behind BMCs, all in
+    this process (its main thread starts the service; each VM's thread its QEMU)."""
+    began = time.monotonic()
+    needs = [f"{tool} (Debian: {VM_TOOLS[tool]})" for tool in VM_TOOLS if not shutil.which(tool)]
+    if os.geteuid() != 0:
+        needs.append("root (network namespaces and taps)")
+    if needs:
+        raise ValueError(f"--vms needs {', '.join(needs)}")
+    if args.power == "on":
+        raise ValueError("--vms starts the VMs off: power them on through their BMCs")
+    workdir = (args.workdir or args.control_dir / "vms").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("lab").setLevel(logging.INFO)
+    with vmnet.LabNetwork(workdir / "net") as network:
+        plans = rack.plan_rack(
+            args.vms,
+            seed=args.seed,
+            base_port=args.base_port,
+            address=network.address,
+            username=args.username,
+            password=args.password,
+            node_faults=_node_faults(args),
+            macs_per_node=1,  # a VM has one NIC
+        )
+        # mixed: every other VM is UEFI, the first BIOS.
+        uefi = {"bios": (), "uefi": (0, 1), "mixed": (1,)}[args.firmware]
+        plans = [
+            dataclasses.replace(p, boot_mode="uefi" if p.index % 2 in uefi else "bios")
+            for p in plans
+        ]
+        service = workdir / "service"
+        url = vm.start_service(network, service, args.agent_data_dir, args.api_port)
+        token = service / "admin-token"
+        print(
+            f"service: {url} (log {service / 'service.log'}); admin token in {token}: "
+            f"export PROVISIONER_URL={url} PROVISIONER_TOKEN=$(cat {token})",
+            flush=True,
+        )
+        if build.current(args.agent_data_dir) is None:
+            print(
+                f"no agent built in {args.agent_data_dir} (provisioner agent build): "
+                "unknown VMs get no discovery image",
+                flush=True,
+            )
+        boot_url = f"http://{network.address}:{vm.SERVICE_PORT}"
+        network.start_dhcp(boot_url, snponly=args.uefi_pxe == "edk2")
+        rack.write_manifest(args.manifest, plans, role=args.role)
+        print(
+            f"starting {len(plans)} VMs ({args.firmware}) behind BMCs on "
+            f"{network.address}:{args.base_port}-{plans[-1].port} in namespace "
+            f"{network.namespace.name} (ipmitool there: ip netns exec "
+            f"{network.namespace.name} ipmitool -I lanplus -H {network.address} -p PORT ...); "
+            f"manifest {args.manifest}; VM files in {workdir}",
+            flush=True,
+        )
+        settings = rack.LabSettings(
+            seed=args.seed, control_dir=args.control_dir, session_timeout=args.session_timeout
+        )
+        progress = _Progress(len(plans), 1, began)
+        failed = threading.Event()
+
+        def report(event: tuple[Any, ...]) -> None:
+            if event[0] == "failed":
+                failed.set()
+            progress.event("main", event)
+
+        rack.serve_vms(plans, settings, network, workdir, report, stop, uefi_pxe=args.uefi_pxe)
+    print("lab stopped" if not failed.is_set() else "lab failed to start", flush=True)
+    return 1 if failed.is_set() else 0
 
 
 class _Progress:
@@ -285,6 +415,12 @@ def _seconds(value: float, option: str) -> float:
     if not 0 <= value <= 3600:
         raise ValueError(f"{option} takes 0 to 3600, not {value:g}")
     return value
+
+
+def _node_faults(args: argparse.Namespace) -> dict[str, faults.Fault]:
+    node_faults = _faults_file(args.faults) if args.faults else {}
+    node_faults.update(faults.parse_assignment(text) for text in args.fault)
+    return node_faults
 
 
 def _faults_file(path: Path) -> dict[str, faults.Fault]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import functools
 import multiprocessing
 import os
 import random
@@ -29,6 +30,8 @@ from lab.control import ControlServer
 from lab.machine import build_machine
 from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
 from lab.packet_loop import PacketLoop
+from lab.vm import VmBmc, VmFirmware, attach
+from lab.vmnet import LabNetwork
 
 UNITS_PER_RACK = 42
 MACS_PER_NODE = 2
@@ -74,10 +77,12 @@ def plan_rack(
     node_faults: dict[str, faults.Fault] | None = None,
     boot_mode: str = "bios",
     boot_modes: dict[str, str] | None = None,
+    macs_per_node: int = MACS_PER_NODE,
 ) -> list[NodePlan]:
-    """Nodes lab-r01-u01 ... with 42 per rack. MACs (52:54:00:xx:xx:xx, unique) and,
-    unless one shared ``password`` is given, per-node passwords follow from ``seed``.
-    Every node boots in ``boot_mode`` but those named in ``boot_modes``."""
+    """Nodes lab-r01-u01 ... with 42 per rack. MACs (52:54:00:xx:xx:xx, unique,
+    ``macs_per_node`` each) and, unless one shared ``password`` is given, per-node
+    passwords follow from ``seed``. Every node boots in ``boot_mode`` but those named
+    in ``boot_modes``."""
     if not 1 <= count <= 10_000:
         raise ValueError("a lab has 1 to 10000 nodes")
     if base_port < 1 or base_port + count - 1 > 65535:
@@ -90,13 +95,13 @@ def plan_rack(
     # Reproducible on purpose: lab passwords protect nothing, and a rerun with the same
     # seed must give the same manifest.
     rng = random.Random(f"{seed}/rack")  # noqa: S311
-    suffixes = rng.sample(range(1 << 24), count * MACS_PER_NODE)
+    suffixes = rng.sample(range(1 << 24), count * macs_per_node)
     alphabet = string.ascii_letters + string.digits
     plans = []
     for index in range(count):
         rack, unit = divmod(index, UNITS_PER_RACK)
         name = f"lab-r{rack + 1:02d}-u{unit + 1:02d}"
-        own = suffixes[index * MACS_PER_NODE : (index + 1) * MACS_PER_NODE]
+        own = suffixes[index * macs_per_node : (index + 1) * macs_per_node]
         secret = "".join(rng.choice(alphabet) for _ in range(16))
         plans.append(
             NodePlan(
@@ -225,6 +230,88 @@ def serve(
         netboot.close()
         for bmc in loop.bmcs:
             bmc.close()
+
+
+def serve_vms(
+    plans: Sequence[NodePlan],
+    settings: LabSettings,
+    network: LabNetwork,
+    workdir: Path,
+    report: Report,
+    stop: threading.Event,
+    *,
+    uefi_pxe: str = "ipxe",
+) -> None:
+    """Serve ``plans`` as QEMU VMs on ``network`` (files in ``workdir/<name>``) until
+    ``stop`` is set, in this process and from this thread: each VM's QEMU is started by
+    a thread of its own, and the network's closing stops them. The BMCs listen inside
+    the network's namespace on ``plan.address`` (the bridge's), where the service that
+    serves the VMs reaches them."""
+    settings.control_dir.mkdir(parents=True, exist_ok=True)
+    loop = PacketLoop()
+    firmwares: dict[str, VmFirmware] = {}
+    try:
+        for plan in plans:
+            machine = build_machine(plan.name, plan.index, settings.seed, list(plan.macs))
+            machine.boot_mode = plan.boot_mode
+            firmwares[plan.name] = attach(machine, network, workdir / plan.name, uefi_pxe=uefi_pxe)
+            gate = faults.FaultGate(settings.seed, plan.name, plan.fault)
+
+            # Bound by a thread inside the namespace: the socket lives there.
+            bmc = functools.partial(
+                VmBmc,
+                machine,
+                plan.username,
+                plan.password,
+                gate,
+                loop,
+                plan.address,
+                plan.port,
+                session_timeout=settings.session_timeout,
+            )
+            loop.bmcs.append(network.namespace.inside(bmc))
+        report(("started", len(plans)))
+    except OSError as exc:
+        report(("failed", f"cannot listen on {plan.address}:{plan.port}: {_bind_advice(exc)}"))
+        return
+    thread = threading.Thread(target=loop.run, name="bmc-packets", daemon=True)
+    thread.start()
+    control = _VmControl(settings.control_dir, {b.machine.name: b for b in loop.bmcs}, firmwares)
+    control.start()
+    try:
+        expected = [p.port for p in plans if p.fault.kind is not faults.Kind.NO_ANSWER]
+        answered = network.namespace.inside(lambda: probe(plans[0].address, expected))
+        silent = [p.name for p in plans if p.port not in answered]
+        report(("ready", len(plans) - len(silent), silent, process_rss_kib()))
+        while not stop.wait(0.5):
+            pass
+    finally:
+        control.close()
+        loop.stop()
+        thread.join(timeout=5)
+        for each in loop.bmcs:
+            each.close()
+
+
+class _VmControl(ControlServer):
+    """The control socket of a VM lab: a node's status also says whether its QEMU runs
+    and what went wrong driving it."""
+
+    def __init__(self, directory: Path, bmcs: dict[str, Any], vms: dict[str, VmFirmware]) -> None:
+        super().__init__(directory, bmcs)
+        self._vms = vms
+
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        answer = super().answer(request)
+        if request.get("op") == "status":
+            for name, firmware in self._vms.items():
+                answer["nodes"][name]["vm"] = {
+                    "qemu": "running" if firmware.vm.running else "stopped",
+                    "firmware": firmware.vm.spec.firmware,
+                    "workdir": str(firmware.vm.workdir),
+                    "errors": firmware.errors[-5:],
+                }
+        return answer
 
 
 def _bind_advice(exc: OSError) -> str:

@@ -23,19 +23,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from lab.bmc import LabBmc
 from lab.machine import OK, BootDevice, BootFlags, Machine
 from lab.qmp import Event, Qmp, QmpClosed, QmpError
 from lab.vmnet import LabNetwork, Namespace, spawn
+from provisioner.agent import build
 
 log = logging.getLogger(__name__)
 
@@ -407,3 +412,74 @@ class VmBmc(LabBmc):
             return super().power_shutdown()  # refused as the machine refuses it
         firmware.press_power_button()
         return OK
+
+
+# --- the service the VMs boot from ----------------------------------------------------
+
+SERVICE_PORT = 8080
+
+
+def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_port: int = 0) -> str:
+    """``provisioner serve`` in ``network``'s namespace on the bridge (HTTP and TFTP),
+    its files in ``home``, its API forwarded to the host's 127.0.0.1:``api_port`` (a
+    free port when 0), an admin token for it in ``home/admin-token``, ``agent_data_dir``'s
+    agent build as the discovery image. Returns the API's URL on the host once the
+    service is ready; the network's closing stops it."""
+    data = home / "data"
+    home.mkdir(parents=True, exist_ok=True)
+    boot_url = f"http://{network.address}:{SERVICE_PORT}"
+    # The lab's service is its own: none of the operator's PROVISIONER_* settings.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    env.update(
+        PROVISIONER_DATA_DIR=str(data),
+        PROVISIONER_TFTP_ENABLED="1",
+        PROVISIONER_TFTP_ADDRESS=network.address,
+        PROVISIONER_TFTP_PORT="69",
+        PROVISIONER_TFTP_ROOT=str(home / "tftp"),
+        PROVISIONER_BOOT_URL=boot_url,
+    )
+    agent = build.current(agent_data_dir)
+    if agent is not None:
+        images = data / "images" / "agent"
+        images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(agent.kernel, images / "vmlinuz")
+        shutil.copyfile(agent.initrd, images / "initrd.img")
+        env.update(
+            PROVISIONER_DISCOVERY_KERNEL_URL="agent/vmlinuz",
+            PROVISIONER_DISCOVERY_INITRD_URL="agent/initrd.img",
+            PROVISIONER_DISCOVERY_KERNEL_ARGS=f"console=ttyS0 provisioner.url={boot_url} "
+            "provisioner.token=discovery",
+        )
+    program = shutil.which("provisioner", path=f"{Path(sys.executable).parent}:{env['PATH']}")
+    if program is None:
+        raise VmError("--vms needs the provisioner command (pip install the project)")
+
+    def offline(*command: str) -> str:
+        done = subprocess.run([program, *command], env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise VmError(f"provisioner {command[0]} {command[1]}: {done.stderr[-1000:]}")
+        return done.stdout
+
+    offline("pxe", "assets", "--root", str(home / "tftp"))
+    token_file = home / "admin-token"
+    if not token_file.exists():
+        token = offline("token", "create", "--scope", "admin", "--name", "lab").strip()
+        with open(os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(token + "\n")
+    serve = [program, "serve", "--host", network.address, "--port", str(SERVICE_PORT)]
+    service = network.run(serve, home / "service.log", env)
+    api = network.forward(SERVICE_PORT, api_port)
+    url = f"http://127.0.0.1:{api.port}"
+    deadline = time.monotonic() + 120
+    while not _ready(url):
+        if service.poll() is not None or time.monotonic() > deadline:
+            raise VmError(f"the service did not start; see {home / 'service.log'}")
+        time.sleep(0.5)
+    return url
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

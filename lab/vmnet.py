@@ -339,9 +339,10 @@ class LabNetwork:
         self._closers.append(lambda: stop(process))
         return process
 
-    def forward(self, port: int) -> Forwarder:
-        """The host's 127.0.0.1:<returned .port> forwarded to ``port`` on the bridge."""
-        forwarder = Forwarder(self.namespace, self.address, port)
+    def forward(self, port: int, local_port: int = 0) -> Forwarder:
+        """The host's 127.0.0.1:<returned .port> (``local_port``, or a free one when 0)
+        forwarded to ``port`` on the bridge."""
+        forwarder = Forwarder(self.namespace, self.address, port, local_port)
         self._closers.append(forwarder.close)
         return forwarder
 
