@@ -59,6 +59,7 @@ class DnsmasqConfig:
     lease_time: str = "12h"
     router: IPv4Address | None = None
     dns_servers: tuple[IPv4Address, ...] = ()
+    lab: bool = False  # an isolated lab network: no ping before an offer, IPv6 RA
 
     @property
     def bootstrap_url(self) -> str:
@@ -155,6 +156,7 @@ def parse(
     lease_time: str = "12h",
     router: str | None = None,
     dns_servers: Sequence[str] = (),
+    lab: bool = False,
 ) -> DnsmasqConfig:
     """Validate operator input into a config; raises :class:`ConfigError` listing all
     problems at once."""
@@ -215,6 +217,11 @@ def parse(
             fixed += [("--listen-address", a) for a in listens]
             _check_range(p, net, start, end, fixed)
 
+    if lab and (mode != "full" or not interfaces):
+        p.add(
+            "--lab: only for --mode full with --interface: it skips the address-in-use "
+            "check nobody else's network may skip, and advertises the interfaces' IPv6 prefix"
+        )
     if p.items:
         raise ConfigError(p.items)
     # Each is set whenever no problem was recorded.
@@ -237,6 +244,7 @@ def parse(
         lease_time=lease_time,
         router=gateway,
         dns_servers=tuple(a for a in dns if a),
+        lab=lab,
     )
 
 
@@ -303,6 +311,18 @@ dnsmasq, say) keep their own interfaces.
             "bind-interfaces",
         )
     out += _range_block(c)
+    if c.lab:
+        out += _block(
+            """
+An isolated lab network (--lab), for boots that take seconds, not twenty. Offer a new
+address at once instead of pinging it for 3 s first: nothing else hands out addresses
+here. Advertise the interfaces' IPv6 prefix (they need an IPv6 address, a ULA will do):
+without a router advertisement on the link iPXE waits 13-16 s for IPv6 autoconfiguration.
+""",
+            "no-ping",
+            "enable-ra",
+            *(f"dhcp-range=::,constructor:{name},ra-only" for name in c.interfaces),
+        )
     out += _block(
         """
 Who is asking. DHCP option 93 (client architecture): 0 BIOS, 7 and 9 UEFI x64,

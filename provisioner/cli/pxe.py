@@ -131,6 +131,13 @@ def dnsmasq_config(
     dns_server: Annotated[
         list[str] | None, typer.Option(help="Full mode: DNS server for the nodes (repeatable).")
     ] = None,
+    lab: Annotated[
+        bool,
+        typer.Option(
+            help="Full mode on an isolated lab network: no ping before an offer, IPv6 router "
+            "advertisements on the --interface (which needs an IPv6 address)."
+        ),
+    ] = False,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
@@ -154,6 +161,7 @@ def dnsmasq_config(
             lease_time=lease_time,
             router=router,
             dns_servers=dns_server or (),
+            lab=lab,
         )
     except ConfigError as exc:
         raise CliError("invalid options: " + "; ".join(exc.problems)) from exc
