@@ -1,6 +1,6 @@
 """The lab's private boot network: a network namespace with a bridge, one tap per VM,
 and the DHCP server of that network (dnsmasq with the configuration `provisioner pxe
-dnsmasq-config --mode full` renders). Nothing the VMs send leaves the namespace.
+dnsmasq-config --mode full --lab` renders). Nothing the VMs send leaves the namespace.
 
 Processes run inside it through ``ip netns exec``; a thread of this process can also
 enter it (:meth:`Namespace.inside`) to open sockets there, which is how
@@ -35,6 +35,7 @@ from pxe import dnsmasq
 PREFIX = "prov-lab-"
 NETWORK = ipaddress.IPv4Network("10.213.0.0/24")
 BRIDGE = "br0"
+IPV6_ADDRESS = "fd00:213::1/64"  # a ULA: router advertisements end iPXE's IPv6 wait
 _NETNS_DIR = Path("/run/netns")
 _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG = 1
@@ -266,6 +267,8 @@ class LabNetwork:
             ns = self.namespace
             ns.ip("link", "add", BRIDGE, "type", "bridge", "stp_state", "0", "forward_delay", "0")
             ns.ip("addr", "add", f"{self.address}/{NETWORK.prefixlen}", "dev", BRIDGE)
+            # The prefix dnsmasq advertises (--lab), usable at once (nodad).
+            ns.ip("-6", "addr", "add", IPV6_ADDRESS, "dev", BRIDGE, "nodad")
             ns.ip("link", "set", BRIDGE, "up")
         except BaseException:
             self.namespace.delete()
@@ -286,8 +289,9 @@ class LabNetwork:
         return name
 
     def dnsmasq_config(self, api_url: str, *, snponly: bool = False) -> str:
-        """What `provisioner pxe dnsmasq-config --mode full` renders for this network,
-        answering on the bridge only, with the service's TFTP server on the bridge."""
+        """What `provisioner pxe dnsmasq-config --mode full --lab` renders for this
+        network, answering on the bridge only, with the service's TFTP server on the
+        bridge."""
         config = dnsmasq.parse(
             mode="full",
             network=str(NETWORK),
@@ -297,6 +301,7 @@ class LabNetwork:
             interfaces=[BRIDGE],
             range_start=str(NETWORK.network_address + 100),
             range_end=str(NETWORK.network_address + 199),
+            lab=True,
         )
         return dnsmasq.render(config)
 
