@@ -3,6 +3,7 @@ change their faults while it runs.
 
 provisioner-lab up --nodes 48 --manifest rack.csv --seed 7 \
     --tftp 127.0.0.1:6969 --ipxe-url http://127.0.0.1:8000/boot/bootstrap.ipxe
+provisioner-lab up --vms 2 --firmware mixed --manifest vms.csv   (root: QEMU VMs)
 provisioner-lab fault lab-r01-u03 no-answer
 provisioner-lab status
 """

@@ -1,7 +1,8 @@
 """A lab rack: N virtual BMCs on one address, their manifest, and the processes that
 serve them. One process serves up to ``per_process`` BMCs (pyghmi waits on its sockets
 with select(), which stops working near 1,024 descriptors); more BMCs are spread over
-worker processes that the calling process supervises.
+worker processes that the calling process supervises. A lab of QEMU VMs
+(:func:`serve_vms`) is always served by one process, from its main thread.
 """
 
 from __future__ import annotations
