@@ -172,6 +172,11 @@ def test_a_vm_lab_boots_an_imported_node_from_its_service(tmp_path: Path) -> Non
             return f"hops {hops()}\nVM events:\n{events}\nDHCP:\n{dhcp[-2000:]}\n{lab.output()}"
 
         poll(booted, BOOT_DEADLINE, why)
+        # The lab's DHCP server skips the ping and advertises the bridge's IPv6 prefix
+        # (pxe dnsmasq-config --lab): without the advertisement iPXE waits 13-16 s.
+        net = tmp_path / "lab" / "net"
+        assert "no-ping" in (net / "dnsmasq.conf").read_text().splitlines()
+        assert "router advertisement on fd00:213::" in (net / "dnsmasq.log").read_text()
         status = subprocess.run(
             [LAB, "status", "--control-dir", str(control)],
             capture_output=True,
