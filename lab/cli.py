@@ -287,11 +287,24 @@ def _up_vms(args: argparse.Namespace) -> int:
         raise ValueError("--vms starts the VMs off: power them on through their BMCs")
     workdir = (args.workdir or args.control_dir / "vms").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     logging.getLogger("lab").setLevel(logging.INFO)
+    # While starting, SIGINT and SIGTERM unwind (leaving the network stops what runs),
+    # even where the shell started the lab with SIGINT ignored (a background job).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    try:
+        return _serve_vms(args, workdir, began)
+    except KeyboardInterrupt:
+        print("lab stopped while starting", flush=True)
+        return 1
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_vms(args: argparse.Namespace, workdir: Path, began: float) -> int:
     with vmnet.LabNetwork(workdir / "net") as network:
         plans = rack.plan_rack(
             args.vms,
@@ -339,6 +352,9 @@ def _up_vms(args: argparse.Namespace) -> int:
         )
         progress = _Progress(len(plans), 1, began)
         failed = threading.Event()
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
 
         def report(event: tuple[Any, ...]) -> None:
             if event[0] == "failed":

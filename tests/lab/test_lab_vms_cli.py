@@ -42,6 +42,57 @@ def test_without_the_tools_the_lab_names_what_is_missing(tmp_path: Path) -> None
     assert not (tmp_path / "control").exists()
 
 
+def need_vm_tools() -> None:
+    missing = [
+        p for p in ("qemu-system-x86_64", "ip", "dnsmasq", "ipmitool") if not shutil.which(p)
+    ]
+    problem = f"needs {', '.join(missing)} (Debian)" if missing else ""
+    if not problem and os.geteuid() != 0:
+        problem = "needs root for network namespaces"
+    if problem:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {problem}")
+        pytest.skip(problem)
+
+
+def test_ctrl_c_while_starting_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Interrupted before it serves (the service still starting), the lab unwinds: no
+    namespace, no service, no dnsmasq. Started as a shell's background job is, with
+    SIGINT ignored, which the lab must not inherit."""
+    need_vm_tools()
+    process = subprocess.Popen(
+        [
+            LAB, "up", "--vms", "1",
+            "--manifest", str(tmp_path / "rack.csv"),
+            "--control-dir", str(tmp_path / "control"),
+            "--agent-data-dir", str(tmp_path / "no-agent"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=clean_env(tmp_path / "home"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    own = f"{vmnet.PREFIX}{process.pid}-"
+    poll(
+        lambda: own in vmnet.ip("netns", "list") or process.poll() is not None,
+        60,
+        lambda: "the lab made no namespace",
+    )
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    assert "lab stopped while starting" in output
+    assert own not in vmnet.ip("netns", "list")
+    assert not _ours(tmp_path)
+
+
+def _ours(tmp_path: Path) -> list[str]:
+    """Command lines of running processes that name ``tmp_path``."""
+    pids = (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [_cmdline(pid) for pid in pids if not gone(pid) and str(tmp_path) in _cmdline(pid)]
+
+
 class Lab:
     """``provisioner-lab up`` as a process, its output collected as it comes."""
 
@@ -77,16 +128,7 @@ def test_a_vm_lab_boots_an_imported_node_from_its_service(tmp_path: Path) -> Non
     ipmitool against the node's BMC sets PXE and powers it on; the VM network-boots from
     the lab's service, which records the hop on the node's timeline; the status names
     the running QEMU; Ctrl-C leaves no namespace and no process of the lab behind."""
-    missing = [
-        p for p in ("qemu-system-x86_64", "ip", "dnsmasq", "ipmitool") if not shutil.which(p)
-    ]
-    problem = f"needs {', '.join(missing)} (Debian)" if missing else ""
-    if not problem and os.geteuid() != 0:
-        problem = "needs root for network namespaces"
-    if problem:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {problem}")
-        pytest.skip(problem)
+    need_vm_tools()
     manifest = tmp_path / "rack.csv"
     control = tmp_path / "control"
     base_port = free_port_block(1)
@@ -198,12 +240,7 @@ def test_a_vm_lab_boots_an_imported_node_from_its_service(tmp_path: Path) -> Non
     assert lab.line("lab stopped"), lab.output()
     assert namespace not in vmnet.ip("netns", "list")
     assert all(gone(pid) for pid in inside), inside
-    left = [
-        pid
-        for pid in (int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit())
-        if not gone(pid) and str(tmp_path) in _cmdline(pid)
-    ]
-    assert not left, [_cmdline(pid) for pid in left]
+    assert not _ours(tmp_path)
 
 
 def _cmdline(pid: int) -> str:
