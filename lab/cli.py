@@ -278,13 +278,18 @@ def _up_vms(args: argparse.Namespace) -> int:
     """``up --vms N``: a lab network, the service serving it, N VMs behind BMCs, all in
     this process (its main thread starts the service; each VM's thread its QEMU)."""
     began = time.monotonic()
+    if args.power == "on":
+        raise ValueError("--vms starts the VMs off: power them on through their BMCs")
+    if args.tftp or args.ipxe_url or args.boot_mode:
+        raise ValueError(
+            "--vms boot from the lab's own service and DHCP server: --tftp, --ipxe-url "
+            "and --boot-mode are for --nodes (choose the VMs' firmware with --firmware)"
+        )
     needs = [f"{tool} (Debian: {VM_TOOLS[tool]})" for tool in VM_TOOLS if not shutil.which(tool)]
     if os.geteuid() != 0:
         needs.append("root (network namespaces and taps)")
     if needs:
         raise ValueError(f"--vms needs {', '.join(needs)}")
-    if args.power == "on":
-        raise ValueError("--vms starts the VMs off: power them on through their BMCs")
     workdir = (args.workdir or args.control_dir / "vms").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")

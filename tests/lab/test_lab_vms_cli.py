@@ -93,6 +93,19 @@ def _ours(tmp_path: Path) -> list[str]:
     return [_cmdline(pid) for pid in pids if not gone(pid) and str(tmp_path) in _cmdline(pid)]
 
 
+def test_options_of_emulated_nodes_are_refused_with_vms(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [LAB, "up", "--vms", "1", "--boot-mode", "uefi", "--control-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "--boot-mode are for --nodes (choose the VMs' firmware with --firmware)" in (
+        result.stderr
+    )
+
+
 class Lab:
     """``provisioner-lab up`` as a process, its output collected as it comes."""
 
