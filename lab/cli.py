@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from lab import control, faults, image, rack, vm, vmnet
+from lab import control, faults, rack, vm, vmnet
 from lab.bmc import SESSION_IDLE_SECONDS
 from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
 from provisioner.agent import build
@@ -205,8 +205,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--control-dir", type=Path, default=DEFAULT_CONTROL_DIR)
     status.set_defaults(command=_status)
-    image.register(commands)
+
+    # Options after "image" are the image builder's (Typer) to parse: argparse reads no
+    # prefix of its own there.
+    image = commands.add_parser(
+        "image", help="the deployable test image", add_help=False, prefix_chars="\0"
+    )
+    image.add_argument("rest", nargs=argparse.REMAINDER)
+    image.set_defaults(command=_image)
     return parser
+
+
+def _image(args: argparse.Namespace) -> int:
+    # Imported when asked for: with Typer and the settings loaded, a lab serving BMCs
+    # grows by megabytes more under a login storm (tests/lab/test_sessions.py).
+    from lab import image
+
+    return image.run(args.rest)
 
 
 def _up(args: argparse.Namespace) -> int:

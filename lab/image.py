@@ -18,7 +18,6 @@ layout: a filesystem labelled ``config-2`` with ``openstack/latest/meta_data.jso
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -376,20 +375,11 @@ def build_command(
     typer.echo(f"wrote {output} ({format.value}, {size:,} bytes, kernel {image.kernel_version})")
 
 
-def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``image`` to the argparse sub-commands of ``provisioner-lab`` (lab/cli.py),
-    handing everything after it to :data:`app`."""
-    # Options are Typer's to parse: no prefix argparse would read as one of its own.
-    parser = commands.add_parser(
-        "image", help="the deployable test image", add_help=False, prefix_chars="\0"
-    )
-    parser.add_argument("rest", nargs=argparse.REMAINDER)
-    parser.set_defaults(command=_run_app)
-
-
-def _run_app(args: argparse.Namespace) -> int:
+def run(argv: list[str]) -> int:
+    """``provisioner-lab image ARGV...`` (lab/cli.py hands everything after ``image``
+    here); returns the exit code."""
     try:
-        app(args=args.rest, prog_name="provisioner-lab image")
+        app(args=argv, prog_name="provisioner-lab image")
     except SystemExit as done:  # Typer always ends this way; provisioner-lab returns codes
         return done.code if isinstance(done.code, int) else 1
     return 0

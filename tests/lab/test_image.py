@@ -10,7 +10,6 @@ The VMs' network is QEMU's user-mode stack: the guest reaches this host's 127.0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import queue
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from lab import cli as lab_cli
 from lab import image
 from provisioner.agent import build
 from tests.agent.fixtures import REQUIRE_TOOLS, need
@@ -119,17 +119,13 @@ def test_the_config_drive_is_fat_labelled_config_2_with_openstack_meta_data(
 def test_provisioner_lab_image_build_writes_the_image(
     built: image.Image, agent_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Through the hook lab/cli.py registers, as ``provisioner-lab image build``."""
-    parser = argparse.ArgumentParser(prog="provisioner-lab")
-    image.register(parser.add_subparsers(required=True))
+    """As ``provisioner-lab image build``, through lab/cli.py."""
     out = tmp_path / "out.raw"
     argv = ["image", "build", "--output", str(out), "--data-dir", str(agent_data)]
-    args = parser.parse_args(argv)
-    assert args.command(args) == 0
+    assert lab_cli.main(argv) == 0
     assert out.read_bytes() == built.path.read_bytes()
     assert f"wrote {out} (raw, " in capsys.readouterr().out
-    args = parser.parse_args([*argv[:-2], "--format", "vhd"])
-    assert args.command(args) == 2
+    assert lab_cli.main([*argv[:-2], "--format", "vhd"]) == 2
 
 
 # --- booting it ------------------------------------------------------------------------

@@ -359,11 +359,13 @@ def serve_in(
 
 
 # A lab network in a process of its own, with dnsmasq and a stand-in for QEMU (sleep)
-# inside: what a test interrupts or kills.
+# inside: what a test interrupts or kills. Ctrl-C is Python's KeyboardInterrupt even when
+# the test suite itself runs as a background job, whose children inherit SIGINT ignored.
 _LAB_PROCESS = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from lab import vmnet
+signal.signal(signal.SIGINT, signal.default_int_handler)
 with vmnet.LabNetwork(Path(sys.argv[1])) as network:
     network.add_tap()
     network.start_dhcp(f"http://{network.address}:8080")
