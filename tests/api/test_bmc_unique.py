@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.api.test_adoption import flush_hops
 from tests.conftest import node_body, snapshot
 
 CSV_HEADER = "name,rack,u,bmc_address,bmc_port,bmc_username,bmc_password,macs\n"
@@ -144,6 +145,7 @@ def test_adopting_a_discovered_node_with_a_bmc_in_use_is_409_and_keeps_it_discov
     _enroll(client, operator, name="old", bmc=_bmc("10.0.9.1"))
     for mac in ("52:54:00:00:b2:01", "52:54:00:00:b2:02"):
         assert client.get("/boot/ipxe", params={"mac": mac}).status_code == 200
+    flush_hops(client)  # the boot trace is written after the responses, in batches
     before = snapshot(app)
     enrolled = client.post(
         "/api/v1/nodes",
