@@ -260,8 +260,8 @@ def _clearing(flag: str, what: str) -> Any:
 def update_role(
     ctx: typer.Context,
     name: NameArg,
-    description: Description = None,
     default_image: Annotated[str | None, typer.Option(help="Image if a node names none.")] = None,
+    description: Description = None,
     no_default_image: Annotated[
         bool, typer.Option("--no-default-image", help="Remove the default image.")
     ] = False,
