@@ -28,7 +28,7 @@ import yaml
 from lab import faults
 from lab.bmc import SESSION_IDLE_SECONDS, LabBmc
 from lab.control import ControlServer
-from lab.machine import build_machine
+from lab.machine import Machine, build_machine
 from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
 from lab.packet_loop import PacketLoop
 from lab.vm import VmBmc, VmFirmware, attach
@@ -195,17 +195,7 @@ def serve(
             machine.boot_mode = plan.boot_mode
             gate = faults.FaultGate(settings.seed, plan.name, plan.fault)
             netboot.attach(machine, gate, plan.index)
-            bmc = LabBmc(
-                machine,
-                plan.username,
-                plan.password,
-                gate,
-                loop,
-                plan.address,
-                plan.port,
-                session_timeout=settings.session_timeout,
-            )
-            loop.bmcs.append(bmc)
+            loop.bmcs.append(_bmc(LabBmc, machine, plan, gate, loop, settings))
             if done % 50 == 0 or done == len(plans):
                 report(("started", done))
     except OSError as exc:
@@ -259,17 +249,7 @@ def serve_vms(
             gate = faults.FaultGate(settings.seed, plan.name, plan.fault)
 
             # Bound by a thread inside the namespace: the socket lives there.
-            bmc = functools.partial(
-                VmBmc,
-                machine,
-                plan.username,
-                plan.password,
-                gate,
-                loop,
-                plan.address,
-                plan.port,
-                session_timeout=settings.session_timeout,
-            )
+            bmc = functools.partial(_bmc, VmBmc, machine, plan, gate, loop, settings)
             loop.bmcs.append(network.namespace.inside(bmc))
         report(("started", len(plans)))
     except OSError as exc:
@@ -433,3 +413,24 @@ def process_rss_kib(pid: int | None = None) -> int:
     status = Path(f"/proc/{pid or os.getpid()}/status").read_text()
     line = next(line for line in status.splitlines() if line.startswith("VmRSS:"))
     return int(line.split()[1])
+
+
+def _bmc(
+    kind: type[LabBmc],
+    machine: Machine,
+    plan: NodePlan,
+    gate: faults.FaultGate,
+    loop: PacketLoop,
+    settings: LabSettings,
+) -> LabBmc:
+    """The BMC of ``plan``'s machine, of ``kind``, listening on the plan's address."""
+    return kind(
+        machine,
+        plan.username,
+        plan.password,
+        gate,
+        loop,
+        plan.address,
+        plan.port,
+        session_timeout=settings.session_timeout,
+    )
