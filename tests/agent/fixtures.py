@@ -39,3 +39,31 @@ def agent(agent_data: Path) -> build.Agent:
         if REQUIRE_TOOLS:
             raise
         pytest.skip(f"cannot build the agent here: {exc}")
+
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+
+
+def qemu_machine(firmware: str, tmp_path: Path) -> list[str]:
+    """A QEMU machine under pure emulation (KVM here cannot run stock guests): 1 vCPU,
+    512 MiB, no display, its console in ``tmp_path/serial.log``; ``uefi`` boots OVMF
+    with a copy of its variables. The test adds the devices."""
+    need("qemu-system-x86_64")
+    args = [
+        "qemu-system-x86_64",
+        "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
+        "-no-reboot", "-display", "none", "-monitor", "none",
+        "-serial", f"file:{tmp_path / 'serial.log'}",
+    ]  # fmt: skip
+    if firmware == "uefi":
+        if not OVMF_CODE.is_file():
+            need("ovmf (/usr/share/OVMF)")
+        vars_copy = tmp_path / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, vars_copy)
+        args += [
+            "-machine", "q35",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+        ]  # fmt: skip
+    return args

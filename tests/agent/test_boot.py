@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import subprocess
 import threading
 import uuid
@@ -25,10 +24,8 @@ from typing import Any
 import pytest
 
 from provisioner.agent import build
-from tests.agent.fixtures import need
+from tests.agent.fixtures import qemu_machine
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Quiet, a boot to power-off takes 15-25 s under emulation; a busy CI machine 2-3x that.
 BOOT_DEADLINE = 240
 
@@ -77,11 +74,8 @@ def qemu(firmware: str, agent: build.Agent, tmp_path: Path, port: int, vm: uuid.
     disk = tmp_path / "disk.raw"
     with disk.open("wb") as handle:
         handle.truncate(64 * 1024 * 1024)
-    args = [
-        "qemu-system-x86_64",
-        "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
-        "-no-reboot", "-display", "none", "-monitor", "none",
-        "-serial", f"file:{tmp_path / 'serial.log'}",
+    return [
+        *qemu_machine(firmware, tmp_path),
         "-kernel", str(agent.kernel), "-initrd", str(agent.initrd),
         "-append", f"console=ttyS0 provisioner.url=http://10.0.2.2:{port} "
         "provisioner.token=node-token BOOTIF=01-52-54-00-a9-00-01",
@@ -92,24 +86,12 @@ def qemu(firmware: str, agent: build.Agent, tmp_path: Path, port: int, vm: uuid.
         "-uuid", str(vm),
         "-smbios", "type=1,manufacturer=Lab Systems,product=QEMU \"Q\\35\",serial=LAB-0001",
     ]  # fmt: skip
-    if firmware == "uefi":
-        vars_copy = tmp_path / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
-        args += [
-            "-machine", "q35",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]  # fmt: skip
-    return args
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
 def test_the_agent_boots_reports_and_powers_off(
     firmware: str, agent: build.Agent, service: tuple[Service, int], tmp_path: Path
 ) -> None:
-    need("qemu-system-x86_64")
-    if firmware == "uefi" and not OVMF_CODE.is_file():
-        need("ovmf (/usr/share/OVMF)")
     recorded, port = service
     vm = uuid.uuid4()
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import struct
 import subprocess
 import threading
@@ -27,10 +26,8 @@ import pytest
 from lab import cli as lab_cli
 from lab import image
 from provisioner.agent import build
-from tests.agent.fixtures import REQUIRE_TOOLS, need
+from tests.agent.fixtures import REQUIRE_TOOLS, need, qemu_machine
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Quiet, a boot to the callback takes 10-20 s under emulation; a busy CI machine 2-3x that.
 BOOT_DEADLINE = 240
 KEYS = {"operator": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIlabimage operator@lab"}
@@ -157,11 +154,8 @@ def callbacks() -> Iterator[tuple[queue.Queue[tuple[str, Any]], int]]:
 
 
 def qemu(firmware: str, disk: Path, disk_format: str, drive: Path, tmp_path: Path) -> list[str]:
-    args = [
-        "qemu-system-x86_64",
-        "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512",
-        "-no-reboot", "-display", "none", "-monitor", "none",
-        "-serial", f"file:{tmp_path / 'serial.log'}",
+    return [
+        *qemu_machine(firmware, tmp_path),
         "-netdev", "user,id=n0",
         # No NIC boot ROM: the machine boots from its disk, as a deployed one does.
         "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:a9:01:01,romfile=",
@@ -170,15 +164,6 @@ def qemu(firmware: str, disk: Path, disk_format: str, drive: Path, tmp_path: Pat
         "-drive", f"file={drive},format=raw,if=none,id=d1",
         "-device", "virtio-blk-pci,drive=d1",
     ]  # fmt: skip
-    if firmware == "uefi":
-        vars_copy = tmp_path / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, vars_copy)
-        args += [
-            "-machine", "q35",
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
-        ]  # fmt: skip
-    return args
 
 
 @pytest.mark.parametrize(
@@ -192,8 +177,6 @@ def test_the_image_boots_reads_its_config_drive_and_calls_back(
     tmp_path: Path,
 ) -> None:
     need("qemu-system-x86_64", *(["qemu-img"] if disk_format == "qcow2" else []))
-    if firmware == "uefi" and not OVMF_CODE.is_file():
-        need("ovmf (/usr/share/OVMF)")
     posts, port = callbacks
     hostname = f"lab-{firmware}-{disk_format}"
     disk = tmp_path / f"disk.{disk_format}"
