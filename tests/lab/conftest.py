@@ -31,9 +31,21 @@ import pytest
 
 from lab import control, faults
 from provisioner.bmc import pyghmi_fixes
+from tests.agent.fixtures import need
 from tests.serving import Served, poll
 
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
+
+
+def need_vm_lab(*programs: str) -> None:
+    """What a lab of QEMU VMs on a network namespace needs: its programs, and root."""
+    need("qemu-system-x86_64", "ip", "dnsmasq", *programs)
+    if os.geteuid() != 0:
+        if REQUIRE_TOOLS:
+            pytest.fail("PROVISIONER_REQUIRE_TOOLS=1 but this needs root for network namespaces")
+        pytest.skip("needs root for network namespaces")
+
+
 PASSWORD = "lab-secret"
 
 

@@ -7,17 +7,15 @@ dnsmasq and ipmitool (required when PROVISIONER_REQUIRE_TOOLS=1).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
 from pathlib import Path
 
 import httpx
-import pytest
 
 from lab import vmnet
-from tests.lab.conftest import REQUIRE_TOOLS, free_port_block
+from tests.lab.conftest import free_port_block, need_vm_lab
 from tests.lab.test_vms import gone
 from tests.serving import BIN, clean_env, poll
 
@@ -42,24 +40,11 @@ def test_without_the_tools_the_lab_names_what_is_missing(tmp_path: Path) -> None
     assert not (tmp_path / "control").exists()
 
 
-def need_vm_tools() -> None:
-    missing = [
-        p for p in ("qemu-system-x86_64", "ip", "dnsmasq", "ipmitool") if not shutil.which(p)
-    ]
-    problem = f"needs {', '.join(missing)} (Debian)" if missing else ""
-    if not problem and os.geteuid() != 0:
-        problem = "needs root for network namespaces"
-    if problem:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {problem}")
-        pytest.skip(problem)
-
-
 def test_ctrl_c_while_starting_leaves_nothing_behind(tmp_path: Path) -> None:
     """Interrupted before it serves (the service still starting), the lab unwinds: no
     namespace, no service, no dnsmasq. Started as a shell's background job is, with
     SIGINT ignored, which the lab must not inherit."""
-    need_vm_tools()
+    need_vm_lab("ipmitool")
     process = subprocess.Popen(
         [
             LAB, "up", "--vms", "1",
@@ -141,7 +126,7 @@ def test_a_vm_lab_boots_an_imported_node_from_its_service(tmp_path: Path) -> Non
     ipmitool against the node's BMC sets PXE and powers it on; the VM network-boots from
     the lab's service, which records the hop on the node's timeline; the status names
     the running QEMU; Ctrl-C leaves no namespace and no process of the lab behind."""
-    need_vm_tools()
+    need_vm_lab("ipmitool")
     manifest = tmp_path / "rack.csv"
     control = tmp_path / "control"
     base_port = free_port_block(1)

@@ -11,7 +11,6 @@ PROVISIONER_REQUIRE_TOOLS=1) and builds the agent ramdisk once per session.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -32,7 +31,7 @@ from lab.machine import Machine, build_machine
 from lab.packet_loop import PacketLoop
 from lab.vm import DISK, NIC, OVMF_CODE, OVMF_VARS, Vm, VmBmc, VmFirmware, attach, spec_for
 from provisioner.agent import build
-from tests.lab.conftest import REQUIRE_TOOLS, Node, free_port_block, ipmitool
+from tests.lab.conftest import REQUIRE_TOOLS, Node, free_port_block, ipmitool, need_vm_lab
 from tests.serving import BIN, clean_env, poll
 
 BOOT_DEADLINE = 420  # one network boot to the agent, on a busy 2-core machine
@@ -42,14 +41,7 @@ SEED = 12
 
 @pytest.fixture(autouse=True)
 def _tools() -> None:
-    missing = [p for p in ("qemu-system-x86_64", "ip", "dnsmasq") if shutil.which(p) is None]
-    problem = f"needs {', '.join(missing)} (Debian)" if missing else ""
-    if not problem and os.geteuid() != 0:
-        problem = "needs root for network namespaces"
-    if problem:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {problem}")
-        pytest.skip(problem)
+    need_vm_lab()
 
 
 @dataclass
