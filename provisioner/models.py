@@ -10,7 +10,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Table, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Table,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from provisioner.steps import DeploymentStatus, Step
@@ -182,6 +191,13 @@ class OsImage(SQLModel, table=True):
     repo_url: str = Field(default="", max_length=1024)
     answer_template: str = Field(max_length=32)
     kernel_args: str = Field(default="", max_length=1024)
+    # How it gets onto a disk: "installer" (the kernel and initrd above, driven by an
+    # answer file) or "image" (the deploy agent writes image_url, whose SHA-256 is
+    # checksum, in format raw, raw.gz or qcow2).
+    deploy: str = Field(default="installer", max_length=16)
+    image_url: str = Field(default="", max_length=1024)
+    checksum: str = Field(default="", max_length=71)
+    format: str = Field(default="", max_length=8)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -240,6 +256,35 @@ class Deployment(SQLModel, table=True):
     challenge_used_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # When configuration management took the node over (ENC fetched after the install).
     handoff_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # Who does the machine's side (provisioner/steps.py Method): the image's installer,
+    # or the deploy agent, whose last heartbeat and finished job are recorded here.
+    method: str = Field(default="installer", max_length=16)
+    agent_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    agent_done_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class DiskWipe(SQLModel, table=True):
+    """Evidence of one disk's wipe, as the deploy agent reported it: kept after the
+    deployment ends, for the node's owner to show what was erased, how and when."""
+
+    __tablename__ = "disk_wipe"
+
+    id: int | None = Field(default=None, primary_key=True)
+    node_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("node.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    deployment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("deployment.id", ondelete="SET NULL"), nullable=True),
+    )
+    disk: str = Field(max_length=64)
+    method: str = Field(max_length=16)
+    bytes: int = Field(default=0, sa_type=BigInteger)
+    seconds: float = Field(default=0.0)
+    ok: bool = Field(default=False)
+    verified: str = Field(default="", max_length=200)
+    message: str = Field(default="", max_length=500)
+    created_at: datetime = _timestamp()
 
 
 class BootHop(SQLModel, table=True):
