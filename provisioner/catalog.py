@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from sqlmodel import Session, SQLModel, col, func, select
 
 from provisioner.boot import answers
+from provisioner.catalog_schemas import IMAGE_FIELDS, INSTALLER_FIELDS
 from provisioner.errors import Problem
 from provisioner.models import Node, OsImage, Role, utcnow
 from provisioner.schemas import ImageIn, RoleIn
@@ -16,6 +17,8 @@ from provisioner.schemas import ImageIn, RoleIn
 Row = TypeVar("Row", Role, OsImage)
 
 _WHAT = {Role: "role", OsImage: "image"}
+# repo_url and kernel_args may be empty (the template's mirror, no extra arguments).
+_INSTALLER_NEEDS = ("kernel_url", "initrd_url", "answer_template")
 
 
 def get(session: Session, model: type[Row], name: str) -> Row:
@@ -39,7 +42,9 @@ def create(
     _check_default_image(session, data)
     values = data.model_dump() | (sealed or {})
     if model is OsImage:
-        _check_renders(values)
+        # Left out (None): a field the image's way of deploying does not use.
+        values = {k: "" if v is None else v for k, v in values.items()}
+        _check_image(values)
     row = model.model_validate(values)
     session.add(row)
     session.commit()
@@ -53,7 +58,8 @@ def change(
     _check_default_image(session, patch)
     changes = patch.model_dump(exclude_unset=True) | (sealed or {})
     if isinstance(row, OsImage):
-        _check_renders(row.model_dump() | changes)
+        changes = _image_changes(row, changes)
+        _check_image(row.model_dump() | changes)
     for key, value in changes.items():
         setattr(row, key, value)
     row.updated_at = utcnow()
@@ -91,6 +97,47 @@ def _check_default_image(session: Session, data: BaseModel) -> None:
             f"Unknown image {image!r}; create it first (POST /api/v1/images).",
             errors=[{"field": "default_image", "message": "unknown image"}],
         )
+
+
+def _image_changes(row: OsImage, changes: dict[str, Any]) -> dict[str, Any]:
+    """A change of ``deploy`` also empties what only the old way used, unless the same
+    change sets it: an image is never left holding two ways of deploying."""
+    deploy = changes.get("deploy", row.deploy)
+    if deploy == row.deploy:
+        return changes
+    unused = INSTALLER_FIELDS if deploy == "image" else IMAGE_FIELDS
+    return dict.fromkeys(unused, "") | changes
+
+
+def _check_image(image: dict[str, Any]) -> None:
+    """Refuse an image that holds fields of both ways of deploying, or misses some of its
+    own; an installer image must render too."""
+    deploy = image["deploy"]
+    needed, unused = (
+        (IMAGE_FIELDS, INSTALLER_FIELDS) if deploy == "image" else (_INSTALLER_NEEDS, IMAGE_FIELDS)
+    )
+    extra = [field for field in unused if image[field]]
+    if extra:
+        raise Problem(
+            422,
+            f"Image {image['name']!r} has deploy {deploy!r}, which does not use "
+            f"{', '.join(extra)}; leave {'it' if len(extra) == 1 else 'them'} out.",
+            errors=[
+                {"field": field, "message": f"not used by deploy {deploy!r}"} for field in extra
+            ],
+        )
+    missing = [field for field in needed if not image[field]]
+    if missing:
+        raise Problem(
+            422,
+            f"Image {image['name']!r} has deploy {deploy!r}, which needs "
+            f"{', '.join(needed)}; give {', '.join(missing)}.",
+            errors=[
+                {"field": field, "message": f"required by deploy {deploy!r}"} for field in missing
+            ],
+        )
+    if deploy == "installer":
+        _check_renders(image)
 
 
 def _check_renders(image: dict[str, Any]) -> None:

@@ -122,8 +122,14 @@ class RoleOut(RoleBase):
 ImageVersion = Annotated[
     str, Field(min_length=1, max_length=32, json_schema_extra={"pattern": r"^[\x21-\x7e]+$"})
 ]
-OsFamily = Literal["rhel", "fedora", "debian", "ubuntu"]
+# "other": an OS none of the installers knows, which only a disk image can deploy (the
+# lab's image, a Debian kernel with busybox, is one).
+OsFamily = Literal["rhel", "fedora", "debian", "ubuntu", "other"]
 AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
+# How an image reaches a disk: its installer (kernel, initrd, answer file), or the deploy
+# agent writing image_url (docs/images.md).
+Deploy = Literal["installer", "image"]
+ImageFormat = Literal["raw", "raw.gz", "qcow2"]
 
 
 def _boot_location(value: str) -> str:
@@ -153,50 +159,122 @@ BootLocation = Annotated[
 RepoUrl = Annotated[str, Field(max_length=1024, pattern=rf"^({_HTTP_URL})?$")]
 
 
+def _image_location(value: str) -> str:
+    path = value.removeprefix("file://") if value.startswith("file://") else value
+    if "://" not in path and ".." in path.split("/"):
+        raise ValueError("a path may not contain '..'")
+    return value
+
+
+# The disk image the service fetches, verifies and caches for the agent: an http(s) URL,
+# a file of the service's machine (file:///absolute/path, taken as written: no
+# %-escapes), or a path in the images directory.
+ImageUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=1024,
+        pattern=rf"^({_HTTP_URL}|file:///[^\s?#:%]+|[A-Za-z0-9_][A-Za-z0-9._/-]*)$",
+        description="http(s) URL, file:///absolute/path, or a path in the images directory",
+        json_schema_extra={"not": {"pattern": r"^(file://)?([^:]*/)?\.\.(/[^:]*)?$"}},
+    ),
+    AfterValidator(_image_location),
+]
+
+
+def _sha256(value: str) -> str:
+    return "sha256:" + value.removeprefix("sha256:").lower()
+
+
+# The SHA-256 of the file at image_url as it is fetched (compressed, qcow2: as stored);
+# plain hex is taken too and stored with its prefix.
+Checksum = Annotated[
+    str,
+    Field(
+        pattern=r"^(sha256:)?[0-9A-Fa-f]{64}$",
+        description="sha256:<64 hex digits> (or the 64 digits alone) of the file at image_url",
+    ),
+    AfterValidator(_sha256),
+]
+
+
+# Fields only one way of deploying uses: the other way's are left out (stored empty).
+INSTALLER_FIELDS = ("kernel_url", "initrd_url", "answer_template", "repo_url", "kernel_args")
+IMAGE_FIELDS = ("image_url", "checksum", "format")
+_NO_IMAGE_FIELDS: dict[str, Any] = dict.fromkeys(IMAGE_FIELDS, False)
+
+
 class ImageIn(Strict):
     # Which template installs which family, and Anaconda's need of a repository: the
-    # renderer's rules (boot/answers.py), refused with 422 when broken.
+    # renderer's rules (boot/answers.py); an image deploy's fields, all or none by
+    # ``deploy`` (provisioner/catalog.py). Refused with 422 when broken.
     model_config = ConfigDict(
         json_schema_extra={
             "anyOf": [
                 {
                     "properties": {
+                        "deploy": {"const": "installer"},
                         "answer_template": {"const": "kickstart"},
                         "os_family": {"enum": ["rhel", "fedora"]},
                         "repo_url": {"minLength": 1},
+                        **_NO_IMAGE_FIELDS,
                     },
-                    "required": ["repo_url"],
+                    "required": ["kernel_url", "initrd_url", "answer_template", "repo_url"],
                 },
                 {
                     "properties": {
+                        "deploy": {"const": "installer"},
                         "answer_template": {"const": "preseed"},
                         "os_family": {"const": "debian"},
-                    }
+                        **_NO_IMAGE_FIELDS,
+                    },
+                    "required": ["kernel_url", "initrd_url", "answer_template"],
                 },
                 {
                     "properties": {
+                        "deploy": {"const": "installer"},
                         "answer_template": {"const": "autoinstall"},
                         "os_family": {"const": "ubuntu"},
-                    }
+                        **_NO_IMAGE_FIELDS,
+                    },
+                    "required": ["kernel_url", "initrd_url", "answer_template"],
+                },
+                {
+                    "properties": {
+                        "deploy": {"const": "image"},
+                        "kernel_url": False,
+                        "initrd_url": False,
+                        "answer_template": False,
+                        "repo_url": {"maxLength": 0},
+                        "kernel_args": {"maxLength": 0},
+                    },
+                    "required": ["deploy", *IMAGE_FIELDS],
                 },
             ]
         }
     )
 
     name: Slug
+    deploy: Deploy = "installer"
     os_family: OsFamily
     version: ImageVersion
-    kernel_url: BootLocation
-    initrd_url: BootLocation
+    # Keep: may be left out (an image deploy has none), never null.
+    kernel_url: Keep[BootLocation] = None
+    initrd_url: Keep[BootLocation] = None
     repo_url: RepoUrl = ""
-    answer_template: AnswerTemplate
+    answer_template: Keep[AnswerTemplate] = None
     kernel_args: Annotated[str, Field(max_length=1024)] = ""
+    image_url: Keep[ImageUrl] = None
+    checksum: Keep[Checksum] = None
+    format: Keep[ImageFormat] = None
 
 
 class ImagePatch(Strict):
     """Fields left out are unchanged; none may be null (an empty string clears
-    ``repo_url`` and ``kernel_args``)."""
+    ``repo_url`` and ``kernel_args``). A change of ``deploy`` drops the fields only the
+    other way uses: give the new way's fields in the same request."""
 
+    deploy: Keep[Deploy] = None
     os_family: Keep[OsFamily] = None
     version: Keep[ImageVersion] = None
     kernel_url: Keep[BootLocation] = None
@@ -204,20 +282,28 @@ class ImagePatch(Strict):
     repo_url: Keep[RepoUrl] = None
     answer_template: Keep[AnswerTemplate] = None
     kernel_args: Keep[Annotated[str, Field(max_length=1024)]] = None
+    image_url: Keep[ImageUrl] = None
+    checksum: Keep[Checksum] = None
+    format: Keep[ImageFormat] = None
 
 
 class ImageOut(BaseModel):
-    """Without ImageIn's patterns: an image stored under older rules must still read."""
+    """Without ImageIn's patterns: an image stored under older rules must still read.
+    The fields the image's ``deploy`` does not use are empty strings."""
 
     model_config = ConfigDict(from_attributes=True)
 
     name: str
+    deploy: Deploy
     os_family: OsFamily
     version: str
     kernel_url: str
     initrd_url: str
     repo_url: str
-    answer_template: AnswerTemplate
+    answer_template: AnswerTemplate | Literal[""]
     kernel_args: str
+    image_url: str
+    checksum: str
+    format: str
     created_at: UtcDatetime
     updated_at: UtcDatetime

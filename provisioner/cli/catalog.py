@@ -23,7 +23,7 @@ from provisioner.cli.output import (
 )
 
 role_app = command_group("Roles: what a node becomes (Puppet classes, default image).")
-image_app = command_group("OS images that nodes are installed from.")
+image_app = command_group("OS images that nodes are installed or imaged from.")
 token_app = command_group("API tokens.")
 
 NameArg = Annotated[str, typer.Argument(show_default=False)]
@@ -32,8 +32,10 @@ NameArg = Annotated[str, typer.Argument(show_default=False)]
 # Mirrors of the Literal types in provisioner.schemas (tests/test_cli.py checks they
 # match): importing it (pydantic) would add about 0.3 s to every command.
 ScopeName = Literal["viewer", "operator", "admin"]
-OsFamily = Literal["rhel", "fedora", "debian", "ubuntu"]
+OsFamily = Literal["rhel", "fedora", "debian", "ubuntu", "other"]
 AnswerTemplate = Literal["kickstart", "preseed", "autoinstall"]
+Deploy = Literal["installer", "image"]
+ImageFormat = Literal["raw", "raw.gz", "qcow2"]
 HandoffName = Literal["immediate", "webhook", "enc"]
 
 
@@ -81,24 +83,38 @@ def _handoff(role: dict[str, Any]) -> str:
 
 def _images_table(images: list[dict[str, Any]]) -> None:
     print_table(
-        ("NAME", "OS", "VERSION", "TEMPLATE", "KERNEL URL"),
+        ("NAME", "OS", "VERSION", "DEPLOY", "FROM"),
         (
-            (i["name"], i["os_family"], i["version"], i["answer_template"], i["kernel_url"])
+            (i["name"], i["os_family"], i["version"], _deploy(i), i["image_url"] or i["kernel_url"])
             for i in images
         ),
     )
 
 
+def _deploy(image: dict[str, Any]) -> str:
+    """How it gets onto a disk: ``installer (preseed)`` or ``image (qcow2)``."""
+    how = image["format"] if image["deploy"] == "image" else image["answer_template"]
+    return f"{image['deploy']} ({how})"
+
+
 def _image_detail(image: dict[str, Any]) -> None:
+    fields = (
+        [("Image", "image_url"), ("Format", "format"), ("Checksum", "checksum")]
+        if image["deploy"] == "image"
+        else [
+            ("Answer template", "answer_template"),
+            ("Kernel", "kernel_url"),
+            ("Initrd", "initrd_url"),
+            ("Repository", "repo_url"),
+            ("Kernel arguments", "kernel_args"),
+        ]
+    )
     key_values(
         [
             ("Name", image["name"]),
             ("OS", f"{image['os_family']} {image['version']}"),
-            ("Answer template", image["answer_template"]),
-            ("Kernel", image["kernel_url"]),
-            ("Initrd", image["initrd_url"]),
-            ("Repository", image["repo_url"]),
-            ("Kernel arguments", image["kernel_args"]),
+            ("Deploy", _deploy(image)),
+            *((label, image[field]) for label, field in fields),
             ("Created", when(image["created_at"])),
             ("Updated", when(image["updated_at"])),
         ]
@@ -326,8 +342,9 @@ _BOOT_FILE = (
     "directory (PROVISIONER_IMAGES_DIR, default <data_dir>/images), e.g. rocky9/vmlinuz, "
     "which the service serves at /boot/files/PATH."
 )
-KernelUrl = Annotated[str, typer.Option(help="The installer kernel: " + _BOOT_FILE)]
-InitrdUrl = Annotated[str, typer.Option(help="The installer initrd: " + _BOOT_FILE)]
+KernelUrl = Annotated[str | None, typer.Option(help="The installer kernel: " + _BOOT_FILE)]
+InitrdUrl = Annotated[str | None, typer.Option(help="The installer initrd: " + _BOOT_FILE)]
+AnswerTemplateOption = Annotated[AnswerTemplate | None, typer.Option(help="Answer file format.")]
 RepoUrlOption = Annotated[
     str | None,
     typer.Option(
@@ -336,26 +353,59 @@ RepoUrlOption = Annotated[
     ),
 ]
 KernelArgs = Annotated[str | None, typer.Option(help="Extra kernel arguments.")]
+DeployOption = Annotated[
+    Deploy | None,
+    typer.Option(
+        help="installer (the default): the OS's installer, from --kernel-url, --initrd-url "
+        "and --answer-template; image: the deploy agent writes --image-url to disk."
+    ),
+]
+ImageUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The disk image (--deploy image): an http(s) URL the service fetches, "
+        "file:///absolute/path on the service's machine, or a path in its images directory."
+    ),
+]
+ChecksumOption = Annotated[
+    str | None, typer.Option(help="SHA-256 of the file at --image-url: sha256:HEX, or the HEX.")
+]
+FormatOption = Annotated[ImageFormat | None, typer.Option("--format", help="--image-url's format")]
 
 
 @image_app.command("create")
 def create_image(
     ctx: typer.Context,
     name: NameArg,
-    os_family: Annotated[OsFamily, typer.Option(help="OS family.")],
+    os_family: Annotated[OsFamily, typer.Option(help="OS family (other: image deploys only).")],
     version: Annotated[str, typer.Option(help="OS version, e.g. 9.4 or 12.")],
-    kernel_url: KernelUrl,
-    initrd_url: InitrdUrl,
-    answer_template: Annotated[AnswerTemplate, typer.Option(help="Installer answer file format.")],
+    deploy: DeployOption = None,
+    kernel_url: KernelUrl = None,
+    initrd_url: InitrdUrl = None,
+    answer_template: AnswerTemplateOption = None,
     repo_url: RepoUrlOption = None,
     kernel_args: KernelArgs = None,
+    image_url: ImageUrlOption = None,
+    checksum: ChecksumOption = None,
+    image_format: FormatOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create an OS image."""
+    """Create an OS image: installed by its installer (--kernel-url, --initrd-url,
+    --answer-template), or written to disk by the deploy agent (--deploy image)."""
     fields = _image_fields(
-        os_family, version, kernel_url, initrd_url, answer_template, repo_url, kernel_args
-    )
+        deploy, os_family, version, kernel_url, initrd_url, answer_template, repo_url,
+        kernel_args, image_url, checksum, image_format,
+    )  # fmt: skip
+    # Said with the options' names, before the API would say it with its fields'.
+    needed = ("image_url", "checksum", "format") if deploy == "image" else _INSTALLER_NEEDS
+    options = {field: "--" + field.replace("_", "-") for field in needed}
+    if missing := [options[field] for field in needed if fields[field] is None]:
+        how = "--deploy image" if deploy == "image" else "an installer image"
+        raise CliError(f"{how} needs {', '.join(options.values())}: give {', '.join(missing)}")
     _create(ctx, "image", "/images", {"name": name, **fields}, as_json)
+
+
+_INSTALLER_NEEDS = ("kernel_url", "initrd_url", "answer_template")
 
 
 @image_app.command("update")
@@ -364,32 +414,33 @@ def update_image(
     name: NameArg,
     os_family: Annotated[OsFamily | None, typer.Option(help="OS family.")] = None,
     version: Annotated[str | None, typer.Option(help="OS version, e.g. 9.4 or 12.")] = None,
-    kernel_url: Annotated[
-        str | None, typer.Option(help="The installer kernel: " + _BOOT_FILE)
-    ] = None,
-    initrd_url: Annotated[
-        str | None, typer.Option(help="The installer initrd: " + _BOOT_FILE)
-    ] = None,
-    answer_template: Annotated[
-        AnswerTemplate | None, typer.Option(help="Installer answer file format.")
-    ] = None,
+    deploy: DeployOption = None,
+    kernel_url: KernelUrl = None,
+    initrd_url: InitrdUrl = None,
+    answer_template: AnswerTemplateOption = None,
     repo_url: RepoUrlOption = None,
     kernel_args: KernelArgs = None,
+    image_url: ImageUrlOption = None,
+    checksum: ChecksumOption = None,
+    image_format: FormatOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change an OS image: only the options given are changed, the rest stays as it is;
-    an empty --repo-url or --kernel-args clears it."""
+    an empty --repo-url or --kernel-args clears it. A change of --deploy drops what only
+    the other way used: give the new way's options with it."""
     given = _image_fields(
-        os_family, version, kernel_url, initrd_url, answer_template, repo_url, kernel_args
-    )
+        deploy, os_family, version, kernel_url, initrd_url, answer_template, repo_url,
+        kernel_args, image_url, checksum, image_format,
+    )  # fmt: skip
     body = {k: v for k, v in given.items() if v is not None}
     _update(ctx, "image", "/images", name, body, as_json)
 
 
 def _image_fields(*values: Any) -> dict[str, Any]:
     """An image's fields as create and update take them, in this order."""
-    names = ("os_family", "version", "kernel_url", "initrd_url", "answer_template")
-    return dict(zip((*names, "repo_url", "kernel_args"), values, strict=True))
+    names = ("deploy", "os_family", "version", "kernel_url", "initrd_url", "answer_template")
+    rest = ("repo_url", "kernel_args", "image_url", "checksum", "format")
+    return dict(zip((*names, *rest), values, strict=True))
 
 
 @image_app.command("delete")
