@@ -25,9 +25,11 @@ from provisioner.agent import ramdisk
 KERNEL_PACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 
-# Drivers for the NICs and disk controllers of the lab's VMs and of common servers; the
-# modules they need are found from their .modinfo. Everything else a server may need is
-# built into Debian's kernel (devtmpfs, DMI, the serial console, gzip initramfs).
+# Drivers for the NICs and disk controllers of the lab's VMs and of common servers, and
+# the FAT filesystem of the config drive a deploy writes (vfat, with the code page and
+# character set Debian's kernel mounts it with by default: cp437 and ascii); the modules
+# they need are found from their .modinfo. Everything else a server may need is built into
+# Debian's kernel (devtmpfs, DMI, the serial console, gzip initramfs, MBR partitions).
 MODULES = (
     "virtio_pci",
     "virtio_net",
@@ -47,6 +49,9 @@ MODULES = (
     "sd_mod",
     "megaraid_sas",
     "mpt3sas",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
 )
 
 # The archive format of the build's output; bump it when the layout changes so cached

@@ -107,6 +107,8 @@ def test_the_agent_boots_reports_and_powers_off(
         "/agent/node-token/heartbeat",
         "/agent/node-token/heartbeat",
     ]
+    # Idle: no job ran.
+    assert [body for _, body in posts[1:]] == [{"busy": ""}, {"busy": ""}]
     inventory = posts[0][1]
     # The SMBIOS strings arrive as QEMU set them, quote and backslash included.
     assert inventory["system"]["vendor"] == "Lab Systems"
