@@ -16,6 +16,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import __version__, db, nodes, private_files
+from provisioner.agent.jobs import AgentJobs
 from provisioner.api import (
     actions,
     bmc,
@@ -28,6 +29,7 @@ from provisioner.api import (
     service,
     tokens,
 )
+from provisioner.api import agent as agent_api
 from provisioner.api import handoff as handoff_api
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
@@ -144,6 +146,7 @@ def create_app(
         reconciler=reconciler,
         power_sync=PowerSync(engine, vault, pool, settings),
         boot=boot_service,
+        agent=AgentJobs(engine, vault, settings, lambda: services.profiles),
         webhooks=WebhookSender(engine, vault, settings),
         file_observer=boot_service.file_served,
     )
@@ -154,6 +157,7 @@ def create_app(
         service.router,
         boot.router,
         boot_files.router,
+        agent_api.router,
         boot_hops.router,
         nodes_api.router,
         actions.router,

@@ -17,9 +17,10 @@ from provisioner.deployments import Batch
 from provisioner.errors import Problem
 from provisioner.lifecycle import Action, IllegalAction
 from provisioner.models import Node
-from provisioner.nodes.actions import NO_WIPE_IMAGE, check_skip_wipe
+from provisioner.nodes.actions import NO_WIPE_IMAGE, check_skip_wipe, wiper
 from provisioner.schemas import ActionRequest, BulkActionOut, BulkActionRequest, Refusal
 from provisioner.secrets import Vault
+from provisioner.settings import Settings
 
 MAX_NODES = 10_000
 
@@ -57,14 +58,13 @@ def apply(
     vault: Vault,
     request: BulkActionRequest,
     actor: str,
-    deploy_timeout: float,
-    wipe_image: bool,
+    settings: Settings,
 ) -> BulkActionOut:
     """Act on each selected node. What is wrong with the request itself (``skip_wipe``
-    with another action, a release with no wipe image to wipe with) refuses it whole,
-    before any node is touched; ``wipe_image`` is as for :func:`provisioner.nodes.act`."""
+    with another action, a release with nothing to wipe with) refuses it whole, before
+    any node is touched."""
     check_skip_wipe(request.action, request)
-    if request.action is Action.RELEASE and not (request.skip_wipe or wipe_image):
+    if request.action is Action.RELEASE and not (request.skip_wipe or wiper(settings)):
         raise Problem(409, NO_WIPE_IMAGE + " Nothing was done.")
     batch = Batch(uuid.uuid4(), request.max_in_flight) if request.max_in_flight else None
     body = ActionRequest(
@@ -81,8 +81,7 @@ def apply(
                 body,
                 actor,
                 vault=vault,
-                deploy_timeout=deploy_timeout,
-                wipe_image=wipe_image,
+                settings=settings,
                 batch=batch,
             )
         except Problem as problem:

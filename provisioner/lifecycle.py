@@ -67,9 +67,11 @@ class Outcome(StrEnum):
 
 WORKING_STATES = frozenset({State.INSPECTING, State.PROVISIONING, State.PROVISIONED, State.WIPING})
 # States whose work is carried out by a deployment (provisioner/steps.py).
-DEPLOYMENT_STATES = frozenset({State.PROVISIONING, State.PROVISIONED, State.WIPING})
+DEPLOYMENT_STATES = frozenset(
+    {State.INSPECTING, State.PROVISIONING, State.PROVISIONED, State.WIPING}
+)
 # States in which a machine that network-boots is given its deployment's boot script.
-NETBOOT_STATES = frozenset({State.PROVISIONING, State.WIPING})
+NETBOOT_STATES = frozenset({State.INSPECTING, State.PROVISIONING, State.WIPING})
 # States in which a node runs (or is being given) an operating system in its role.
 INSTALLED_STATES = frozenset({State.PROVISIONING, State.PROVISIONED, State.ACTIVE})
 

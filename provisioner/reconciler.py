@@ -22,17 +22,18 @@ from sqlalchemy import Engine, and_, or_, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import inspection, power, timeline
+from provisioner import deployments, nodes, power, timeline
 from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
-from provisioner.lifecycle import DEPLOYMENT_STATES, Action, IllegalAction, Outcome, State
-from provisioner.models import Bmc, Node, Role, utcnow
+from provisioner.lifecycle import DEPLOYMENT_STATES, Action, IllegalAction, State
+from provisioner.models import Bmc, Node, utcnow
 from provisioner.profiles import ProfileSet
-from provisioner.role_rules import Position, RoleRules
+from provisioner.role_rules import RoleRules
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 from provisioner.step_runner import Means, StepRunner
+from provisioner.steps import DeploymentKind
 from provisioner.timeline import Actor, EventKind
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ def _needs_work(now: datetime) -> Any:
     working = and_(
         col(Node.maintenance).is_(False),
         or_(
-            col(Node.state) == State.INSPECTING.value,
             and_(col(Node.state) == State.ENROLLED.value, col(Node.auto_inspect).is_(True)),
             and_(col(Node.state) == State.READY.value, col(Node.auto_provision).is_(True)),
             and_(
@@ -73,7 +73,9 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
-        self.steps = StepRunner(Means(engine, vault, pool, settings, profiles, self.owner))
+        self.steps = StepRunner(
+            Means(engine, vault, pool, settings, profiles, self.owner, self.role_rules)
+        )
 
     async def run(self) -> None:
         while True:
@@ -144,10 +146,8 @@ class Reconciler:
             if node.target_power:
                 await self._power(node, bmc)
             elif node.state == State.ENROLLED.value and node.auto_inspect:
-                await run_in_threadpool(self._start_inspection, node)
-                await self._inspect(node, bmc)
-            elif node.state == State.INSPECTING.value:
-                await self._inspect(node, bmc)
+                if await run_in_threadpool(self._start_inspection, node):
+                    await self.steps.advance(node, bmc)
             elif node.state in DEPLOYMENT_STATES:
                 await self.steps.advance(node, bmc)
             elif node.state == State.READY.value and node.auto_provision:
@@ -192,89 +192,38 @@ class Reconciler:
         kind = EventKind.POWER if state else EventKind.POWER_FAILED
         self._write(node_id, changes, kind, message)
 
-    def _start_inspection(self, node: Node) -> None:
+    def _start_inspection(self, node: Node) -> bool:
+        """Inspect a node enrolled with ``auto_inspect``, as the operator's inspect
+        action would; whether it started."""
+        started = False
+
         def start(session: Session, current: Node) -> None:
+            nonlocal started
+            deployments.start(
+                session,
+                self.vault,
+                current.id,
+                kind=DeploymentKind.INSPECT,
+                method=nodes.actions.inspector(self.settings),
+                role=None,
+                image=None,
+                timeout=self.settings.deploy_timeout,
+            )
             timeline.transition(
                 session,
                 current,
                 Action.INSPECT,
                 Actor.PROVISIONER,
                 "inspection after enrollment",
-                changes={"auto_inspect": False},
+                changes={"auto_inspect": False, "wake_at": None},
                 lease_owner=self.owner,
             )
+            started = True
 
         self._retrying(node.id, Action.INSPECT.value, start)
-
-    async def _inspect(self, node: Node, bmc: Bmc | None) -> None:
-        if bmc is None:
-            await run_in_threadpool(
-                self._finish, node.id, Outcome.FAIL, {}, "inspection failed: the node has no BMC"
-            )
-            return
-        target = target_for(bmc, self.vault, self.settings)
-        try:
-            found = await inspection.inspect(self.pool, target, self.profiles())
-        except BmcError as err:
-            await run_in_threadpool(
-                self._finish, node.id, Outcome.FAIL, {}, f"inspection failed: {err}"
-            )
-            return
-        changes: dict[str, Any] = {"power_state": found.power_state, "power_checked_at": utcnow()}
-        if found.profile and not node.hardware_profile:
-            changes["hardware_profile"] = found.profile
-        summary = found.summary
-        if node.role is None:
-            where = Position(
-                node.rack, node.rack_unit, found.profile or node.hardware_profile, found.facts
-            )
-            rule = self.role_rules.role_for(where)
-            if rule is not None:
-                known = await run_in_threadpool(self._role_exists, rule.role)
-                if known:
-                    changes["role"] = rule.role
-                    summary += f"; role {rule.role} by the role rules"
-                else:
-                    summary += f"; the role rules name role {rule.role!r}, which does not exist"
-            if "role" not in changes:
-                # Without a role the racking flow ends here, at ready.
-                changes["auto_provision"] = False
-        await run_in_threadpool(
-            self._finish, node.id, Outcome.INSPECTED, changes, summary, found.facts
-        )
-
-    def _role_exists(self, name: str) -> bool:
-        with Session(self.engine) as session:
-            return session.get(Role, name) is not None
+        return started
 
     # ---- recording -----------------------------------------------------------------
-
-    def _finish(
-        self,
-        node_id: uuid.UUID,
-        outcome: Outcome,
-        changes: dict[str, Any],
-        message: str,
-        facts: dict[str, Any] | None = None,
-    ) -> None:
-        """Move the node along the lifecycle, unless an operator moved it meanwhile."""
-        found = ("ipmi", facts) if facts is not None else None
-        if outcome is Outcome.FAIL:
-            log.warning("node %s: %s", node_id, message)
-
-        def move(session: Session, node: Node) -> None:
-            timeline.transition(
-                session,
-                node,
-                outcome,
-                Actor.PROVISIONER,
-                message,
-                changes=changes,
-                facts=found,
-                lease_owner=self.owner,
-            )
-
-        self._retrying(node_id, outcome.value, move)
 
     def _write(
         self, node_id: uuid.UUID, changes: dict[str, Any], kind: EventKind, message: str

@@ -249,6 +249,22 @@ class EventOut(BaseModel):
     message: str
 
 
+class WipeOut(BaseModel):
+    """One disk's wipe, as the deploy agent reported it."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    disk: str
+    method: str = Field(description="metadata or full (PROVISIONER_WIPE_POLICY).")
+    bytes: int = Field(description="Bytes written with zeros.")
+    seconds: float
+    ok: bool
+    verified: str = Field(description="How the zeros were checked, and what was found.")
+    message: str
+    deployment_id: uuid.UUID | None
+    created_at: UtcDatetime
+
+
 class ImportResult(BaseModel):
     created: int = Field(description="Nodes the manifest added.")
     adopted: int = Field(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from provisioner.agent.jobs import AgentJobs
 from provisioner.bmc.pool import BmcPool
 from provisioner.boot.files import FileObserver
 from provisioner.boot.service import BootService
@@ -37,6 +38,7 @@ class Services:
     reconciler: Reconciler
     power_sync: PowerSync
     boot: BootService
+    agent: AgentJobs
     webhooks: WebhookSender
     # Told of every boot file sent (the boot service puts it on the node's timeline).
     file_observer: FileObserver

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
@@ -142,6 +142,21 @@ class Settings(BaseSettings):
     )
     wipe_initrd_url: str | None = None
     wipe_kernel_args: str = ""
+    # The deploy agent (docs/agent.md), used when `provisioner agent build` has built it.
+    agent_heartbeat_interval: float = seconds(
+        10.0, "Seconds between two heartbeats of a deploy agent, as it is told."
+    )
+    agent_heartbeat_timeout: float = seconds(
+        120.0, "Seconds without a heartbeat after which a node's agent counts as lost."
+    )
+    agent_kernel_args: str = Field(
+        default="", description="Extra kernel arguments for the deploy agent."
+    )
+    wipe_policy: Literal["metadata", "full"] = Field(
+        default="metadata",
+        description="How the agent wipes released disks: metadata (partition tables, "
+        "signatures, first and last 64 MiB) or full (every byte, verified by sampling).",
+    )
     domain: str | None = unset("DNS domain of installed nodes.")
     puppet_server: str | None = unset("Puppet server installed nodes use; no Puppet when unset.")
     ssh_authorized_keys: list[str] = Field(
@@ -181,6 +196,7 @@ class Settings(BaseSettings):
         "wipe_kernel_url",
         "wipe_initrd_url",
         "wipe_kernel_args",
+        "agent_kernel_args",
     )
     @classmethod
     def _ipxe_safe(cls, value: str | None, info: ValidationInfo) -> str | None:

@@ -18,62 +18,47 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import deployments, handoff, nodes, power, timeline
+from provisioner import deployments, handoff, image_cache, inspection, nodes, power, timeline, waits
 from provisioner.bmc.base import BmcError, BootDevice, BootSetting, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
-from provisioner.boot import scripts
-from provisioner.handoff.puppet_ca import CaError, PuppetCa, certname_for, manual_clean_command
+from provisioner.handoff.puppet_clean import PuppetClean
 from provisioner.lifecycle import Action, IllegalAction, Outcome, State
-from provisioner.models import Bmc, Deployment, Node, Role, utcnow
+from provisioner.models import Bmc, Deployment, InventoryFact, Node, OsImage, Role, utcnow
 from provisioner.profiles import ProfileSet
-from provisioner.schemas import ActionRequest, Handoff
+from provisioner.role_rules import RoleRules
+from provisioner.schemas import ActionRequest
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 from provisioner.steps import (
     BEFORE_BOOT,
     IN_FLIGHT,
+    INSTALL_KINDS,
     LIVE,
     SAME_TICK,
     DeploymentKind,
     DeploymentStatus,
+    Method,
     Next,
     Step,
     StepOutcome,
     next_step,
 )
 from provisioner.timeline import Actor, EventKind
+from provisioner.waits import Result, StepFailed, aware
 
 log = logging.getLogger(__name__)
 
 # How often a node waiting for its hand-off, or for room under the limits, is looked at.
 POLL = timedelta(seconds=1)
-# The longest pause between two tries of a step that waits on another service.
-MAX_BACKOFF = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class Result:
-    """What running a step found: its outcome, when to look again (None: at once),
-    node columns to record and an event for the timeline."""
-
-    outcome: StepOutcome
-    message: str = ""
-    wake_at: datetime | None = None
-    changes: dict[str, Any] = field(default_factory=dict)
-    event: tuple[EventKind, str] | None = None
-
-
-class StepFailed(Exception):
-    """A step could not be done; the deployment fails with this sentence."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +71,7 @@ class Means:
     settings: Settings
     profiles: Callable[[], ProfileSet]
     owner: str
+    role_rules: RoleRules
 
 
 class StepRunner:
@@ -96,7 +82,8 @@ class StepRunner:
         self.settings = means.settings
         self.profiles = means.profiles
         self.owner = means.owner
-        self.puppet_ca = PuppetCa.from_settings(means.settings)
+        self.role_rules = means.role_rules
+        self.puppet_clean = PuppetClean(means.engine, means.settings)
         # Power-on staggering: the next moment this replica may power a machine on.
         self._next_power_on = 0.0
         # Checking the limits and taking a slot must not interleave within a replica.
@@ -151,8 +138,7 @@ class StepRunner:
                 ActionRequest(role=role.name, image=image, reason="racking flow"),
                 Actor.PROVISIONER,
                 vault=self.vault,
-                deploy_timeout=self.settings.deploy_timeout,
-                wipe_image=nodes.has_wipe_image(self.settings),
+                settings=self.settings,
             )
 
     # ---- the steps -----------------------------------------------------------------
@@ -161,19 +147,23 @@ class StepRunner:
         self, step: Step, node: Node, bmc: Bmc | None, deployment: Deployment, *, resumed: bool
     ) -> Result:
         done = Result(StepOutcome.DONE)
+        kind, method = DeploymentKind(deployment.kind), Method(deployment.method)
         if DeploymentStatus(deployment.status) is DeploymentStatus.FAILED:
-            # Whatever the step: the machine's side cannot go on (the installer said
-            # so, or the service could not render its boot chain).
-            return Result(StepOutcome.FAILED, _failure(deployment.message))
-        # Released while a wipe image was set (or by a replica with one): this machine
-        # would boot from disk and the wipe wait for a callback in vain.
-        unbootable = not nodes.actions.has_wipe_image(self.settings)
-        if unbootable and deployment.kind == DeploymentKind.WIPE and step in BEFORE_BOOT:
-            return Result(StepOutcome.FAILED, nodes.actions.NO_WIPE_IMAGE)
+            # Whatever the step: the machine's side cannot go on (the installer or the
+            # agent said so, or the service could not render its boot chain).
+            return Result(StepOutcome.FAILED, waits.failure(deployment.message))
+        if step in BEFORE_BOOT and (why := self._unbootable(kind, method)):
+            return Result(StepOutcome.FAILED, why)
         try:
+            if step is Step.BMC_READ:
+                return await self._read_bmc(node, bmc, method)
             if step is Step.PUPPET_CLEAN:
-                return await self._puppet_clean(node, deployment)
+                return await self.puppet_clean.step(node, deployment)
             if step is Step.NETWORK:
+                if method is Method.AGENT and kind in INSTALL_KINDS:
+                    # A broken image source fails the deployment before the machine
+                    # boots, and the agent's download is then served from the cache.
+                    await run_in_threadpool(self._prepare_image, deployment)
                 await self._boot_device(node, bmc, BootDevice.NETWORK, persistent=False)
                 return done
             if step is Step.POWER:
@@ -186,7 +176,11 @@ class StepRunner:
                     await self._boot_device(node, bmc, BootDevice.NETWORK, persistent=False)
                 return await self._power_on(bmc, deployment)
             if step is Step.INSTALL:
-                return self._install(deployment)
+                return waits.install(deployment, self.settings)
+            if step is Step.AGENT:
+                return waits.agent(deployment, self.settings)
+            if step is Step.FIRST_BOOT:
+                return waits.first_boot(deployment, self.settings)
             if step is Step.DISK:
                 await self._boot_device(node, bmc, BootDevice.DISK, persistent=True)
                 return done
@@ -199,60 +193,67 @@ class StepRunner:
             if step is Step.HANDOFF:
                 return await run_in_threadpool(self._handoff, node, deployment)
             await self._power(bmc, "off")
+            if kind is DeploymentKind.INSPECT:
+                return await run_in_threadpool(self._inspected, node)
             return Result(StepOutcome.DONE, "disks wiped")
         except StepFailed as failure:
             return Result(StepOutcome.FAILED, str(failure))
 
-    async def _puppet_clean(self, node: Node, deployment: Deployment) -> Result:
-        why = await run_in_threadpool(self._certificate_left, node, deployment)
-        if why is None:
-            return Result(StepOutcome.DONE)
-        certname = certname_for(node.name, self.settings)
-        if self.puppet_ca is None:
-            advice = (
-                f"{why}; no Puppet CA is configured (PROVISIONER_PUPPET_CA_URL), so run "
-                f"`{manual_clean_command(certname)}` on the CA before the new installation "
-                "asks for a certificate"
+    def _unbootable(self, kind: DeploymentKind, method: Method) -> str | None:
+        """Why the machine cannot boot what this deployment needs (the wipe image or the
+        agent is gone since it started, or this replica lacks it), or None. Checked
+        before it boots: it would boot from disk and its step wait in vain."""
+        wipe_image_gone = nodes.wiper(self.settings) is not Method.INSTALLER
+        if kind is DeploymentKind.WIPE and method is Method.INSTALLER and wipe_image_gone:
+            return nodes.actions.NO_WIPE_IMAGE
+        if method is Method.AGENT and not nodes.actions.agent_built(self.settings):
+            return (
+                f"the deploy agent is not built on this replica ({self.owner}): run "
+                "`provisioner agent build` with its data directory, then retry the node"
             )
-            return Result(StepOutcome.DONE, event=(EventKind.PUPPET_CA, advice))
-        try:
-            cleaned = await self.puppet_ca.clean(certname)
-        except CaError as err:
-            waited = utcnow() - _aware(deployment.step_started_at or deployment.created_at)
-            limit = timedelta(seconds=self.settings.puppet_ca_retry_limit)
-            if not err.retryable or waited >= limit:
-                return Result(StepOutcome.FAILED, f"the Puppet CA did not clean {certname}: {err}")
-            delay = min(timedelta(seconds=2**deployment.step_attempts), MAX_BACKOFF)
-            waiting = (
-                f"waiting for the Puppet CA to clean {certname} (try "
-                f"{deployment.step_attempts + 1}): {err}; next try in {delay.seconds} s"
-            )
-            return Result(
-                StepOutcome.WAITING, wake_at=utcnow() + delay, event=(EventKind.PUPPET_CA, waiting)
-            )
-        return Result(StepOutcome.DONE, event=(EventKind.PUPPET_CA, cleaned.message))
-
-    def _certificate_left(self, node: Node, deployment: Deployment) -> str | None:
-        """Why the node may still hold a Puppet certificate from before this deployment,
-        or None. The deployment before this one tells: an installation whose challenge
-        signed a CSR, or whose role handed the node to Puppet."""
-        with Session(self.engine) as session:
-            before = session.exec(
-                select(Deployment)
-                .where(
-                    col(Deployment.node_id) == node.id,
-                    col(Deployment.created_at) < deployment.created_at,
-                )
-                .order_by(col(Deployment.created_at).desc())
-            ).first()
-            if before is None or DeploymentKind(before.kind) is DeploymentKind.WIPE:
-                return None
-            if before.challenge_used_at is not None:
-                return f"node {node.name}'s Puppet certificate was signed by provisioner autosign"
-            role = session.get(Role, before.role) if before.role else None
-        if role is not None and role.handoff == Handoff.ENC:
-            return f"node {node.name} was handed to Puppet as role {role.name}"
         return None
+
+    async def _read_bmc(self, node: Node, bmc: Bmc | None, method: Method) -> Result:
+        try:
+            found = await inspection.read_bmc(self.pool, self._bmc_target(bmc))
+        except BmcError as err:
+            raise StepFailed(f"inspection failed: {err}") from err
+        changes: dict[str, object] = {
+            "power_state": found.power_state,
+            "power_checked_at": utcnow(),
+        }
+        facts = (inspection.OUT_OF_BAND, found.facts)
+        if method is Method.AGENT:
+            event = (EventKind.UPDATE, "BMC read; booting the deploy agent to look inside")
+            return Result(StepOutcome.DONE, changes=changes, event=event, facts=facts)
+        concluded, summary = await run_in_threadpool(self._conclude, node, found.facts)
+        return Result(StepOutcome.DONE, summary, changes=changes | concluded, facts=facts)
+
+    def _inspected(self, node: Node) -> Result:
+        changes, summary = self._conclude(node, None)
+        return Result(StepOutcome.DONE, summary, changes=changes)
+
+    def _conclude(self, node: Node, facts: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+        """What the inspection concludes from ``facts``, or from the facts kept."""
+        with Session(self.engine) as session:
+            current = session.get(Node, node.id) or node
+            return inspection.conclude(
+                current,
+                facts if facts is not None else inspection.kept(session, node.id),
+                self.profiles(),
+                self.role_rules,
+                lambda name: session.get(Role, name) is not None,
+            )
+
+    def _prepare_image(self, deployment: Deployment) -> None:
+        with Session(self.engine) as session:
+            image = session.get(OsImage, deployment.image) if deployment.image else None
+        if image is None:
+            raise StepFailed(f"image {deployment.image!r} no longer exists")
+        try:
+            image_cache.prepare(image, self.settings)
+        except image_cache.ImageCacheError as err:
+            raise StepFailed(f"image {image.name} cannot be deployed: {err}") from err
 
     def _take_slot(self, node: Node, deployment: Deployment) -> Result:
         if self._limits_reached(node, deployment):
@@ -274,28 +275,12 @@ class StepRunner:
             ),
         )
 
-    def _install(self, deployment: Deployment) -> Result:
-        status = DeploymentStatus(deployment.status)
-        deadline = _aware(deployment.expires_at)
-        if status is DeploymentStatus.DONE:
-            return Result(StepOutcome.DONE)
-        if status not in LIVE:
-            return Result(StepOutcome.FAILED, f"the deployment ended ({status.value})")
-        if utcnow() >= deadline:
-            last = "started" if status is DeploymentStatus.STARTED else "never started"
-            return Result(
-                StepOutcome.FAILED,
-                f"no installer callback within {self.settings.deploy_timeout:.0f} s "
-                f"(installer {last})",
-            )
-        return Result(StepOutcome.WAITING, wake_at=deadline)
-
     def _handoff(self, node: Node, deployment: Deployment) -> Result:
         with Session(self.engine) as session:
             current = session.get(Node, node.id)
             if current is not None and handoff.completed(session, current, deployment):
                 return Result(StepOutcome.DONE, "hand-off completed")
-        finished = _aware(deployment.finished_at or deployment.created_at)
+        finished = aware(deployment.finished_at or deployment.created_at)
         if utcnow() - finished > timedelta(seconds=self.settings.handoff_timeout):
             return Result(StepOutcome.FAILED, "the role's hand-off did not complete in time")
         return Result(StepOutcome.WAITING, wake_at=utcnow() + POLL)
@@ -370,7 +355,7 @@ class StepRunner:
         """Record ``result`` of ``step``; returns the step the deployment is at now, or
         None when nothing was recorded (the node was deleted or moved on meanwhile)."""
         kind = DeploymentKind(deployment.kind)
-        following = next_step(kind, step, result.outcome)
+        following = next_step(kind, Method(deployment.method), step, result.outcome)
         for _ in range(5):
             with Session(self.engine, expire_on_commit=False) as session:
                 node = session.get(Node, node_id)
@@ -423,6 +408,9 @@ class StepRunner:
         elif milestone is Outcome.HANDED_OFF:
             handoff.notify(session, self.vault, node, handoff.ACTIVE, deployment)
         wake = {"wake_at": result.wake_at}
+        if result.facts is not None:
+            source, found = result.facts
+            session.add(InventoryFact(node_id=node.id, source=source, facts=found))
         if result.event is not None and (milestone is not None or not result.changes):
             kind, text = result.event
             timeline.note(session, node.id, kind, Actor.PROVISIONER, text)
@@ -455,7 +443,7 @@ class StepRunner:
             session.execute(
                 update(Node)
                 .where(col(Node.id) == node.id, live)
-                .values(wake_at=_aware(deployment.expires_at))
+                .values(wake_at=aware(deployment.expires_at))
             )
             return
         session.execute(update(Node).where(col(Node.id) == node.id).values(**wake))
@@ -479,21 +467,9 @@ class StepRunner:
             session.commit()
 
 
-def _failure(message: str) -> str:
-    """Why a failed deployment failed, in the words of whoever failed it."""
-    if message.startswith(scripts.BOOT_FAILED):
-        return message
-    return f"the installer reported failure: {message}"
-
-
 def _set_step(session: Session, deployment_id: uuid.UUID, step: Step) -> None:
     session.execute(
         update(Deployment)
         .where(col(Deployment.id) == deployment_id)
         .values(step=step.value, step_started_at=utcnow(), step_attempts=0)
     )
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they are stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=utcnow().tzinfo)

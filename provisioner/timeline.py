@@ -31,6 +31,7 @@ class Actor(StrEnum):
 
     PROVISIONER = "provisioner"
     INSTALLER = "installer"
+    AGENT = "agent"
     NODE = "node"
     PUPPET = "puppet"
     WEBHOOK = "webhook"
@@ -63,6 +64,9 @@ class EventKind(StrEnum):
     CALLBACK_PROGRESS = "callback-progress"
     CALLBACK_DONE = "callback-done"
     CALLBACK_FAILED = "callback-failed"
+    # The deploy agent: its inventory, commands and results, and each disk's wipe
+    AGENT = "agent"
+    WIPE = "wipe"
     # Hand-off
     HANDOFF = "handoff"
     AUTOSIGN = "autosign"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from provisioner import bulk, nodes
+from provisioner import bulk
 from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.schemas import BulkActionOut, BulkActionRequest
@@ -29,6 +29,4 @@ def bulk_action(
 ) -> BulkActionOut:
     """Apply an action to every selected node; those the lifecycle refuses are listed
     with the reason, the others go ahead."""
-    return bulk.apply(
-        session, vault, body, token.name, settings.deploy_timeout, nodes.has_wipe_image(settings)
-    )
+    return bulk.apply(session, vault, body, token.name, settings)

@@ -22,6 +22,7 @@ from provisioner.schemas import (
     NodePatch,
     RackName,
     Slug,
+    WipeOut,
 )
 
 router = APIRouter(prefix="/api/v1/nodes", tags=["nodes"], responses=API_ERRORS)
@@ -173,10 +174,16 @@ def act_on_node(
         body or ActionRequest(),
         token.name,
         vault=vault,
-        deploy_timeout=settings.deploy_timeout,
-        wipe_image=nodes.has_wipe_image(settings),
+        settings=settings,
     )
     return node_response(nodes.present(session, [node])[0], 202)
+
+
+@router.get("/{ref}/wipes", response_model=list[WipeOut], responses=responses(404))
+def node_wipes(ref: NodeRef, session: SessionDep, _: Viewer) -> list[WipeOut]:
+    """Evidence of the node's disk wipes (method, bytes, duration, verification and
+    result per disk), newest first."""
+    return nodes.wipes(session, nodes.find(session, ref))
 
 
 @router.get("/{ref}/events", response_model=list[EventOut], responses=responses(404))

@@ -8,7 +8,7 @@ lifecycle :mod:`~provisioner.nodes.actions`, and asking a node's BMC directly
 Node state and events are written only through :mod:`provisioner.timeline`.
 """
 
-from provisioner.nodes.actions import act, has_wipe_image
+from provisioner.nodes.actions import act, agent_built, inspector, wiper
 from provisioner.nodes.changes import change, remove
 from provisioner.nodes.enrollment import enroll, enroll_one
 from provisioner.nodes.queries import (
@@ -19,20 +19,24 @@ from provisioner.nodes.queries import (
     last_inspection,
     page,
     present,
+    wipes,
 )
 
 __all__ = [
     "NodeFilter",
     "act",
+    "agent_built",
     "change",
     "count_by_state",
     "enroll",
     "enroll_one",
     "events",
     "find",
-    "has_wipe_image",
+    "inspector",
     "last_inspection",
     "page",
     "present",
     "remove",
+    "wiper",
+    "wipes",
 ]

@@ -1,9 +1,10 @@
 """Lifecycle and power actions on one node, as an operator (or the reconciler) asks for
 them: checked against the lifecycle and recorded; the reconciler does the work.
 
-A release wipes the node's disks with the wipe image; without one configured it is
-refused, unless the operator says explicitly to skip the wipe (``skip_wipe``), which
-returns the node to ``ready`` at once with its disks as they were."""
+A release wipes the node's disks with the wipe image when one is configured, else with
+the deploy agent when it is built; without either it is refused, unless the operator
+says explicitly to skip the wipe (``skip_wipe``), which returns the node to ``ready`` at
+once with its disks as they were."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from sqlmodel import Session
 
 from provisioner import deployments, timeline
+from provisioner.agent.build import current as built_agent
 from provisioner.errors import Problem
 from provisioner.lifecycle import POWER_ACTIONS, Action, IllegalAction, Outcome, State, decide
 from provisioner.models import Node, OsImage, Role
@@ -19,19 +21,28 @@ from provisioner.nodes.changes import POWER_RESET, saving
 from provisioner.schemas import ActionRequest
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
-from provisioner.steps import KIND_FOR_STATE, DeploymentKind, DeploymentStatus
+from provisioner.steps import KIND_FOR_STATE, DeploymentKind, DeploymentStatus, Method
 
 NO_WIPE_IMAGE = (
-    "No wipe image is configured, so the node's disks cannot be wiped: set "
-    "PROVISIONER_WIPE_KERNEL_URL and PROVISIONER_WIPE_INITRD_URL and restart the service, "
-    'or release it without a wipe, leaving its disks as they are: {"skip_wipe": true} '
+    "Neither a wipe image nor the deploy agent is there, so the node's disks cannot be "
+    "wiped: build the agent (provisioner agent build), or set PROVISIONER_WIPE_KERNEL_URL "
+    "and PROVISIONER_WIPE_INITRD_URL and restart the service, or release it without a "
+    'wipe, leaving its disks as they are: {"skip_wipe": true} '
     "(provisioner node release --skip-wipe)."
 )
 
 
-def has_wipe_image(settings: Settings) -> bool:
-    """Whether a release can wipe: the kernel and initrd of the wipe image are set."""
-    return bool(settings.wipe_kernel_url and settings.wipe_initrd_url)
+def agent_built(settings: Settings) -> bool:
+    """Whether the deploy agent has been built into the data directory."""
+    return built_agent(settings.data_dir) is not None
+
+
+def wiper(settings: Settings) -> Method | None:
+    """Who wipes a released node: the configured wipe image, else the deploy agent when
+    it is built; None when neither is there."""
+    if settings.wipe_kernel_url and settings.wipe_initrd_url:
+        return Method.INSTALLER
+    return Method.AGENT if agent_built(settings) else None
 
 
 def check_skip_wipe(action: Action, body: ActionRequest) -> None:
@@ -52,16 +63,15 @@ def act(
     actor: str,
     *,
     vault: Vault,
-    deploy_timeout: float,
-    wipe_image: bool,
+    settings: Settings,
     batch: deployments.Batch | None = None,
 ) -> Node:
     """Validate ``action`` against the lifecycle and record it; the reconciler does the work.
 
     Entering provisioning or wiping starts a deployment at once, so a machine that
     network-boots from now on gets its installer even before the reconciler powers it.
-    Wiping needs the wipe image (``wipe_image``: :func:`has_wipe_image` of the
-    service's settings); a release with ``skip_wipe`` goes to ``ready`` without one.
+    Wiping needs a wipe image or the agent (:func:`wiper`); a release with ``skip_wipe``
+    goes to ``ready`` without either.
     """
     check_skip_wipe(action, body)
     state = State(node.state)
@@ -81,7 +91,7 @@ def act(
         ) from None
     if body.skip_wipe:
         return _release_unwiped(session, node, body, actor)
-    if to_state is State.WIPING and not wipe_image:
+    if to_state is State.WIPING and wiper(settings) is None:
         raise Problem(409, NO_WIPE_IMAGE)
     changes: dict[str, Any] = {}
     message = body.reason or f"{action.value} requested"
@@ -99,15 +109,19 @@ def act(
     if to_state is State.FAILED:
         changes["last_error"] = f"aborted by {actor} while {state.value}"
     if to_state in KIND_FOR_STATE:
-        changes.update(wake_at=None, auto_provision=False)
+        changes["wake_at"] = None
+        if to_state is not State.INSPECTING:
+            changes["auto_provision"] = False
+        image = changes.get("image", node.image)
         deployments.start(
             session,
             vault,
             node.id,
             kind=_kind_of(action, to_state),
+            method=_method(session, to_state, image, settings),
             role=changes.get("role", node.role),
-            image=changes.get("image", node.image),
-            timeout=deploy_timeout,
+            image=image,
+            timeout=settings.deploy_timeout,
             batch=batch,
         )
     elif action is Action.ABORT:
@@ -141,6 +155,25 @@ def _kind_of(action: Action, to_state: State) -> DeploymentKind:
     if action is Action.REIMAGE:
         return DeploymentKind.REIMAGE
     return KIND_FOR_STATE[to_state]
+
+
+def inspector(settings: Settings) -> Method:
+    """Who inspects: the agent from the inside when it is built, after the BMC is read;
+    else the BMC alone."""
+    return Method.AGENT if agent_built(settings) else Method.BMC
+
+
+def _method(
+    session: Session, to_state: State, image_name: str | None, settings: Settings
+) -> Method:
+    if to_state is State.INSPECTING:
+        return inspector(settings)
+    if to_state is State.WIPING:
+        return wiper(settings) or Method.INSTALLER  # checked before: a wiper is there
+    # An image with ``deploy: image`` is written by the agent; the others install
+    # themselves.
+    image = session.get(OsImage, image_name) if image_name else None
+    return Method.AGENT if image is not None and image.deploy == "image" else Method.INSTALLER
 
 
 def _failed_from(node: Node) -> State | None:

@@ -19,8 +19,8 @@ from sqlmodel import Session, col, select
 
 from provisioner.errors import Problem
 from provisioner.lifecycle import State, allowed_actions
-from provisioner.models import Bmc, Event, InventoryFact, Nic, Node
-from provisioner.schemas import BmcOut, EventOut, NodeOut
+from provisioner.models import Bmc, DiskWipe, Event, InventoryFact, Nic, Node
+from provisioner.schemas import BmcOut, EventOut, NodeOut, WipeOut
 from provisioner.secrets import Vault
 
 MAX_EVENTS = 1000
@@ -235,6 +235,17 @@ def events(session: Session, node: Node) -> list[EventOut]:
         .limit(MAX_EVENTS)
     )
     return [EventOut.model_validate(e) for e in rows]
+
+
+def wipes(session: Session, node: Node) -> list[WipeOut]:
+    """The evidence of the node's disk wipes, newest first."""
+    rows = session.exec(
+        select(DiskWipe)
+        .where(DiskWipe.node_id == node.id)
+        .order_by(col(DiskWipe.id).desc())
+        .limit(MAX_EVENTS)
+    )
+    return [WipeOut.model_validate(row) for row in rows]
 
 
 def count_by_state(session: Session) -> dict[str, int]:
