@@ -5,6 +5,8 @@
 #   provisioner.url=http://HOST:PORT  the service as the node reaches it
 #   provisioner.token=TOKEN           this node's token (node-scoped, expires)
 #   BOOTIF=01-aa-bb-cc-dd-ee-ff       the NIC it booted from (iPXE and pxelinux add it)
+#   provisioner.heartbeat=SECONDS     optional: the pause between heartbeats until the
+#                                     service's first "wait" sets it (default 10)
 #
 # It brings the network up, posts the machine's in-band inventory as JSON to
 # $url/agent/$token/inventory, then asks $url/agent/$token/heartbeat what to do, one
@@ -160,7 +162,7 @@ start() {
     busy=$(running)
     if [ -n "$busy" ]; then
         say "the $busy job is still running; '$1 $2' is not started"
-        return
+        return 1
     fi
     echo "$1" >"$state/busy"
     if [ "$(cat "$state/done.$1" 2>/dev/null)" = "$2" ]; then
@@ -442,6 +444,10 @@ wipe_full() {
     verified="read back 16 samples of $(amount "$sample") spread over the disk: all zero"
 }
 
+# The pause after an answer that gives none: a refused job, an unknown command, a bare
+# "wait". Without one a service answering the same thing would be asked again at once.
+interval=$(arg provisioner.heartbeat)
+case $interval in '' | *[!0-9]*) interval=10 ;; esac
 mkdir -p "$state"
 while :; do
     printf '{"busy":%s}' "$(js "$(running)")" >/tmp/heartbeat.json
@@ -452,10 +458,14 @@ while :; do
     fi
     read -r command argument </tmp/command
     case $command in
-        wait) sleep "${argument:-10}" ;;
-        deploy | wipe) start "$command" "$argument" ;;
+        wait)
+            case $argument in '' | *[!0-9]*) ;; *) interval=$argument ;; esac
+            sleep "$interval"
+            ;;
+        # Started, the job is reported busy by the next heartbeat, straight away.
+        deploy | wipe) start "$command" "$argument" || sleep "$interval" ;;
         reboot) say "rebooting"; reboot -f ;;
         poweroff) say "powering off"; poweroff -f ;;
-        *) say "unknown command '$command'"; sleep 10 ;;
+        *) say "unknown command '$command'"; sleep "$interval" ;;
     esac
 done

@@ -104,12 +104,14 @@ class Service:
     results: list[dict[str, Any]] = field(default_factory=list)
     downloads: Counter[str] = field(default_factory=Counter)
     image: bytes | None = b""
+    intrusion: list[str] = field(default_factory=lambda: ["wipe full /dev/vdb"])
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def heartbeat(self, busy: str) -> str:
         self.heartbeats.append(busy)
         if busy:
-            return "wait 1"
+            # Once, a second job while the first runs: the agent must not start it.
+            return self.intrusion.pop() if self.intrusion else "wait 1"
         if not self.steps:
             return "poweroff"
         step = self.steps.pop(0)
@@ -207,7 +209,7 @@ def test_the_agent_deploys_and_wipes(
         *qemu_machine("bios", tmp_path),
         "-kernel", str(agent.kernel), "-initrd", str(agent.initrd),
         "-append", f"console=ttyS0 provisioner.url=http://10.0.2.2:{port} "
-        f"provisioner.token={TOKEN} BOOTIF=01-52-54-00-a9-00-02",
+        f"provisioner.token={TOKEN} BOOTIF=01-52-54-00-a9-00-02 provisioner.heartbeat=1",
         "-netdev", "user,id=n0",
         "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:a9:00:02",
         "-drive", f"file={service.vda},if=virtio,format=raw",
@@ -227,6 +229,10 @@ def test_the_agent_deploys_and_wipes(
 
     # The heartbeat said what ran while it ran.
     assert set(service.heartbeats) == {"", "deploy", "wipe"}
+    # The wipe sent while the first deploy ran was refused (it would have posted a result
+    # before the second deploy's).
+    assert service.intrusion == []
+    assert "the deploy job is still running; 'wipe full /dev/vdb' is not started" in serial
 
     assert deployed == {
         "command": "deploy",
