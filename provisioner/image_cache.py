@@ -55,7 +55,8 @@ class Prepared:
 
 
 def cache_dir(settings: Settings) -> Path:
-    return settings.data_dir / "image-cache"
+    # Absolute: Prepared.path must not change meaning with the working directory.
+    return (settings.data_dir / "image-cache").absolute()
 
 
 def prepare(image: OsImage, settings: Settings) -> Prepared:

@@ -253,3 +253,16 @@ def test_two_prepares_at_once_end_with_one_entry(settings: Settings) -> None:
     assert results[0] == results[1]
     assert results[0].path.read_bytes() == RAW
     assert cached(settings) == [f"{RAW_SHA256}.raw"]
+
+
+def test_the_prepared_path_is_absolute_with_a_relative_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "disk.raw").write_bytes(RAW)
+    settings = Settings(data_dir=Path("data"), images_dir=Path("images"))
+    prepared = prepare(disk_image("disk.raw", RAW_SHA256, "raw"), settings)
+    assert prepared.path.is_absolute()
+    monkeypatch.chdir("/")
+    assert prepared.path.read_bytes() == RAW
