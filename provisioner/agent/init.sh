@@ -215,9 +215,13 @@ deploy_job() {
     case $bytes in '' | *[!0-9]*) bytes=0 ;; esac
     printf '{"command":"deploy","ok":%s,"disk":%s,"bytes":%s,"sha256":%s,"seconds":%s,"message":%s}' \
         "$ok" "$(js "$1")" "$bytes" "$(js "$readback")" "$(($(date +%s) - started))" \
-        "$(js "$failure")" >"$state/result.deploy.json"
+        "$(js "$(short "$failure")")" >"$state/result.deploy.json"
     [ "$ok" = true ]
 }
+
+# A message the service takes (at most 500 characters, valid UTF-8): a result it refuses
+# would be posted again for ever. Printable ASCII, so a cut cannot split a character.
+short() { printf '%s' "$1" | tr -cd '\040-\176' | head -c 400; }
 
 fail() {
     failure=$*
@@ -384,7 +388,7 @@ wipe_disk() {
     say "wipe $1 of $2: ${failure:-$verified}"
     printf '{"disk":%s,"method":%s,"bytes":%s,"seconds":%s,"ok":%s,"verified":%s,"message":%s}' \
         "$(js "$2")" "$(js "$1")" "$written" "$(($(date +%s) - started))" "$ok" \
-        "$(js "$verified")" "$(js "$failure")"
+        "$(js "$verified")" "$(js "$(short "$failure")")"
     [ "$ok" = true ]
 }
 
