@@ -189,8 +189,16 @@ def _parser() -> argparse.ArgumentParser:
         "--agent-data-dir",
         type=Path,
         default=default_data_dir(),
-        help="data directory whose agent build (provisioner agent build) unknown VMs "
-        "boot as the discovery image (default: %(default)s)",
+        help="data directory whose agent build (provisioner agent build) the lab's service "
+        "boots to discover, inspect, deploy and wipe (default: %(default)s)",
+    )
+    vms.add_argument(
+        "--unlisted",
+        type=int,
+        default=0,
+        metavar="N",
+        help="leave the last N VMs out of the manifest, to be discovered when they "
+        "network-boot (default: %(default)s)",
     )
     up.set_defaults(command=_up)
 
@@ -295,6 +303,8 @@ def _up_vms(args: argparse.Namespace) -> int:
     began = time.monotonic()
     if args.power == "on":
         raise ValueError("--vms starts the VMs off: power them on through their BMCs")
+    if not 0 <= args.unlisted < args.vms:
+        raise ValueError("--unlisted must leave at least one of the --vms in the manifest")
     if args.tftp or args.ipxe_url or args.boot_mode:
         raise ValueError(
             "--vms boot from the lab's own service and DHCP server: --tftp, --ipxe-url "
@@ -353,12 +363,12 @@ def _serve_vms(args: argparse.Namespace, workdir: Path, began: float) -> int:
         if build.current(args.agent_data_dir) is None:
             print(
                 f"no agent built in {args.agent_data_dir} (provisioner agent build): "
-                "unknown VMs get no discovery image",
+                "the VMs cannot be inspected from the inside, deployed with images or wiped",
                 flush=True,
             )
         boot_url = f"http://{network.address}:{vm.SERVICE_PORT}"
         network.start_dhcp(boot_url, snponly=args.uefi_pxe == "edk2")
-        rack.write_manifest(args.manifest, plans, role=args.role)
+        rack.write_manifest(args.manifest, plans[: len(plans) - args.unlisted], role=args.role)
         print(
             f"starting {len(plans)} VMs ({args.firmware}) behind BMCs on "
             f"{network.address}:{args.base_port}-{plans[-1].port} in namespace "

@@ -18,6 +18,8 @@ from typing import Protocol
 
 VENDOR = "Provisioner Lab"  # matched by hardware_profiles/lab-virtual-server.yaml
 PRODUCT = "Virtual Server VS-1"
+# A machine with a QEMU VM behind its BMC (lab/vm.py): hardware_profiles/lab-qemu.yaml.
+VM_PRODUCT = "Virtual Server VQ-1"
 BOARD = "VS-1 Mainboard"
 
 # IPMI completion codes the machine decides (IPMI 2.0 table 5-2).

@@ -8,6 +8,7 @@ worker processes that the calling process supervises. A lab of QEMU VMs
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import functools
 import multiprocessing
@@ -28,7 +29,7 @@ import yaml
 from lab import faults
 from lab.bmc import SESSION_IDLE_SECONDS, LabBmc
 from lab.control import ControlServer
-from lab.machine import Machine, build_machine
+from lab.machine import VM_PRODUCT, Machine, build_machine
 from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
 from lab.packet_loop import PacketLoop
 from lab.vm import VmBmc, VmFirmware, attach
@@ -244,6 +245,7 @@ def serve_vms(
     try:
         for plan in plans:
             machine = build_machine(plan.name, plan.index, settings.seed, list(plan.macs))
+            machine.inventory = dataclasses.replace(machine.inventory, product=VM_PRODUCT)
             machine.boot_mode = plan.boot_mode
             firmwares[plan.name] = attach(machine, network, workdir / plan.name, uefi_pxe=uefi_pxe)
             gate = faults.FaultGate(settings.seed, plan.name, plan.fault)

@@ -196,7 +196,9 @@ class Vm:
             "-netdev", f"tap,id=n0,ifname={s.tap},script=no,downscript=no",
             "-device", nic,
             "-drive", f"file={_option(str(self.disk))},if=none,id=d0,format={s.disk_format}",
-            "-device", f"virtio-blk-pci,id=disk0,drive=d0,bootindex={disk_index}",
+            "-device",
+            f"virtio-blk-pci,id=disk0,drive=d0,bootindex={disk_index},"
+            f"serial={_option(s.serial[:17])}-D0",
             "-chardev", f"file,id=serial0,path={_option(str(self.serial_log))},append=on",
             "-serial", "chardev:serial0",
             "-monitor", "none",
@@ -423,7 +425,7 @@ def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_por
     """``provisioner serve`` in ``network``'s namespace on the bridge (HTTP and TFTP),
     its files in ``home``, its API forwarded to the host's 127.0.0.1:``api_port`` (a
     free port when 0), an admin token for it in ``home/admin-token``, ``agent_data_dir``'s
-    agent build as the discovery image. Returns the API's URL on the host once the
+    agent build as its deploy agent. Returns the API's URL on the host once the
     service is ready; the network's closing stops it."""
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -438,18 +440,12 @@ def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_por
         PROVISIONER_TFTP_ROOT=str(home / "tftp"),
         PROVISIONER_BOOT_URL=boot_url,
     )
+    # Answered quickly, a VM's agent is noticed quickly when it stops (a TCG boot is slow
+    # enough already).
+    env.update(PROVISIONER_AGENT_HEARTBEAT_INTERVAL="2", PROVISIONER_AGENT_HEARTBEAT_TIMEOUT="60")
     agent = build.current(agent_data_dir)
     if agent is not None:
-        images = data / "images" / "agent"
-        images.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(agent.kernel, images / "vmlinuz")
-        shutil.copyfile(agent.initrd, images / "initrd.img")
-        env.update(
-            PROVISIONER_DISCOVERY_KERNEL_URL="agent/vmlinuz",
-            PROVISIONER_DISCOVERY_INITRD_URL="agent/initrd.img",
-            PROVISIONER_DISCOVERY_KERNEL_ARGS=f"console=ttyS0 provisioner.url={boot_url} "
-            "provisioner.token=discovery",
-        )
+        _install_agent(agent, data)
     program = shutil.which("provisioner", path=f"{Path(sys.executable).parent}:{env['PATH']}")
     if program is None:
         raise VmError("--vms needs the provisioner command (pip install the project)")
@@ -476,6 +472,15 @@ def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_por
             raise VmError(f"the service did not start; see {home / 'service.log'}")
         time.sleep(0.5)
     return url
+
+
+def _install_agent(agent: build.Agent, data_dir: Path) -> None:
+    """Make ``agent`` the service's own build, as ``provisioner agent build`` with its
+    data directory would: the service then boots it for discovery, inspection, image
+    deploys and wipes."""
+    into = data_dir / "agent" / agent.directory.name
+    shutil.copytree(agent.directory, into, dirs_exist_ok=True)
+    (data_dir / "agent" / "current").write_text(agent.directory.name + "\n")
 
 
 def _ready(url: str) -> bool:

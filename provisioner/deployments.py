@@ -207,7 +207,9 @@ def callback(
     if new_status in (DeploymentStatus.DONE, DeploymentStatus.FAILED):
         # The reconciler sleeps until the deadline while an installer runs: wake it.
         session.execute(update(Node).where(col(Node.id) == row.node_id).values(wake_at=None))
-    text = f"installer {kind.value} (deployment {str(row.id)[:8]}, from {client})"
+    # An agent's deployment is called back by the system it wrote, at its first boot.
+    caller = "deployed system" if row.method == Method.AGENT.value else "installer"
+    text = f"{caller} {kind.value} (deployment {str(row.id)[:8]}, from {client})"
     if message:
         text += f": {message}"
     note(session, row.node_id, event_kind, Actor.INSTALLER, text)

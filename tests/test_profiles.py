@@ -17,6 +17,7 @@ SHIPPED = {
     "supermicro",
     "lenovo-thinksystem",
     "lab-virtual-server",
+    "lab-qemu",
     "generic",
 }
 
@@ -97,6 +98,7 @@ def test_shipped_directory_is_the_checkout_one_here() -> None:
             {"manufacturer": "Provisioner Lab", "product": "Virtual Server VS-1"},
             "lab-virtual-server",
         ),
+        ({"manufacturer": "Provisioner Lab", "product": "Virtual Server VQ-1"}, "lab-qemu"),
     ],
 )
 def test_vendor_facts_match_their_profile(

@@ -51,7 +51,7 @@ def _client(request: Request) -> str:
 @router.post(
     "/agent/{token}/inventory",
     response_class=Response,
-    responses={200: {"content": {_TEXT: {}}}, **responses(*_TOKEN, 413, 422, 503)},
+    responses={200: {"content": {_TEXT: {}}}, **responses(400, *_TOKEN, 413, 422, 503)},
 )
 async def inventory(request: Request, jobs: Jobs, token: str, body: protocol.Inventory) -> Response:
     """The machine's hardware as the agent sees it from the inside."""
@@ -68,7 +68,7 @@ async def inventory(request: Request, jobs: Jobs, token: str, body: protocol.Inv
             "reboot or poweroff.",
             "content": {_TEXT: {"schema": {"type": "string"}}},
         },
-        **responses(*_TOKEN[:1], 413, 422, 503),
+        **responses(400, *_TOKEN[:1], 413, 422, 503),
     },
 )
 async def heartbeat(jobs: Jobs, token: str, body: protocol.Heartbeat) -> Response:
@@ -80,7 +80,7 @@ async def heartbeat(jobs: Jobs, token: str, body: protocol.Heartbeat) -> Respons
 @router.post(
     "/agent/{token}/result",
     response_class=Response,
-    responses={200: {"content": {_TEXT: {}}}, **responses(*_TOKEN, 413, 422, 503)},
+    responses={200: {"content": {_TEXT: {}}}, **responses(400, *_TOKEN, 413, 422, 503)},
 )
 async def result(request: Request, jobs: Jobs, token: str, body: protocol.Result) -> Response:
     """A finished job: an image written and read back, or disks wiped with evidence."""

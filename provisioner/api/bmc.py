@@ -84,17 +84,12 @@ async def read_boot_device(
     responses=responses(404, (409, "The node has not been inspected yet.")),
 )
 def read_inventory(ref: str, session: SessionDep, _viewer: Viewer) -> InventoryOut:
-    """What the last inspection read from the BMC."""
+    """What the inspections found: the BMC's facts (source ``ipmi``) and, when the
+    deploy agent ran, what it saw from the inside (``agent``, under ``facts.in_band``)."""
     node = nodes.find(session, ref)
     try:
-        fact = nodes.last_inspection(session, node)
+        return nodes.last_inspection(session, node)
     except Problem as problem:
         # The node is there and its inventory comes with its first inspection: a state
         # to change (the detail says how), not a resource that is missing.
         raise Problem(409, problem.detail) from None
-    return InventoryOut(
-        source=fact.source,
-        collected_at=fact.collected_at,
-        hardware_profile=node.hardware_profile,
-        facts=fact.facts,
-    )

@@ -94,6 +94,15 @@ def act(
     if to_state is State.WIPING and wiper(settings) is None:
         raise Problem(409, NO_WIPE_IMAGE)
     changes: dict[str, Any] = {}
+    if action in (Action.PROVISION, Action.REIMAGE):
+        changes.update(_deployment_choice(session, node, body))
+        by_agent = _method(session, to_state, changes["image"], settings) is Method.AGENT
+        if by_agent and not agent_built(settings):
+            raise Problem(
+                409,
+                f"Image {changes['image']} is written to disk by the deploy agent, which "
+                "is not built: run `provisioner agent build` on the service's machine.",
+            )
     message = body.reason or f"{action.value} requested"
     if action is Action.MAINTENANCE_ON:
         changes.update(maintenance=True, maintenance_reason=body.reason)
@@ -102,7 +111,6 @@ def act(
     elif action in POWER_ACTIONS:
         changes.update(POWER_RESET, target_power=action.value.removeprefix("power-"))
     elif action in (Action.PROVISION, Action.REIMAGE):
-        changes.update(_deployment_choice(session, node, body))
         message = f"{action.value} as role {changes['role']} with image {changes['image']}"
         if body.reason:
             message += f": {body.reason}"

@@ -17,10 +17,11 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Row, bindparam, func, literal_column
 from sqlmodel import Session, col, select
 
+from provisioner import inspection
 from provisioner.errors import Problem
 from provisioner.lifecycle import State, allowed_actions
 from provisioner.models import Bmc, DiskWipe, Event, InventoryFact, Nic, Node
-from provisioner.schemas import BmcOut, EventOut, NodeOut, WipeOut
+from provisioner.schemas import BmcOut, EventOut, InventoryOut, NodeOut, WipeOut
 from provisioner.secrets import Vault
 
 MAX_EVENTS = 1000
@@ -253,16 +254,25 @@ def count_by_state(session: Session) -> dict[str, int]:
     return dict(rows.all())
 
 
-def last_inspection(session: Session, node: Node) -> InventoryFact:
-    """What the node's last inspection read from its BMC; 404 before the first."""
-    fact = session.exec(
+def last_inspection(session: Session, node: Node) -> InventoryOut:
+    """What the node's inspections found: the BMC's facts, completed by the deploy
+    agent's when it ran (under ``in_band``); 404 before the first."""
+    newest = session.exec(
         select(InventoryFact)
         .where(InventoryFact.node_id == node.id)
         .order_by(col(InventoryFact.id).desc())
     ).first()
-    if fact is None:
+    if newest is None:
         raise Problem(404, f"Node {node.name} has not been inspected yet; run the inspect action.")
-    return fact
+    sources = session.exec(
+        select(InventoryFact.source).where(InventoryFact.node_id == node.id).distinct()
+    ).all()
+    return InventoryOut(
+        source="+".join(sorted(sources, key=lambda source: source != inspection.OUT_OF_BAND)),
+        collected_at=newest.collected_at,
+        hardware_profile=node.hardware_profile,
+        facts=inspection.kept(session, node.id),
+    )
 
 
 def present_written(

@@ -14,6 +14,7 @@ from provisioner.tokens import create_token
 from tests.conftest import auth
 
 SHIPPED_ORDER = [
+    "lab-qemu",  # 210
     "lab-virtual-server",  # 200
     "dell-poweredge",  # 100, then by name
     "hpe-proliant",
@@ -29,7 +30,7 @@ def test_viewers_list_the_shipped_profiles(client: TestClient, viewer: dict[str,
     body = response.json()
     assert [p["name"] for p in body["items"]] == SHIPPED_ORDER
     assert body["errors"] is None  # load errors are for operators and admins
-    dell = body["items"][1]
+    dell = body["items"][SHIPPED_ORDER.index("dell-poweredge")]
     assert dell["match"] == {"vendor": ["^Dell\\b"], "product": ["^PowerEdge\\b"]}
     assert dell["boot_mode"] == "uefi"
     assert dell["console"] == {"port": "ttyS1", "speed": 115200}
