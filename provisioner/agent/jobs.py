@@ -54,6 +54,14 @@ class Job:
         return DeploymentKind(self.row.kind)
 
 
+# The result each kind of deployment's job ends with (an inspection's is its inventory).
+_RESULT_OF = {
+    DeploymentKind.PROVISION: "deploy",
+    DeploymentKind.REIMAGE: "deploy",
+    DeploymentKind.WIPE: "wipe",
+}
+
+
 class AgentJobs:
     def __init__(
         self,
@@ -130,6 +138,9 @@ class AgentJobs:
         their evidence). A failed one fails the deployment with the agent's reason."""
         with Session(self._engine) as session:
             job = self._job(session, token)
+            # A result of another kind is not this job's: it must not end it.
+            if done.command != _RESULT_OF.get(job.kind):
+                raise Problem(409, f"This {job.kind.value} deployment's job is no {done.command}.")
             node_id, now = job.row.node_id, utcnow()
             for disk in done.disks:
                 session.add(

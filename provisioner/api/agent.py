@@ -80,7 +80,12 @@ async def heartbeat(jobs: Jobs, token: str, body: protocol.Heartbeat) -> Respons
 @router.post(
     "/agent/{token}/result",
     response_class=Response,
-    responses={200: {"content": {_TEXT: {}}}, **responses(400, *_TOKEN, 413, 422, 503)},
+    responses={
+        200: {"content": {_TEXT: {}}},
+        **responses(
+            400, *_TOKEN, (409, "A result of another job than this deployment's."), 413, 422, 503
+        ),
+    },
 )
 async def result(request: Request, jobs: Jobs, token: str, body: protocol.Result) -> Response:
     """A finished job: an image written and read back, or disks wiped with evidence."""
