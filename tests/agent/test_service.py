@@ -196,7 +196,7 @@ def test_a_failed_deploy_fails_the_node_with_the_agents_reason(
     client: TestClient, admin: dict[str, str], fleet: FakeFleet, tmp_path: Path
 ) -> None:
     machine.catalog(client, admin, tmp_path)
-    machine.ready(client, admin, fleet, "n1", 1)
+    fake = machine.ready(client, admin, fleet, "n1", 1)
     machine.act(client, admin, "n1", "provision", role="compute")
     booted = machine.powered_and_booted(client, admin, "n1", mac_of(1), address_of(1))
     reason = f"checksum mismatch: read back {'0' * 64}, expected {'1' * 64}"
@@ -209,6 +209,28 @@ def test_a_failed_deploy_fails_the_node_with_the_agents_reason(
     failed = node(client, admin, "n1")
     assert failed["failed_from"] == "provisioning"
     assert failed["last_error"] == f"agent: the agent reported that its deploy failed: {reason}"
+
+    # A retry deploys again, with a token of its own, and gets the node to active.
+    machine.act(client, admin, "n1", "retry")
+    again, _ = machine.deploy_by_agent(client, admin, "n1", 1, inventory(1))
+    assert again.token != booted.token
+    flows.tick_until(client, admin, "n1", lambda: fake.boots[-1] is BootDevice.DISK)
+    machine.first_boot(client, admin, "n1", 1, again.token)
+
+
+def test_an_aborted_deployments_agent_is_told_to_power_off(
+    client: TestClient, admin: dict[str, str], fleet: FakeFleet, tmp_path: Path
+) -> None:
+    machine.catalog(client, admin, tmp_path)
+    machine.ready(client, admin, fleet, "n1", 1)
+    machine.act(client, admin, "n1", "provision", role="compute")
+    booted = machine.powered_and_booted(client, admin, "n1", mac_of(1), address_of(1))
+    with machine.running(client, address_of(1), booted.token) as own:
+        own.inventory(inventory(1))
+        assert own.heartbeat("deploy").startswith("wait ")
+        machine.act(client, admin, "n1", "abort")
+        assert own.heartbeat("deploy") == "poweroff"  # even while it works
+        assert own.http.get(f"/agent/{booted.token}/image").status_code == 410
 
 
 @pytest.mark.parametrize("overrides", [{"agent_heartbeat_timeout": 2.0}])
@@ -318,6 +340,22 @@ def test_an_unknown_machine_runs_the_agent_and_is_known_by_its_inventory(
     later = client.get("/boot/ipxe", params={"mac": mac}).text
     assert "provisioner.token" not in later
     assert "local disk" in later
+
+
+def test_an_inventory_posted_again_after_the_job_ended_lets_the_agent_go_on(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    """init.sh posts its inventory until it is answered 2xx, before its first heartbeat.
+    When the answer to the first post is lost, the retry comes after the inspection has
+    ended: a refusal keeps the machine posting for ever, and a discovered machine has no
+    BMC to power it off. Answered, it heartbeats and is told to power off."""
+    mac = mac_of(8)
+    booted = machine.netboot(client, mac, address_of(8))
+    with machine.running(client, address_of(8), booted.token) as own:
+        own.inventory(inventory(8))
+        again = own.post("inventory", inventory(8))
+        assert again.status_code == 200, again.text
+        assert own.heartbeat() == "poweroff"
 
 
 # --- 6. secrets ---------------------------------------------------------------------

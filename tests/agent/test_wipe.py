@@ -88,6 +88,8 @@ def test_release_is_wiped_by_the_agent_with_evidence_kept(
         own.inventory(found)
         assert own.heartbeat() == "wipe metadata /dev/vda /dev/vdb"
         assert re.fullmatch(r"wait \d+", own.heartbeat("wipe"))
+        for what in ("image", "config-drive"):  # a wipe writes nothing
+            assert own.http.get(f"/agent/{booted.token}/{what}").status_code == 404
         own.result(wipe_result())
         assert own.heartbeat() == "poweroff"
     flows.tick_until(client, admin, "n1", "ready")
