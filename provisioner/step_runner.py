@@ -192,10 +192,10 @@ class StepRunner:
                 )
             if step is Step.HANDOFF:
                 return await run_in_threadpool(self._handoff, node, deployment)
-            await self._power(bmc, "off")
+            off = {"power_state": await self._power(bmc, "off"), "power_checked_at": utcnow()}
             if kind is DeploymentKind.INSPECT:
-                return await run_in_threadpool(self._inspected, node)
-            return Result(StepOutcome.DONE, "disks wiped")
+                return await run_in_threadpool(self._inspected, node, off)
+            return Result(StepOutcome.DONE, "disks wiped", changes=off)
         except StepFailed as failure:
             return Result(StepOutcome.FAILED, str(failure))
 
@@ -229,9 +229,9 @@ class StepRunner:
         concluded, summary = await run_in_threadpool(self._conclude, node, found.facts)
         return Result(StepOutcome.DONE, summary, changes=changes | concluded, facts=facts)
 
-    def _inspected(self, node: Node) -> Result:
+    def _inspected(self, node: Node, off: dict[str, Any]) -> Result:
         changes, summary = self._conclude(node, None)
-        return Result(StepOutcome.DONE, summary, changes=changes)
+        return Result(StepOutcome.DONE, summary, changes=off | changes)
 
     def _conclude(self, node: Node, facts: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
         """What the inspection concludes from ``facts``, or from the facts kept."""

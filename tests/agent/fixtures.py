@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import image
 from provisioner.agent import build
 
 REQUIRE_TOOLS = os.environ.get("PROVISIONER_REQUIRE_TOOLS") == "1"
@@ -39,6 +40,25 @@ def agent(agent_data: Path) -> build.Agent:
         if REQUIRE_TOOLS:
             raise
         pytest.skip(f"cannot build the agent here: {exc}")
+
+
+@pytest.fixture(scope="session")
+def lab_image(agent_data: Path) -> image.Image:
+    """The lab's deployable test image, built into the agent's data directory: the
+    packages are downloaded once for both."""
+    need(*image.TOOLS)
+    for path in (image.SYSLINUX_MBR, image.SYSTEMD_BOOT):
+        if not path.is_file():
+            message = f"needs {path} (Debian: syslinux, systemd-boot-efi)"
+            if REQUIRE_TOOLS:
+                pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {message}")
+            pytest.skip(message)
+    try:
+        return image.build_image(agent_data, lambda line: None)
+    except build.BuildError as exc:
+        if REQUIRE_TOOLS:
+            raise
+        pytest.skip(f"cannot build the image here: {exc}")
 
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")

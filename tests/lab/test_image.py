@@ -25,51 +25,28 @@ import pytest
 
 from lab import cli as lab_cli
 from lab import image
-from provisioner.agent import build
-from tests.agent.fixtures import REQUIRE_TOOLS, need, qemu_machine
+from tests.agent.fixtures import need, qemu_machine
 
 # Quiet, a boot to the callback takes 10-20 s under emulation; a busy CI machine 2-3x that.
 BOOT_DEADLINE = 240
 KEYS = {"operator": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIlabimage operator@lab"}
 
 
-def _need_build_tools() -> None:
-    need(*image.TOOLS)
-    for path in (image.SYSLINUX_MBR, image.SYSTEMD_BOOT):
-        if not path.is_file():
-            message = f"needs {path} (Debian: syslinux, systemd-boot-efi)"
-            if REQUIRE_TOOLS:
-                pytest.fail(f"PROVISIONER_REQUIRE_TOOLS=1 but this {message}")
-            pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def built(agent_data: Path) -> image.Image:
-    """Built into the agent's data directory: the packages are downloaded once for both."""
-    _need_build_tools()
-    try:
-        return image.build_image(agent_data, lambda line: None)
-    except build.BuildError as exc:
-        if REQUIRE_TOOLS:
-            raise
-        pytest.skip(f"cannot build the image here: {exc}")
-
-
 def test_a_second_build_with_the_same_inputs_is_the_cached_one(
-    built: image.Image, agent_data: Path
+    lab_image: image.Image, agent_data: Path
 ) -> None:
     lines: list[str] = []
     again = image.build_image(agent_data, lines.append)
-    assert again == built
-    assert lines[-1] == f"up to date: {built.path.parent}"
+    assert again == lab_image
+    assert lines[-1] == f"up to date: {lab_image.path.parent}"
 
 
 def test_the_image_is_small_sparse_and_partitioned_for_both_firmware_modes(
-    built: image.Image, tmp_path: Path
+    lab_image: image.Image, tmp_path: Path
 ) -> None:
     out = tmp_path / "lab.raw"
-    image.export(built, out)
-    assert out.read_bytes() == built.path.read_bytes()
+    image.export(lab_image, out)
+    assert out.read_bytes() == lab_image.path.read_bytes()
     size = out.stat().st_size
     assert size <= 64 * 2**20
     assert out.stat().st_blocks * 512 < size / 2, "the copy lost its holes"
@@ -114,13 +91,13 @@ def test_the_config_drive_is_fat_labelled_config_2_with_openstack_meta_data(
 
 
 def test_provisioner_lab_image_build_writes_the_image(
-    built: image.Image, agent_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    lab_image: image.Image, agent_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """As ``provisioner-lab image build``, through lab/cli.py."""
     out = tmp_path / "out.raw"
     argv = ["image", "build", "--output", str(out), "--data-dir", str(agent_data)]
     assert lab_cli.main(argv) == 0
-    assert out.read_bytes() == built.path.read_bytes()
+    assert out.read_bytes() == lab_image.path.read_bytes()
     assert f"wrote {out} (raw, " in capsys.readouterr().out
     assert lab_cli.main([*argv[:-2], "--format", "vhd"]) == 2
 
@@ -172,7 +149,7 @@ def qemu(firmware: str, disk: Path, disk_format: str, drive: Path, tmp_path: Pat
 def test_the_image_boots_reads_its_config_drive_and_calls_back(
     firmware: str,
     disk_format: str,
-    built: image.Image,
+    lab_image: image.Image,
     callbacks: tuple[queue.Queue[tuple[str, Any]], int],
     tmp_path: Path,
 ) -> None:
@@ -180,7 +157,7 @@ def test_the_image_boots_reads_its_config_drive_and_calls_back(
     posts, port = callbacks
     hostname = f"lab-{firmware}-{disk_format}"
     disk = tmp_path / f"disk.{disk_format}"
-    image.export(built, disk, image.Format(disk_format))
+    image.export(lab_image, disk, image.Format(disk_format))
     callback = f"http://10.0.2.2:{port}/callback/node-token/done"
     drive = image.config_drive(tmp_path / "config-drive.img", hostname, KEYS, callback)
     serial = tmp_path / "serial.log"
