@@ -134,7 +134,7 @@ def test_inspection_boots_the_agent_and_keeps_what_it_saw(
 
 
 def test_an_image_is_written_by_the_agent_then_the_node_boots_it_and_goes_active(
-    client: TestClient, admin: dict[str, str], fleet: FakeFleet, tmp_path: Path
+    client: TestClient, app: FastAPI, admin: dict[str, str], fleet: FakeFleet, tmp_path: Path
 ) -> None:
     image = machine.catalog(client, admin, tmp_path)
     fake = machine.ready(client, admin, fleet, "n1", 1)
@@ -165,7 +165,7 @@ def test_an_image_is_written_by_the_agent_then_the_node_boots_it_and_goes_active
     flows.tick_until(client, admin, "n1", lambda: fake.boots[-1] is BootDevice.DISK)
     assert fake.boots == [BootDevice.NETWORK, BootDevice.NETWORK, BootDevice.DISK]
     assert (fake.boot.device, fake.boot.persistent) == (BootDevice.DISK, True)
-    assert machine.newest_deployment(client.app, "n1").step == "first-boot"  # type: ignore[arg-type]
+    assert machine.newest_deployment(app, "n1").step == "first-boot"
     for _ in range(3):  # it waits for the written system to call back
         tick(client)
     assert node(client, admin, "n1")["state"] == "provisioning"
