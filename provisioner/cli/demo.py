@@ -32,6 +32,7 @@ import httpx
 import typer
 
 from provisioner.cli.client import CliError
+from provisioner.cli.demo_vms import run_vms
 from provisioner.cli.output import cell, console, events_table, info
 from provisioner.cli.progress import watch
 
@@ -54,9 +55,22 @@ class _Demo:
 
 def demo(
     nodes: Annotated[int, typer.Option(min=2, max=500, help="Machines in the lab rack.")] = 12,
+    vms: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=8,
+            help="Real QEMU VMs instead of emulated machines: the deploy agent inspects them "
+            "and writes an image to their disks (needs root, qemu-system-x86, ovmf, dnsmasq).",
+        ),
+    ] = 0,
     timeout: Annotated[
-        float, typer.Option(min=10, help="Seconds to wait for every node to be active.")
-    ] = 300,
+        float | None,
+        typer.Option(
+            min=10,
+            help="Seconds to wait for every node to be active (default: 300, with --vms 1800).",
+        ),
+    ] = None,
     keep_running: Annotated[
         bool, typer.Option(help="Leave the service and the lab up until Ctrl-C.")
     ] = False,
@@ -73,7 +87,10 @@ def demo(
     run_dir = Path(tempfile.mkdtemp(prefix="provisioner-demo-"))
     info(f"logs: {run_dir / 'service.log'} and {run_dir / 'lab.log'}")
     try:
-        _run(run_dir, nodes, timeout, keep_running)
+        if vms:
+            run_vms(run_dir, vms, timeout or 1800, keep_running)
+        else:
+            _run(run_dir, nodes, timeout or 300, keep_running)
     finally:
         # Said last, after the report or an error, so that it is where the eye ends up.
         if keep:
