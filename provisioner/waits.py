@@ -15,9 +15,11 @@ from provisioner.settings import Settings
 from provisioner.steps import LIVE, DeploymentStatus, StepOutcome
 from provisioner.timeline import EventKind
 
-# How a deployment's message starts when the agent reported that its job failed (see
-# provisioner/agent/jobs.py): reported as it is, not as an installer's word.
+# How a deployment's message starts when the agent reported that its job failed, or the
+# service found it cannot give the agent its job (see provisioner/agent/jobs.py):
+# reported as it is, not as an installer's word.
 AGENT_FAILED = "the agent reported"
+AGENT_CANNOT = "the agent's job cannot be done"
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class StepFailed(Exception):
 
 def failure(message: str) -> str:
     """Why a failed deployment failed, in the words of whoever failed it."""
-    if message.startswith((scripts.BOOT_FAILED, AGENT_FAILED)):
+    if message.startswith((scripts.BOOT_FAILED, AGENT_FAILED, AGENT_CANNOT)):
         return message
     return f"the installer reported failure: {message}"
 

@@ -33,7 +33,7 @@ from provisioner.settings import Settings
 from provisioner.steps import INSTALL_KINDS, DeploymentKind, DeploymentStatus, Method, Step
 from provisioner.timeline import Actor, EventKind
 from provisioner.validation import normalize_mac
-from provisioner.waits import AGENT_FAILED
+from provisioner.waits import AGENT_CANNOT, AGENT_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,12 @@ class AgentJobs:
         """Keep the in-band facts, add the NICs the node did not have, and mark the
         deployment started (an inspection's job is then done)."""
         with Session(self._engine) as session:
-            job = self._job(session, token)
+            try:
+                job = self._job(session, token)
+            except Problem as problem:
+                if problem.status == 410:
+                    return  # posted again after its job ended: its answer was lost
+                raise
             node_id = job.row.node_id
             session.add(
                 InventoryFact(
@@ -130,7 +135,14 @@ class AgentJobs:
                 return self._deploy_command(session, job) or wait
             if job.kind is DeploymentKind.WIPE:
                 disks = self._disks(session, row.node_id)
-                return protocol.wipe(self._settings.wipe_policy, disks) if disks else wait
+                if not disks:
+                    return self._fail(
+                        session,
+                        job,
+                        "it found no disk to wipe; if the machine has disks, the agent has "
+                        "no driver for their controller (docs/agent.md)",
+                    )
+                return protocol.wipe(self._settings.wipe_policy, disks)
             return wait
 
     def result(self, token: str, done: protocol.Result, client: str) -> None:
@@ -142,6 +154,12 @@ class AgentJobs:
             if done.command != _RESULT_OF.get(job.kind):
                 raise Problem(409, f"This {job.kind.value} deployment's job is no {done.command}.")
             node_id, now = job.row.node_id, utcnow()
+            told = {f"/dev/{d.name}" for d in self._disks(session, job.row.node_id)}
+            left = sorted(told - {d.disk for d in done.disks}) if done.command == "wipe" else []
+            if left and done.ok:
+                done = done.model_copy(
+                    update={"ok": False, "message": f"not reported as wiped: {', '.join(left)}"}
+                )
             for disk in done.disks:
                 session.add(
                     DiskWipe(
@@ -263,6 +281,19 @@ class AgentJobs:
                 )
         return added
 
+    def _fail(self, session: Session, job: Job, why: str) -> str:
+        """Fail the job before the agent starts it, and tell the agent to power off."""
+        message = f"{AGENT_CANNOT}: {why}"
+        values = {
+            "status": DeploymentStatus.FAILED.value,
+            "finished_at": utcnow(),
+            "message": message,
+        }
+        self._update(session, job, values)
+        timeline.note(session, job.row.node_id, EventKind.AGENT, Actor.PROVISIONER, message)
+        session.commit()
+        return protocol.POWEROFF
+
     def _disks(self, session: Session, node_id: uuid.UUID) -> list[protocol.Disk]:
         facts = inspection.kept(session, node_id).get("in_band") or {}
         return protocol.Inventory.model_validate(facts).disks
@@ -282,19 +313,7 @@ class AgentJobs:
             )
             prepared = image_cache.prepare(image, self._settings)
         except (protocol.NoDisk, image_cache.ImageCacheError) as err:
-            message = f"{AGENT_FAILED}: the image cannot be deployed: {err}"
-            self._update(
-                session,
-                job,
-                {
-                    "status": DeploymentStatus.FAILED.value,
-                    "finished_at": utcnow(),
-                    "message": message,
-                },
-            )
-            timeline.note(session, row.node_id, EventKind.AGENT, Actor.PROVISIONER, message)
-            session.commit()
-            return protocol.POWEROFF
+            return self._fail(session, job, f"the image cannot be deployed: {err}")
         text = f"agent told to write image {image.name} to /dev/{disk.name}"
         timeline.note(session, row.node_id, EventKind.AGENT, Actor.PROVISIONER, text)
         session.commit()
