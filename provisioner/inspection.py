@@ -75,7 +75,10 @@ def profile_for(facts: Mapping[str, Any], profiles: ProfileSet) -> Profile | Non
     a profile may be written for either."""
     system = (facts.get("in_band") or {}).get("system") or {}
     inside = {"manufacturer": system.get("vendor", ""), "product": system.get("product", "")}
-    return profiles.match(inside) or profiles.match(facts)
+    # The higher of the two: else the catch-all profile, matching empty DMI strings,
+    # would win over the BMC's word.
+    found = [p for p in (profiles.match(inside), profiles.match(facts)) if p is not None]
+    return max(found, key=lambda p: p.priority, default=None)
 
 
 def conclude(

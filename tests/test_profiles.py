@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from provisioner import inspection
 from provisioner.profiles import ProfileSet, load_profiles, shipped_profiles_dir
 
 SHIPPED = {
@@ -249,3 +250,42 @@ def test_patterns_are_case_insensitive_searches(tmp_path: Path) -> None:
         "vendor": [],
         "product": ["X1"],
     }
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        # The BMC alone (no agent has run): its word, not the catch-all's.
+        (
+            {"manufacturer": "Provisioner Lab", "product": "Virtual Server VS-1"},
+            "lab-virtual-server",
+        ),
+        # DMI the profiles do not know, a BMC they do: the BMC's profile.
+        (
+            {
+                "manufacturer": "Dell Inc.",
+                "product": "PowerEdge R650",
+                "in_band": {"system": {"vendor": "To Be Filled By O.E.M.", "product": ""}},
+            },
+            "dell-poweredge",
+        ),
+        # The inside first when both are known.
+        (
+            {
+                "manufacturer": "Provisioner Lab",
+                "product": "Virtual Server VS-1",
+                "in_band": {
+                    "system": {"vendor": "Provisioner Lab", "product": "Virtual Server VQ-1"}
+                },
+            },
+            "lab-qemu",
+        ),
+        ({"in_band": {"system": {"vendor": "QEMU", "product": "Standard PC"}}}, "generic"),
+    ],
+)
+def test_inspection_takes_the_better_of_in_band_and_bmc_profiles(
+    shipped: ProfileSet, facts: dict[str, Any], expected: str
+) -> None:
+    found = inspection.profile_for(facts, shipped)
+    assert found is not None
+    assert found.name == expected

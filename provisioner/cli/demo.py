@@ -32,7 +32,6 @@ import httpx
 import typer
 
 from provisioner.cli.client import CliError
-from provisioner.cli.demo_vms import run_vms
 from provisioner.cli.output import cell, console, events_table, info
 from provisioner.cli.progress import watch
 
@@ -88,6 +87,10 @@ def demo(
     info(f"logs: {run_dir / 'service.log'} and {run_dir / 'lab.log'}")
     try:
         if vms:
+            # Imported here: it reads the settings (pydantic), which the client commands
+            # sharing this CLI do not load.
+            from provisioner.cli.demo_vms import run_vms
+
             run_vms(run_dir, vms, timeout or 1800, keep_running)
         else:
             _run(run_dir, nodes, timeout or 300, keep_running)

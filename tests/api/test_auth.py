@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from tests.conftest import auth
 
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
-# Firmware and installers cannot hold an API token; a deployment token guards these.
-NODE_FACING = ("/boot/", "/callback/")
+# Firmware, installers and the deploy agent cannot hold an API token; a deployment
+# token guards these.
+NODE_FACING = ("/boot/", "/callback/", "/agent/")
 # ...except where the pxe process reports on the nodes' behalf, which writes timelines.
 PXE_REPORTS = {"/boot/trace/tftp"}
 
