@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from provisioner.profiles import RootDisk
 
 Text = Annotated[str, Field(max_length=200)]
-Count = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# JSON's exact integers (2**53 - 1): a schema maximum of 2**63 - 1 is read back as a
+# float by clients and no longer bounds what they send. Still 9 PB of disk.
+Count = Annotated[int, Field(ge=0, le=2**53 - 1)]
 
 
 class _Loose(BaseModel):
