@@ -107,6 +107,7 @@ wget -q -O /dev/null --header "Content-Type: application/json" --post-file /tmp/
 echo "raw-chain: facts posted"
 poweroff -f
 """
+Marks = list[tuple[float, str, str]]  # (host time, kind, detail), by VM
 CONSOLE_MARKS = ("Run /init", "provisioner-agent:", "raw-chain:", "lab image booted")
 # Phases of a network boot up to the inventory, in order, and the milestones ending them.
 BOOT_PHASES = (
@@ -141,7 +142,7 @@ class Observer:
 
     def __init__(self, namespace: str, consoles: dict[str, Path]) -> None:
         self.consoles = consoles  # MAC -> serial.log
-        self.marks: dict[str, list[tuple[float, str, str]]] = {mac: [] for mac in consoles}
+        self.marks: dict[str, Marks] = {mac: [] for mac in consoles}
         self.http_end: dict[tuple[str, int], list[Any]] = {}  # (MAC, port) -> [path, last]
         self._class: dict[str, str] = {}  # MAC -> the DHCP client last heard: pxe/ipxe/udhcp
         self._stop = threading.Event()
@@ -274,15 +275,11 @@ class Observer:
 # ---- milestones and phases -----------------------------------------------------------------
 
 
-def first(
-    marks: list[tuple[float, str, str]], after: float, kind: str, text: str = ""
-) -> float | None:
+def first(marks: Marks, after: float, kind: str, text: str = "") -> float | None:
     return next((t for t, k, d in marks if t >= after and k == kind and text in d), None)
 
 
-def boot_milestones(
-    marks: list[tuple[float, str, str]], t0: float, done: float
-) -> dict[str, float]:
+def boot_milestones(marks: Marks, t0: float, done: float) -> dict[str, float]:
     """The milestones of one network boot from power-on at ``t0`` to its inventory,
     recorded at ``done``."""
     window = [m for m in marks if t0 <= m[0] <= done]
@@ -313,12 +310,10 @@ def boot_milestones(
     return got
 
 
-def phases(
-    got: dict[str, float], start: str, chain: tuple[tuple[str, str], ...]
-) -> dict[str, float]:
+def phases(got: dict[str, float], chain: tuple[tuple[str, str], ...]) -> dict[str, float]:
     """Seconds of each phase of ``chain``: from the last milestone seen to the next one
     (a phase whose milestone is missing is left out and its time goes to the next)."""
-    out, last = {}, got[start]
+    out, last = {}, got["power"]
     for name, milestone in chain:
         if milestone in got:
             out[name] = round(got[milestone] - last, 3)
@@ -330,9 +325,7 @@ def event_time(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
 
 
-def node_figures(
-    marks: list[tuple[float, str, str]], events: list[dict[str, Any]]
-) -> dict[str, Any]:
+def node_figures(marks: Marks, events: list[dict[str, Any]]) -> dict[str, Any]:
     """Inspection and provisioning of one node, from what was seen and its timeline."""
     qemu_starts = [t for t, k, _ in marks if k == "qemu"]
     agent = [
@@ -346,7 +339,7 @@ def node_figures(
     got = boot_milestones(marks, qemu_starts[0], agent[0])
     out["inspect"] = {
         "total": round(agent[0] - qemu_starts[0], 3),
-        **phases(got, "power", BOOT_PHASES),
+        **phases(got, BOOT_PHASES),
     }
     out["inspect_seen"] = seen(marks, got)
     out["power_event_after_qemu_s"] = round(powers[0] - qemu_starts[0], 3) if powers else None
@@ -358,24 +351,15 @@ def node_figures(
     t0 = later[0]
     got = boot_milestones(marks, t0, agent[1])
 
-    def at(kind: str, text: str) -> float | None:
-        return next(
-            (
-                event_time(e)
-                for e in events
-                if e["kind"] == kind and text in e["message"] and event_time(e) >= t0
-            ),
-            None,
-        )
-
     for name, kind, text in (
         ("command", "agent", "told to write image"),
         ("image_end", "boot-file", "image: HTTP 200"),
         ("result", "agent", "written to"),
         ("callback", "callback-done", ""),
     ):
-        if (found := at(kind, text)) is not None:
-            got[name] = found
+        times = [event_time(e) for e in events if e["kind"] == kind and text in e["message"]]
+        if later := [t for t in times if t >= t0]:
+            got[name] = later[0]
     if (
         "result" in got
         and (init := first(marks, got["result"], "console", "Run /init")) is not None
@@ -387,13 +371,13 @@ def node_figures(
         out["provision"] = {
             "total": round(active[0] - t0, 3),
             "to_inventory": round(agent[1] - t0, 3),
-            **phases(got, "power", BOOT_PHASES + DEPLOY_PHASES),
+            **phases(got, BOOT_PHASES + DEPLOY_PHASES),
         }
     out["provision_seen"] = seen(marks, got)
     return out
 
 
-def seen(marks: list[tuple[float, str, str]], got: dict[str, float]) -> dict[str, Any]:
+def seen(marks: Marks, got: dict[str, float]) -> dict[str, Any]:
     """For the raw JSON: a boot's milestones and HTTP requests, in seconds from power-on."""
     t0, end = got["power"], max(got.values())
     return {
@@ -444,14 +428,8 @@ def project_run(
         expect(api.post("/api/v1/roles", json=role), 201)
         out["loadavg_start"] = os.getloadavg()[0]
         began = time.monotonic()
-        expect(
-            api.post(
-                "/api/v1/racks/import",
-                content=manifest.read_bytes(),
-                headers={"Content-Type": "text/csv"},
-            ),
-            201,
-        )
+        csv_body = {"content": manifest.read_bytes(), "headers": {"Content-Type": "text/csv"}}
+        expect(api.post("/api/v1/racks/import", **csv_body), 201)  # type: ignore[arg-type]
         while time.monotonic() - began < args.timeout:
             states = [n["state"] for n in expect(api.get("/api/v1/nodes"), 200)["items"]]
             if all(s in ("active", "failed") for s in states):
@@ -599,7 +577,7 @@ def raw_run(
                 got = boot_milestones(marks, starts[0], done)
                 figures["inspect"] = {
                     "total": round(done - starts[0], 3),
-                    **phases(got, "power", BOOT_PHASES),
+                    **phases(got, BOOT_PHASES),
                 }
                 figures["inspect_seen"] = seen(marks, got)
             out["nodes"][each.spec.name] = figures
@@ -622,12 +600,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     rows = []
     for (chain, firmware, vms), nodes in groups.items():
-        row: dict[str, Any] = {
-            "chain": chain,
-            "firmware": firmware,
-            "vms": vms,
-            "samples": len(nodes),
-        }
+        row: dict[str, Any] = {"chain": chain, "firmware": firmware, "vms": vms}
         for what in ("inspect", "provision"):
             done = [n[what] for n in nodes if what in n]
             if not done:
@@ -655,16 +628,10 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if chain != "project" or raw is None or "inspect" not in row or "inspect" not in raw:
             continue
         ratio = row["inspect"]["total"] / raw["inspect"]["total"]
-        out.append(
-            {
-                "firmware": firmware,
-                "vms": vms,
-                "project_s": row["inspect"]["total"],
-                "raw_s": raw["inspect"]["total"],
-                "ratio": round(ratio, 2),
-                "pass": ratio <= TARGET,
-            }
-        )
+        out.append({
+            "firmware": firmware, "vms": vms, "project_s": row["inspect"]["total"],
+            "raw_s": raw["inspect"]["total"], "ratio": round(ratio, 2), "pass": ratio <= TARGET,
+        })  # fmt: skip
     return out
 
 
@@ -738,6 +705,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     ]
     if failed:
         lines += [f"{failed} VM(s) did not get through (see the raw JSON).", ""]
+    for r in results["runs"]:
+        if "error" in r:
+            lines += [f"- {r['chain']} {r['firmware']} x{r['vms']}: {r['error'][-300:]}", ""]
     lines += [f"Raw figures: `{results['raw']}` (not committed).", "", RESULTS_END]
     return "\n".join(lines)
 
@@ -753,34 +723,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--reps", type=int, default=2, help="repetitions of each configuration (default 2)")
     add("--vms", type=int, nargs="+", default=[1, 4], help="VMs per configuration (default 1 4)")
     add("--firmware", nargs="+", choices=qemu.FIRMWARES, default=list(qemu.FIRMWARES))
-    add(
-        "--uefi-pxe", choices=qemu.UEFI_PXE, default="edk2", help="UEFI network boot (default edk2)"
-    )
+    add("--uefi-pxe", choices=qemu.UEFI_PXE, default="edk2", help="UEFI network boot")
     add("--image-mib", type=int, default=64, help="size of the deployed raw image (default 64)")
     add("--no-raw", dest="raw", action="store_false", help="skip the raw chain")
     add("--no-project", dest="project", action="store_false", help="skip the project")
-    add(
-        "--data-dir",
-        type=Path,
-        default=REPO / "var",
-        help="where the agent and lab image are built (default var)",
-    )
+    add("--data-dir", type=Path, default=REPO / "var", help="the agent's and lab image's builds")
     add("--timeout", type=float, default=900, help="seconds before a configuration gives up")
     add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
     add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add(
-        "--no-write-results",
-        dest="write_results",
-        action="store_false",
-        help="leave bench/RESULTS.md alone (trial runs)",
-    )
+    add("--no-write-results", dest="write_results", action="store_false", help="trial runs")
     add("--keep", action="store_true", help="keep the work directory (consoles, logs)")
-    add(
-        "--render",
-        type=Path,
-        metavar="JSON",
-        help="run nothing: print and write the block from an earlier run's raw JSON",
-    )
+    add("--render", type=Path, metavar="JSON", help="run nothing: the block from a raw JSON")
     return parser.parse_args(argv)
 
 
@@ -820,10 +773,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         into.mkdir()
                         load = os.getloadavg()[0]
                         progress(f"rep {rep + 1}: {chain} {firmware} x{count} (load {load:.1f})")
-                        if chain == "project":
-                            done = project_run(firmware, count, args, into, image)
-                        else:
-                            done = raw_run(firmware, count, args, into, agent, initrd)
+                        try:
+                            if chain == "project":
+                                done = project_run(firmware, count, args, into, image)
+                            else:
+                                done = raw_run(firmware, count, args, into, agent, initrd)
+                        except Exception as exc:  # one configuration failing keeps the others
+                            error = f"{type(exc).__name__}: {exc}"[-2000:]
+                            progress(f"  failed: {error}")
+                            done = {"chain": chain, "firmware": firmware, "vms": count}
+                            done |= {"nodes": {}, "error": error}
                         done["rep"] = rep
                         results["runs"].append(done)
                         totals = [n.get("inspect", {}).get("total") for n in done["nodes"].values()]
