@@ -364,7 +364,7 @@ def build_command(
     ] = None,
 ) -> None:
     """Build the image (or reuse the cached build) and write it to OUTPUT."""
-    cache = data_dir or Path(os.environ.get("PROVISIONER_DATA_DIR") or default_data_dir())
+    cache = data_dir or default_data_dir()
     try:
         image = build_image(cache, typer.echo)
         export(image, output, format)

@@ -19,7 +19,11 @@ from provisioner.boot.scripts import ipxe_safe
 
 
 def default_data_dir() -> Path:
-    """``./var`` when run from a checkout, else the XDG data directory."""
+    """``PROVISIONER_DATA_DIR``, else ``./var`` when run from a checkout, else the XDG
+    data directory. Read here too for the tools that find the service's builds (the
+    deploy agent, the lab image) without loading the settings."""
+    if os.environ.get("PROVISIONER_DATA_DIR"):
+        return Path(os.environ["PROVISIONER_DATA_DIR"])
     if Path("pyproject.toml").is_file() or Path("var").is_dir():
         return Path("var")
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")

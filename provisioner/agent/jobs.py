@@ -154,12 +154,9 @@ class AgentJobs:
             if done.command != _RESULT_OF.get(job.kind):
                 raise Problem(409, f"This {job.kind.value} deployment's job is no {done.command}.")
             node_id, now = job.row.node_id, utcnow()
-            told = {f"/dev/{d.name}" for d in self._disks(session, job.row.node_id)}
-            left = sorted(told - {d.disk for d in done.disks}) if done.command == "wipe" else []
-            if left and done.ok:
-                done = done.model_copy(
-                    update={"ok": False, "message": f"not reported as wiped: {', '.join(left)}"}
-                )
+            # The agent's word is checked against what it was told: a result that does
+            # not match fails as the service's finding, not as the agent's report.
+            found = self._mismatch(session, job, done) if done.ok else None
             for disk in done.disks:
                 session.add(
                     DiskWipe(
@@ -169,23 +166,29 @@ class AgentJobs:
                     )
                 )
                 timeline.note(session, node_id, EventKind.WIPE, Actor.AGENT, _wiped(disk))
-            if done.ok:
+            if done.ok and not found:
                 values: dict[str, object] = {"agent_seen_at": now, "agent_done_at": now}
                 if done.command == "wipe":
                     values.update(status=DeploymentStatus.DONE.value, finished_at=now)
                 text = _written(job.row, done) if done.command == "deploy" else "disks wiped"
             else:
-                reason = done.message or _first_failure(done) or "no reason given"
+                if found:
+                    message = (
+                        f"{AGENT_CANNOT}: the agent reported its {done.command} done, but {found}"
+                    )
+                else:
+                    reason = done.message or _first_failure(done) or "no reason given"
+                    message = f"{AGENT_FAILED} that its {done.command} failed: {reason}"
                 values = {
                     "status": DeploymentStatus.FAILED.value,
                     "finished_at": now,
-                    "message": f"{AGENT_FAILED} that its {done.command} failed: {reason}"[:2000],
+                    "message": message[:2000],
                 }
-                text = str(values["message"])
+                text = message[:2000]
             self._update(session, job, values)
             timeline.note(session, node_id, EventKind.AGENT, Actor.AGENT, f"{text} (from {client})")
             session.commit()
-        if not done.ok:
+        if not done.ok or found:
             log.warning("node %s: %s", job.node_name, text)
 
     # --- what the agent downloads ---------------------------------------------------
@@ -298,26 +301,58 @@ class AgentJobs:
         facts = inspection.kept(session, node_id).get("in_band") or {}
         return protocol.Inventory.model_validate(facts).disks
 
-    def _deploy_command(self, session: Session, job: Job) -> str | None:
-        """``deploy`` for the disk the node's profile picks; a deployment no disk fits
-        fails here, with the disks the agent saw."""
+    def _target(
+        self, session: Session, job: Job
+    ) -> tuple[protocol.Disk, image_cache.Prepared] | None:
+        """The disk the node's profile picks and the image written to it. Raises
+        :class:`protocol.NoDisk` or :class:`image_cache.ImageCacheError`."""
         row = job.row
         node = session.get(Node, row.node_id)
         image = session.get(OsImage, row.image) if row.image else None
         if node is None or image is None:
             return None
         profile = self._profiles().get(node.hardware_profile) if node.hardware_profile else None
+        disk = protocol.root_disk(
+            self._disks(session, row.node_id), profile.root_disk if profile else RootDisk()
+        )
+        return disk, image_cache.prepare(image, self._settings)
+
+    def _deploy_command(self, session: Session, job: Job) -> str | None:
+        """``deploy`` for the disk the node's profile picks; a deployment no disk fits
+        fails here, with the disks the agent saw."""
         try:
-            disk = protocol.root_disk(
-                self._disks(session, row.node_id), profile.root_disk if profile else RootDisk()
-            )
-            prepared = image_cache.prepare(image, self._settings)
+            target = self._target(session, job)
         except (protocol.NoDisk, image_cache.ImageCacheError) as err:
             return self._fail(session, job, f"the image cannot be deployed: {err}")
-        text = f"agent told to write image {image.name} to /dev/{disk.name}"
-        timeline.note(session, row.node_id, EventKind.AGENT, Actor.PROVISIONER, text)
+        if target is None:
+            return None
+        disk, prepared = target
+        text = f"agent told to write image {job.row.image} to /dev/{disk.name}"
+        timeline.note(session, job.row.node_id, EventKind.AGENT, Actor.PROVISIONER, text)
         session.commit()
         return protocol.deploy(disk, prepared.format, prepared.raw_bytes, prepared.raw_sha256)
+
+    def _mismatch(self, session: Session, job: Job, done: protocol.Result) -> str | None:
+        """How a successful result differs from the job it answers, if it does."""
+        if done.command == "wipe":
+            told = {f"/dev/{d.name}" for d in self._disks(session, job.row.node_id)}
+            left = sorted(told - {d.disk for d in done.disks})
+            return f"left out {', '.join(left)}, which it was told to wipe" if left else None
+        try:
+            target = self._target(session, job)
+        except (protocol.NoDisk, image_cache.ImageCacheError) as err:
+            return f"the service cannot check it: {err}"
+        if target is None:
+            return None
+        disk, prepared = target
+        if done.disk != f"/dev/{disk.name}":
+            return f"it wrote {done.disk or 'no disk'}, not /dev/{disk.name} as it was told"
+        if (done.bytes, done.sha256) != (prepared.raw_bytes, prepared.raw_sha256):
+            return (
+                f"it read back {done.bytes:,} bytes with SHA-256 {done.sha256 or 'none'}, "
+                f"not the image's {prepared.raw_bytes:,} bytes with {prepared.raw_sha256}"
+            )
+        return None
 
 
 def _written(row: Deployment, done: protocol.Result) -> str:

@@ -218,6 +218,37 @@ def test_a_failed_deploy_fails_the_node_with_the_agents_reason(
     machine.first_boot(client, admin, "n1", 1, again.token)
 
 
+@pytest.mark.parametrize(
+    ("change", "found"),
+    [
+        ({"disk": "/dev/vda"}, "it wrote /dev/vda, not /dev/vdb as it was told"),
+        ({"sha256": "0" * 64}, f"with SHA-256 {'0' * 64}, not the image's"),
+        ({"bytes": 1}, "it read back 1 bytes"),
+    ],
+)
+def test_a_deploy_reported_done_but_not_as_told_fails_the_node(
+    client: TestClient,
+    admin: dict[str, str],
+    fleet: FakeFleet,
+    tmp_path: Path,
+    change: dict[str, Any],
+    found: str,
+) -> None:
+    """The agent's "ok" is checked against the disk and the image it was told to write."""
+    machine.catalog(client, admin, tmp_path)
+    machine.ready(client, admin, fleet, "n1", 1)
+    machine.act(client, admin, "n1", "provision", role="compute")
+    booted = machine.powered_and_booted(client, admin, "n1", mac_of(1), address_of(1))
+    with machine.running(client, address_of(1), booted.token) as own:
+        own.inventory(inventory(1))
+        own.result(own.written(own.heartbeat()) | change)
+        assert own.heartbeat() == "poweroff"
+    flows.tick_until(client, admin, "n1", "failed")
+    error = node(client, admin, "n1")["last_error"]
+    assert "the agent reported its deploy done, but " in error
+    assert found in error
+
+
 def test_an_aborted_deployments_agent_is_told_to_power_off(
     client: TestClient, admin: dict[str, str], fleet: FakeFleet, tmp_path: Path
 ) -> None:

@@ -156,10 +156,10 @@ def test_a_wipe_result_leaving_out_a_disk_it_was_told_to_wipe_is_no_wipe(
     partial["disks"] = partial["disks"][:1]
     with machine.running(client, address_of(3), token) as own:
         own.post("result", partial)
-    for _ in range(5):
-        tick(client)
-    # Failed naming /dev/vdb, or still waiting for its wipe: anything but ready.
-    assert node(client, admin, "n3")["state"] != "ready"
+    flows.tick_until(client, admin, "n3", "failed")
+    assert node(client, admin, "n3")["last_error"].endswith(
+        "the agent reported its wipe done, but left out /dev/vdb, which it was told to wipe"
+    )
 
 
 def test_a_deploy_result_does_not_end_a_wipe(

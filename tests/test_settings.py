@@ -1,0 +1,23 @@
+"""Where the data directory is, as the service and the build tools find it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provisioner.settings import Settings, default_data_dir
+
+
+def test_the_tools_find_the_data_directory_the_service_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PROVISIONER_DATA_DIR", raising=False)
+    assert default_data_dir() == tmp_path / "xdg" / "provisioner"
+    (tmp_path / "var").mkdir()
+    assert default_data_dir() == Path("var")
+    # Set for the service, it is where `provisioner agent build` and the lab look too.
+    monkeypatch.setenv("PROVISIONER_DATA_DIR", str(tmp_path / "data"))
+    assert default_data_dir() == tmp_path / "data" == Settings().data_dir
