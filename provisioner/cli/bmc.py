@@ -1,4 +1,5 @@
-"""``provisioner node power|bootdev|inventory``: what the node's BMC controls directly."""
+"""``provisioner node power|bootdev|inventory``: what the node's BMC controls directly,
+and what inspection found (the BMC's facts and the deploy agent's in-band ones)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,17 @@ import typer
 
 from provisioner.cli.client import CliError, api, path_segment, request
 from provisioner.cli.nodes import NodeArg, node_app
-from provisioner.cli.output import JsonOption, info, key_values, print_json, show, spinner
+from provisioner.cli.output import (
+    JsonOption,
+    cell,
+    info,
+    key_values,
+    print_json,
+    print_table,
+    show,
+    size_text,
+    spinner,
+)
 
 
 class PowerVerb(StrEnum):
@@ -103,13 +114,17 @@ def node_bootdev(
 
 @node_app.command("inventory")
 def node_inventory(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
-    """What the last inspection read from the BMC."""
+    """Show what inspection found: the BMC's facts and the deploy agent's.
+
+    The BMC's FRU and device data, and, when the deploy agent ran, what it saw from the
+    inside: DMI, CPUs, memory, boot mode, disks and NICs."""
     show(request(ctx, "GET", f"/nodes/{path_segment(node)}/inventory"), as_json, _inventory)
 
 
 def _inventory(data: dict[str, Any]) -> None:
     facts = data["facts"]
     device = facts.get("device_id") or {}
+    in_band = facts.get("in_band")
     key_values(
         [
             ("Manufacturer", facts.get("manufacturer")),
@@ -127,7 +142,79 @@ def _inventory(data: dict[str, Any]) -> None:
             ("Device id", ", ".join(f"{k}={v}" for k, v in device.items())),
             ("GUID", facts.get("guid")),
             ("MACs", ", ".join(facts.get("macs") or [])),
+            *(_in_band_facts(in_band) if in_band else []),
             ("Profile", data["hardware_profile"]),
             ("Read", f"{data['collected_at']} over {data['source']}"),
         ]
+    )
+    if not in_band:
+        info(
+            "no in-band facts: the deploy agent has not reported from this node "
+            "(inspection boots it when it is built: provisioner agent build)"
+        )
+        return
+    _disks(in_band.get("disks") or [])
+    _nics(in_band.get("nics") or [])
+
+
+def _in_band_facts(in_band: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What the deploy agent saw from the inside, as rows of the detail view."""
+    system = in_band.get("system") or {}
+    cpu = in_band.get("cpu") or {}
+    bios = " ".join(filter(None, [system.get("bios_vendor"), system.get("bios_version")]))
+    if system.get("bios_date"):
+        bios += f" ({system['bios_date']})"
+    dmi = " ".join(filter(None, [system.get("vendor"), system.get("product")]))
+    if system.get("serial"):
+        dmi += f", serial {system['serial']}"
+    cpus = " x ".join(filter(None, [str(cpu.get("count") or ""), cpu.get("model")]))
+    memory = in_band.get("memory_bytes")
+    return [
+        ("System (DMI)", dmi),
+        ("System UUID", system.get("uuid")),
+        ("BIOS", bios),
+        ("CPUs", cpus),
+        ("Memory", size_text(memory, binary=True) if memory else None),
+        ("Boot mode", in_band.get("boot_mode")),
+    ]
+
+
+def _disks(disks: list[dict[str, Any]]) -> None:
+    if not disks:
+        info("no disks seen by the deploy agent")
+        return
+    info("\nDisks, as the deploy agent saw them:")
+    print_table(
+        ("NAME", "SIZE", "MODEL", "SERIAL", "ROTATIONAL", "WWN"),
+        (
+            (
+                d.get("name"),
+                size_text(d.get("size_bytes")),
+                d.get("model"),
+                d.get("serial"),
+                bool(d.get("rotational")),
+                d.get("wwn"),
+            )
+            for d in disks
+        ),
+    )
+
+
+def _nics(nics: list[dict[str, Any]]) -> None:
+    if not nics:
+        info("no NICs seen by the deploy agent")
+        return
+    info("\nNICs, as the deploy agent saw them:")
+    print_table(
+        ("NAME", "MAC", "DRIVER", "LINK", "BOOTED"),
+        (
+            (
+                n.get("name"),
+                n.get("mac"),
+                n.get("driver"),
+                cell("up", "green") if n.get("link") else cell("down", "dim"),
+                cell("yes", "bold") if n.get("booted") else cell(False),
+            )
+            for n in nics
+        ),
     )

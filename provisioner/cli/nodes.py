@@ -21,6 +21,7 @@ from provisioner.cli.output import (
     print_table,
     show,
     spinner,
+    wipes_table,
 )
 from provisioner.cli.progress import by_name, watch
 from provisioner.lifecycle import Action, State
@@ -182,8 +183,9 @@ SkipWipe = Annotated[
     typer.Option(
         "--skip-wipe",
         help="release only: back to ready at once, the disks left as they are. Without it a "
-        "release boots the wipe image (PROVISIONER_WIPE_KERNEL_URL and "
-        "PROVISIONER_WIPE_INITRD_URL), and is refused when there is none.",
+        "release wipes the disks: with the wipe image when PROVISIONER_WIPE_KERNEL_URL and "
+        "PROVISIONER_WIPE_INITRD_URL are set, else with the deploy agent when it is built "
+        "(see `node wipes`), and is refused when there is neither.",
     ),
 ]
 
@@ -224,8 +226,9 @@ def release_node(
     reason: ReasonOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Take a node out of service back to ready: its disks are wiped first, by the wipe
-    image, unless --skip-wipe. The same as `node action NODE release`."""
+    """Take a node out of service back to ready: its disks are wiped first (by the wipe
+    image, else by the deploy agent) unless --skip-wipe. The same as `node action NODE
+    release`."""
     body: dict[str, Any] = {"reason": reason} if reason is not None else {}
     if skip_wipe:
         body["skip_wipe"] = True
@@ -247,6 +250,17 @@ def _act(
 def node_events(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
     """Show a node's event log, oldest first."""
     show(request(ctx, "GET", f"/nodes/{path_segment(node)}/events"), as_json, events_table)
+
+
+@node_app.command("wipes")
+def node_wipes(ctx: typer.Context, node: NodeArg, as_json: JsonOption = False) -> None:
+    """Show the evidence of a node's disk wipes, newest first.
+
+    Per disk: the method, the bytes zeroed, how long it took, the result, how it was
+    verified and the release's deployment. The deploy agent reports it when a release
+    wipes with it."""
+    wipes = request(ctx, "GET", f"/nodes/{path_segment(node)}/wipes")
+    show(wipes, as_json, lambda data: wipes_table(node, data))
 
 
 def _manifest_type(path: Path) -> str:

@@ -108,6 +108,35 @@ def when(value: str | None) -> str:
         return value
 
 
+def seconds_text(seconds: float | None) -> str:
+    """A duration as people read it: ``5.5 s``, ``12m 05s``, ``2h 03m 10s``."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def size_text(count: int | None, binary: bool = False) -> str:
+    """A byte count in the largest unit that keeps it at 1 or more: decimal units (as
+    disks are sold, and as root-disk hints count), or binary ones (memory)."""
+    if count is None:
+        return ""
+    base = 1024 if binary else 1000
+    units = (
+        ("B", "KiB", "MiB", "GiB", "TiB", "PiB") if binary else ("B", "kB", "MB", "GB", "TB", "PB")
+    )
+    value = float(count)
+    for unit in units:
+        if value < base or unit == units[-1]:
+            break
+        value /= base
+    return f"{count} B" if unit == "B" else f"{value:.1f} {unit}".replace(".0 ", " ")
+
+
 def _table(*columns: str) -> Table:
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
     for column in columns:
@@ -217,3 +246,30 @@ def events_table(events: list[dict[str, Any]]) -> None:
 def spinner(message: str) -> Status:
     """A spinner on stderr while a long request runs; silent when stderr is not a terminal."""
     return console(stderr=True).status(message)
+
+
+def wipes_table(node: str, wipes: list[dict[str, Any]]) -> None:
+    """The evidence of a node's disk wipes, newest first, one row per disk."""
+    if not wipes:
+        info(
+            f"no wipe evidence for {node}: it is recorded, per disk, when a release wipes "
+            "the disks with the deploy agent (not with a wipe image, nor with --skip-wipe)"
+        )
+        return
+    print_table(
+        ("TIME", "DISK", "METHOD", "BYTES", "DURATION", "RESULT", "VERIFIED", "MESSAGE", "DEPLOY"),
+        (
+            (
+                when(w["created_at"]),
+                w["disk"],
+                w["method"],
+                f"{w['bytes']:,}",
+                seconds_text(w["seconds"]),
+                cell("ok", "green") if w["ok"] else cell("FAILED", "bold red"),
+                w["verified"],
+                cell(w["message"], "red"),
+                (w["deployment_id"] or "")[:8],
+            )
+            for w in wipes
+        ),
+    )
