@@ -179,8 +179,9 @@ class ActionRequest(Strict):
     skip_wipe: bool = Field(
         default=False,
         description="release only: return the node to ready without erasing its disks. "
-        "Without it a release needs the wipe image (PROVISIONER_WIPE_KERNEL_URL and "
-        "PROVISIONER_WIPE_INITRD_URL).",
+        "Without it a release wipes with the wipe image (PROVISIONER_WIPE_KERNEL_URL and "
+        "PROVISIONER_WIPE_INITRD_URL) when set, else with the deploy agent "
+        "(provisioner agent build), and is refused when there is neither.",
     )
 
 
