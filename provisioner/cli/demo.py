@@ -138,15 +138,7 @@ def _run(run_dir: Path, nodes: int, timeout: float, keep_running: bool) -> None:
         procs.append(_start(bin_dir / "provisioner-lab", lab_args, run, "lab.log"))
         _wait_file(manifest, procs[-1], run.logs / "lab.log")
         _assign_roles(manifest)
-        imported = api.post(
-            "/api/v1/racks/import",
-            content=manifest.read_bytes(),
-            headers={"Content-Type": "text/csv"},
-            timeout=120,
-        )
-        if imported.status_code != 201:
-            raise CliError(f"the lab manifest was not imported: {imported.text}")
-        rack = imported.json()["nodes"][0]["rack"]
+        rack = import_manifest(api, manifest)
         info(f"imported {nodes} nodes into rack {rack}; the service takes it from here")
 
         def fetch() -> list[dict[str, Any]]:
@@ -223,6 +215,20 @@ def _catalogue(api: httpx.Client) -> None:
     for role in ROLES:
         body = {"name": role, "default_image": IMAGE, "description": f"lab {role} nodes"}
         _created(api.post("/api/v1/roles", json=body), f"role {role}")
+
+
+def import_manifest(api: httpx.Client, manifest: Path) -> str:
+    """Import the lab's manifest; the rack its nodes are in."""
+    imported = api.post(
+        "/api/v1/racks/import",
+        content=manifest.read_bytes(),
+        headers={"Content-Type": "text/csv"},
+        timeout=120,
+    )
+    if imported.status_code != 201:
+        raise CliError(f"the lab manifest was not imported: {imported.text}")
+    rack: str = imported.json()["nodes"][0]["rack"]
+    return rack
 
 
 def _created(response: httpx.Response, what: str) -> None:

@@ -25,6 +25,7 @@ import httpx
 
 from provisioner.agent import build
 from provisioner.cli.client import CliError
+from provisioner.cli.demo import import_manifest
 from provisioner.cli.output import console, events_table, info
 from provisioner.cli.progress import watch
 from provisioner.settings import default_data_dir
@@ -105,15 +106,7 @@ def run_vms(run_dir: Path, vms: int, timeout: float, keep_running: bool) -> None
         token = Path(service.split("admin token in ")[1].split(":")[0]).read_text().strip()
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         _catalogue(api, qcow2)
-        imported = api.post(
-            "/api/v1/racks/import",
-            content=manifest.read_bytes(),
-            headers={"Content-Type": "text/csv"},
-            timeout=120,
-        )
-        if imported.status_code != 201:
-            raise CliError(f"the lab manifest was not imported: {imported.text}")
-        rack = imported.json()["nodes"][0]["rack"]
+        rack = import_manifest(api, manifest)
         info(
             f"imported {vms} VMs into rack {rack}; each boots the agent twice (inspection, "
             "image) and then its disk, a few minutes under emulation"
