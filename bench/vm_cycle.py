@@ -200,6 +200,10 @@ class Observer:
             if dport == PORT and payload[:4] in (b"GET ", b"POST"):
                 method, path = payload.split(b"\r\n")[0].decode(errors="replace").split()[:2]
                 self.marks[mac].append((t, method.lower(), path))
+                # iPXE reuses its source ports from one boot to the next (and requests
+                # on one kept-alive connection): end the previous response first.
+                if (ended := self.http_end.get((mac, sport))) is not None:
+                    self.marks[mac].append((ended[1], "http-end", ended[0]))
                 self.http_end[(mac, sport)] = [path, t]
             elif sport == PORT and (mac, dport) in self.http_end:
                 # Data only: a kept-alive connection's FIN comes long after the transfer.
