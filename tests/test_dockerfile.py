@@ -1,7 +1,7 @@
 """The container image: lint-clean, and set up the way operators run the service.
 
-No container engine runs in CI, so the image is checked by hadolint and by reading
-the Dockerfile rather than by building it.
+These read the Dockerfile (and hadolint lints it); tests/test_container.py builds the
+image with podman and runs it.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def hadolint() -> str | None:
     return shutil.which("hadolint")
 
 
-def final_stage() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the last build stage, continuations joined."""
-    instructions: list[tuple[str, str]] = []
+def stages() -> list[list[tuple[str, str]]]:
+    """(INSTRUCTION, arguments) of each build stage, continuations joined; the first
+    list holds what comes before the first FROM."""
+    found: list[list[tuple[str, str]]] = [[]]
     pending = ""
     for raw in DOCKERFILE.read_text().splitlines():
         line = raw.strip()
@@ -44,9 +45,13 @@ def final_stage() -> list[tuple[str, str]]:
         keyword, _, args = (pending + line).partition(" ")
         pending = ""
         if keyword.upper() == "FROM":
-            instructions.clear()
-        instructions.append((keyword.upper(), args.strip()))
-    return instructions
+            found.append([])
+        found[-1].append((keyword.upper(), args.strip()))
+    return found
+
+
+def final_stage() -> list[tuple[str, str]]:
+    return stages()[-1]
 
 
 def last(instruction: str) -> str:
@@ -111,3 +116,31 @@ def test_healthcheck_probes_healthz_without_curl() -> None:
 def test_serves_on_all_interfaces_on_8080() -> None:
     assert exec_form(last("CMD")) == ["provisioner", "serve", "--host", "0.0.0.0"]  # noqa: S104
     assert "8080" in last("EXPOSE").split()
+
+
+def test_the_base_is_a_build_argument_defaulting_to_the_public_image() -> None:
+    # Where no registry is in reach, scripts/container-base makes a local one to pass.
+    preamble, *built = stages()
+    assert ("ARG", "BASE=python:3.11-slim-bookworm") in preamble
+    assert len(built) == 2
+    for stage in built:
+        keyword, args = stage[0]
+        assert keyword == "FROM"
+        assert args.split()[0] == "${BASE}", args
+
+
+def test_builds_with_the_hosts_ca_bundle_when_given_one() -> None:
+    # pip behind a TLS-intercepting proxy needs its CA; a secret mount never lands in a
+    # layer, and without the secret pip keeps its own bundle.
+    (builder,) = [args for keyword, args in stages()[1] if keyword == "RUN" and "pip" in args]
+    assert builder.startswith("--mount=type=secret,id=pip-cert "), builder
+    assert "PIP_CERT=/run/secrets/pip-cert" in builder
+    assert "python3 -m venv" in builder
+
+
+def test_tini_is_pid_1_so_sigterm_stops_the_service() -> None:
+    assert exec_form(last("ENTRYPOINT")) == ["tini", "--"]
+    installs = [args for keyword, args in final_stage() if keyword == "RUN" and "tini" in args]
+    assert installs, "the final stage does not install tini"
+    assert "--no-install-recommends" in installs[0]
+    assert "rm -rf /var/lib/apt/lists/*" in installs[0]
