@@ -40,7 +40,7 @@ from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
 from provisioner.boot.service import BootService
 from provisioner.handoff import WebhookSender
-from provisioner.metrics import Metrics, MetricsMiddleware
+from provisioner.metrics import Metrics, MetricsMiddleware, ReplicaCollector, ReplicaWork
 from provisioner.power import PowerSync
 from provisioner.profiles import load_profiles, shipped_profiles_dir
 from provisioner.reconciler import Reconciler
@@ -59,7 +59,7 @@ def create_app(
     """The service. ``driver_factory``, when given, reaches every node's BMC whatever
     driver the node names (tests pass a fake fleet's); else each node's driver does."""
     settings = settings or get_settings()
-    engine = db.make_engine(settings.resolved_database_url)
+    engine = db.make_engine(settings.resolved_database_url, replica=True)
     vault = Vault.from_settings(settings)
     profiles = load_profiles(settings.profiles_dir or shipped_profiles_dir())
     pool = BmcPool(
@@ -151,6 +151,17 @@ def create_app(
         file_observer=boot_service.file_served,
     )
     app.state.services = services
+    metrics.registry.register(
+        ReplicaCollector(
+            lambda: ReplicaWork(
+                reconciler.owner,
+                reconciler.leases_held,
+                reconciler.claims,
+                reconciler.takeovers,
+                services.power_sync.rounds,
+            )
+        )
+    )
 
     problems.install(app)
     for router in (

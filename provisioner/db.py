@@ -6,15 +6,20 @@ start (``provisioner serve``) and from ``provisioner db upgrade``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from provisioner.private_files import create_private_file
 
@@ -46,7 +51,13 @@ def sqlite_file(url: str | URL) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str) -> Engine:
+# The PostgreSQL application_name of a serving replica's connections: the replicas
+# count each other by it (pg_stat_activity), and a dead one's vanish with its process.
+REPLICA = "provisioner-serve"
+
+
+def make_engine(url: str, *, replica: bool = False) -> Engine:
+    """An engine for ``url``; ``replica``: this process serves (``provisioner serve``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = sqlite_file(parsed)
@@ -56,7 +67,24 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {}
+    if replica and parsed.get_backend_name() == "postgresql":
+        connect_args["application_name"] = f"{REPLICA} {socket.gethostname()}:{os.getpid()}"[:63]
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+    )
+
+
+def replicas(session: Session) -> int:
+    """How many serving replicas are connected to this PostgreSQL database (at least 1)."""
+    count = session.execute(
+        text(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE :name"
+        ),
+        {"name": f"{REPLICA} %"},
+    ).scalar()
+    return max(1, int(count or 0))
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -67,8 +95,67 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``, creating the database if needed."""
-    command.upgrade(alembic_config(engine), revision)
+    """Bring the schema to ``revision``, creating the database if needed. On PostgreSQL
+    under an advisory lock: of replicas starting at once, one migrates and the others
+    wait for it, then find nothing to do."""
+    with _migration_lock(engine):
+        command.upgrade(alembic_config(engine), revision)
+
+
+def lock_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of ``name`` (a signed 64-bit integer)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        key = lock_key("provisioner:migrations")
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            connection.commit()
+
+
+def _try_lock(connection: Connection, key: int) -> bool:
+    held = bool(
+        connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+    )
+    connection.commit()
+    return held
+
+
+def _unlock(connection: Connection, key: int) -> None:
+    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    connection.commit()
+
+
+@asynccontextmanager
+async def only_one(engine: Engine, name: str) -> AsyncIterator[bool]:
+    """Whether this process holds the lock ``name`` for the block, shared by every
+    replica on the database: a PostgreSQL session advisory lock, taken without waiting
+    and released at the end of the block, or by the server when the replica's
+    connection dies with it. Always True on SQLite (one process)."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = lock_key(name)
+    connection = await run_in_threadpool(engine.connect)
+    try:
+        held = await run_in_threadpool(_try_lock, connection, key)
+        try:
+            yield held
+        finally:
+            if held:
+                await run_in_threadpool(_unlock, connection, key)
+    finally:
+        await run_in_threadpool(connection.close)
 
 
 def ping(engine: Engine) -> None:

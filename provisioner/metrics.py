@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,52 @@ class NodeStateCollector(Collector):
         for state in State:
             family.add_metric([state.value], counts.get(state.value, 0))
         yield family
+
+
+@dataclass(frozen=True)
+class ReplicaWork:
+    """What this replica does of the work the replicas share (see reconciler.py)."""
+
+    owner: str  # the name its leases carry: host:pid:random
+    leases_held: int
+    claims: int
+    takeovers: int
+    power_sync_rounds: int
+
+
+class ReplicaCollector(Collector):
+    """Which replica this is and what it holds, read when scraped."""
+
+    def __init__(self, work: Callable[[], ReplicaWork]) -> None:
+        self._work = work
+
+    def collect(self) -> Iterator[Metric]:
+        work = self._work()
+        replica = GaugeMetricFamily(
+            "provisioner_replica", "This replica, by the name its leases carry.", labels=["owner"]
+        )
+        replica.add_metric([work.owner], 1)
+        yield replica
+        yield GaugeMetricFamily(
+            "provisioner_reconciler_leases_held",
+            "Nodes this replica holds a lease on: its steps in flight.",
+            value=work.leases_held,
+        )
+        yield CounterMetricFamily(
+            "provisioner_reconciler_claims",
+            "Nodes this replica claimed since it started.",
+            value=work.claims,
+        )
+        yield CounterMetricFamily(
+            "provisioner_reconciler_takeovers",
+            "Claims of nodes whose lease another replica let run out (it died or hung).",
+            value=work.takeovers,
+        )
+        yield CounterMetricFamily(
+            "provisioner_power_sync_rounds",
+            "Power sync rounds this replica ran (one replica at a time runs one).",
+            value=work.power_sync_rounds,
+        )
 
 
 class DiscoveryCounters:

@@ -7,12 +7,14 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam
+from sqlalchemy import Connection, Engine, bindparam, or_
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
+from provisioner import db
 from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
@@ -66,38 +68,69 @@ class PowerSync:
         self.vault = vault
         self.pool = pool
         self.settings = settings
+        # Rounds this replica ran since it started (/metrics).
+        self.rounds = 0
 
     async def run(self) -> None:
         while True:
             try:
-                report = await self.sync_once()
-                log.info(
-                    "power sync: %d polled, %d changed, %d failed",
-                    report.polled,
-                    report.changed,
-                    report.failed,
-                )
+                report = await self.sync_if_due()
+                if report is not None:
+                    log.info(
+                        "power sync: %d polled, %d changed, %d failed",
+                        report.polled,
+                        report.changed,
+                        report.failed,
+                    )
             except Exception:
                 log.exception("power sync failed")
             await asyncio.sleep(self.settings.power_sync_interval)
+
+    async def sync_if_due(self) -> SyncReport | None:
+        """A sync round, unless another replica is running one or ran one less than an
+        interval ago (every replica runs this loop, one at a time does the round); None
+        when this replica had nothing to do."""
+        async with db.only_one(self.engine, "provisioner:power-sync") as mine:
+            if not mine or not await run_in_threadpool(self._round_due):
+                return None
+            self.rounds += 1
+            return await self.sync_once()
 
     async def sync_once(self) -> SyncReport:
         rows = await run_in_threadpool(self._due)
         polled = await asyncio.gather(*(self._poll(*row) for row in rows))
         return await run_in_threadpool(self._record, polled)
 
-    def _due(self) -> list[tuple[Node, Target]]:
-        limit = self.settings.power_sync_failure_limit
+    def _polled(self) -> list[Any]:
+        """Which nodes a round polls."""
+        return [
+            col(Node.state) != State.DISCOVERED.value,
+            col(Node.maintenance).is_(False),
+            col(Node.target_power).is_(None),
+            col(Node.power_failures) < self.settings.power_sync_failure_limit,
+        ]
+
+    def _round_due(self) -> bool:
+        """Whether a node to poll was last polled (by any replica) an interval ago, or
+        never. A tenth of an interval early: the rounds of one replica, an interval
+        apart, must not miss each other by the time a round takes."""
+        if self.engine.dialect.name != "postgresql":
+            return True  # one process: its own loop's interval is the schedule
+        since = utcnow() - timedelta(seconds=0.9 * self.settings.power_sync_interval)
+        stale = or_(col(Node.power_checked_at).is_(None), col(Node.power_checked_at) < since)
         with Session(self.engine) as session:
             query = (
-                select(Node, Bmc)
+                select(Node.id)
                 .join(Bmc, col(Bmc.node_id) == col(Node.id))
-                .where(
-                    col(Node.state) != State.DISCOVERED.value,
-                    col(Node.maintenance).is_(False),
-                    col(Node.target_power).is_(None),
-                    col(Node.power_failures) < limit,
-                )
+                .where(*self._polled(), stale)
+                .limit(1)
+            )
+            return session.exec(query).first() is not None
+
+    def _due(self) -> list[tuple[Node, Target]]:
+        with Session(self.engine) as session:
+            query = (
+                select(Node, Bmc).join(Bmc, col(Bmc.node_id) == col(Node.id)).where(*self._polled())
             )
             return [
                 (node, target_for(bmc, self.vault, self.settings))

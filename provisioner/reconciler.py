@@ -2,15 +2,17 @@
 
 Each replica runs :meth:`Reconciler.run`. A tick *claims* nodes that need work by writing
 a lease (owner, expiry) on their rows in one short transaction, runs one step per node
-(power action, inspection), records the outcome and releases the lease. A crashed
-replica's leases expire and the work is picked up again; steps are idempotent, so doing
-one twice is harmless. Nothing is held only in memory.
+(power action, inspection), records the outcome and releases the lease; it renews the
+leases of its steps in flight while they run. A crashed replica's leases expire and
+another replica takes the work over; steps are idempotent, so doing one twice is
+harmless. Nothing is held only in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import uuid
@@ -18,11 +20,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, update
+from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import deployments, nodes, power, timeline
+from provisioner import db, deployments, nodes, power, timeline
 from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
@@ -73,18 +75,49 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Since start, for /metrics: nodes claimed, and of those, taken from a replica
+        # whose lease had run out.
+        self.claims = 0
+        self.takeovers = 0
         self.steps = StepRunner(
             Means(engine, vault, pool, settings, profiles, self.owner, self.role_rules)
         )
 
     async def run(self) -> None:
+        renewing = asyncio.create_task(self._keep_leases(), name="lease-renewal")
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except Exception:
+                    # A database blip must not end the loop; the next tick tries again.
+                    log.exception("reconciler tick failed")
+                await asyncio.sleep(self.settings.reconcile_interval)
+        finally:
+            renewing.cancel()
+
+    async def _keep_leases(self) -> None:
+        """Renew the leases of the steps in flight every third of the lease time: a step
+        may outlast one (a power-on held back by the staggering, a slow BMC), and only
+        a replica that has stopped renewing, because it died or hangs, loses its nodes."""
         while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            if not self._running:
+                continue
             try:
-                await self.tick()
+                await run_in_threadpool(self._renew, list(self._running))
             except Exception:
-                # A database blip must not end the loop; the next tick tries again.
-                log.exception("reconciler tick failed")
-            await asyncio.sleep(self.settings.reconcile_interval)
+                log.exception("renewing the reconciler's leases failed")
+
+    def _renew(self, node_ids: list[uuid.UUID]) -> None:
+        expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
+        with Session(self.engine) as session:
+            session.execute(
+                update(Node)
+                .where(col(Node.id).in_(node_ids), col(Node.lease_owner) == self.owner)
+                .values(lease_expires_at=expires)
+            )
+            session.commit()
 
     async def tick(self) -> int:
         """Claim what is due and start one step per claimed node; returns how many."""
@@ -96,6 +129,10 @@ class Reconciler:
             self._running[node_id] = asyncio.create_task(self._work(node_id))
         return len(claimed)
 
+    @property
+    def leases_held(self) -> int:
+        return len(self._running)
+
     async def drain(self) -> None:
         """Wait for the steps in flight (tests and shutdown)."""
         if self._running:
@@ -105,15 +142,19 @@ class Reconciler:
         now = utcnow()
         free = or_(col(Node.lease_owner).is_(None), col(Node.lease_expires_at) < now)
         with Session(self.engine) as session:
-            query = select(Node.id).where(_needs_work(now), free).order_by(col(Node.updated_at))
+            query = select(Node.id, Node.name, Node.lease_owner).where(_needs_work(now), free)
+            query = query.order_by(col(Node.updated_at))
+            if self.engine.dialect.name == "postgresql":
+                limit = min(limit, self._share(session, free, now))
             query = query.limit(limit)
             if self.engine.dialect.name == "postgresql":
                 # FOR NO KEY UPDATE: the lease columns are not a key, and plain FOR UPDATE
                 # would skip every node whose events or hops another transaction is
                 # inserting at that moment (their foreign keys lock the node row too).
                 query = query.with_for_update(skip_locked=True, key_share=True)
-            claimed = []
-            for node_id in session.exec(query).all():
+            claimed: list[uuid.UUID] = []
+            taken_over: list[tuple[str, str]] = []
+            for node_id, name, previous in session.exec(query).all():
                 # Conditional: another replica may have claimed it since the select.
                 result = session.execute(
                     update(Node)
@@ -125,8 +166,23 @@ class Reconciler:
                 )
                 if result.rowcount == 1:  # type: ignore[attr-defined]
                     claimed.append(node_id)
+                    if previous is not None and previous != self.owner:
+                        taken_over.append((name, previous))
             session.commit()
+        self.claims += len(claimed)
+        self.takeovers += len(taken_over)
+        for name, previous in taken_over:
+            # Its owner stopped renewing the lease: it died, or hangs.
+            log.warning("node %s: taking over from %s, whose lease ran out", name, previous)
         return claimed
+
+    @staticmethod
+    def _share(session: Session, free: Any, now: datetime) -> int:
+        """This replica's share of the nodes due now: as many as each replica would take
+        if all took the same, so that one replica's pass does not take everything due
+        while the others find nothing left."""
+        due = session.exec(select(func.count()).select_from(Node).where(_needs_work(now), free))
+        return max(1, math.ceil(due.one() / db.replicas(session)))
 
     def _release(self, node_id: uuid.UUID) -> None:
         with Session(self.engine) as session:

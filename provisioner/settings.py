@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     reconciler: bool = Field(default=True, description="Carry out actions and inspections.")
     reconcile_interval: float = seconds(1.0, "Seconds between two reconciler passes.")
     lease_seconds: float = seconds(
-        300.0, "Seconds a replica's claim on a node's action holds before another may take it."
+        30.0,
+        "Seconds a replica's claim on a node holds unless renewed (every third of it, while "
+        "a step runs): how long a dead replica's nodes wait before another takes them over.",
     )
     inspect_on_enroll: bool = True
     power_sync_interval: float = seconds(

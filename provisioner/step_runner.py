@@ -171,8 +171,12 @@ class StepRunner:
             if step is Step.POWERING:
                 if resumed:
                     # The replica that took the slot ended before it recorded the
-                    # power-on: the machine may be off, or may have used up its one-time
-                    # network boot. Start the boot over; the slot is still the node's.
+                    # power-on. If the machine has called back since, it booted: a
+                    # power-on now would cut its installation short.
+                    if DeploymentStatus(deployment.status) is not DeploymentStatus.PENDING:
+                        return done
+                    # Else it may be off, or may have used up its one-time network
+                    # boot. Start the boot over; the slot is still the node's.
                     await self._boot_device(node, bmc, BootDevice.NETWORK, persistent=False)
                 return await self._power_on(bmc, deployment)
             if step is Step.INSTALL:
@@ -361,6 +365,10 @@ class StepRunner:
                 node = session.get(Node, node_id)
                 if node is None:
                     return None
+                if node.lease_owner != self.owner:
+                    # This replica stalled past its lease and another took the node over.
+                    log.warning("node %s: step %s not recorded: lease lost", node.name, step)
+                    return None
                 try:
                     self._write(session, node, deployment, step, following, result)
                 except timeline.Stale:
@@ -391,6 +399,14 @@ class StepRunner:
         following: Next,
         result: Result,
     ) -> None:
+        # Holds the node's row (and so its lease) until the commit, or finds it lost.
+        held = session.execute(
+            update(Node)
+            .where(col(Node.id) == node.id, col(Node.lease_owner) == self.owner)
+            .values(lease_owner=self.owner)
+        )
+        if held.rowcount != 1:  # type: ignore[attr-defined]
+            raise timeline.Stale(f"node {node.name}: the lease moved")
         if following.step is not None and following.step is not step:
             _set_step(session, deployment.id, following.step)
         elif result.outcome is StepOutcome.WAITING:
