@@ -107,12 +107,17 @@ def create_app(
                 tftp.port,
             )
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
+        reconciling = None
         if settings.reconciler:
-            loops.append(asyncio.create_task(reconciler.run(), name="reconciler"))
+            reconciling = asyncio.create_task(reconciler.run(), name="reconciler")
             loops.append(asyncio.create_task(services.webhooks.run(), name="webhooks"))
             if settings.power_sync_interval > 0:
                 loops.append(asyncio.create_task(services.power_sync.run(), name="power-sync"))
         yield
+        if reconciling is not None:
+            # It claims nothing more, and hands back what it could not finish in time.
+            reconciler.stop_claiming()
+            await asyncio.gather(reconciling, return_exceptions=True)
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
@@ -120,7 +125,7 @@ def create_app(
             await tftp.stop()
         await hops.flush()
         boot_service.close()
-        await reconciler.drain()
+        await reconciler.drain()  # what a test's ticks started
         pool.close()
         engine.dispose()
 
@@ -152,15 +157,7 @@ def create_app(
     )
     app.state.services = services
     metrics.registry.register(
-        ReplicaCollector(
-            lambda: ReplicaWork(
-                reconciler.owner,
-                reconciler.leases_held,
-                reconciler.claims,
-                reconciler.takeovers,
-                services.power_sync.rounds,
-            )
-        )
+        ReplicaCollector(lambda: ReplicaWork.of(reconciler, services.power_sync))
     )
 
     problems.install(app)

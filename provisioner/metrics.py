@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -13,6 +14,10 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from provisioner.lifecycle import State
+
+if TYPE_CHECKING:
+    from provisioner.power import PowerSync
+    from provisioner.reconciler import Reconciler
 
 
 class NodeStateCollector(Collector):
@@ -40,6 +45,17 @@ class ReplicaWork:
     claims: int
     takeovers: int
     power_sync_rounds: int
+
+    @classmethod
+    def of(cls, reconciler: Reconciler, power_sync: PowerSync) -> ReplicaWork:
+        """As of now (/metrics and /readyz say the same)."""
+        return cls(
+            reconciler.owner,
+            reconciler.leases_held,
+            reconciler.claims,
+            reconciler.takeovers,
+            power_sync.rounds,
+        )
 
 
 class ReplicaCollector(Collector):

@@ -5,7 +5,9 @@ a lease (owner, expiry) on their rows in one short transaction, runs one step pe
 (power action, inspection), records the outcome and releases the lease; it renews the
 leases of its steps in flight while they run. A crashed replica's leases expire and
 another replica takes the work over; steps are idempotent, so doing one twice is
-harmless. Nothing is held only in memory.
+harmless. Nothing is held only in memory. A replica told to stop (SIGTERM) claims
+nothing more, lets its steps in flight finish for :data:`HAND_BACK_AFTER` seconds and
+hands back the leases of the rest, so that another replica takes them at its next tick.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -39,6 +42,9 @@ from provisioner.steps import DeploymentKind
 from provisioner.timeline import Actor, EventKind
 
 log = logging.getLogger(__name__)
+
+# Seconds a stopping replica waits for its steps in flight before it hands them back.
+HAND_BACK_AFTER = 3.0
 
 
 def _needs_work(now: datetime) -> Any:
@@ -79,22 +85,59 @@ class Reconciler:
         # whose lease had run out.
         self.claims = 0
         self.takeovers = 0
+        self._stopping = False
         self.steps = StepRunner(
             Means(engine, vault, pool, settings, profiles, self.owner, self.role_rules)
         )
 
     async def run(self) -> None:
+        """Tick until :meth:`stop_claiming`, then hand the work in flight back."""
         renewing = asyncio.create_task(self._keep_leases(), name="lease-renewal")
         try:
-            while True:
+            while not self._stopping:
                 try:
                     await self.tick()
                 except Exception:
                     # A database blip must not end the loop; the next tick tries again.
                     log.exception("reconciler tick failed")
-                await asyncio.sleep(self.settings.reconcile_interval)
+                until = time.monotonic() + self.settings.reconcile_interval
+                while not self._stopping and time.monotonic() < until:
+                    await asyncio.sleep(min(0.1, until - time.monotonic()))
+            await self.hand_back(HAND_BACK_AFTER)
         finally:
             renewing.cancel()
+
+    def stop_claiming(self) -> None:
+        """Claim no more nodes: the replica is stopping. Safe in a signal handler; the
+        loop in :meth:`run` sees it within 0.1 s and hands its work in flight back."""
+        self._stopping = True
+
+    async def hand_back(self, grace: float) -> None:
+        """Let the steps in flight finish for ``grace`` seconds, cut the others short
+        (a step is recorded in one transaction once it is done, and is safe to redo)
+        and release every lease this replica holds, waking the nodes it cut short, so
+        that another replica takes them at its next tick instead of after the lease
+        (see :meth:`_release`)."""
+        cut: list[uuid.UUID] = []
+        if self._running:
+            tasks = dict(self._running)
+            await asyncio.wait(tasks.values(), timeout=grace)
+            cut = [node_id for node_id, task in tasks.items() if not task.done()]
+            for node_id in cut:
+                tasks[node_id].cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        try:
+            left = await run_in_threadpool(self._release_all)
+        except Exception:
+            # The database is gone: the leases will expire.
+            log.exception("stopping: handing the leases back failed")
+            return
+        log.info(
+            "stopping: %d steps cut short after %g s and handed back (%d leases left)",
+            len(cut),
+            grace,
+            left,
+        )
 
     async def _keep_leases(self) -> None:
         """Renew the leases of the steps in flight every third of the lease time: a step
@@ -184,16 +227,35 @@ class Reconciler:
         due = session.exec(select(func.count()).select_from(Node).where(_needs_work(now), free))
         return max(1, math.ceil(due.one() / db.replicas(session)))
 
-    def _release(self, node_id: uuid.UUID) -> None:
+    def _release_all(self) -> int:
+        """Release whatever this replica still holds (a claim whose step never started)."""
+        with Session(self.engine) as session:
+            released = session.execute(
+                update(Node)
+                .where(col(Node.lease_owner) == self.owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+            session.commit()
+        return int(released.rowcount)  # type: ignore[attr-defined]
+
+    def _release(self, node_id: uuid.UUID, cut: bool = False) -> None:
+        """Release the node's lease. A step cut short may have set the node's wake time
+        to the lease's end (the power step does, in case the replica dies): it is due
+        now. A recording of the step still under way in a thread either commits before
+        this (the row's lock orders them) or finds the lease gone and records nothing."""
+        changes: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+        if cut:
+            changes["wake_at"] = None
         with Session(self.engine) as session:
             session.execute(
                 update(Node)
                 .where(col(Node.id) == node_id, col(Node.lease_owner) == self.owner)
-                .values(lease_owner=None, lease_expires_at=None)
+                .values(**changes)
             )
             session.commit()
 
     async def _work(self, node_id: uuid.UUID) -> None:
+        cut = False
         try:
             loaded = await run_in_threadpool(self._load, node_id)
             if loaded is None:
@@ -208,10 +270,13 @@ class Reconciler:
                 await self.steps.advance(node, bmc)
             elif node.state == State.READY.value and node.auto_provision:
                 await run_in_threadpool(self.steps.auto_provision, node)
+        except asyncio.CancelledError:
+            cut = True  # by hand_back: the replica is stopping
+            raise
         except Exception:
             log.exception("step failed unexpectedly on node %s", node_id)
         finally:
-            await run_in_threadpool(self._release, node_id)
+            await run_in_threadpool(self._release, node_id, cut)
             self._running.pop(node_id, None)
 
     def _load(self, node_id: uuid.UUID) -> tuple[Node, Bmc | None] | None:

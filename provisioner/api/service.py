@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
@@ -9,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from provisioner import db
 from provisioner.api.deps import ServicesDep
 from provisioner.api.problems import problem_response, responses
+from provisioner.metrics import ReplicaWork
 
 router = APIRouter(tags=["service"])
 
@@ -22,13 +26,15 @@ def healthz() -> dict[str, str]:
 @router.get(
     "/readyz", response_model=None, responses=responses((503, "The database does not answer."))
 )
-def readyz(services: ServicesDep) -> dict[str, str] | Response:
-    """The process can serve: its database answers."""
+def readyz(services: ServicesDep) -> dict[str, Any] | Response:
+    """The process can serve: its database answers. Says which replica answered and
+    what it holds of the work the replicas share, as its /metrics do."""
     try:
         db.ping(services.engine)
     except SQLAlchemyError as exc:
         return problem_response(503, f"The database is unreachable ({type(exc).__name__}).")
-    return {"status": "ready"}
+    work = ReplicaWork.of(services.reconciler, services.power_sync)
+    return {"status": "ready", "replica": asdict(work)}
 
 
 @router.get("/metrics", response_class=Response)

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 db_app = command_group("Database maintenance.")
 
+# On SIGTERM, seconds ``serve`` lets open requests finish before it stops anyway.
+DRAIN_SECONDS = 5
+
 
 def _settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
@@ -113,7 +116,14 @@ def serve(
         typer.Option(min=1, max=65535, help="Listen port (default PROVISIONER_PORT or 8080)."),
     ] = None,
 ) -> None:
-    """Run the API service (migrates the database on start)."""
+    """Run the API service (migrates the database on start).
+
+    SIGTERM (or Ctrl-C) stops it gracefully, exit status 0. At once its reconciler
+    claims no more nodes and hands back the steps in flight it cannot finish in a few
+    seconds (:meth:`provisioner.reconciler.Reconciler.hand_back`); meanwhile the
+    listening socket closes and open requests have :data:`DRAIN_SECONDS` to finish."""
+    import signal
+
     import uvicorn
 
     from provisioner import logs
@@ -130,14 +140,34 @@ def serve(
         app = create_app(settings)
     except RoleRulesError as exc:
         raise CliError(f"{exc} (PROVISIONER_ROLE_RULES)") from exc
-    uvicorn.run(
+    reconciler = app.state.services.reconciler
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            reconciler.stop_claiming()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         http=ZeroCopyHttpProtocol,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=settings.access_log,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )
+
+    def stopped(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    # uvicorn raises the signal that stopped it again once it is done: a stop asked
+    # for is then a success, not a death by SIGTERM (or a KeyboardInterrupt).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stopped)
+    server = Server(config)
+    server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: it could not start (the port is taken...)
 
 
 @db_app.command("upgrade")

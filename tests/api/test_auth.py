@@ -82,8 +82,17 @@ def test_viewer_reads(client: TestClient, viewer: dict[str, str]) -> None:
         assert client.get(path, headers=viewer).status_code == 200
 
 
-def test_public_endpoints_need_no_token(client: TestClient) -> None:
+def test_public_endpoints_need_no_token(client: TestClient, app: FastAPI) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "replica": {
+            "owner": app.state.services.reconciler.owner,
+            "leases_held": 0,
+            "claims": 0,
+            "takeovers": 0,
+            "power_sync_rounds": 0,
+        },
+    }
     assert client.get("/metrics").status_code == 200
     assert client.get("/openapi.json").status_code == 200

@@ -36,6 +36,11 @@ class Balancer:
         self.sent: Counter[str] = Counter()  # requests answered, per replica URL
         self.retried = 0  # requests moved to another replica
         self.failed = 0  # requests answered 502: no replica could answer them
+        # Requests a replica accepted and then cut short (it died, or closed the
+        # connection while stopping); retried on the next replica if idempotent, unless
+        # this is False (a test that proves stopping replicas drain their requests).
+        self.cut = 0
+        self.retry_cut = True
         self.server = InThread(self)
         self.url = self.server.url
 
@@ -91,6 +96,11 @@ class Balancer:
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
+                if not isinstance(exc, httpx.ConnectError):
+                    with self.lock:
+                        self.cut += 1
+                    if not self.retry_cut:
+                        break
                 if isinstance(exc, httpx.ConnectError) or method in _IDEMPOTENT:
                     with self.lock:
                         self.retried += 1

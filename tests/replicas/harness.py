@@ -5,10 +5,11 @@ with a lab rack whose machines boot through it:
 - every replica is its own process on its own free loopback port, with its own data
   directory and the one shared secret key and images directory;
 - replica 0 also serves TFTP (the lab's DHCP names one next-server, as a boot network
-  has one ``pxe`` edge); every other boot request, answer file and callback goes through
-  the balancer (``PROVISIONER_BOOT_URL`` is the balancer's URL on every replica), so a
-  machine's callbacks reach whichever replica is next, not the one that rendered its
-  boot script;
+  has one ``pxe`` edge), or with ``tftp_edge`` a ``provisioner pxe serve`` process of
+  its own does (the replicas may then all be restarted); every other boot request,
+  answer file and callback goes through the balancer (``PROVISIONER_BOOT_URL`` is the
+  balancer's URL on every replica), so a machine's callbacks reach whichever replica is
+  next, not the one that rendered its boot script;
 - the test reads the database directly (:attr:`Fleet.db`) for what only it can tell:
   leases, deployments, whole timelines.
 """
@@ -80,6 +81,15 @@ class Replica:
         self.process.wait(timeout=15)
         return at
 
+    def terminate(self, timeout: float = 60) -> tuple[int, float]:
+        """SIGTERM, a graceful stop; waits for the exit and returns its status and the
+        seconds it took."""
+        assert self.process is not None
+        at = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - at
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -112,9 +122,10 @@ class Fleet:
     def names(self) -> list[str]:
         return [n.name for n in self.lab.nodes]
 
-    def client(self, replica: int = 0) -> httpx.Client:
+    def client(self, replica: int = 0, url: str | None = None) -> httpx.Client:
+        """An admin client of replica ``replica``, or of ``url``."""
         return httpx.Client(
-            base_url=self.replicas[replica].url,
+            base_url=url or self.replicas[replica].url,
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=30,
         )
@@ -167,12 +178,14 @@ def fleet(
     role: dict[str, Any] | None = None,
     install_time: float = 0.5,
     reboot_delay: float = 0.3,
+    tftp_edge: bool = False,
     **settings: str,
 ) -> Iterator[Fleet]:
     """A PostgreSQL cluster, ``replicas`` replicas behind a balancer, the image ``tiny``
     and ``role`` (by default ``compute``, auto-provisioned with ``tiny``), and a lab of
     ``nodes`` machines of that role booting through the balancer (not yet imported).
-    ``settings`` are more ``PROVISIONER_*`` variables for every replica."""
+    ``settings`` are more ``PROVISIONER_*`` variables for every replica. TFTP is replica
+    0's, or with ``tftp_edge`` a ``provisioner pxe serve`` process's (static files)."""
     role = role or {"name": "compute", "default_image": "tiny"}
     cluster = Cluster(bin_dir)
     started: list[Replica] = []
@@ -180,6 +193,7 @@ def fleet(
     lab: Lab | None = None
     db: Engine | None = None
     api: httpx.Client | None = None
+    edge: subprocess.Popen[bytes] | None = None
     try:
         images = tmp / "images" / "tiny"
         images.mkdir(parents=True)
@@ -214,7 +228,7 @@ def fleet(
                 "PROVISIONER_DATA_DIR": str(tmp / f"replica-{replica.index}"),
                 "PROVISIONER_BOOT_URL": balancer.url,
             }
-            if replica.index == 0:
+            if replica.index == 0 and not tftp_edge:
                 replica.env.update(
                     PROVISIONER_TFTP_ENABLED="1",
                     PROVISIONER_TFTP_ADDRESS="127.0.0.1",
@@ -222,6 +236,17 @@ def fleet(
                 )
             replica.start()
             started.append(replica)
+        if tftp_edge:
+            with (tmp / "pxe.log").open("ab") as log:
+                edge = subprocess.Popen(
+                    [
+                        *(BIN / "provisioner", "pxe", "serve", "--root", str(tftp_root)),
+                        *("--tftp-address", "127.0.0.1", "--tftp-port", str(tftp_port)),
+                    ],
+                    env={**shared, "PROVISIONER_DATA_DIR": str(tmp / "pxe")},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
         for replica in members:
             poll(replica.ready, 90, functools.partial(_not_ready, replica))
         api = httpx.Client(
@@ -258,6 +283,9 @@ def fleet(
                 api.close()
             for replica in started:
                 replica.stop()
+            if edge is not None:
+                edge.terminate()
+                edge.wait(timeout=15)
             if balancer is not None:
                 balancer.stop()
             if db is not None:

@@ -187,6 +187,43 @@ def test_a_lease_left_to_expire_is_taken_over_and_counted(
     assert node(client, operator, "n1")["power_state"] == "on"
 
 
+def test_a_stopping_replica_hands_back_the_step_it_cut_short(
+    client: TestClient, operator: dict[str, str], fleet: HeldFleet, settings: Settings
+) -> None:
+    """What SIGTERM does: the replica claims nothing more, cuts short a step held at
+    its BMC after the grace and releases its lease, waking the node (the power step sets
+    the wake time to the lease's end); another replica takes it at once, no takeover."""
+    parts = services(client)
+    portal = client.portal
+    assert portal is not None
+    held = enroll(client, operator, fleet, "n1", 1, power="off")
+    assert isinstance(held, HeldBmc)
+    mine = parts.reconciler
+    other = Reconciler(parts.engine, parts.vault, parts.bmc_pool, settings, lambda: parts.profiles)
+    response = client.post("/api/v1/nodes/n1/actions/power-on", headers=operator)
+    assert response.status_code == 202, response.text
+
+    held.asked.clear()
+    held.answer.clear()
+    loop = portal.start_task_soon(mine.run)
+    try:
+        assert held.asked.wait(10), "the power-on never reached the BMC"
+        with Session(parts.engine) as session:
+            session.execute(update(Node).values(wake_at=utcnow() + timedelta(seconds=60)))
+            session.commit()
+        mine.stop_claiming()
+        loop.result(timeout=30)  # run() returns once the work in flight is handed back
+        with Session(parts.engine) as session:
+            row = session.exec(select(Node.lease_owner, Node.lease_expires_at, Node.wake_at))
+            assert row.one() == (None, None, None)
+    finally:
+        held.answer.set()
+    assert portal.call(other.tick) == 1
+    portal.call(other.drain)
+    assert (other.claims, other.takeovers) == (1, 0)
+    assert node(client, operator, "n1")["power_state"] == "on"
+
+
 def test_a_power_on_taken_over_after_the_machine_booted_is_not_repeated(
     client: TestClient, operator: dict[str, str], admin: dict[str, str], fleet: HeldFleet
 ) -> None:
