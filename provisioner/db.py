@@ -7,21 +7,27 @@ start (``provisioner serve``) and from ``provisioner db upgrade``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner.private_files import create_private_file
+
+log = logging.getLogger(__name__)
 
 
 def migrations_dir() -> Path:
@@ -87,6 +93,14 @@ def replicas(session: Session) -> int:
     return max(1, int(count or 0))
 
 
+def replica_count(engine: Engine) -> int:
+    """:func:`replicas`, in a session of its own; 1 on SQLite (one process)."""
+    if engine.dialect.name != "postgresql":
+        return 1
+    with Session(engine) as session:
+        return replicas(session)
+
+
 def alembic_config(engine: Engine) -> Config:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
@@ -94,12 +108,28 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``, creating the database if needed. On PostgreSQL
-    under an advisory lock: of replicas starting at once, one migrates and the others
-    wait for it, then find nothing to do."""
+def upgrade(engine: Engine, revision: str = "head") -> Migration | None:
+    """Bring the schema to ``revision``, creating the database if needed; returns the
+    migration it ran, None when the schema was there already. On PostgreSQL under an
+    advisory lock: of replicas starting at once, one migrates and the others wait for
+    it, then find nothing to do."""
+    config = alembic_config(engine)
     with _migration_lock(engine):
-        command.upgrade(alembic_config(engine), revision)
+        with engine.connect() as connection:
+            before = MigrationContext.configure(connection).get_current_revision()
+        target = ScriptDirectory.from_config(config).get_revision(revision)
+        if target is not None and before == target.revision:
+            return None
+        after = target.revision if target is not None else "base"
+        log.info("migrating the database schema from %s to %s", before or "nothing", after)
+        command.upgrade(config, revision)
+    return Migration(before, after)
+
+
+@dataclass(frozen=True)
+class Migration:
+    before: str | None  # None: the database was empty
+    after: str
 
 
 def lock_key(name: str) -> int:
@@ -114,13 +144,16 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
         return
     with engine.connect() as connection:
         key = lock_key("provisioner:migrations")
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        connection.commit()
+        _lock(connection, key)
         try:
             yield
         finally:
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            connection.commit()
+            _unlock(connection, key)
+
+
+def _lock(connection: Connection, key: int) -> None:
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+    connection.commit()
 
 
 def _try_lock(connection: Connection, key: int) -> bool:
@@ -154,6 +187,27 @@ async def only_one(engine: Engine, name: str) -> AsyncIterator[bool]:
         finally:
             if held:
                 await run_in_threadpool(_unlock, connection, key)
+    finally:
+        await run_in_threadpool(connection.close)
+
+
+@asynccontextmanager
+async def one_at_a_time(engine: Engine, name: str) -> AsyncIterator[None]:
+    """Run the block holding the lock ``name``, waiting for it first: of the replicas
+    on the database, one at a time runs a block under ``name``. A PostgreSQL session
+    advisory lock, released at the end of the block, or by the server when the
+    replica's connection dies with it. On SQLite (one process) no lock is needed."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    key = lock_key(name)
+    connection = await run_in_threadpool(engine.connect)
+    try:
+        await run_in_threadpool(_lock, connection, key)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(_unlock, connection, key)
     finally:
         await run_in_threadpool(connection.close)
 

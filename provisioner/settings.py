@@ -112,7 +112,9 @@ class Settings(BaseSettings):
     default_image: str = Field(
         default="rocky-9", description="Image for roles without a default_image."
     )
-    power_on_rate: float = per_second(10.0, "Machines powered on per second, at most (staggering).")
+    power_on_rate: float = per_second(
+        10.0, "Machines powered on per second, service-wide (staggering)."
+    )
     max_deploying: int = at_least(1, 200, "Installations in flight at once, service-wide.")
     max_deploying_per_rack: int = at_least(1, 48, "Installations in flight at once in one rack.")
     handoff_timeout: float = seconds(3600.0, "Seconds a role's hand-off may take.")

@@ -30,6 +30,7 @@ from provisioner import deployments, handoff, image_cache, inspection, nodes, po
 from provisioner.bmc.base import BmcError, BootDevice, BootSetting, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
+from provisioner.db import one_at_a_time, replica_count
 from provisioner.handoff.puppet_clean import PuppetClean
 from provisioner.lifecycle import Action, IllegalAction, Outcome, State
 from provisioner.models import Bmc, Deployment, InventoryFact, Node, OsImage, Role, utcnow
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 # How often a node waiting for its hand-off, or for room under the limits, is looked at.
 POLL = timedelta(seconds=1)
+# Held while a node checks the deploy limits and takes a slot.
+SLOTS_LOCK = "provisioner:deploy-slots"
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,9 @@ class StepRunner:
         while True:
             if step is Step.POWER:
                 # Checking the limits and taking a slot (recording step POWERING) must
-                # not interleave within a replica, or two nodes could take the last slot.
-                async with self._slots:
+                # not interleave, within a replica or between the replicas, or two
+                # nodes could take the last slot.
+                async with self._slots, one_at_a_time(self.engine, SLOTS_LOCK):
                     now_at = await self._run_and_record(step, node, bmc, deployment, resumed)
             else:
                 now_at = await self._run_and_record(step, node, bmc, deployment, resumed)
@@ -318,9 +322,12 @@ class StepRunner:
         return target_for(bmc, self.vault, self.settings)
 
     async def _stagger(self) -> None:
+        """Hold a power-on back to keep to the service-wide rate: each of the replicas
+        sharing the database powers machines on at its share of it."""
+        share = await run_in_threadpool(replica_count, self.engine)
         now = time.monotonic()
         at = max(now, self._next_power_on)
-        self._next_power_on = at + 1 / self.settings.power_on_rate
+        self._next_power_on = at + share / self.settings.power_on_rate
         if at > now:
             await asyncio.sleep(at - now)
 

@@ -25,11 +25,13 @@ import httpx
 import pytest
 import typer
 import uvicorn
+from alembic.script import ScriptDirectory
 from typer.testing import CliRunner, Result
 
 from provisioner.app import create_app
 from provisioner.cli import app
 from provisioner.cli.server import masked_url
+from provisioner.db import migrations_dir
 from provisioner.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -719,6 +721,11 @@ def test_db_upgrade(cli: Cli, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "fresh" / "provisioner.db").is_file()
     assert "migrated sqlite:///" in result.stdout
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert f"from an empty database to {head}, the latest schema" in result.stdout
+    again = cli("db", "upgrade", env={"PROVISIONER_DATA_DIR": str(tmp_path / "fresh")})
+    assert again.exit_code == 0, again.stderr
+    assert "has the latest schema already; nothing to migrate" in again.stdout
 
 
 def test_client_commands_do_not_import_the_service() -> None:

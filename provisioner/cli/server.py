@@ -17,6 +17,7 @@ from provisioner.cli.output import info, note
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from provisioner.db import Migration
     from provisioner.settings import Settings
 
 db_app = command_group("Database maintenance.")
@@ -55,18 +56,17 @@ def _reason(exc: Exception) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-def _migrated_engine(settings: Settings) -> Engine:
+def _migrated_engine(settings: Settings) -> tuple[Engine, Migration | None]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from provisioner.db import make_engine, upgrade
 
     try:
         engine = make_engine(settings.resolved_database_url)
-        upgrade(engine)
+        return engine, upgrade(engine)
     except (SQLAlchemyError, OSError) as exc:
         shown = masked_url(settings.resolved_database_url)
         raise CliError(f"cannot open the database {shown}: {_reason(exc)}") from exc
-    return engine
 
 
 def create_token_offline(name: str, scope: str, expires_in_days: int | None) -> str:
@@ -87,7 +87,7 @@ def create_token_offline(name: str, scope: str, expires_in_days: int | None) -> 
             "invalid token: " + "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())
         ) from exc
     settings = _settings()
-    engine = _migrated_engine(settings)
+    engine, _ = _migrated_engine(settings)
     try:
         with Session(engine) as session:
             row, token = create_token(
@@ -174,5 +174,11 @@ def serve(
 def upgrade_db() -> None:
     """Create the database or migrate it to the latest schema."""
     settings = _settings()
-    _migrated_engine(settings).dispose()
-    info(f"migrated {masked_url(settings.resolved_database_url)} to the latest schema")
+    engine, migration = _migrated_engine(settings)
+    engine.dispose()
+    shown = masked_url(settings.resolved_database_url)
+    if migration is None:
+        info(f"{shown} has the latest schema already; nothing to migrate")
+    else:
+        before = migration.before or "an empty database"
+        info(f"migrated {shown} from {before} to {migration.after}, the latest schema")

@@ -78,7 +78,7 @@ def test_two_replicas_killed_mid_rollout(tmp_path: Path) -> None:
             lease_seconds=str(LEASE),
             # Power-ons held back (staggered) keep leases on nodes for a few seconds: the
             # kills land while the victims hold some.
-            power_on_rate="3",
+            power_on_rate="9",
             power_sync_interval="3",
         ) as f,
     ):

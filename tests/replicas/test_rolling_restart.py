@@ -120,10 +120,10 @@ def test_replicas_restarted_one_at_a_time_mid_rollout(tmp_path: Path) -> None:
         tftp_edge=True,
         reconcile_interval=str(INTERVAL),
         lease_seconds=str(LEASE),
-        # Power-ons held back (staggered, 2 s apart per replica) keep leases on nodes
-        # for a while: the SIGTERMs land while the replicas hold some, and cut some of
-        # those steps short.
-        power_on_rate="0.5",
+        # Power-ons held back (staggered, 2 s apart per replica: 1.5 a second shared by
+        # three) keep leases on nodes for a while: the SIGTERMs land while the replicas
+        # hold some, and cut some of those steps short.
+        power_on_rate="1.5",
         power_sync_interval="3",
     ) as f:
         # A request a stopping replica cuts short is not moved to another one: it fails.
