@@ -14,7 +14,7 @@ from sqlalchemy import Connection, Engine, bindparam, or_
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import db
+from provisioner import db, outage
 from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
 from provisioner.bmc.credentials import deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
@@ -73,7 +73,8 @@ class PowerSync:
 
     async def run(self) -> None:
         while True:
-            try:
+            # A round always asks the database (whether one is due, at least).
+            with outage.of(self.engine).watch("power sync"):
                 report = await self.sync_if_due()
                 if report is not None:
                     log.info(
@@ -82,8 +83,6 @@ class PowerSync:
                         report.changed,
                         report.failed,
                     )
-            except Exception:
-                log.exception("power sync failed")
             await asyncio.sleep(self.settings.power_sync_interval)
 
     async def sync_if_due(self) -> SyncReport | None:

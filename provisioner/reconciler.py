@@ -27,7 +27,7 @@ from sqlalchemy import Engine, and_, func, or_, update
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import db, deployments, nodes, power, timeline
+from provisioner import db, deployments, nodes, outage, power, timeline
 from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
@@ -81,11 +81,16 @@ class Reconciler:
         self.profiles = profiles
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        # Nodes whose lease this replica failed to release (the database was down), with
+        # whether their step was cut short: released at the next tick that reaches the
+        # database, rather than left idle until the lease runs out.
+        self._unreleased: dict[uuid.UUID, bool] = {}
         # Since start, for /metrics: nodes claimed, and of those, taken from a replica
         # whose lease had run out.
         self.claims = 0
         self.takeovers = 0
         self._stopping = False
+        self.outage = outage.of(engine)
         self.steps = StepRunner(
             Means(engine, vault, pool, settings, profiles, self.owner, self.role_rules)
         )
@@ -97,9 +102,9 @@ class Reconciler:
             while not self._stopping:
                 try:
                     await self.tick()
-                except Exception:
-                    # A database blip must not end the loop; the next tick tries again.
-                    log.exception("reconciler tick failed")
+                except Exception as exc:
+                    # A database outage must not end the loop; the next tick tries again.
+                    self.outage.failed("reconciler tick", exc)
                 until = time.monotonic() + self.settings.reconcile_interval
                 while not self._stopping and time.monotonic() < until:
                     await asyncio.sleep(min(0.1, until - time.monotonic()))
@@ -128,9 +133,9 @@ class Reconciler:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
         try:
             left = await run_in_threadpool(self._release_all)
-        except Exception:
+        except Exception as exc:
             # The database is gone: the leases will expire.
-            log.exception("stopping: handing the leases back failed")
+            self.outage.failed("stopping: handing the leases back", exc)
             return
         log.info(
             "stopping: %d steps cut short after %g s and handed back (%d leases left)",
@@ -147,10 +152,8 @@ class Reconciler:
             await asyncio.sleep(self.settings.lease_seconds / 3)
             if not self._running:
                 continue
-            try:
+            with self.outage.watch("renewing the reconciler's leases"):
                 await run_in_threadpool(self._renew, list(self._running))
-            except Exception:
-                log.exception("renewing the reconciler's leases failed")
 
     def _renew(self, node_ids: list[uuid.UUID]) -> None:
         expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
@@ -167,8 +170,16 @@ class Reconciler:
         room = self.settings.bmc_workers - len(self._running)
         if room <= 0:
             return 0
+        if self._unreleased:
+            # Not those claimed again since (their lease ran out): their step is running.
+            late = {n: cut for n, cut in self._unreleased.items() if n not in self._running}
+            await run_in_threadpool(self._release_each, late)
+            for node_id in late:
+                self._unreleased.pop(node_id, None)
         claimed = await run_in_threadpool(self._claim, room)
+        self.outage.answered()
         for node_id in claimed:
+            self._unreleased.pop(node_id, None)
             self._running[node_id] = asyncio.create_task(self._work(node_id))
         return len(claimed)
 
@@ -238,6 +249,10 @@ class Reconciler:
             session.commit()
         return int(released.rowcount)  # type: ignore[attr-defined]
 
+    def _release_each(self, leases: dict[uuid.UUID, bool]) -> None:
+        for node_id, cut in leases.items():
+            self._release(node_id, cut)
+
     def _release(self, node_id: uuid.UUID, cut: bool = False) -> None:
         """Release the node's lease. A step cut short may have set the node's wake time
         to the lease's end (the power step does, in case the replica dies): it is due
@@ -273,11 +288,22 @@ class Reconciler:
         except asyncio.CancelledError:
             cut = True  # by hand_back: the replica is stopping
             raise
-        except Exception:
-            log.exception("step failed unexpectedly on node %s", node_id)
+        except Exception as exc:
+            # A step whose result was not recorded (each is, in one transaction) is
+            # done again by whoever claims the node next.
+            self.outage.failed(f"step on node {node_id}", exc)
         finally:
-            await run_in_threadpool(self._release, node_id, cut)
-            self._running.pop(node_id, None)
+            try:
+                await run_in_threadpool(self._release, node_id, cut)
+            except Exception as exc:
+                # The database is gone: the lease is released at a later tick (or, no
+                # longer renewed once the node is out of _running, runs out).
+                self.outage.failed(f"releasing node {node_id}", exc)
+                self._unreleased[node_id] = cut
+            finally:
+                # Always: a node left here would have its lease renewed for ever and
+                # never be worked on again, and would take a place of the replica's.
+                self._running.pop(node_id, None)
 
     def _load(self, node_id: uuid.UUID) -> tuple[Node, Bmc | None] | None:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from provisioner import outage
 from provisioner.bmc.base import BmcError
 from provisioner.errors import Problem
 from provisioner.lifecycle import IllegalAction
@@ -284,9 +285,31 @@ async def _on_integrity(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _on_database_down(_: Request, exc: Exception) -> JSONResponse:
-    log.error("database unavailable: %s", type(exc).__name__)
-    return problem_response(503, "The database is unavailable; try again shortly.")
+async def _on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    return database_down(request.app, request.method, request.url.path, exc)
+
+
+# Seconds a client is asked to wait before it retries a request the database failed:
+# curl, as installers run it, honours it.
+RETRY_AFTER = "5"
+
+
+def database_down(app: Any, method: str, path: str, exc: Exception) -> JSONResponse:
+    """503 for a request the database did not answer, which the caller retries (an
+    installer's curl does). Logged once per outage with the loops' failures
+    (:mod:`provisioner.outage`), not once per request: in an outage every request
+    fails, and a boot storm is hundreds a second."""
+    services = getattr(app.state, "services", None)
+    doing = f"answering {method} {_shown_path(path)}"
+    if services is not None:
+        outage.of(services.engine).failed(doing, exc)
+    else:
+        log.error("%s: database unavailable: %s", doing, outage.reason(exc))
+    return problem_response(
+        503,
+        "The database is unavailable; try again shortly.",
+        headers={"Retry-After": RETRY_AFTER},
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -331,9 +354,15 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, sending)
-        except Exception:
+        except Exception as exc:
             if started:  # half a response is out: only closing the connection ends it
                 raise
+            if outage.unreachable(exc):
+                # From a middleware ahead of the routes' handlers (/boot/ipxe), or a dead
+                # connection whose error is not an OperationalError.
+                down = database_down(scope["app"], scope["method"], scope["path"], exc)
+                await down(scope, receive, send)
+                return
             log.exception(
                 "unexpected error answering %s %s", scope["method"], _shown_path(scope["path"])
             )

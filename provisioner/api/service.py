@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisioner import db
+from provisioner import db, outage
 from provisioner.api.deps import ServicesDep
 from provisioner.api.problems import problem_response, responses
 from provisioner.metrics import ReplicaWork
@@ -29,10 +29,15 @@ def healthz() -> dict[str, str]:
 def readyz(services: ServicesDep) -> dict[str, Any] | Response:
     """The process can serve: its database answers. Says which replica answered and
     what it holds of the work the replicas share, as its /metrics do."""
+    database = outage.of(services.engine)
     try:
         db.ping(services.engine)
     except SQLAlchemyError as exc:
+        if outage.unreachable(exc):
+            # Logged once per outage, with the loops' failures.
+            database.failed("readiness check", exc)
         return problem_response(503, f"The database is unreachable ({type(exc).__name__}).")
+    database.answered()
     work = ReplicaWork.of(services.reconciler, services.power_sync)
     return {"status": "ready", "replica": asdict(work)}
 

@@ -5,7 +5,9 @@ Hops are written in batches by a background task, not in the request: a boot sto
 hundreds of requests a second, and one INSERT per request would make the boot routes
 wait on the database's write lock. A hop may therefore show up a fraction of a second
 after its response; a crash can lose the last fraction of a second of hops, never a
-state change (state changes are written in their own request's transaction).
+state change (state changes are written in their own request's transaction). While the
+database is down the hops are held in memory, up to :data:`HELD`, and written once it
+answers again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, sele
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from provisioner import outage
 from provisioner.models import BootHop, Deployment, Nic, Node, table_of, utcnow
 from provisioner.secrets import hash_token
 from provisioner.timeline import Actor, EventKind, event_row, note_many
@@ -36,6 +39,9 @@ _node = table_of(Node)
 
 # How far back a newly seen boot address claims anonymous hops: one boot's worth.
 CLAIM_WINDOW = timedelta(minutes=5)
+# Hops of each kind held while the database is down, at most: a boot storm during a long
+# outage must not grow the process without bound. Later hops are dropped (and counted).
+HELD = 20_000
 
 
 @dataclass
@@ -48,19 +54,41 @@ class _Pending:
     by_token: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
     by_address: list[tuple[str, dict[str, object]]] = field(default_factory=list)
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.events or self.unknown or self.boot_ips or self.by_token or self.by_address
+    def __len__(self) -> int:
+        return sum(
+            map(len, (self.events, self.unknown, self.boot_ips, self.by_token, self.by_address))
+        )
+
+    def oldest(self, count: int) -> _Pending:
+        """The first ``count`` hops of each kind (the boot addresses: one per NIC)."""
+        return _Pending(
+            self.events[:count],
+            self.unknown[:count],
+            self.boot_ips,
+            self.by_token[:count],
+            self.by_address[:count],
+        )
+
+    def then(self, later: _Pending) -> _Pending:
+        """This batch followed by ``later``: a newer boot address of a NIC wins."""
+        return _Pending(
+            self.events + later.events,
+            self.unknown + later.unknown,
+            {**self.boot_ips, **later.boot_ips},
+            self.by_token + later.by_token,
+            self.by_address + later.by_address,
         )
 
 
 class HopRecorder:
     def __init__(self, engine: Engine, keep: int, interval: float = 0.25) -> None:
         self._engine = engine
+        self._outage = outage.of(engine)
         self._keep = keep
         self._interval = interval
         self._pending = _Pending()
         self._writes = 0
+        self.dropped = 0  # hops dropped over HELD in this outage
         self._flushing = asyncio.Lock()
         # Routes record hops from worker threads while flush swaps the batch out.
         self._lock = threading.Lock()
@@ -107,13 +135,40 @@ class HopRecorder:
         async with self._flushing:
             with self._lock:
                 batch, self._pending = self._pending, _Pending()
-            if batch:
-                try:
-                    await run_in_threadpool(self._write, batch)
-                except Exception:
-                    # The trace is a debugging aid: a database hiccup must not kill the
-                    # task.
-                    log.exception("could not write %d boot hops", len(batch.events))
+            if not batch:
+                return
+            try:
+                await run_in_threadpool(self._write, batch)
+            except Exception as exc:
+                # Neither an outage nor a bad batch may end the task.
+                self._outage.failed(f"writing {len(batch)} boot hops", exc)
+                if outage.unreachable(exc):
+                    self._hold(batch)
+                # Else the batch is dropped: it would fail again, and the trace is a
+                # debugging aid.
+                return
+            self._outage.answered()
+            if self.dropped:
+                log.warning("%d boot hops were dropped while the database was down", self.dropped)
+                self.dropped = 0
+
+    def _hold(self, batch: _Pending) -> None:
+        """Put a batch the database did not take back before the hops recorded since,
+        for the next flush. Should the failure have been the lost answer to a commit
+        that went through, the batch's hops are written twice: a trace may repeat a hop,
+        it must not lose the boot of a machine that booted while the database was down."""
+        with self._lock:
+            held = batch.then(self._pending)
+            self._pending = held.oldest(HELD)
+            dropped = len(held) - len(self._pending)
+        if dropped:
+            if not self.dropped:  # once an outage, not once a flush
+                log.warning(
+                    "boot hops are held until the database answers, %d of each kind at "
+                    "most: later ones are dropped meanwhile",
+                    HELD,
+                )
+            self.dropped += dropped
 
     def _write(self, batch: _Pending) -> None:
         with self._engine.begin() as connection:
@@ -132,11 +187,11 @@ class HopRecorder:
                     [{"b_mac": m, "b_ip": ip} for m, ip in batch.boot_ips.items()],
                 )
                 self._claim(connection, batch.boot_ips)
-            self._place(connection, batch)
-            note_many(connection, _of_existing_nodes(connection, batch.events))
-            if batch.unknown:
-                connection.execute(insert(_hop), batch.unknown)
-                self._writes += len(batch.unknown)
+            events, unknown = self._place(connection, batch)
+            note_many(connection, _of_existing_nodes(connection, events))
+            if unknown:
+                connection.execute(insert(_hop), unknown)
+                self._writes += len(unknown)
                 # Trimming on every flush would rescan the table; every keep/10 rows is
                 # enough to hold it under 1.1 x keep.
                 if self._writes >= self._keep // 10:
@@ -165,7 +220,13 @@ class HopRecorder:
             )
 
     @staticmethod
-    def _place(connection: Connection, batch: _Pending) -> None:
+    def _place(
+        connection: Connection, batch: _Pending
+    ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        """The batch's events and anonymous hops, with those known by a token or an
+        address placed on their nodes' timelines, or with the anonymous ones. New lists:
+        the batch is left as it was, to be written again should this transaction fail."""
+        events, unknown = list(batch.events), list(batch.unknown)
         by_token: dict[str, uuid.UUID] = {}
         by_address: dict[str, uuid.UUID] = {}
         if batch.by_token:
@@ -183,9 +244,9 @@ class HopRecorder:
         placed += [(by_address.get(client), client, event) for client, event in batch.by_address]
         for node_id, client, event in placed:
             if node_id is not None:
-                batch.events.append({**event, "node_id": node_id})
+                events.append({**event, "node_id": node_id})
             else:
-                batch.unknown.append(
+                unknown.append(
                     {
                         "time": event["time"],
                         "client": client,
@@ -194,6 +255,7 @@ class HopRecorder:
                         "detail": str(event["message"])[:500],
                     }
                 )
+        return events, unknown
 
 
 def _unplaced(kind: EventKind, message: str) -> dict[str, Any]:

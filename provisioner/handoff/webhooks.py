@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import __version__
+from provisioner import __version__, outage
 from provisioner.models import (
     Deployment,
     Node,
@@ -141,11 +141,10 @@ class WebhookSender:
 
     async def run(self) -> None:
         while True:
-            try:
+            sent = 0
+            # A round always asks the database for the deliveries due.
+            with outage.of(self.engine).watch("webhook delivery round"):
                 sent = await self.deliver_due()
-            except Exception:
-                log.exception("webhook delivery round failed; trying again")
-                sent = 0
             # After a success the node's next event may be due at once.
             if not sent:
                 await asyncio.sleep(self.settings.webhook_interval)
