@@ -281,12 +281,15 @@ class WebhookSender:
 
     @staticmethod
     def _handed_off(session: Session, job: _Job) -> None:
+        # The node's row first, then its deployment's, in the step runner's order: the
+        # other order deadlocked with a step being recorded on the node (seen when the
+        # deliveries held back by a database outage were all recorded at once).
+        wake(session, job.node_id)
         session.execute(
             update(table_of(Deployment))
             .where(col(Deployment.id) == job.deployment_id, col(Deployment.handoff_at).is_(None))
             .values(handoff_at=utcnow())
         )
-        wake(session, job.node_id)
 
     def _backoff(self, attempt: int) -> float:
         """Exponential, capped; half of it random so that receivers coming back are not
