@@ -60,6 +60,8 @@ def sqlite_file(url: str | URL) -> Path | None:
 # The PostgreSQL application_name of a serving replica's connections: the replicas
 # count each other by it (pg_stat_activity), and a dead one's vanish with its process.
 REPLICA = "provisioner-serve"
+# Seconds a connection attempt to PostgreSQL may take (libpq's connect_timeout).
+CONNECT_TIMEOUT = 5
 
 
 def make_engine(url: str, *, replica: bool = False) -> Engine:
@@ -73,9 +75,25 @@ def make_engine(url: str, *, replica: bool = False) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {}
-    if replica and parsed.get_backend_name() == "postgresql":
-        connect_args["application_name"] = f"{REPLICA} {socket.gethostname()}:{os.getpid()}"[:63]
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # A server that is down refuses at once, but one cut off by the network never
+        # answers: a connection attempt, a /readyz among them, gives up after this
+        # many seconds instead of the operating system's minutes, and a connection
+        # whose server vanished is found dead by TCP keepalives within a minute.
+        connect_args.update(
+            connect_timeout=CONNECT_TIMEOUT,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+        if replica:
+            name = f"{REPLICA} {socket.gethostname()}:{os.getpid()}"
+            connect_args["application_name"] = name[:63]
+    # pool_pre_ping: a connection pooled before the database restarted is found dead and
+    # replaced when it is checked out, rather than failing the request that gets it (an
+    # error on one also discards every connection pooled before it).
     return create_engine(
         url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
     )
