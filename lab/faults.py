@@ -6,6 +6,12 @@ against misbehaving hardware. Its BMC:
 - ``slow:MS``: answer every packet MS milliseconds late;
 - ``drop:P``: drop each packet with probability P (0 < P < 1);
 
+its Redfish service only (`lab.redfish`; an IPMI BMC behaves under these):
+
+- ``busy``: answer every request 503 with ``Retry-After``;
+- ``task-hang``: answer power actions 202 with a task that never completes;
+- ``new-certificate``: serve a new self-signed certificate instead of the lab's;
+
 the machine behind it (see `lab.netboot`):
 
 - ``boot-hang``: a network boot hangs before DHCP, nothing reaches the network;
@@ -35,6 +41,9 @@ class Kind(StrEnum):
     BOOT_HANG = "boot-hang"
     INSTALLER_SILENT = "installer-silent"
     INSTALLER_FAILS = "installer-fails"
+    BUSY = "busy"
+    TASK_HANG = "task-hang"
+    NEW_CERTIFICATE = "new-certificate"
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,8 @@ NO_FAULT = Fault()
 
 
 def parse_fault(text: str) -> Fault:
-    """``no-answer``, ``wrong-password``, ``slow:250``, ``drop:0.3`` or ``none``."""
+    """``no-answer``, ``wrong-password``, ``slow:250``, ``drop:0.3``, ``busy``, ... or
+    ``none``: a `Kind`, with a value for ``slow`` and ``drop`` only."""
     name, _, raw = text.strip().lower().partition(":")
     try:
         kind = Kind(name)

@@ -32,12 +32,20 @@ from lab.control import ControlServer
 from lab.machine import VM_PRODUCT, Machine, build_machine
 from lab.netboot import BOOT_MODES, Netboot, NetbootSettings
 from lab.packet_loop import PacketLoop
+from lab.redfish import serving
+from lab.redfish.control import RedfishControl
+from lab.redfish.dialects import Dialect, parse_dialect
+from lab.redfish.server import RedfishServer
+from lab.redfish.server import probe as probe_redfish
+from lab.redfish.tls import Certificate
 from lab.vm import VmBmc, VmFirmware, attach
 from lab.vmnet import LabNetwork
 
 UNITS_PER_RACK = 42
 MACS_PER_NODE = 2
 PER_PROCESS = 250
+# Which BMCs each node has: IPMI on UDP port P, Redfish over HTTPS on TCP port P, or both.
+PROTOCOLS = ("ipmi", "redfish", "both")
 MANIFEST_COLUMNS = (
     "name",
     "rack",
@@ -66,6 +74,7 @@ class NodePlan:
     macs: tuple[str, ...]
     fault: faults.Fault = faults.NO_FAULT
     boot_mode: str = "bios"  # which network bootloader its firmware asks for
+    dialect: Dialect = Dialect.GENERIC  # of its Redfish BMC
 
 
 def plan_rack(
@@ -80,17 +89,22 @@ def plan_rack(
     boot_mode: str = "bios",
     boot_modes: dict[str, str] | None = None,
     macs_per_node: int = MACS_PER_NODE,
+    dialect: str = Dialect.GENERIC,
+    dialects: dict[str, str] | None = None,
 ) -> list[NodePlan]:
     """Nodes lab-r01-u01 ... with 42 per rack. MACs (52:54:00:xx:xx:xx, unique,
     ``macs_per_node`` each) and, unless one shared ``password`` is given, per-node
     passwords follow from ``seed``. Every node boots in ``boot_mode`` but those named
-    in ``boot_modes``."""
+    in ``boot_modes``, and its Redfish BMC speaks ``dialect`` but for those named in
+    ``dialects``."""
     if not 1 <= count <= 10_000:
         raise ValueError("a lab has 1 to 10000 nodes")
     if base_port < 1 or base_port + count - 1 > 65535:
         raise ValueError(f"ports {base_port}..{base_port + count - 1} are not all valid")
     node_faults = dict(node_faults or {})
     boot_modes = dict(boot_modes or {})
+    default_dialect = parse_dialect(dialect)
+    node_dialects = {name: parse_dialect(value) for name, value in (dialects or {}).items()}
     for mode in (boot_mode, *boot_modes.values()):
         if mode not in BOOT_MODES:
             raise ValueError(f"unknown boot mode {mode!r}; known: {', '.join(BOOT_MODES)}")
@@ -118,6 +132,7 @@ def plan_rack(
                 macs=tuple(_mac(value) for value in own),
                 fault=node_faults.pop(name, faults.NO_FAULT),
                 boot_mode=boot_modes.pop(name, boot_mode),
+                dialect=node_dialects.pop(name, default_dialect),
             )
         )
     if node_faults:
@@ -126,6 +141,10 @@ def plan_rack(
         raise ValueError(
             f"boot modes given for nodes the lab does not have: {', '.join(boot_modes)}"
         )
+    if node_dialects:
+        raise ValueError(
+            f"dialects given for nodes the lab does not have: {', '.join(node_dialects)}"
+        )
     return plans
 
 
@@ -133,8 +152,13 @@ def _mac(value: int) -> str:
     return "52:54:00:" + ":".join(f"{(value >> shift) & 0xFF:02x}" for shift in (16, 8, 0))
 
 
-def write_manifest(path: Path, plans: Sequence[NodePlan], role: str | None = None) -> None:
-    """The rack manifest of docs/rack-manifest.md: YAML for .yaml/.yml, CSV otherwise."""
+def write_manifest(
+    path: Path, plans: Sequence[NodePlan], role: str | None = None, driver: str | None = None
+) -> None:
+    """The rack manifest of docs/rack-manifest.md: YAML for .yaml/.yml, CSV otherwise.
+    A ``driver`` adds the column ``bmc_driver`` to every row (``redfish`` for a lab of
+    Redfish BMCs)."""
+    extra = {"bmc_driver": driver} if driver else {}
     rows: list[dict[str, Any]] = [
         {
             "name": plan.name,
@@ -146,6 +170,7 @@ def write_manifest(path: Path, plans: Sequence[NodePlan], role: str | None = Non
             "bmc_username": plan.username,
             "bmc_password": plan.password,
             "macs": list(plan.macs),  # the first is the NIC the node PXE-boots from
+            **extra,
         }
         for plan in plans
     ]
@@ -159,7 +184,7 @@ def write_manifest(path: Path, plans: Sequence[NodePlan], role: str | None = Non
             nodes = [{k: v for k, v in row.items() if v is not None} for row in rows]
             yaml.safe_dump({"nodes": nodes}, out, sort_keys=False)
         else:
-            writer = csv.DictWriter(out, fieldnames=MANIFEST_COLUMNS)
+            writer = csv.DictWriter(out, fieldnames=[*MANIFEST_COLUMNS, *extra])
             writer.writeheader()
             writer.writerows({**row, "macs": " ".join(row["macs"])} for row in rows)
     tmp.replace(path)
@@ -181,14 +206,23 @@ class LabSettings:
     power_on: bool = False
     session_timeout: float = SESSION_IDLE_SECONDS
     netboot: NetbootSettings = field(default_factory=NetbootSettings)
+    protocol: str = "ipmi"  # one of PROTOCOLS
+    # The Redfish BMCs' certificate, made by `run` once per lab; None with redfish_http.
+    certificate: Certificate | None = None
+    redfish_http: bool = False  # plain HTTP instead of HTTPS, for debugging
 
 
 def serve(
     plans: Sequence[NodePlan], settings: LabSettings, report: Report, stop: threading.Event
 ) -> None:
-    """Serve ``plans`` in this process until ``stop`` is set."""
+    """Serve ``plans`` in this process until ``stop`` is set: each node's IPMI BMC, its
+    Redfish BMC, or both, in front of one machine."""
     loop = PacketLoop()
     netboot = Netboot(settings.netboot)
+    redfish: RedfishServer | None = None
+    if settings.protocol != "ipmi":
+        redfish = RedfishServer(None if settings.redfish_http else settings.certificate)
+        redfish.start()
     try:
         for done, plan in enumerate(plans, 1):
             machine = build_machine(plan.name, plan.index, settings.seed, list(plan.macs))
@@ -196,22 +230,30 @@ def serve(
             machine.boot_mode = plan.boot_mode
             gate = faults.FaultGate(settings.seed, plan.name, plan.fault)
             netboot.attach(machine, gate, plan.index)
-            loop.bmcs.append(_bmc(LabBmc, machine, plan, gate, loop, settings))
+            if settings.protocol != "redfish":
+                loop.bmcs.append(_bmc(LabBmc, machine, plan, gate, loop, settings))
+            if redfish is not None:
+                redfish.add(serving.redfish_bmc(machine, plan, gate, settings))
             if done % 50 == 0 or done == len(plans):
                 report(("started", done))
     except OSError as exc:
         report(("failed", f"cannot listen on {plan.address}:{plan.port}: {_bind_advice(exc)}"))
         netboot.close()
+        if redfish is not None:
+            redfish.close()
         return
     netboot.start()
     thread = threading.Thread(target=loop.run, name="bmc-packets", daemon=True)
     thread.start()
-    control = ControlServer(settings.control_dir, {bmc.machine.name: bmc for bmc in loop.bmcs})
+    ipmi = {bmc.machine.name: bmc for bmc in loop.bmcs}
+    control = (
+        ControlServer(settings.control_dir, ipmi)
+        if redfish is None
+        else RedfishControl(settings.control_dir, ipmi, redfish.bmcs)
+    )
     control.start()
     try:
-        expected = [p for p in plans if p.fault.kind is not faults.Kind.NO_ANSWER]
-        answered = probe(plans[0].address, [p.port for p in expected])
-        silent = [p.name for p in plans if p.port not in answered]
+        silent = _silent(plans, settings.protocol)
         report(("ready", len(plans) - len(silent), silent, process_rss_kib()))
         while not stop.wait(0.5):
             pass
@@ -219,9 +261,21 @@ def serve(
         control.close()
         loop.stop()
         thread.join(timeout=5)
+        if redfish is not None:
+            redfish.close()
         netboot.close()
         for bmc in loop.bmcs:
             bmc.close()
+
+
+def _silent(plans: Sequence[NodePlan], protocol: str) -> list[str]:
+    """The nodes whose BMCs do not answer, leaving out those told not to. A Redfish BMC
+    answers when it accepts connections (which a ``no-answer`` one does too)."""
+    expected = [p.port for p in plans if p.fault.kind is not faults.Kind.NO_ANSWER]
+    answered = set(expected) if protocol == "redfish" else probe(plans[0].address, expected)
+    if protocol != "ipmi":
+        answered &= probe_redfish(plans[0].address, [p.port for p in plans])
+    return [p.name for p in plans if p.port not in answered]
 
 
 def serve_vms(
@@ -319,6 +373,8 @@ def run(
     in worker processes. ``on_event(process label, event)`` sees every report. Returns
     False if a process failed to start."""
     settings.control_dir.mkdir(parents=True, exist_ok=True)
+    # One certificate for every Redfish BMC of the lab, made before any worker is forked.
+    settings = serving.with_certificate(settings, plans[0].address)
     if len(plans) <= per_process:
         failed = threading.Event()
 

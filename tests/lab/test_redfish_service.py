@@ -1,0 +1,456 @@
+"""The lab's Redfish BMCs (`lab.redfish`) over real HTTPS on 127.0.0.1, through httpx:
+every resource reachable from the service root and schema-shaped, inventory matching
+the machine's FRU, power, the boot override seen on the machine's IPMI boot flags,
+sessions, ETags, each dialect's peculiarity and each fault, ending within a bound."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lab import faults
+from lab.machine import BootDevice, BootFlags, Machine, build_machine
+from lab.redfish.dialects import TASK_SECONDS, Dialect
+from lab.redfish.server import RedfishServer
+from lab.redfish.service import RedfishBmc
+from lab.redfish.tls import Certificate, make_certificate, write_certificate
+
+USER, PASSWORD = "admin", "lab-secret"
+_TYPE = re.compile(r"^#(\w+)\.(v\d+_\d+_\d+\.)?\w+$")
+
+
+@dataclass
+class Bmc:
+    bmc: RedfishBmc
+    url: str
+    client: httpx.Client
+    context: ssl.SSLContext  # trusts the lab's certificate
+
+    @property
+    def machine(self) -> Machine:
+        return self.bmc.machine
+
+    @property
+    def system(self) -> str:
+        return f"/redfish/v1/Systems/{self.bmc.traits.system_id}"
+
+    def reset(self, reset_type: str) -> httpx.Response:
+        return self.client.post(
+            f"{self.system}/Actions/ComputerSystem.Reset", json={"ResetType": reset_type}
+        )
+
+
+@dataclass
+class Served:
+    server: RedfishServer
+    certificate: Certificate
+    ca_file: Path
+    count: int = 0
+
+    def context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def add(
+        self, dialect: Dialect = Dialect.GENERIC, session_timeout: float = 60.0, auth: bool = True
+    ) -> Bmc:
+        self.count += 1
+        name = f"rf-{self.count:02d}"
+        machine = build_machine(name, self.count, 7, [f"52:54:00:aa:00:{self.count:02x}"])
+        machine.macs.append(f"52:54:00:bb:00:{self.count:02x}")
+        bmc = RedfishBmc(
+            machine,
+            USER,
+            PASSWORD,
+            faults.FaultGate(7, name),
+            address="127.0.0.1",
+            port=_free_tcp_port(),
+            dialect=dialect,
+            session_timeout=session_timeout,
+        )
+        self.server.add(bmc)
+        url = f"https://127.0.0.1:{bmc.port}"
+        context = self.context()
+        client = httpx.Client(
+            base_url=url, verify=context, auth=(USER, PASSWORD) if auth else None, timeout=10
+        )
+        return Bmc(bmc, url, client, context)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    certificate = make_certificate("127.0.0.1")
+    ca_file = tmp_path_factory.mktemp("redfish") / "cert.pem"
+    write_certificate(certificate, ca_file)
+    server = RedfishServer(certificate)
+    server.start()
+    yield Served(server, certificate, ca_file)
+    server.close()
+
+
+@pytest.fixture
+def new(served: Served) -> Callable[..., Bmc]:
+    return served.add
+
+
+# --- resources --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_every_resource_is_reachable_and_schema_shaped(
+    new: Callable[..., Bmc], dialect: Dialect
+) -> None:
+    node = new(dialect, auth=dialect is not Dialect.SUPERMICRO)
+    if dialect is Dialect.SUPERMICRO:
+        node.client.headers["X-Auth-Token"] = _login(node).headers["X-Auth-Token"]
+    seen: dict[str, dict[str, object]] = {}
+    todo = ["/redfish/v1/"]
+    while todo:
+        path = todo.pop()
+        answer = node.client.get(path)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.headers["OData-Version"] == "4.0"
+        assert answer.headers["ETag"].startswith('"')
+        payload = answer.json()
+        assert payload["@odata.id"] == path, path
+        assert _TYPE.match(payload["@odata.type"]), payload["@odata.type"]
+        assert payload["@odata.context"].startswith("/redfish/v1/$metadata#")
+        assert "Name" in payload
+        if "Collection" not in payload["@odata.type"]:
+            assert "Id" in payload
+            assert re.search(r"\.v\d+_\d+_\d+\.", payload["@odata.type"])
+        else:
+            assert payload["Members@odata.count"] == len(payload["Members"])
+        seen[path] = payload
+        todo += [link for link in _links(payload) if link not in seen and link not in todo]
+    system = seen[node.system]
+    inventory = node.machine.inventory
+    assert system["Manufacturer"] == inventory.vendor == "Provisioner Lab"
+    assert system["Model"] == inventory.product
+    assert system["SerialNumber"] == inventory.serial
+    assert system["SKU"] == inventory.part_number
+    assert system["UUID"] == str(node.machine.uuid)
+    assert system["BiosVersion"]
+    macs = [p["MACAddress"] for p in seen.values() if p.get("PermanentMACAddress")]
+    assert set(node.machine.macs) <= set(macs)
+    drives = [p for p in seen.values() if str(p["@odata.type"]).startswith("#Drive.")]
+    assert {d["MediaType"] for d in drives} == {"SSD", "HDD"}
+    assert all(int(d["CapacityBytes"]) > 4 * 10**9 and d["SerialNumber"] for d in drives)  # type: ignore[call-overload]
+    firmware = [p for p in seen.values() if str(p["@odata.type"]).startswith("#SoftwareInventory.")]
+    assert {f["Id"] for f in firmware} == {"BIOS", "BMC"}
+    media = [p for p in seen if "/VirtualMedia/" in p]
+    assert bool(media) == (dialect is Dialect.DELL)
+
+
+def _links(value: object) -> list[str]:
+    if isinstance(value, dict):
+        found = [] if "@odata.id" not in value or len(value) != 1 else [value["@odata.id"]]
+        for key, item in value.items():
+            if key != "@odata.id":
+                found += _links(item)
+        return found
+    if isinstance(value, list):
+        return [link for item in value for link in _links(item)]
+    return []
+
+
+def test_metadata_and_service_document_need_no_login(new: Callable[..., Bmc]) -> None:
+    node = new(Dialect.SUPERMICRO, auth=False)
+    metadata = node.client.get("/redfish/v1/$metadata")
+    assert metadata.status_code == 200
+    assert metadata.headers["Content-Type"].startswith("application/xml")
+    edmx = "{http://docs.oasis-open.org/odata/ns/edmx}"
+    root = ET.fromstring(metadata.text)  # noqa: S314 - the lab's own document
+    included = {i.get("Namespace") for i in root.iter(f"{edmx}Include")}
+    assert {"ComputerSystem.v1_13_0", "ServiceRoot.v1_5_0", "Task.v1_5_0"} <= included
+    document = node.client.get("/redfish/v1/odata").json()
+    assert {"name": "Systems", "kind": "Singleton", "url": "/redfish/v1/Systems"} in document[
+        "value"
+    ]
+    assert node.client.get("/redfish/v1").json()["Links"]["Sessions"]["@odata.id"]
+    assert node.client.get("/redfish").json() == {"v1": "/redfish/v1/"}
+
+
+# --- power and boot ---------------------------------------------------------------
+
+
+def test_power_actions_drive_the_machine(new: Callable[..., Bmc]) -> None:
+    node = new()
+    assert node.reset("ForceRestart").status_code == 409  # off: nothing to restart
+    assert node.reset("On").status_code == 204
+    assert node.machine.power_on
+    assert node.client.get(node.system).json()["PowerState"] == "On"
+    assert node.reset("On").status_code == 204  # already on: nothing to do
+    for reset_type in ("ForceRestart", "PowerCycle"):
+        assert node.reset(reset_type).status_code == 204
+        assert node.machine.power_on
+    assert node.machine.boots == ["disk", "disk", "disk"]
+    assert node.reset("GracefulShutdown").status_code == 204
+    assert not node.machine.power_on
+    node.reset("On")
+    assert node.reset("ForceOff").status_code == 204
+    assert node.client.get(node.system).json()["PowerState"] == "Off"
+    bad = node.reset("Nmi")
+    assert bad.status_code == 400
+    assert bad.json()["error"]["@Message.ExtendedInfo"][0]["MessageId"].endswith(
+        "ActionParameterValueNotInList"
+    )
+    missing = node.client.post(f"{node.system}/Actions/ComputerSystem.Reset", json={})
+    assert missing.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("enabled", "target", "mode", "flags"),
+    [
+        ("Once", "Pxe", "UEFI", BootFlags(True, False, True, BootDevice.PXE)),
+        ("Continuous", "Pxe", "Legacy", BootFlags(True, True, False, BootDevice.PXE)),
+        ("Continuous", "Hdd", "UEFI", BootFlags(True, True, True, BootDevice.DISK)),
+        ("Once", "Cd", "Legacy", BootFlags(True, False, False, BootDevice.CDROM)),
+    ],
+)
+def test_boot_override_is_the_machines_boot_flags(
+    new: Callable[..., Bmc], enabled: str, target: str, mode: str, flags: BootFlags
+) -> None:
+    node = new()
+    boot = {
+        "BootSourceOverrideEnabled": enabled,
+        "BootSourceOverrideTarget": target,
+        "BootSourceOverrideMode": mode,
+    }
+    answer = node.client.patch(node.system, json={"Boot": boot})
+    assert answer.status_code == 200, answer.text
+    assert node.machine.boot == flags
+    shown = answer.json()["Boot"]
+    assert {k: shown[k] for k in boot} == boot
+    node.reset("On")
+    after = node.client.get(node.system).json()["Boot"]
+    # The firmware used a next-boot-only override; a continuous one stays.
+    assert after["BootSourceOverrideEnabled"] == ("Disabled" if enabled == "Once" else enabled)
+    assert node.machine.boots[-1].startswith({"Pxe": "pxe", "Hdd": "disk", "Cd": "cdrom"}[target])
+
+
+def test_boot_override_refuses_what_it_cannot_do(new: Callable[..., Bmc]) -> None:
+    node = new()
+    wrong_target = node.client.patch(
+        node.system, json={"Boot": {"BootSourceOverrideTarget": "Usb"}}
+    )
+    assert wrong_target.status_code == 400
+    assert "PropertyValueNotInList" in wrong_target.json()["error"]["code"]
+    read_only = node.client.patch(node.system, json={"PowerState": "On"})
+    assert read_only.status_code == 400
+    assert node.client.patch(node.system, content=b"{not json").status_code == 400
+    assert node.machine.boot == BootFlags()
+    # A target alone, while no override is set, applies once.
+    node.client.patch(node.system, json={"Boot": {"BootSourceOverrideTarget": "Pxe"}})
+    assert node.machine.boot == BootFlags(True, False, False, BootDevice.PXE)
+    node.client.patch(node.system, json={"Boot": {"BootSourceOverrideEnabled": "Disabled"}})
+    assert not node.machine.boot.valid
+
+
+def test_etag_and_if_match(new: Callable[..., Bmc]) -> None:
+    node = new()
+    first = node.client.get(node.system)
+    etag = first.headers["ETag"]
+    assert node.client.get(node.system, headers={"If-None-Match": etag}).status_code == 304
+    patch = {"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}}
+    stale = node.client.patch(node.system, json=patch, headers={"If-Match": '"stale"'})
+    assert stale.status_code == 412
+    assert stale.json()["error"]["code"].endswith("PreconditionFailed")
+    assert not node.machine.boot.valid
+    done = node.client.patch(node.system, json=patch, headers={"If-Match": etag})
+    assert done.status_code == 200
+    assert done.headers["ETag"] != etag
+    # The old ETag is stale now, and so is one from before a power change.
+    assert node.client.patch(node.system, json=patch, headers={"If-Match": etag}).status_code == 412
+    current = done.headers["ETag"]
+    node.reset("On")
+    again = node.client.patch(node.system, json=patch, headers={"If-Match": current})
+    assert again.status_code == 412
+    assert node.client.patch(node.system, json=patch, headers={"If-Match": "*"}).status_code == 200
+
+
+# --- authentication and sessions --------------------------------------------------
+
+
+def _login(node: Bmc, password: str = PASSWORD) -> httpx.Response:
+    return httpx.post(
+        f"{node.url}/redfish/v1/SessionService/Sessions",
+        json={"UserName": USER, "Password": password},
+        verify=node.context,
+    )
+
+
+def test_sessions_log_in_are_used_and_log_out(new: Callable[..., Bmc]) -> None:
+    node = new(auth=False)
+    login = _login(node)
+    assert login.status_code == 201
+    token, location = login.headers["X-Auth-Token"], login.headers["Location"]
+    assert location.startswith("/redfish/v1/SessionService/Sessions/")
+    assert login.json()["UserName"] == USER
+    assert login.json()["Password"] is None
+    headers = {"X-Auth-Token": token}
+    assert node.client.get(node.system, headers=headers).status_code == 200
+    sessions = node.client.get("/redfish/v1/SessionService/Sessions", headers=headers).json()
+    assert {"@odata.id": location} in sessions["Members"]
+    assert node.client.delete(location, headers=headers).status_code == 204
+    refused = node.client.get(node.system, headers=headers)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["@Message.ExtendedInfo"][0]["MessageId"]
+
+
+def test_sessions_expire_when_idle(new: Callable[..., Bmc]) -> None:
+    node = new(session_timeout=0.5, auth=False)
+    token = _login(node).headers["X-Auth-Token"]
+    assert node.client.get(node.system, headers={"X-Auth-Token": token}).status_code == 200
+    time.sleep(1.0)
+    assert node.client.get(node.system, headers={"X-Auth-Token": token}).status_code == 401
+    assert len(node.bmc.sessions) == 0
+
+
+def test_bad_credentials_get_a_redfish_error(new: Callable[..., Bmc]) -> None:
+    node = new(auth=False)
+    for auth in (None, (USER, "wrong"), ("nobody", PASSWORD)):
+        answer = node.client.get(node.system, auth=auth)
+        assert answer.status_code == 401
+        assert answer.headers["WWW-Authenticate"].startswith("Basic")
+        error = answer.json()["error"]
+        assert error["code"] == "Base.1.8.ResourceAtUriUnauthorized"
+        info = error["@Message.ExtendedInfo"][0]
+        assert info["MessageId"] == error["code"]
+        assert info["Resolution"]
+    assert _login(node, "wrong").status_code == 401
+
+
+# --- dialects ---------------------------------------------------------------------
+
+
+def test_dell_needs_if_match_for_the_boot_override(new: Callable[..., Bmc]) -> None:
+    node = new(Dialect.DELL)
+    assert node.system == "/redfish/v1/Systems/System.Embedded.1"
+    patch = {"Boot": {"BootSourceOverrideTarget": "Pxe"}}
+    refused = node.client.patch(node.system, json=patch)
+    assert refused.status_code == 428
+    assert refused.json()["error"]["code"].endswith("PreconditionRequired")
+    etag = node.client.get(node.system).headers["ETag"]
+    assert node.client.patch(node.system, json=patch, headers={"If-Match": etag}).status_code == 200
+    manager = node.client.get("/redfish/v1/Managers/iDRAC.Embedded.1").json()
+    media = node.client.get(manager["VirtualMedia"]["@odata.id"]).json()
+    assert media["Members@odata.count"] == 2
+
+
+def test_hpe_power_actions_go_through_a_task(new: Callable[..., Bmc]) -> None:
+    node = new(Dialect.HPE)
+    accepted = node.reset("On")
+    assert accepted.status_code == 202
+    monitor = accepted.headers["Location"]
+    assert accepted.json()["TaskState"] == "Running"
+    assert not node.machine.power_on  # accepted is not done
+    deadline = time.monotonic() + 10 * TASK_SECONDS
+    while (answer := node.client.get(monitor)).status_code == 202:
+        assert time.monotonic() < deadline, "the task never completed"
+        time.sleep(0.1)
+    assert answer.status_code == 204
+    assert node.machine.power_on
+    task = node.client.get(accepted.json()["@odata.id"]).json()
+    assert task["TaskState"] == "Completed"
+    assert task["PercentComplete"] == 100
+    tasks = node.client.get("/redfish/v1/TaskService/Tasks").json()
+    assert tasks["Members@odata.count"] == 1
+
+
+def test_supermicro_wants_a_session(new: Callable[..., Bmc]) -> None:
+    node = new(Dialect.SUPERMICRO)
+    refused = node.client.get(node.system)  # basic auth, right password
+    assert refused.status_code == 401
+    assert "WWW-Authenticate" not in refused.headers
+    token = _login(node).headers["X-Auth-Token"]
+    answer = node.client.get(node.system, auth=None, headers={"X-Auth-Token": token})
+    assert answer.status_code == 200
+
+
+# --- faults -----------------------------------------------------------------------
+
+
+def test_no_answer_accepts_and_never_answers(new: Callable[..., Bmc]) -> None:
+    node = new()
+    node.bmc.gate.fault = faults.parse_fault("no-answer")
+    began = time.monotonic()
+    with pytest.raises(httpx.TimeoutException):
+        node.client.get(node.system, timeout=1.0)
+    assert time.monotonic() - began < 10
+    node.bmc.gate.fault = faults.NO_FAULT
+    assert node.client.get(node.system).status_code == 200
+
+
+def test_wrong_password_fault_refuses_the_manifest_password(new: Callable[..., Bmc]) -> None:
+    node = new()
+    node.bmc.gate.fault = faults.parse_fault("wrong-password")
+    assert node.client.get(node.system).status_code == 401
+    assert _login(node).status_code == 401
+
+
+def test_slow_answers_come_late(new: Callable[..., Bmc]) -> None:
+    node = new()
+    node.bmc.gate.fault = faults.parse_fault("slow:400")
+    began = time.monotonic()
+    assert node.client.get(node.system).status_code == 200
+    assert 0.35 < time.monotonic() - began < 10
+    with pytest.raises(httpx.TimeoutException):
+        node.client.get(node.system, timeout=0.1)
+
+
+def test_busy_answers_503_with_retry_after(new: Callable[..., Bmc]) -> None:
+    node = new()
+    node.bmc.gate.fault = faults.parse_fault("busy")
+    answer = node.client.get(node.system)
+    assert answer.status_code == 503
+    assert int(answer.headers["Retry-After"]) > 0
+    assert answer.json()["error"]["code"].endswith("ServiceTemporarilyUnavailable")
+
+
+def test_task_hang_never_completes(new: Callable[..., Bmc]) -> None:
+    node = new()  # generic: a power action is carried out at once, but not under the fault
+    node.bmc.gate.fault = faults.parse_fault("task-hang")
+    accepted = node.reset("On")
+    assert accepted.status_code == 202
+    time.sleep(2 * TASK_SECONDS)
+    assert node.client.get(accepted.headers["Location"]).status_code == 202
+    assert not node.machine.power_on
+
+
+def test_new_certificate_is_not_the_labs(new: Callable[..., Bmc], served: Served) -> None:
+    node = new()
+    node.bmc.gate.fault = faults.parse_fault("new-certificate")
+    began = time.monotonic()
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        node.client.get(node.system)
+    assert time.monotonic() - began < 10
+    shown = ssl.get_server_certificate(("127.0.0.1", node.bmc.port))
+    assert shown.encode() != served.certificate.cert_pem
+    node.bmc.gate.fault = faults.NO_FAULT
+    assert node.client.get(node.system).status_code == 200
+
+
+def test_a_faulty_bmc_leaves_its_neighbours_alone(new: Callable[..., Bmc]) -> None:
+    hung, neighbour = new(), new()
+    hung.bmc.gate.fault = faults.parse_fault("slow:60000")
+    with pytest.raises(httpx.TimeoutException):
+        hung.client.get(hung.system, timeout=0.5)
+    began = time.monotonic()
+    assert neighbour.client.get(neighbour.system).status_code == 200
+    assert time.monotonic() - began < 5
