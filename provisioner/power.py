@@ -185,6 +185,8 @@ class PowerSync:
         node = table_of(Node)
         with Session(self.engine) as session:
             connection = session.connection()
+            # A round updates every node polled: in one order with the others' updates.
+            db.lock_in_order(connection, node, [p.node_id for p in polled])
             if changed:
                 connection.execute(
                     node.update()

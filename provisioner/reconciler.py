@@ -32,7 +32,7 @@ from provisioner.bmc.base import BmcError
 from provisioner.bmc.credentials import target_for
 from provisioner.bmc.pool import BmcPool
 from provisioner.lifecycle import DEPLOYMENT_STATES, Action, IllegalAction, State
-from provisioner.models import Bmc, Node, utcnow
+from provisioner.models import Bmc, Node, table_of, utcnow
 from provisioner.profiles import ProfileSet
 from provisioner.role_rules import RoleRules
 from provisioner.secrets import Vault
@@ -158,6 +158,7 @@ class Reconciler:
     def _renew(self, node_ids: list[uuid.UUID]) -> None:
         expires = utcnow() + timedelta(seconds=self.settings.lease_seconds)
         with Session(self.engine) as session:
+            db.lock_in_order(session, table_of(Node), node_ids)
             session.execute(
                 update(Node)
                 .where(col(Node.id).in_(node_ids), col(Node.lease_owner) == self.owner)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from provisioner import __version__, outage
+from provisioner import __version__, db, outage
 from provisioner.models import (
     Deployment,
     Node,
@@ -251,6 +251,10 @@ class WebhookSender:
         now = utcnow()
         table = table_of(WebhookDelivery)
         with Session(self.engine) as session:
+            # The nodes it wakes (_handed_off), in one order with the other updates of
+            # several nodes.
+            handed_off = [j.node_id for j, error in outcomes if error is None and _hands_off(j)]
+            db.lock_in_order(session, table_of(Node), handed_off)
             for job, error in outcomes:
                 if error is None:
                     session.execute(
@@ -258,7 +262,7 @@ class WebhookSender:
                         .where(table.c.id == job.id)
                         .values(delivered_at=now, last_error=None)
                     )
-                    if job.event == PROVISIONED and job.deployment_id is not None:
+                    if _hands_off(job):
                         self._handed_off(session, job)
                     delivered = f"{job.event} delivered to {job.url} (attempt {job.attempt})"
                     note(session, job.node_id, EventKind.WEBHOOK, Actor.WEBHOOK, delivered)
@@ -299,6 +303,11 @@ class WebhookSender:
             self.settings.webhook_retry_base * 2.0 ** min(attempt - 1, 30),
         )
         return ceiling / 2 + _jitter.uniform(0, ceiling / 2)
+
+
+def _hands_off(job: _Job) -> bool:
+    """Whether delivering ``job`` completes its deployment's hand-off."""
+    return job.event == PROVISIONED and job.deployment_id is not None
 
 
 def wake(session: Session, node_id: uuid.UUID) -> None:
