@@ -373,6 +373,8 @@ def run(
     in worker processes. ``on_event(process label, event)`` sees every report. Returns
     False if a process failed to start."""
     settings.control_dir.mkdir(parents=True, exist_ok=True)
+    if settings.protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {settings.protocol!r}; known: {', '.join(PROTOCOLS)}")
     # One certificate for every Redfish BMC of the lab, made before any worker is forked.
     settings = serving.with_certificate(settings, plans[0].address)
     if len(plans) <= per_process:
