@@ -402,7 +402,8 @@ def project_run(
     argv: list[str | Path] = [
         BIN / "provisioner-lab", "up", "--vms", str(count), "--firmware", firmware,
         "--uefi-pxe", args.uefi_pxe, "--role", "bench", "--manifest", manifest,
-        "--control-dir", work / "c", "--workdir", work / "w", "--agent-data-dir", args.data_dir,
+        "--control-dir", work / "c", "--workdir", work / "w",
+        "--agent-dir", args.data_dir / "agent",
     ]  # fmt: skip
     lab = Process("lab", argv, work / "lab.log", env=clean_env(PYTHONUNBUFFERED="1"))
     out: dict[str, Any] = {"chain": "project", "firmware": firmware, "vms": count, "nodes": {}}
@@ -744,9 +745,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise SystemExit("bench/vm_cycle.py needs root (network namespaces, taps)")
-    agent = build.current(args.data_dir)
+    agent = build.current(args.data_dir / "agent")
     if agent is None:
-        raise SystemExit(f"no agent built in {args.data_dir}: run `provisioner agent build`")
+        raise SystemExit(
+            f"no agent built in {args.data_dir / 'agent'}: run `provisioner agent build`"
+        )
     work = Path(tempfile.mkdtemp(prefix="vmc-"))
     work.chmod(0o755)  # the raw chain's TFTP root is in it, and dnsmasq runs as nobody
     results: dict[str, Any] = {

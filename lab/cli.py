@@ -29,7 +29,7 @@ from lab import control, faults, rack, vm, vmnet
 from lab.bmc import SESSION_IDLE_SECONDS
 from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
 from provisioner.agent import build
-from provisioner.settings import default_data_dir
+from provisioner.settings import default_agent_dir
 
 DEFAULT_CONTROL_DIR = Path(".provisioner-lab")
 
@@ -186,10 +186,10 @@ def _parser() -> argparse.ArgumentParser:
         "(default: CONTROL_DIR/vms; keep it short, unix sockets live in it)",
     )
     vms.add_argument(
-        "--agent-data-dir",
+        "--agent-dir",
         type=Path,
-        default=default_data_dir(),
-        help="data directory whose agent build (provisioner agent build) the lab's service "
+        default=default_agent_dir(),
+        help="agent directory whose build (provisioner agent build) the lab's service "
         "boots to discover, inspect, deploy and wipe (default: %(default)s)",
     )
     vms.add_argument(
@@ -353,16 +353,16 @@ def _serve_vms(args: argparse.Namespace, workdir: Path, began: float) -> int:
             for p in plans
         ]
         service = workdir / "service"
-        url = vm.start_service(network, service, args.agent_data_dir, args.api_port)
+        url = vm.start_service(network, service, args.agent_dir, args.api_port)
         token = service / "admin-token"
         print(
             f"service: {url} (log {service / 'service.log'}); admin token in {token}: "
             f"export PROVISIONER_URL={url} PROVISIONER_TOKEN=$(cat {token})",
             flush=True,
         )
-        if build.current(args.agent_data_dir) is None:
+        if build.current(args.agent_dir) is None:
             print(
-                f"no agent built in {args.agent_data_dir} (provisioner agent build): "
+                f"no agent built in {args.agent_dir} (provisioner agent build): "
                 "the VMs cannot be inspected from the inside, deployed with images or wiped",
                 flush=True,
             )

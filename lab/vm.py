@@ -421,12 +421,12 @@ class VmBmc(LabBmc):
 SERVICE_PORT = 8080
 
 
-def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_port: int = 0) -> str:
+def start_service(network: LabNetwork, home: Path, agent_dir: Path, api_port: int = 0) -> str:
     """``provisioner serve`` in ``network``'s namespace on the bridge (HTTP and TFTP),
     its files in ``home``, its API forwarded to the host's 127.0.0.1:``api_port`` (a
-    free port when 0), an admin token for it in ``home/admin-token``, ``agent_data_dir``'s
-    agent build as its deploy agent. Returns the API's URL on the host once the
-    service is ready; the network's closing stops it."""
+    free port when 0), an admin token for it in ``home/admin-token``, the build of the
+    agent directory ``agent_dir`` as its deploy agent. Returns the API's URL on the host
+    once the service is ready; the network's closing stops it."""
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
     boot_url = f"http://{network.address}:{SERVICE_PORT}"
@@ -443,7 +443,7 @@ def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_por
     # Answered quickly, a VM's agent is noticed quickly when it stops (a TCG boot is slow
     # enough already).
     env.update(PROVISIONER_AGENT_HEARTBEAT_INTERVAL="2", PROVISIONER_AGENT_HEARTBEAT_TIMEOUT="60")
-    agent = build.current(agent_data_dir)
+    agent = build.current(agent_dir)
     if agent is not None:
         _install_agent(agent, data)
     program = shutil.which("provisioner", path=f"{Path(sys.executable).parent}:{env['PATH']}")
@@ -476,11 +476,12 @@ def start_service(network: LabNetwork, home: Path, agent_data_dir: Path, api_por
 
 def _install_agent(agent: build.Agent, data_dir: Path) -> None:
     """Make ``agent`` the service's own build, as ``provisioner agent build`` with its
-    data directory would: the service then boots it for discovery, inspection, image
-    deploys and wipes."""
-    into = data_dir / "agent" / agent.directory.name
+    data directory would (the lab's service leaves PROVISIONER_AGENT_DIR unset): the
+    service then boots it for discovery, inspection, image deploys and wipes. A copy, so
+    a rebuild while the lab runs does not change its service's agent."""
+    into = data_dir / "agent" / agent.key
     shutil.copytree(agent.directory, into, dirs_exist_ok=True)
-    (data_dir / "agent" / "current").write_text(agent.directory.name + "\n")
+    (data_dir / "agent" / "current").write_text(agent.key + "\n")
 
 
 def _ready(url: str) -> bool:

@@ -30,6 +30,14 @@ def default_data_dir() -> Path:
     return Path(xdg) / "provisioner"
 
 
+def default_agent_dir() -> Path:
+    """``PROVISIONER_AGENT_DIR``, else ``agent`` in :func:`default_data_dir`: where the
+    tools that build or boot the deploy agent find it without loading the settings."""
+    if os.environ.get("PROVISIONER_AGENT_DIR"):
+        return Path(os.environ["PROVISIONER_AGENT_DIR"])
+    return default_data_dir() / "agent"
+
+
 def seconds(default: float, description: str, *, allow_zero: bool = False) -> Any:
     """A duration in seconds: more than zero, or zero too where zero has a meaning."""
     if allow_zero:
@@ -151,6 +159,10 @@ class Settings(BaseSettings):
     wipe_initrd_url: str | None = None
     wipe_kernel_args: str = ""
     # The deploy agent (docs/agent.md), used when `provisioner agent build` has built it.
+    agent_dir: Path | None = unset(
+        "Where `provisioner agent build` writes the deploy agent and the service finds it; "
+        "<data_dir>/agent when unset. Replicas share one, as they share the images directory."
+    )
     agent_heartbeat_interval: float = seconds(
         10.0, "Seconds between two heartbeats of a deploy agent, as it is told."
     )
@@ -251,6 +263,10 @@ class Settings(BaseSettings):
     @property
     def resolved_images_dir(self) -> Path:
         return self.images_dir or self.data_dir / "images"
+
+    @property
+    def resolved_agent_dir(self) -> Path:
+        return self.agent_dir or self.data_dir / "agent"
 
     @property
     def resolved_database_url(self) -> str:

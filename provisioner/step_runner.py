@@ -217,7 +217,8 @@ class StepRunner:
         if method is Method.AGENT and not nodes.actions.agent_built(self.settings):
             return (
                 f"the deploy agent is not built on this replica ({self.owner}): run "
-                "`provisioner agent build` with its data directory, then retry the node"
+                "`provisioner agent build` into its agent directory (PROVISIONER_AGENT_DIR, "
+                "one all replicas share), then retry the node"
             )
         return None
 

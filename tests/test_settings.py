@@ -1,4 +1,5 @@
-"""Where the data directory is, as the service and the build tools find it."""
+"""Where the data and agent directories are, as the service and the build tools find
+them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.settings import Settings, default_data_dir
+from provisioner.settings import Settings, default_agent_dir, default_data_dir
 
 
 def test_the_tools_find_the_data_directory_the_service_uses(
@@ -21,3 +22,16 @@ def test_the_tools_find_the_data_directory_the_service_uses(
     # Set for the service, it is where `provisioner agent build` and the lab look too.
     monkeypatch.setenv("PROVISIONER_DATA_DIR", str(tmp_path / "data"))
     assert default_data_dir() == tmp_path / "data" == Settings().data_dir
+
+
+def test_the_agent_directory_is_in_the_data_directory_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas set PROVISIONER_AGENT_DIR to one shared directory; `provisioner agent
+    build` and the lab (default_agent_dir) look where the service does."""
+    monkeypatch.setenv("PROVISIONER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("PROVISIONER_AGENT_DIR", raising=False)
+    assert Settings().resolved_agent_dir == tmp_path / "data" / "agent" == default_agent_dir()
+    monkeypatch.setenv("PROVISIONER_AGENT_DIR", str(tmp_path / "shared"))
+    assert Settings().resolved_agent_dir == tmp_path / "shared" == default_agent_dir()
+    assert Settings().data_dir == tmp_path / "data"

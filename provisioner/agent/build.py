@@ -3,15 +3,18 @@
 Nothing binary lives in the repository: the kernel comes from Debian's ``linux-image-amd64``
 and the userland from ``busybox-static``, fetched with ``apt-get download`` (so from the
 archive apt is configured with, and checked against its signed index). The build is cached
-under ``<data_dir>/agent/<key>/`` where the key hashes every input (the packages' exact
-versions and checksums, the agent's scripts, the module list): it runs again only when one
-of them changes.
+under ``<agent_dir>/<key>/`` (``PROVISIONER_AGENT_DIR``, else ``<data_dir>/agent``) where the
+key hashes every input (the packages' exact versions and checksums, the agent's scripts, the
+module list): it runs again only when one of them changes. The key also names the build in
+the URLs of its files, so a machine gets its kernel and initramfs from the same build.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -57,6 +60,8 @@ MODULES = (
 # The archive format of the build's output; bump it when the layout changes so cached
 # builds are not reused.
 _FORMAT = 1
+# What key() makes; anything else asked for by name (a URL's key) is no build.
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 Progress = Callable[[str], None]
 
@@ -83,6 +88,11 @@ class Agent:
     directory: Path
     kernel_version: str
     packages: tuple[Package, ...]
+
+    @property
+    def key(self) -> str:
+        """What the build is known by: its directory's name, the hash of its inputs."""
+        return self.directory.name
 
     @property
     def kernel(self) -> Path:
@@ -159,12 +169,12 @@ def download(package: Package, into: Path) -> Path:
     return deb
 
 
-def build(data_dir: Path, progress: Progress, *, modules: Sequence[str] = MODULES) -> Agent:
-    """The agent for the packages apt offers now: built, or found built already."""
+def build(root: Path, progress: Progress, *, modules: Sequence[str] = MODULES) -> Agent:
+    """The agent for the packages apt offers now, in the agent directory ``root``: built,
+    or found built already."""
     progress(f"resolving {KERNEL_PACKAGE} and {BUSYBOX_PACKAGE}")
     packages = (resolve(KERNEL_PACKAGE), resolve(BUSYBOX_PACKAGE))
     kernel_version = packages[0].name.removeprefix("linux-image-")
-    root = data_dir / "agent"
     out = root / key(packages, modules)
     agent = Agent(out, kernel_version, packages)
     if (out / "build.json").is_file():
@@ -176,16 +186,15 @@ def build(data_dir: Path, progress: Progress, *, modules: Sequence[str] = MODULE
         progress(f"downloading {package.pinned}")
         debs.append(download(package, root / "packages"))
     with tempfile.TemporaryDirectory(dir=root, prefix="build-") as scratch:
-        tree = Path(scratch)
+        tree = Path(scratch) / "tree"
         for deb in debs:
             progress(f"unpacking {deb.name}")
             _run(["dpkg-deb", "-x", str(deb), str(tree)])
         progress(f"making the initramfs ({len(modules)} drivers and what they need)")
         order = _load_order(tree, kernel_version, modules)
         entries = _entries(tree, order)
-        staging = root / f".{out.name}.new"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging = Path(scratch) / "out"
+        staging.mkdir()
         shutil.copyfile(tree / "boot" / f"vmlinuz-{kernel_version}", staging / "vmlinuz")
         (staging / "initrd.img").write_bytes(ramdisk.initramfs(entries))
         record = {
@@ -198,9 +207,12 @@ def build(data_dir: Path, progress: Progress, *, modules: Sequence[str] = MODULE
             },
         }
         (staging / "build.json").write_text(json.dumps(record, indent=2) + "\n")
-        # Renamed into place whole: an interrupted build leaves no directory that looks done.
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
+        # Renamed into place whole: an interrupted build leaves no directory that looks
+        # done. The same build finished meanwhile by another host building into a shared
+        # directory stays: replicas may be serving it.
+        if not (out / "build.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            staging.rename(out)
     _point_current(root, out)
     progress(f"built {out}")
     return agent
@@ -237,17 +249,31 @@ def _entries(tree: Path, order: Sequence[Path]) -> dict[str, ramdisk.Entry]:
 
 
 def _point_current(root: Path, out: Path) -> None:
-    """``<data_dir>/agent/current`` names the build the service serves."""
-    pointer = root / "current.new"
-    pointer.write_text(out.name + "\n")
-    pointer.replace(root / "current")
+    """``<agent_dir>/current`` names the build the service boots machines with; replaced
+    whole, through a file of this build's own, as other hosts may build at the same time."""
+    fd, pointer = tempfile.mkstemp(dir=root, prefix=".current-")
+    with os.fdopen(fd, "w") as out_file:
+        out_file.write(out.name + "\n")
+    os.chmod(pointer, 0o644)  # mkstemp's 0600 would hide it from a service of another user
+    os.replace(pointer, root / "current")
 
 
-def current(data_dir: Path) -> Agent | None:
-    """The agent last built into ``data_dir``, if any and complete."""
-    root = data_dir / "agent"
+def current(root: Path) -> Agent | None:
+    """The agent last built into the agent directory ``root``, if any and complete."""
     try:
-        out = root / (root / "current").read_text().strip()
+        name = (root / "current").read_text().strip()
+    except OSError:
+        return None
+    return find(root, name)
+
+
+def find(root: Path, name: str) -> Agent | None:
+    """The complete build ``name`` (its key) in the agent directory ``root``, current or
+    not: a machine told to boot a build before a rebuild still gets that build's files."""
+    if not _KEY.fullmatch(name):
+        return None
+    out = root / name
+    try:
         record = json.loads((out / "build.json").read_text())
     except (OSError, ValueError):
         return None

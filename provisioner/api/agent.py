@@ -5,13 +5,13 @@ as for an installer's callbacks (docs/agent.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.agent import protocol
-from provisioner.agent.build import current as built_agent
+from provisioner.agent import build, protocol
 from provisioner.agent.jobs import AgentJobs
 from provisioner.api.deps import ServicesDep
 from provisioner.api.problems import responses
@@ -25,13 +25,21 @@ _TOKEN = (
     (404, "No agent deployment has this token."),
     (410, "The deployment has ended; its token is spent."),
 )
+_FILE_SENT = {
+    200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "The one byte range asked for."},
+    304: {"description": "The node's copy is current."},
+}
+_PAST_END = (416, "The range starts past the end of the file.")
 _FILE: dict[str, Any] = {
     "response_class": Response,
+    "responses": {**_FILE_SENT, **responses(*_TOKEN, _PAST_END, 503)},
+}
+_AGENT_FILE: dict[str, Any] = {
+    "response_class": Response,
     "responses": {
-        200: {"content": {"application/octet-stream": {}}},
-        206: {"description": "The one byte range asked for."},
-        304: {"description": "The node's copy is current."},
-        **responses(*_TOKEN, (416, "The range starts past the end of the file."), 503),
+        **_FILE_SENT,
+        **responses((404, "This replica has no such agent build, or no such file."), _PAST_END),
     },
 }
 _AGENT_FILES = ("vmlinuz", "initrd.img")
@@ -118,21 +126,38 @@ async def config_drive(request: Request, services: ServicesDep, token: str) -> R
     return Response(data, media_type="application/x-tar")
 
 
-@router.get("/boot/agent/{name}", **_FILE)
-@router.head("/boot/agent/{name}", **_FILE)
+@router.get("/boot/agent/{key}/{name}", **_AGENT_FILE)
+@router.head("/boot/agent/{key}/{name}", **_AGENT_FILE)
 async def agent_file(
-    request: Request, services: ServicesDep, name: str, token: str | None = None
+    request: Request, services: ServicesDep, key: str, name: str, token: str | None = None
 ) -> Response:
-    """The deploy agent's kernel and initramfs (``provisioner agent build``)."""
-    agent = built_agent(services.settings.data_dir)
-    if agent is None or name not in _AGENT_FILES:
-        raise Problem(
-            404, f"No agent file {name!r}: build the agent with `provisioner agent build`."
-        )
+    """The deploy agent's kernel and initramfs of build ``key`` (``provisioner agent
+    build``), the one the boot script names: a machine's kernel and initramfs (whose
+    modules must match that kernel) come from one build, whichever replica serves each."""
+    root = services.settings.resolved_agent_dir
+    agent = await run_in_threadpool(build.find, root, key)
+    if agent is None:
+        raise Problem(404, await run_in_threadpool(_no_build, root, key))
+    if name not in _AGENT_FILES:
+        raise Problem(404, f"No agent file {name!r}: a build has {' and '.join(_AGENT_FILES)}.")
     return files.respond(
         agent.directory,
         None,
         name,
         request.headers,
-        files.report_to(services.file_observer, token, _client(request), f"agent/{name}"),
+        files.report_to(services.file_observer, token, _client(request), f"agent/{key}/{name}"),
+    )
+
+
+def _no_build(root: Path, key: str) -> str:
+    """Why this replica cannot serve build ``key`` and what to do: the replicas keep
+    builds of their own, or this one has none."""
+    own = build.current(root)
+    has = f"serves build {own.key}" if own else "has no agent build"
+    shown = key if len(key) <= 40 else f"{key[:40]}..."  # recognisable, not a long echo
+    return (
+        f"This replica has no agent build {shown!r} in {root} (it {has}); the machine's boot "
+        "script came from a replica that has it. Build the agent into a directory all "
+        "replicas share, PROVISIONER_AGENT_DIR, with `provisioner agent build`, then boot "
+        "the machine again."
     )

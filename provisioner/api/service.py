@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from provisioner import db, outage
+from provisioner.agent import build
 from provisioner.api.deps import ServicesDep
 from provisioner.api.problems import problem_response, responses
 from provisioner.metrics import ReplicaWork
@@ -39,7 +40,9 @@ def readyz(services: ServicesDep) -> dict[str, Any] | Response:
         return problem_response(503, f"The database is unreachable ({type(exc).__name__}).")
     database.answered()
     work = ReplicaWork.of(services.reconciler, services.power_sync)
-    return {"status": "ready", "replica": asdict(work)}
+    # The agent build this replica boots machines with: replicas that differ show it.
+    agent = build.current(services.settings.resolved_agent_dir)
+    return {"status": "ready", "replica": asdict(work), "agent": agent.key if agent else None}
 
 
 @router.get("/metrics", response_class=Response)

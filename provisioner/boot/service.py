@@ -28,8 +28,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import deployments, timeline
-from provisioner.agent.build import current as built_agent
-from provisioner.boot import answers, scripts
+from provisioner.boot import agent_boot, answers, scripts
 from provisioner.boot.discovery import Discovery
 from provisioner.boot.files import FileServed
 from provisioner.boot.hops import HopRecorder
@@ -187,7 +186,7 @@ class BootService:
             return scripts.later(base, "too many unknown machines at once")
         self.hops.boot_ip(mac, client)
         settings = self._settings
-        if self._agent_discovers():
+        if agent_boot.discovers(self._settings):
             live = self._discovery_job(node_id)
             plan = self._agent_plan(None, f"discovery of {mac}", mac, live, base)
             self.hops.node(node_id, EventKind.BOOT_IPXE, f"iPXE script: {plan.title}")
@@ -227,13 +226,6 @@ class BootService:
         self.hops.node(node.node_id, kind, f"{what}: {summary}")
         return text
 
-    def _agent_discovers(self) -> bool:
-        """Unknown machines run the deploy agent when it is built, unless a discovery
-        image of the operator's own is configured."""
-        settings = self._settings
-        own = settings.discovery_kernel_url and settings.discovery_initrd_url
-        return not own and built_agent(settings.data_dir) is not None
-
     def _discovery_job(self, node_id: uuid.UUID) -> Live:
         """A discovered node's agent works for an inspection deployment of its own:
         its token is the only thing that lets the agent's inventory in."""
@@ -257,7 +249,7 @@ class BootService:
 
     def _live(self, connection: Connection, node: BootingNode) -> tuple[Live | None, str]:
         """The deployment a network boot of ``node`` is for, or why there is none."""
-        if node.state == State.DISCOVERED.value and self._agent_discovers():
+        if node.state == State.DISCOVERED.value and agent_boot.discovers(self._settings):
             # Enlistment goes on until the agent has reported, however often it boots.
             live = deployments.live_for_node(connection, self._vault, node.node_id)
             if live is not None:
@@ -322,29 +314,8 @@ class BootService:
     def _agent_plan(
         self, profile_name: str | None, title: str, mac: str, live: Live, base: str
     ) -> scripts.Install:
-        """The deploy agent's kernel and initramfs, with its deployment's token."""
-        if built_agent(self._settings.data_dir) is None:
-            raise ValueError(
-                "the deploy agent is not built on this replica: run `provisioner agent build`"
-            )
         profile = self._profiles().get(profile_name) if profile_name else None
-        console = profile.console if profile else None
-        consoles = (
-            f"console={console.port},{console.speed}n8"
-            if console
-            else "console=tty0 console=ttyS0,115200n8"
-        )
-        args = (
-            f"provisioner.url={base} provisioner.token={live.token} "
-            f"BOOTIF=01-{mac.replace(':', '-')} {consoles} {self._settings.agent_kernel_args}"
-        )
-        url = f"{base}/boot/agent"
-        return scripts.Install(
-            title=f"{title} (deployment {str(live.row.id)[:8]})",
-            kernel_url=f"{url}/vmlinuz?token={live.token}",
-            initrd_url=f"{url}/initrd.img?token={live.token}",
-            kernel_args=args.strip(),
-        )
+        return agent_boot.plan(self._settings, profile, title, mac, live, base)
 
     def _wipe_plan(
         self, node: BootingNode, live: Live, base: str

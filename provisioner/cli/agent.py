@@ -1,5 +1,5 @@
 """``provisioner agent build``: the deploy agent's kernel and initramfs, made on the
-server from Debian packages and kept in its data directory."""
+server from Debian packages and kept in its agent directory (``PROVISIONER_AGENT_DIR``)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ agent_app = command_group("The deploy agent: a kernel and initramfs nodes boot t
 @agent_app.command("build")
 def build_agent() -> None:
     """Build the agent from the Debian packages apt offers (linux-image-amd64,
-    busybox-static) into <data_dir>/agent, or say it is built already. It is built again
-    only when a package version or the agent's own scripts change."""
+    busybox-static) into PROVISIONER_AGENT_DIR (default <data_dir>/agent), or say it is
+    built already. It is built again only when a package version or the agent's own
+    scripts change. Replicas share one directory, so they boot machines with one build."""
     from provisioner.agent import build
 
-    data_dir = _settings().data_dir
+    agent_dir = _settings().resolved_agent_dir
     try:
-        agent = build.build(data_dir, info)
+        agent = build.build(agent_dir, info)
     except build.BuildError as exc:
         raise CliError(f"the agent was not built: {exc}") from None
     print_table(
@@ -31,4 +32,4 @@ def build_agent() -> None:
         ],
     )
     packages = ", ".join(package.pinned for package in agent.packages)
-    info(f"kernel {agent.kernel_version}; built from {packages}")
+    info(f"build {agent.key}: kernel {agent.kernel_version}; built from {packages}")

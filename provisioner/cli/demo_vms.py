@@ -28,7 +28,7 @@ from provisioner.cli.client import CliError
 from provisioner.cli.demo import import_manifest
 from provisioner.cli.output import console, events_table, info
 from provisioner.cli.progress import watch
-from provisioner.settings import default_data_dir
+from provisioner.settings import default_agent_dir, default_data_dir
 
 ROLE = "web"
 IMAGE = "lab-image"
@@ -81,9 +81,12 @@ class _Lab:
 
 
 def run_vms(run_dir: Path, vms: int, timeout: float, keep_running: bool) -> None:
-    data_dir = default_data_dir()
-    info(f"building the deploy agent and the lab image in {data_dir} (cached after the first)")
-    build.build(data_dir, lambda line: info(f"  {line}"))
+    agent_dir = default_agent_dir()
+    info(
+        f"building the deploy agent in {agent_dir} and the lab image in {default_data_dir()} "
+        "(cached after the first)"
+    )
+    build.build(agent_dir, lambda line: info(f"  {line}"))
     qcow2 = run_dir / "lab.qcow2"
     _built_image(qcow2)
     work = run_dir / "work"
@@ -95,7 +98,7 @@ def run_vms(run_dir: Path, vms: int, timeout: float, keep_running: bool) -> None
             "--manifest", str(manifest),
             "--control-dir", str(work / "control"),
             "--workdir", str(work / "vms"),
-            "--agent-data-dir", str(data_dir),
+            "--agent-dir", str(agent_dir),
         ],
         run_dir / "lab.log",
     )  # fmt: skip

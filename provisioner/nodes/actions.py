@@ -33,8 +33,8 @@ NO_WIPE_IMAGE = (
 
 
 def agent_built(settings: Settings) -> bool:
-    """Whether the deploy agent has been built into the data directory."""
-    return built_agent(settings.data_dir) is not None
+    """Whether the deploy agent has been built into the agent directory."""
+    return built_agent(settings.resolved_agent_dir) is not None
 
 
 def wiper(settings: Settings) -> Method | None:
@@ -101,7 +101,8 @@ def act(
             raise Problem(
                 409,
                 f"Image {changes['image']} is written to disk by the deploy agent, which "
-                "is not built: run `provisioner agent build` on the service's machine.",
+                "is not built: run `provisioner agent build` into the service's agent directory "
+                "(PROVISIONER_AGENT_DIR).",
             )
     message = body.reason or f"{action.value} requested"
     if action is Action.MAINTENANCE_ON:

@@ -35,7 +35,7 @@ def agent_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def agent(agent_data: Path) -> build.Agent:
     try:
-        return build.build(agent_data, lambda line: None)
+        return build.build(agent_data / "agent", lambda line: None)
     except build.BuildError as exc:
         if REQUIRE_TOOLS:
             raise

@@ -59,9 +59,8 @@ root_disk:
 
 def install_build(agent: build.Agent, data_dir: Path) -> None:
     """Make ``agent`` the build of ``data_dir``, as `provisioner agent build` leaves it."""
-    name = agent.directory.name
-    shutil.copytree(agent.directory, data_dir / "agent" / name)
-    (data_dir / "agent" / "current").write_text(name + "\n")
+    shutil.copytree(agent.directory, data_dir / "agent" / agent.key)
+    (data_dir / "agent" / "current").write_text(agent.key + "\n")
 
 
 def make_app(
@@ -81,7 +80,7 @@ def make_app(
         profiles_dir=profiles,
         **overrides,
     )
-    assert build.current(settings.data_dir) is not None
+    assert build.current(settings.resolved_agent_dir) is not None
     return create_app(settings, driver_factory=fleet.driver)
 
 

@@ -65,32 +65,37 @@ def agent_data_tree(agent: build.Agent) -> Path:
     return target / "lib" / "modules"
 
 
-def test_a_build_with_the_same_inputs_is_reused(agent: build.Agent, agent_data: Path) -> None:
+def test_a_build_with_the_same_inputs_is_reused(agent: build.Agent) -> None:
+    agent_dir = agent.directory.parent
     before = agent.initrd.stat().st_mtime_ns
     lines: list[str] = []
-    again = build.build(agent_data, lines.append)
+    again = build.build(agent_dir, lines.append)
     assert again.directory == agent.directory
     assert again.initrd.stat().st_mtime_ns == before
     assert lines[-1] == f"up to date: {agent.directory}"
-    assert build.current(agent_data) == agent
+    assert build.current(agent_dir) == agent
+    assert build.find(agent_dir, agent.key) == agent
 
 
-def test_a_changed_input_builds_anew(agent: build.Agent, agent_data: Path) -> None:
-    fewer = build.build(agent_data, lambda line: None, modules=("virtio_net",))
+def test_a_changed_input_builds_anew(agent: build.Agent) -> None:
+    agent_dir = agent.directory.parent
+    fewer = build.build(agent_dir, lambda line: None, modules=("virtio_net",))
     try:
         assert fewer.directory != agent.directory
         assert json.loads((fewer.directory / "build.json").read_text())["modules"][-1] == (
             "virtio_net"
         )
-        assert build.current(agent_data) == fewer
+        assert build.current(agent_dir) == fewer
+        # The earlier build is still served by its key, to machines told to boot it.
+        assert build.find(agent_dir, agent.key) == agent
     finally:
         shutil.rmtree(fewer.directory)
-        build.build(agent_data, lambda line: None)  # current names the full build again
+        build.build(agent_dir, lambda line: None)  # current names the full build again
 
 
-def test_a_driver_the_kernel_lacks_is_a_clear_error(agent_data: Path) -> None:
+def test_a_driver_the_kernel_lacks_is_a_clear_error(agent: build.Agent) -> None:
     with pytest.raises(build.BuildError, match="the kernel has no module no_such_nic"):
-        build.build(agent_data, lambda line: None, modules=("no_such_nic",))
+        build.build(agent.directory.parent, lambda line: None, modules=("no_such_nic",))
 
 
 def test_the_archive_is_the_same_bytes_for_the_same_entries() -> None:
@@ -106,12 +111,22 @@ def test_a_file_that_is_not_a_module_is_refused(tmp_path: Path) -> None:
         ramdisk.module_info(b"#!/bin/sh\n" + bytes(64))
 
 
-def test_the_cli_builds_into_the_data_dir_and_says_what_it_made(
-    agent: build.Agent, agent_data: Path
+@pytest.mark.parametrize("where", ["data dir", "agent dir"])
+def test_the_cli_builds_into_the_agent_dir_and_says_what_it_made(
+    agent: build.Agent, agent_data: Path, tmp_path: Path, where: str
 ) -> None:
+    """Into <data_dir>/agent by default, else into PROVISIONER_AGENT_DIR (wherever the
+    data directory is): the build the fixture made there is found up to date."""
+    env = {k: v for k, v in os.environ.items() if k != "PROVISIONER_AGENT_DIR"}
+    if where == "data dir":
+        env["PROVISIONER_DATA_DIR"] = str(agent_data)
+    else:
+        env.update(
+            PROVISIONER_DATA_DIR=str(tmp_path), PROVISIONER_AGENT_DIR=str(agent.directory.parent)
+        )
     done = subprocess.run(
         [str(BIN / "provisioner"), "agent", "build"],
-        env={**os.environ, "PROVISIONER_DATA_DIR": str(agent_data), "COLUMNS": "200"},
+        env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
         check=False,
@@ -119,4 +134,5 @@ def test_the_cli_builds_into_the_data_dir_and_says_what_it_made(
     assert done.returncode == 0, done.stderr
     assert f"up to date: {agent.directory}" in done.stdout
     assert str(agent.initrd) in done.stdout
-    assert f"kernel {agent.kernel_version}" in done.stdout
+    assert f"build {agent.key}: kernel {agent.kernel_version}" in done.stdout
+    assert not (tmp_path / "agent").exists()

@@ -76,8 +76,8 @@ def test_inspection_boots_the_agent_and_keeps_what_it_saw(
     initrd = re.search(r"^initrd --name initrd (\S+) ", script, re.M)
     assert kernel, script
     assert initrd, script
-    assert kernel.group(1) == f"{BASE}/boot/agent/vmlinuz?token={token}"
-    assert initrd.group(1) == f"{BASE}/boot/agent/initrd.img?token={token}"
+    assert kernel.group(1) == f"{BASE}/boot/agent/{agent.key}/vmlinuz?token={token}"
+    assert initrd.group(1) == f"{BASE}/boot/agent/{agent.key}/initrd.img?token={token}"
     arguments = kernel.group(2).split()
     for argument in (
         f"provisioner.url={BASE}",
@@ -344,7 +344,7 @@ def test_an_unknown_machine_runs_the_agent_and_is_known_by_its_inventory(
 ) -> None:
     mac = mac_of(7)
     first = machine.netboot(client, mac, address_of(7))
-    assert f"{BASE}/boot/agent/vmlinuz?token={first.token}" in first.script
+    assert f"{BASE}/boot/agent/{agent.key}/vmlinuz?token={first.token}" in first.script
     assert "BOOTIF=01-" + mac.replace(":", "-") in first.script
     # Booting again before it has reported: the same job, the same token.
     assert machine.netboot(client, mac, address_of(7)).token == first.token

@@ -93,6 +93,7 @@ def test_public_endpoints_need_no_token(client: TestClient, app: FastAPI) -> Non
             "takeovers": 0,
             "power_sync_rounds": 0,
         },
+        "agent": None,  # no agent build in its agent directory
     }
     assert client.get("/metrics").status_code == 200
     assert client.get("/openapi.json").status_code == 200

@@ -50,7 +50,7 @@ def test_ctrl_c_while_starting_leaves_nothing_behind(tmp_path: Path) -> None:
             LAB, "up", "--vms", "1",
             "--manifest", str(tmp_path / "rack.csv"),
             "--control-dir", str(tmp_path / "control"),
-            "--agent-data-dir", str(tmp_path / "no-agent"),
+            "--agent-dir", str(tmp_path / "no-agent"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -139,7 +139,7 @@ def test_a_vm_lab_boots_an_imported_node_from_its_service(tmp_path: Path) -> Non
             "--workdir", str(tmp_path / "lab"),
             "--base-port", str(base_port),
             "--password", "vm-secret",
-            "--agent-data-dir", str(tmp_path / "no-agent"),
+            "--agent-dir", str(tmp_path / "no-agent"),
         ],
         env,
     )  # fmt: skip

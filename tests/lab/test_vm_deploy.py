@@ -122,9 +122,7 @@ class VmLab:
 
 
 @pytest.fixture
-def vm_lab(
-    agent: build.Agent, agent_data: Path, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[VmLab]:
+def vm_lab(agent: build.Agent, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[VmLab]:
     need_vm_lab("ipmitool")
     workdir = tmp_path / "lab"
     lab = Lab(
@@ -136,7 +134,7 @@ def vm_lab(
             "--workdir", str(workdir),
             "--base-port", str(free_port_block(3)),
             "--password", PASSWORD,
-            "--agent-data-dir", str(agent_data),
+            "--agent-dir", str(agent.directory.parent),
         ],
         clean_env(tmp_path / "home"),
     )  # fmt: skip
