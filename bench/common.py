@@ -8,15 +8,19 @@ import io
 import json
 import os
 import platform
+import pwd
 import re
 import resource
+import secrets
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -401,6 +405,94 @@ def start_lab(
         lab.stop()
         raise
     return lab, manifest, line
+
+
+# ---- a private PostgreSQL ---------------------------------------------------------------
+
+
+def postgres_bin() -> Path | None:
+    """The newest installed PostgreSQL server's programs (Debian: /usr/lib/postgresql/N/bin)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL server of the bench's own: ``initdb`` into a fresh directory,
+    ``pg_ctl start`` on a free port of 127.0.0.1, one database owned by a user with a
+    random password (:attr:`url` is the service's URL for it). No durability (fsync off):
+    nothing in it outlives the run. As root, the server runs as the ``postgres`` user,
+    since PostgreSQL refuses root. The same kind of server as tests/replicas/postgres.py's."""
+
+    USER = DATABASE = "provisioner"
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin = bin_dir
+        self.dir = Path(tempfile.mkdtemp(prefix="provisioner-bench-pg-"))
+        self.data, self.log = self.dir / "data", self.dir / "server.log"
+        self.port = free_port()
+        self.password = secrets.token_hex(16)
+        self.url = (
+            f"postgresql+psycopg://{self.USER}:{self.password}@127.0.0.1:{self.port}/"
+            f"{self.DATABASE}"
+        )
+        try:
+            (self.dir / "pwfile").write_text(self.password + "\n")
+            if os.geteuid() == 0:
+                server = pwd.getpwnam("postgres")
+                for path in (self.dir, self.dir / "pwfile"):
+                    os.chown(path, server.pw_uid, server.pw_gid)
+            pwfile = f"--pwfile={self.dir}/pwfile"
+            auth = ("--auth=scram-sha-256", "--encoding=UTF8", "--no-sync")
+            self._run("initdb", "-D", self.data, "-U", self.USER, pwfile, *auth)
+            options = (
+                f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                "-c max_connections=300 -c fsync=off -c synchronous_commit=off "
+                "-c full_page_writes=off"
+            )
+            self._run("pg_ctl", "-D", self.data, "-l", self.log, "-o", options, "-w", "start")
+            self._run(
+                "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.USER, self.DATABASE
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def _run(self, program: str, *args: str | Path) -> None:
+        argv = [str(self.bin / program), *map(str, args)]
+        if os.geteuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--", *argv]
+        # From /: the server's user may not enter the current directory.
+        env = {**os.environ, "PGPASSWORD": self.password}
+        done = subprocess.run(argv, cwd="/", env=env, capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{program} failed:\n{done.stdout}{done.stderr}{self.tail()}")
+
+    def pid(self) -> int:
+        """The postmaster's (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def cpu_seconds(self) -> float:
+        """The server's CPU: the postmaster and its live backends, and the backends it has
+        reaped (a connection closed since)."""
+        return cpu_seconds(process_tree(self.pid()), reaped=True)
+
+    def tail(self, lines: int = 20) -> str:
+        with suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def close(self) -> None:
+        try:
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # ---- HTTP clients -----------------------------------------------------------------------
