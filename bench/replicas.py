@@ -147,15 +147,18 @@ class Balancer:
         return f"http://127.0.0.1:{self.ports[name]}"
 
     def spread(self) -> dict[str, Any]:
-        """The boot listener's requests by replica port and its 5xx answers."""
+        """The boot listener's requests by the replica port that answered, those that
+        another replica failed first, and its 5xx answers."""
         by: Counter[str] = Counter()
-        errors = 0
+        errors = retried = 0
         with suppress(OSError), self.access_log.open() as f:
             for line in f:
-                upstream, status, *_ = line.split()
+                # "$upstream_addr" lists every replica tried: "a:p1, b:p2" when p1 failed.
+                upstream, status, _method, _uri = line.rstrip("\n").rsplit(" ", 3)
                 by[upstream.rsplit(":", 1)[-1]] += 1
+                retried += "," in upstream
                 errors += status.startswith("5")
-        return {"requests_by_port": dict(by), "5xx": errors}
+        return {"requests_by_port": dict(by), "retried": retried, "5xx": errors}
 
 
 def balancer(work: Path, listeners: dict[str, tuple[list[int], bool]]) -> Balancer:
