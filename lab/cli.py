@@ -28,6 +28,7 @@ import yaml
 from lab import control, faults, rack, vm, vmnet
 from lab.bmc import SESSION_IDLE_SECONDS
 from lab.netboot import BOOT_MODES, DhcpOffer, NetbootSettings
+from lab.redfish import options as redfish_options
 from provisioner.agent import build
 from provisioner.settings import default_agent_dir
 
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="an iPXE 'sleep N' waits N x FACTOR seconds (default: %(default)s)",
     )
+    redfish_options.add(up)
     vms = up.add_argument_group("VMs (with --vms)")
     vms.add_argument(
         "--firmware",
@@ -256,13 +258,14 @@ def _up(args: argparse.Namespace) -> int:
         node_faults=node_faults,
         boot_mode=boot_mode,
         boot_modes=boot_modes,
+        **redfish_options.plan(args),
     )
-    rack.write_manifest(args.manifest, plans, role=args.role)
+    rack.write_manifest(args.manifest, plans, role=args.role, driver=redfish_options.driver(args))
     processes = -(-len(plans) // args.per_process)
     last_port = plans[-1].port
     print(
         f"starting {len(plans)} BMCs on {args.address}:{args.base_port}-{last_port} "
-        f"in {processes} process(es); manifest {args.manifest}",
+        f"in {processes} process(es){redfish_options.describe(args)}; manifest {args.manifest}",
         flush=True,
     )
     if netboot.dhcp is None:
@@ -284,6 +287,7 @@ def _up(args: argparse.Namespace) -> int:
         power_on=args.power == "on",
         session_timeout=args.session_timeout,
         netboot=netboot,
+        **redfish_options.settings(args),
     )
     ok = rack.run(plans, settings, per_process=args.per_process, on_event=progress.event, stop=stop)
     print("lab stopped" if ok else "lab failed to start", flush=True)
@@ -303,6 +307,7 @@ def _up_vms(args: argparse.Namespace) -> int:
     began = time.monotonic()
     if args.power == "on":
         raise ValueError("--vms starts the VMs off: power them on through their BMCs")
+    redfish_options.refuse_with_vms(args)
     if not 0 <= args.unlisted < args.vms:
         raise ValueError("--unlisted must leave at least one of the --vms in the manifest")
     if args.tftp or args.ipxe_url or args.boot_mode:

@@ -20,7 +20,7 @@ import pytest
 
 from lab import control, faults, rack
 from lab.redfish.serving import CERTIFICATE_FILE
-from tests.lab.conftest import Node, ipmitool
+from tests.lab.conftest import Lab, Node, ipmitool
 
 PASSWORD = "lab-secret"
 
@@ -157,3 +157,52 @@ def test_manifest_names_the_redfish_driver(both: RunningLab, tmp_path: Path) -> 
     plain = tmp_path / "ipmi.csv"
     rack.write_manifest(plain, both.plans)
     assert "bmc_driver" not in plain.read_text().splitlines()[0]
+
+
+# --- provisioner-lab up --protocol redfish ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redfish_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    running = Lab(
+        tmp_path_factory.mktemp("redfish-cli"),
+        3,
+        "--password",
+        PASSWORD,
+        "--protocol",
+        "redfish",
+        "--redfish-dialect",
+        "hpe",
+        "--redfish-dialect",
+        "lab-r01-u02=supermicro",
+    )
+    yield running
+    code = running.stop()
+    assert code == 0, f"the lab exited with {code}:\n" + "\n".join(running.output)
+    assert running.output[-1] == "lab stopped", "\n".join(running.output)
+
+
+def test_up_serves_redfish_bmcs_only(redfish_lab: Lab) -> None:
+    assert "lab up: 3/3 BMCs answering" in redfish_lab.summary
+    rows = list(csv.DictReader(redfish_lab.manifest.open()))
+    assert [row["bmc_driver"] for row in rows] == ["redfish"] * 3
+    trusted = ssl.create_default_context(cafile=str(redfish_lab.control_dir / CERTIFICATE_FILE))
+    first, second, third = redfish_lab.nodes
+    with httpx.Client(verify=trusted, auth=("admin", PASSWORD), timeout=10) as client:
+        reset = "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset"
+        url = f"https://127.0.0.1:{first.port}{reset}"
+        assert client.post(url, json={"ResetType": "On"}).status_code == 202  # HPE-like
+        system = f"https://127.0.0.1:{second.port}/redfish/v1/Systems/1"
+        assert client.get(system).status_code == 401  # Supermicro-like: sessions only
+        redfish_lab.fault(third, "busy")
+        busy = client.get(f"https://127.0.0.1:{third.port}/redfish/v1/Systems/1")
+        assert busy.status_code == 503
+    status = redfish_lab.status(second)
+    assert status["redfish"] == {
+        "port": second.port,
+        "dialect": "supermicro",
+        "sessions": 0,
+        "tasks": 0,
+    }
+    # No IPMI BMC listens on the UDP ports.
+    assert rack.probe("127.0.0.1", [n.port for n in redfish_lab.nodes], timeout=1.0) == set()
