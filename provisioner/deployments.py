@@ -18,6 +18,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, bindparam, insert, update
 from sqlmodel import Session, col, select
 
+from provisioner import db
 from provisioner.errors import Problem
 from provisioner.models import Deployment, Node, table_of, utcnow
 from provisioner.secrets import Vault, hash_token
@@ -187,6 +188,9 @@ def callback(
     allowed_from, new_status, event_kind = _CALLBACK_RULES[kind]
     if DeploymentStatus(row.status) not in allowed_from:
         raise Problem(409, f"The installer already reported {row.status!r}; {kind} is late.")
+    # The node's row before the deployment's, in the step runner's order: the other
+    # order deadlocks with a step being recorded for the node.
+    db.lock_in_order(session, table_of(Node), [row.node_id])
     now = utcnow()
     values: dict[str, object] = {"message": message} if message else {}
     if new_status is not None:
