@@ -164,6 +164,26 @@ class Fleet:
                 out.append(f"    {time_:%H:%M:%S.%f} {kind}{moved}: {message}")
         return "\n".join(out)
 
+    def wait_all_active(self, nodes: int, timeout: float) -> None:
+        """Until all ``nodes`` nodes are ``active``; fails at once if one has failed."""
+
+        def all_active() -> bool:
+            states = self.states()
+            failed = [n for n, s in states.items() if s == "failed"]
+            assert not failed, "nodes failed:\n" + self.explain(failed)
+            return len(states) == nodes and all(s == "active" for s in states.values())
+
+        poll(
+            all_active,
+            timeout,
+            lambda: (
+                "not every node active:\n"
+                + self.explain([n for n, s in self.states().items() if s != "active"][:5])
+                + "\n"
+                + self.logs()
+            ),
+        )
+
     def logs(self) -> str:
         return "\n".join(f"--- replica {r.index}:\n{r.log_tail()}" for r in self.replicas)
 

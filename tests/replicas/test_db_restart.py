@@ -183,22 +183,7 @@ def test_postgres_restarted_mid_rollout(tmp_path: Path) -> None:
             for asking in readiness:
                 asking.ready_again(f)
 
-            def all_active() -> bool:
-                states = f.states()
-                failed = [n for n, s in states.items() if s == "failed"]
-                assert not failed, "nodes failed:\n" + f.explain(failed)
-                return len(states) == NODES and all(s == "active" for s in states.values())
-
-            poll(
-                all_active,
-                90,
-                lambda: (
-                    "not every node active:\n"
-                    + f.explain([n for n, s in f.states().items() if s != "active"][:5])
-                    + "\n"
-                    + f.logs()
-                ),
-            )
+            f.wait_all_active(NODES, 90)
             rollout = time.monotonic() - started
 
             def work() -> list[dict[str, Any]]:

@@ -115,22 +115,7 @@ def test_two_replicas_killed_mid_rollout(tmp_path: Path) -> None:
             }
             states_at_kill = Counter(f.states().values())
 
-            def all_active() -> bool:
-                states = f.states()
-                failed = [n for n, s in states.items() if s == "failed"]
-                assert not failed, "nodes failed:\n" + f.explain(failed)
-                return len(states) == NODES and all(s == "active" for s in states.values())
-
-            poll(
-                all_active,
-                150,
-                lambda: (
-                    "not every node active:\n"
-                    + f.explain([n for n, s in f.states().items() if s != "active"][:5])
-                    + "\n"
-                    + f.logs()
-                ),
-            )
+            f.wait_all_active(NODES, 150)
             rollout = time.monotonic() - started
             # Takeovers: the lease owner of each orphan changes within the bound.
             bound = LEASE + INTERVAL + MARGIN

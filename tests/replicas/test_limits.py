@@ -26,20 +26,11 @@ from sqlmodel import col, select
 from provisioner.models import Deployment
 from provisioner.steps import IN_FLIGHT, LIVE
 from tests.replicas.checks import check_timelines
-from tests.replicas.harness import Fleet, fleet
+from tests.replicas.harness import fleet
 from tests.replicas.postgres import need_postgres
-from tests.serving import poll
 
 NODES = 15
 REPLICAS = 3
-
-
-def _all_active(f: Fleet) -> None:
-    poll(
-        lambda: set(f.states().values()) == {"active"},
-        180,
-        lambda: f"not all active: {Counter(f.states().values())}\n{f.logs()}",
-    )
 
 
 def test_replicas_keep_to_the_service_wide_deploy_limit(tmp_path: Path) -> None:
@@ -73,7 +64,7 @@ def test_replicas_keep_to_the_service_wide_deploy_limit(tmp_path: Path) -> None:
         watcher.start()
         try:
             f.import_manifest()
-            _all_active(f)
+            f.wait_all_active(NODES, 180)
         finally:
             stop.set()
             watcher.join(10)
@@ -95,7 +86,7 @@ def test_replicas_keep_to_the_service_wide_power_on_rate(tmp_path: Path) -> None
         power_on_rate=str(rate),
     ) as f:
         f.import_manifest()
-        _all_active(f)
+        f.wait_all_active(NODES, 180)
         check_timelines(f)
         times = [
             row[0].timestamp()

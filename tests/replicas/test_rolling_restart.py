@@ -144,22 +144,7 @@ def test_replicas_restarted_one_at_a_time_mid_rollout(tmp_path: Path) -> None:
                 poll(functools.partial(holding, replica), 60, functools.partial(idle, replica))
                 restarts.append(_restart(f, replica, leases))
 
-            def all_active() -> bool:
-                states = f.states()
-                failed = [n for n, s in states.items() if s == "failed"]
-                assert not failed, "nodes failed:\n" + f.explain(failed)
-                return len(states) == NODES and all(s == "active" for s in states.values())
-
-            poll(
-                all_active,
-                90,
-                lambda: (
-                    "not every node active:\n"
-                    + f.explain([n for n, s in f.states().items() if s != "active"][:5])
-                    + "\n"
-                    + f.logs()
-                ),
-            )
+            f.wait_all_active(NODES, 90)
             rollout = time.monotonic() - started
         assert not poller.failures, poller.failures[:10]
         # Nor did the machines' requests (boot scripts, answer files, callbacks) fail.
