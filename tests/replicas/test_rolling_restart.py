@@ -120,10 +120,12 @@ def test_replicas_restarted_one_at_a_time_mid_rollout(tmp_path: Path) -> None:
         tftp_edge=True,
         reconcile_interval=str(INTERVAL),
         lease_seconds=str(LEASE),
-        # Power-ons held back (staggered, 2 s apart per replica: 1.5 a second shared by
+        # Power-ons held back (staggered, 4 s apart per replica: 0.75 a second shared by
         # three) keep leases on nodes for a while: the SIGTERMs land while the replicas
-        # hold some, and cut some of those steps short.
-        power_on_rate="1.5",
+        # hold some, and cut some of those steps short. The pace also sets the rollout's
+        # length (48 power-ons, over 60 s): at twice the rate, a loaded CI machine once
+        # finished it while a restarted replica was still coming back.
+        power_on_rate="0.75",
         power_sync_interval="3",
     ) as f:
         # A request a stopping replica cuts short is not moved to another one: it fails.
