@@ -21,6 +21,10 @@ class ErrorKind(StrEnum):
     UNSUPPORTED = "not-supported"
     TIMEOUT = "timed-out"
     PROTOCOL = "protocol-error"
+    BUSY = "busy"
+    """The BMC said it is busy (HTTP 503 or 429) for longer than the call could wait."""
+    CERTIFICATE = "certificate-refused"
+    """TLS: the BMC's certificate is not the pinned one, or does not verify."""
 
 
 class BmcError(Exception):
@@ -68,6 +72,16 @@ class Target:
     cipher_suite: int = 3
     driver: str = "ipmi"
     """The registry's name of the driver that speaks to this BMC (the row's ``driver``)."""
+    power_deadline: float = 20.0
+    """Seconds a power action may take to show in the power state the BMC reports, for
+    drivers whose BMCs accept an action before carrying it out (Redfish)."""
+    tls_verify: bool = True
+    """False: an HTTPS BMC's certificate is not checked at all (set per BMC, and logged)."""
+    ca_bundle: str | None = None
+    """A PEM file of CAs that an HTTPS BMC's certificate must chain to. Without one, the
+    certificate is pinned on first contact (``tls_fingerprint``)."""
+    tls_fingerprint: str | None = None
+    """The pinned certificate: ``sha256:`` and the hex SHA-256 of its DER form."""
 
     @property
     def key(self) -> tuple[str, int]:
