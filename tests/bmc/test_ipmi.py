@@ -1,4 +1,7 @@
-"""The IPMI driver against a real BMC on UDP (tests/bmc/conftest.py)."""
+"""The IPMI driver against a real BMC on UDP (tests/bmc/conftest.py): what only IPMI has
+(cipher suites, FRU and SDR facts, sensors, pyghmi's traps). What the IPMI and Redfish
+drivers share (power, boot device, faults) is tested once for both in
+tests/bmc/test_driver_behaviour.py."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from lab import faults
 from lab.bmc import LabBmc
 from lab.machine import build_machine
 from lab.packet_loop import PacketLoop
-from provisioner.bmc import BmcError, BootDevice, BootSetting, ErrorKind, PowerAction, Target
+from provisioner.bmc import BmcError, ErrorKind, PowerAction, Target
 from provisioner.bmc.ipmi import IpmiDriver
 
 TargetFor = Callable[..., Target]
@@ -38,27 +41,6 @@ def _fails(kind: ErrorKind, fn: Callable[..., Any], *args: Any) -> tuple[BmcErro
     return info.value, elapsed
 
 
-def test_power_round_trip(driver: IpmiDriver, bmc: Any) -> None:
-    assert driver.power_state() == "off"
-    driver.set_power(PowerAction.ON)
-    assert driver.power_state() == "on"
-    driver.set_power(PowerAction.ON)  # already on: still fine
-    driver.set_power(PowerAction.CYCLE)
-    driver.set_power(PowerAction.RESET)
-    assert driver.power_state() == "on"
-    driver.set_power(PowerAction.SOFT_OFF)
-    assert driver.power_state() == "off"
-    driver.set_power(PowerAction.ON)
-    driver.set_power(PowerAction.OFF)
-    assert bmc.power == "off"
-
-
-def test_cycle_of_a_machine_that_is_off_powers_it_on(driver: IpmiDriver) -> None:
-    # The fixture BMC refuses a cycle while off (0xD5), as real ones do.
-    driver.set_power(PowerAction.CYCLE)
-    assert driver.power_state() == "on"
-
-
 def test_set_power_does_not_wait_for_the_machine(bmc: Any, target_for: TargetFor) -> None:
     driver = IpmiDriver(target_for(bmc))
     started = time.monotonic()
@@ -66,27 +48,6 @@ def test_set_power_does_not_wait_for_the_machine(bmc: Any, target_for: TargetFor
         driver.set_power(action)
     assert time.monotonic() - started < 1.0
     driver.close()
-
-
-@pytest.mark.parametrize(
-    "setting",
-    [
-        BootSetting(BootDevice.NETWORK),
-        BootSetting(BootDevice.DISK),
-        BootSetting(BootDevice.NETWORK, persistent=True),
-        BootSetting(BootDevice.DISK, persistent=True, uefi=True),
-        BootSetting(BootDevice.NETWORK, uefi=True),
-    ],
-)
-def test_boot_device_round_trip(driver: IpmiDriver, setting: BootSetting) -> None:
-    driver.set_boot_device(setting)
-    assert driver.boot_device() == setting
-
-
-def test_boot_device_default_clears_the_override(driver: IpmiDriver) -> None:
-    driver.set_boot_device(BootSetting(BootDevice.NETWORK, persistent=True))
-    driver.set_boot_device(BootSetting(BootDevice.DEFAULT))
-    assert driver.boot_device().device is BootDevice.DEFAULT
 
 
 def test_inventory_has_every_fact_key(driver: IpmiDriver) -> None:
@@ -170,21 +131,19 @@ def test_a_closed_driver_fails_at_once(bmc: Any, target_for: TargetFor) -> None:
     assert elapsed < 0.5
 
 
-# --- against the lab's virtual BMC: FRU, SDR, sensors and faults --------------------
+# --- against the lab's virtual BMC: FRU, SDR and sensors ------------------------------
 
 _lab_loop: PacketLoop | None = None
 
 
-def _lab_bmc(free_port: int, fault: str = "none") -> LabBmc:
-    """A lab BMC in this process, served beside the driver's sessions. Not the ``slow``
-    fault: its timers expect only the lab's loop thread to handle packets, and here the
-    client's threads handle them too."""
+def _lab_bmc(free_port: int) -> LabBmc:
+    """A lab BMC in this process, served beside the driver's sessions."""
     global _lab_loop
     if _lab_loop is None:
         _lab_loop = PacketLoop()
         threading.Thread(target=_lab_loop.run, name="lab-bmcs", daemon=True).start()
     machine = build_machine("lab-1", 0, 7, ["52:54:00:00:00:01"])
-    gate = faults.FaultGate(7, "lab-1", faults.parse_fault(fault))
+    gate = faults.FaultGate(7, "lab-1")
     lab = LabBmc(machine, "admin", LAB_PASSWORD, gate, _lab_loop, "127.0.0.1", free_port)
     _lab_loop.bmcs.append(lab)
     return lab
@@ -242,30 +201,8 @@ def test_lab_health_and_sensor_readings(free_port: int) -> None:
     assert "C" in inlet.units
 
 
-def test_lab_power_and_boot_reach_the_machine(free_port: int) -> None:
-    lab = _lab_bmc(free_port)
-    driver = IpmiDriver(_lab_target(lab))
-    driver.set_boot_device(BootSetting(BootDevice.NETWORK, uefi=True))
-    assert driver.boot_device() == BootSetting(BootDevice.NETWORK, uefi=True)
-    driver.set_power(PowerAction.CYCLE)  # off: powers on
-    assert driver.power_state() == "on"
-    driver.close()
-    assert lab.machine.boots[-1] == "pxe-uefi"
-
-
 def test_lab_unknown_user_is_refused_at_once(free_port: int) -> None:
     lab = _lab_bmc(free_port)
     err, elapsed = _fails(ErrorKind.AUTH, IpmiDriver, _lab_target(lab, username="nobody"))
     assert elapsed < 1.0
     assert "'nobody'" in str(err)
-
-
-def test_lab_wrong_password_fault(free_port: int) -> None:
-    lab = _lab_bmc(free_port, "wrong-password")
-    _fails(ErrorKind.AUTH, IpmiDriver, _lab_target(lab))
-
-
-def test_lab_no_answer_fault(free_port: int) -> None:
-    lab = _lab_bmc(free_port, "no-answer")
-    _, elapsed = _fails(ErrorKind.UNREACHABLE, IpmiDriver, _lab_target(lab, timeout=1.0))
-    assert elapsed < 1.5
