@@ -24,6 +24,7 @@ from provisioner.api import (
     boot_files,
     boot_hops,
     catalog,
+    events,
     problems,
     racks,
     service,
@@ -176,6 +177,7 @@ def create_app(
         catalog.images,
         tokens.router,
         handoff_api.router,
+        events.router,
     ):
         app.include_router(router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
