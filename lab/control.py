@@ -14,20 +14,34 @@ import os
 import socket
 import socketserver
 import threading
+from collections.abc import Mapping, Sized
 from contextlib import suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lab import faults
 
 if TYPE_CHECKING:
-    from lab.bmc import LabBmc
+    from lab.machine import Machine
 
 _TIMEOUT = 5.0
 
 
+class ServedBmc(Protocol):
+    """What the channel needs of a BMC, IPMI or Redfish: both front a machine."""
+
+    @property
+    def port(self) -> int: ...
+    @property
+    def machine(self) -> Machine: ...
+    @property
+    def gate(self) -> faults.FaultGate: ...
+    @property
+    def sessions(self) -> Sized: ...
+
+
 class ControlServer:
-    def __init__(self, directory: Path, bmcs: dict[str, LabBmc]) -> None:
+    def __init__(self, directory: Path, bmcs: Mapping[str, ServedBmc]) -> None:
         self.path = directory / f"lab-{os.getpid()}.sock"
         self._bmcs = bmcs
         self._server: socketserver.UnixStreamServer | None = None
@@ -75,7 +89,7 @@ class ControlServer:
         raise ValueError(f"unknown op {op!r}; known: fault, status")
 
 
-def _describe(bmc: LabBmc) -> dict[str, Any]:
+def _describe(bmc: ServedBmc) -> dict[str, Any]:
     machine = bmc.machine
     return {
         "port": bmc.port,
