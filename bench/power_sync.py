@@ -92,9 +92,9 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 # ---- the lab --------------------------------------------------------------------------
 
 
-def udp_range_free(address: str, first: int, count: int) -> bool:
+def ports_free(address: str, first: int, count: int, kind: socket.SocketKind) -> bool:
     for port in range(first, first + count):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        with socket.socket(socket.AF_INET, kind) as sock:
             try:
                 sock.bind((address, port))
             except OSError:
@@ -102,20 +102,24 @@ def udp_range_free(address: str, first: int, count: int) -> bool:
     return True
 
 
-def free_base_port(count: int, wanted: int | None) -> int:
-    """A range of ``count`` free UDP ports below the kernel's ephemeral range: the
-    clients' own sockets (pyghmi's, ipmitool's) take ephemeral ports, and one of them
-    could otherwise land inside the range between this check and the lab's start."""
+def free_base_port(count: int, wanted: int | None, protocol: str) -> int:
+    """A range of ``count`` free ports below the kernel's ephemeral range, UDP for IPMI
+    BMCs and TCP for Redfish ones: the clients' own sockets (pyghmi's, ipmitool's, the
+    HTTPS connections) take ephemeral ports, and one of them could otherwise land inside
+    the range between this check and the lab's start."""
+    kind, name = (
+        (socket.SOCK_STREAM, "TCP") if protocol == "redfish" else (socket.SOCK_DGRAM, "UDP")
+    )
     if wanted is not None:
-        if not udp_range_free("127.0.0.1", wanted, count):
-            raise RuntimeError(f"UDP ports {wanted}..{wanted + count - 1} are not all free")
+        if not ports_free("127.0.0.1", wanted, count, kind):
+            raise RuntimeError(f"{name} ports {wanted}..{wanted + count - 1} are not all free")
         return wanted
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     # 6230+ is the lab's default, where other people's labs run: start well above it.
     for first in range(20000, low - count, 1000):
-        if udp_range_free("127.0.0.1", first, count):
+        if ports_free("127.0.0.1", first, count, kind):
             return first
-    raise RuntimeError(f"no {count} free UDP ports in a row between 20000 and {low}")
+    raise RuntimeError(f"no {count} free {name} ports in a row between 20000 and {low}")
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,13 @@ class Breakdown:
 
 
 THREAD_KINDS = ("BMC workers", "DB threads (AnyIO)", "event loop (main)", "pyghmi I/O")
+# The breakdown's column of each kind of thread.
+THREAD_COLUMNS = {
+    "BMC workers": "BMC workers",
+    "DB threads (AnyIO)": "DB",
+    "event loop (main)": "event loop",
+    "pyghmi I/O": "pyghmi I/O",
+}
 
 
 def thread_cpu() -> dict[str, float]:
@@ -490,16 +501,22 @@ def ipmitool_status(port: int) -> tuple[bool, float, str]:
     return False, seconds, (run.stderr or run.stdout).strip()[-200:]
 
 
-def ipmitool_run(ports: list[int], parallel: int, meter: Meter, quiet: float) -> dict[str, Any]:
-    """`ipmitool ... power status` once per port, ``parallel`` processes at a time: one
-    thread each that forks ipmitool and waits for it."""
+StatusCall = Callable[[int], tuple[bool, float, str]]
+"""A reference tool's power-state read of the BMC on one port: success, seconds, why not."""
+
+
+def tool_run(
+    status: StatusCall, ports: list[int], parallel: int, meter: Meter, quiet: float
+) -> dict[str, Any]:
+    """``status`` (a command-line tool's run) once per port, ``parallel`` processes at a
+    time: one thread each that forks the tool and waits for it."""
     out: dict[str, Any] = {"bmcs": len(ports), "parallel": parallel}
     if quiet > 0:
         out["quiet"] = meter.wait_for_quiet(quiet)
     start = meter.snapshot()
     executor = ThreadPoolExecutor(parallel)
     try:
-        results = list(executor.map(ipmitool_status, ports))
+        results = list(executor.map(status, ports))
     finally:
         # On Ctrl-C, do not wait for the calls not yet started.
         executor.shutdown(wait=True, cancel_futures=True)
@@ -521,9 +538,10 @@ def ipmitool_run(ports: list[int], parallel: int, meter: Meter, quiet: float) ->
 
 @contextmanager
 def running_lab(args: argparse.Namespace, work: Path) -> Iterator[Lab]:
-    base = free_base_port(args.nodes, args.base_port)
-    progress(f"lab: {args.nodes} BMCs on 127.0.0.1:{base}-{base + args.nodes - 1}")
+    base = free_base_port(args.nodes, args.base_port, args.protocol)
+    progress(f"lab: {args.nodes} {args.protocol} BMCs on 127.0.0.1:{base}-{base + args.nodes - 1}")
     options = ["--password", PASSWORD, "--per-process", str(args.per_process)]
+    options += ["--protocol", args.protocol]
     process, manifest, line = start_lab(args.nodes, work, clean_env(**SERVICE_ENV), base, options)
     try:
         progress(f"  {line}")
@@ -557,15 +575,37 @@ def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path)
     return runs
 
 
+def ipmitool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -> dict[str, Any]:
+    """The IPMI run's reference: ipmitool over every BMC, 16 at a time, then one after
+    another over ``--sequential-bmcs`` of them."""
+    progress(f"ipmitool: {len(ports)} BMCs, {args.reference_parallel} in parallel")
+    parallel = tool_run(ipmitool_status, ports, args.reference_parallel, meter, args.wait_quiet)
+    progress(f"  {parallel['wall_s']} s, {parallel['failed']} failed")
+    sequential_ports = ports[: args.sequential_bmcs]
+    progress(f"ipmitool: {len(sequential_ports)} BMCs, one after another")
+    sequential = tool_run(ipmitool_status, sequential_ports, 1, meter, args.wait_quiet)
+    progress(f"  {sequential['wall_s']} s, {sequential['failed']} failed")
+    return {"ipmitool_parallel": parallel, "ipmitool_sequential": sequential}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    # The Redfish run shares the lab, the enrollment and the service's sync; its
+    # reference tool and its report are power_sync_redfish.py's.
+    import power_sync_redfish as redfish
+
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-power-"))
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
-        "machine": {
-            **machine(("pyghmi", "sqlalchemy", "uvloop")),
-            "ipmitool": tool_version(["ipmitool", "-V"], "ipmitool version "),
-        },
+        "protocol": args.protocol,
+        "machine": (
+            redfish.machine_info()
+            if args.protocol == "redfish"
+            else {
+                **machine(("pyghmi", "sqlalchemy", "uvloop")),
+                "ipmitool": tool_version(["ipmitool", "-V"], "ipmitool version "),
+            }
+        ),
         "code": code_state(("provisioner", "lab", "migrations")),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
@@ -585,15 +625,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["service"] = service_runs(args, lab, enrolled, work)
             meter = lab.meter()
             ports = [lab.port(i) for i in range(args.nodes)]
-            progress(f"ipmitool: {len(ports)} BMCs, {args.ipmitool_parallel} in parallel")
-            parallel = ipmitool_run(ports, args.ipmitool_parallel, meter, args.wait_quiet)
-            results["ipmitool_parallel"] = parallel
-            progress(f"  {parallel['wall_s']} s, {parallel['failed']} failed")
-            sequential_ports = ports[: args.sequential_bmcs]
-            progress(f"ipmitool: {len(sequential_ports)} BMCs, one after another")
-            sequential = ipmitool_run(sequential_ports, 1, meter, args.wait_quiet)
-            results["ipmitool_sequential"] = sequential
-            progress(f"  {sequential['wall_s']} s, {sequential['failed']} failed")
+            reference = redfish.redfishtool_runs if args.protocol == "redfish" else ipmitool_runs
+            results.update(reference(args, ports, meter))
     finally:
         if args.keep:
             progress(f"work directory kept: {work}")
@@ -701,14 +734,16 @@ def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
     return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
 
 
-def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
+def breakdown_table(
+    results: dict[str, Any], markdown: bool, kinds: tuple[str, ...] = THREAD_KINDS
+) -> list[str]:
     head = [
         "Sync",
         "load rows s",
         "polls s",
         "record s",
         "CPU load/polls/record s",
-        "CPU BMC workers/DB/event loop/pyghmi I/O s",
+        f"CPU {'/'.join(THREAD_COLUMNS[k] for k in kinds)} s",
         "per BMC p50/p99/max ms",
         "logins",
         "retries",
@@ -731,7 +766,7 @@ def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
                     f"{r['polls_s']:.2f}",
                     f"{r['record_s']:.2f}",
                     f"{r['load_cpu_s']:.2f} / {r['polls_cpu_s']:.2f} / {r['record_cpu_s']:.2f}",
-                    " / ".join(f"{threads.get(k.lower(), 0):.2f}" for k in THREAD_KINDS),
+                    " / ".join(f"{threads.get(k.lower(), 0):.2f}" for k in kinds),
                     spread_ms,
                     str(r.get("login", {}).get("count", 0)),
                     str(r["retried_attempts"]),
@@ -836,6 +871,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add = parser.add_argument
+    add(
+        "--protocol",
+        choices=("ipmi", "redfish"),
+        default="ipmi",
+        help="the lab's BMCs and the reference tool: IPMI and ipmitool (default), or "
+        "Redfish over HTTPS and the DMTF's redfishtool; each has its own RESULTS.md block",
+    )
     add("--nodes", type=int, default=1000, help="lab BMCs (default 1,000)")
     add("--base-port", type=int, help="first UDP port (default: a free range from 20000)")
     add("--per-process", type=int, default=250, help="BMCs per lab process (default 250)")
@@ -848,7 +890,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="extra rows with PROVISIONER_BMC_WORKERS=N (default: 128; none: no extra rows)",
     )
-    add("--ipmitool-parallel", type=int, default=16, help="parallel ipmitool (default 16)")
+    add(
+        "--reference-parallel",
+        "--ipmitool-parallel",
+        type=int,
+        default=16,
+        help="processes of the reference tool (ipmitool, redfishtool) at a time (default 16)",
+    )
+    add(
+        "--redfishtool-auth",
+        choices=("Basic", "Session"),
+        default="Basic",
+        help="redfishtool's -A: Basic (its default: no login request) or Session",
+    )
     add(
         "--sequential-bmcs",
         type=int,
@@ -896,7 +950,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@dataclass(frozen=True)
+class Report:
+    """One protocol's figures: its targets, its tables, its RESULTS.md block."""
+
+    measured: Callable[[dict[str, Any]], dict[str, float | None]]
+    tables: Callable[[dict[str, Any], bool], list[list[str]]]
+    busy: Callable[[dict[str, Any]], list[str]]
+    markdown: Callable[[dict[str, Any]], str]
+    begin: str
+    end: str
+
+
+IPMI_REPORT = Report(
+    measured,
+    lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
+    busy_phases,
+    results_markdown,
+    RESULTS_BEGIN,
+    RESULTS_END,
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import power_sync_redfish as redfish
+
     args = parse_args(argv)
     if args.sync_child:
         return sync_child(args)
@@ -904,25 +982,29 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads(args.from_json.read_text())
         raw = args.from_json.resolve()
     else:
-        if shutil.which("ipmitool") is None:
-            progress("ipmitool is not installed (Debian: apt-get install ipmitool)")
+        missing = redfish.missing_tool() if args.protocol == "redfish" else None
+        if args.protocol == "ipmi" and shutil.which("ipmitool") is None:
+            missing = "ipmitool is not installed (Debian: apt-get install ipmitool)"
+        if missing:
+            progress(missing)
             return 2
         results = run(args)
-        results["targets"] = measured(results)
-        raw = save_raw(results, args.out, "power-sync")
-    print("\n".join(figures_table(results, markdown=False)))
-    print()
-    print("\n".join(targets_table(results, markdown=False)))
-    print()
-    print("\n".join(breakdown_table(results, markdown=False)))
-    if noisy := busy_phases(results):
+    # Raw figures of runs before --protocol existed are IPMI ones.
+    report = redfish.REPORT if results.get("protocol") == "redfish" else IPMI_REPORT
+    if not args.from_json:
+        results["targets"] = report.measured(results)
+        raw = save_raw(results, args.out, f"power-sync-{args.protocol}")
+    print("\n\n".join("\n".join(table) for table in report.tables(results, False)))
+    if noisy := report.busy(results):
         print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
     print(f"\nraw figures: {raw}")
     if args.write_results:
-        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
+        write_results(args.results, report.markdown(results), report.begin, report.end)
         print(f"results: {args.results}")
     return 0
 
 
 if __name__ == "__main__":
+    # One module, not two: power_sync_redfish imports this one by name.
+    sys.modules.setdefault("power_sync", sys.modules[__name__])
     sys.exit(main())

@@ -1,0 +1,285 @@
+"""The Redfish run of the power-sync benchmark, `bench/power_sync.py --protocol redfish`:
+the DMTF's redfishtool as the reference, and the run's targets, tables and RESULTS.md
+block. The lab (with `--protocol redfish`), the enrollment and the service's sync in a
+fresh process are power_sync.py's, the same for both protocols.
+
+Not run on its own: `.venv/bin/python bench/power_sync.py --protocol redfish`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from typing import Any
+
+import power_sync as ps
+from common import (
+    BIN,
+    Meter,
+    contention,
+    judge,
+    machine,
+    progress,
+    render_table,
+    results_head,
+    tool_version,
+)
+
+RESULTS_BEGIN = "<!-- bench/power_sync.py --protocol redfish writes from here -->"
+RESULTS_END = "<!-- bench/power_sync.py --protocol redfish writes up to here -->"
+REDFISHTOOL = BIN / "redfishtool"
+# The service's Redfish driver and its storage; the lab's TLS and HTTP.
+PACKAGES = ("httpx", "sqlalchemy", "uvloop", "cryptography", "h11")
+
+# The issue's targets (issue 14, part 3), each checked against one measured figure.
+TARGETS: dict[str, tuple[str, float, str]] = {
+    "first_contact_s": ("<=", 5.0, "s"),
+    "warm_s": ("<=", 2.0, "s"),
+    "x_faster_than_redfishtool_16": (">=", 10.0, "x"),
+    "failures": ("<=", 0, ""),
+}
+POWER_STATES = ("On", "Off")
+
+
+def missing_tool() -> str | None:
+    if REDFISHTOOL.exists():
+        return None
+    return f"no {REDFISHTOOL}: install the test extra (.venv/bin/pip install -e '.[test]')"
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        **machine(PACKAGES),
+        "redfishtool": tool_version([str(REDFISHTOOL), "-V"], "redfishtool Version: "),
+    }
+
+
+# ---- redfishtool ----------------------------------------------------------------------
+
+
+def redfishtool_argv(port: int, auth: str) -> list[str]:
+    """Read the one System's PowerState, as an operator would: `-S Always` for HTTPS
+    (redfishtool never verifies a certificate: it passes ``verify=False`` to requests),
+    `-1` for the collection's single member, `-P PowerState` for that property alone."""
+    argv = [str(REDFISHTOOL), "-r", f"127.0.0.1:{port}", "-u", ps.USERNAME, "-p", ps.PASSWORD]
+    return [*argv, "-S", "Always", "-A", auth, "Systems", "-1", "get", "-P", "PowerState"]
+
+
+def redfishtool_status(auth: str) -> ps.StatusCall:
+    def status(port: int) -> tuple[bool, float, str]:
+        t0 = time.perf_counter()
+        try:
+            run = subprocess.run(
+                redfishtool_argv(port, auth), capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            return False, time.perf_counter() - t0, "no exit within 60 s"
+        seconds = time.perf_counter() - t0
+        try:
+            state = json.loads(run.stdout).get("PowerState") if run.returncode == 0 else None
+        except ValueError:
+            state = None
+        if state in POWER_STATES:
+            return True, seconds, ""
+        why = (run.stderr or run.stdout).strip()[-200:] or f"exit status {run.returncode}"
+        return False, seconds, why
+
+    return status
+
+
+def redfishtool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -> dict[str, Any]:
+    """The Redfish run's reference: redfishtool over every BMC, ``--reference-parallel``
+    processes at a time (one process per BMC, as a script looping over a rack would)."""
+    parallel = args.reference_parallel
+    progress(f"redfishtool: {len(ports)} BMCs, {parallel} in parallel, -A {args.redfishtool_auth}")
+    status = redfishtool_status(args.redfishtool_auth)
+    out = ps.tool_run(status, ports, parallel, meter, args.wait_quiet)
+    out["auth"] = args.redfishtool_auth
+    progress(f"  {out['wall_s']} s, {out['failed']} failed")
+    return {"redfishtool_parallel": out}
+
+
+# ---- reporting ------------------------------------------------------------------------
+
+
+def measured(results: dict[str, Any]) -> dict[str, float | None]:
+    service = ps.default_run(results)
+    first = service["runs"][0]["wall_s"]
+    reference = results["redfishtool_parallel"]
+    # Every redfishtool process opens its own TLS connection and authenticates: the
+    # ratio is taken on the service's first contact, which does the same once per BMC.
+    scale = results["lab"]["nodes"] / reference["bmcs"]
+    return {
+        "first_contact_s": first,
+        "warm_s": ps.warm_median(service),
+        "x_faster_than_redfishtool_16": round(reference["wall_s"] * scale / first, 1),
+        "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
+    }
+
+
+def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
+    nodes = results["lab"]["nodes"]
+    par = results["redfishtool_parallel"]
+    reference = par["wall_s"] * nodes / par["bmcs"]
+    head = ["Work", "BMCs", "Wall s", "s per 1,000", "CPU s", "Failed", "x redfishtool -P16"]
+    body = []
+    for service in results["service"]:
+        workers = service["bmc_workers"]
+        label = f"{workers} workers{' (default)' if service['bmc_workers_is_default'] else ''}"
+        for index, r in enumerate(service["runs"]):
+            kind = "first contact" if index == 0 else f"warm #{index}"
+            body.append(
+                [
+                    f"service sync, {label}, {kind}",
+                    f"{r['polled']:,}",
+                    f"{r['wall_s']:.2f}",
+                    ps.per_1000(r["wall_s"], nodes),
+                    f"{r['cpu_s']:.2f}",
+                    str(r["failed"]),
+                    f"{reference / r['wall_s']:.1f}x",
+                ]
+            )
+    body.append(
+        [
+            f"redfishtool -A {par['auth']}, {par['parallel']} parallel processes",
+            f"{par['bmcs']:,}",
+            f"{par['wall_s']:.2f}",
+            ps.per_1000(par["wall_s"], par["bmcs"]),
+            f"{par['cpu_s']:.2f}",
+            str(par["failed"]),
+            "1.00x",
+        ]
+    )
+    return render_table(head, body, markdown, right={1, 2, 3, 4, 5, 6})
+
+
+def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
+    values = measured(results)
+    service = ps.default_run(results)
+    labels = {
+        "first_contact_s": (
+            f"full sync of {results['lab']['nodes']:,} Redfish BMCs, first contact "
+            f"({service['bmc_workers']} workers)"
+        ),
+        "warm_s": f"full sync, warm (median of {len(service['runs']) - 1})",
+        "x_faster_than_redfishtool_16": (
+            "first-contact sync vs redfishtool, 16 parallel processes"
+        ),
+        "failures": "failed polls, every service sync of the run",
+    }
+    body = []
+    for key, label in labels.items():
+        op, limit, unit = TARGETS[key]
+        target = f"{op} {limit:g}{' ' + unit if unit and unit != 'x' else unit}"
+        value = values[key]
+        shown = "n/a" if value is None else f"{value:g}{'x' if key.startswith('x_') else ''}"
+        body.append([label, shown, target, judge(op, limit, value)])
+    return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
+
+
+def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
+    # No pyghmi I/O thread: every Redfish call runs in the BMC worker that made it.
+    kinds = ("BMC workers", "DB threads (AnyIO)", "event loop (main)")
+    return ps.breakdown_table(results, markdown, kinds)
+
+
+def busy_phases(results: dict[str, Any]) -> list[str]:
+    """Phases during which processes other than the bench, the service, redfishtool and
+    the lab took more than a tenth of the machine: their figures are pessimistic."""
+    phases: dict[str, tuple[float, float]] = {}
+    for service in results["service"]:
+        for index, r in enumerate(service["runs"]):
+            phases[f"sync {service['bmc_workers']} workers #{index}"] = (
+                r["others_cpu_s"],
+                r["wall_s"],
+            )
+    cpu = results["redfishtool_parallel"]["cpu"]
+    phases["redfishtool parallel"] = (cpu["others_s"], cpu["wall_s"])
+    return contention(phases, results["machine"]["cores"])
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lab = results["lab"]
+    par = results["redfishtool_parallel"]
+    service = ps.default_run(results)
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    workers = lab["processes"] - 1
+    serving = f"{workers} serving processes and a supervisor" if workers else "one process"
+    states = ", ".join(f"{k}: {v}" for k, v in service["power_states_after"].items())
+    pins = service.get("tls_pins_after")
+    pinned = "" if pins is None else f" Certificates pinned in the database after: {pins}."
+    lines = [
+        *results_head(RESULTS_BEGIN, f"Power sync, Redfish: run of {results['date']}", results),
+        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}; Python {m['python']}, {packages}, redfishtool {m['redfishtool']}. "
+        f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
+        f"{m['loadavg_at_end']:.2f}.",
+        f"- Lab: `provisioner-lab up --nodes {lab['nodes']} --protocol redfish --base-port "
+        f"{lab['base_port']} --password ... --per-process {lab['per_process']}` ({serving}) "
+        "on 127.0.0.1, Redfish over HTTPS with the lab's self-signed certificate, generic "
+        f'dialect, on the same cores as everything else; "{lab["up"]}".',
+        f"- Enrollment: the lab's manifest (`bmc_driver: redfish` on every row) to `POST "
+        f"/api/v1/racks/import` of `provisioner serve` ({results['enroll']['import_s']} s), "
+        "with inspection on enrollment, the reconciler and the periodic power sync switched "
+        "off.",
+        "- Service sync: a fresh Python process per row group runs `create_app()` on a copy "
+        "of that database, enters its lifespan and awaits "
+        "`app.state.services.power_sync.sync_once()` once on first contact (no connection, "
+        "no session, no certificate pinned yet: per BMC a TLS handshake, a session login, "
+        "the System's read, and its certificate's fingerprint recorded on the node) and "
+        f"{len(service['runs']) - 1} times warm (cached sessions), on "
+        f"{service['event_loop']} as uvicorn would. BMC workers: the service's default of "
+        f"{service['bmc_workers']} (PROVISIONER_BMC_WORKERS unset), plus any extra rows as "
+        f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
+        "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
+        f"are taken around each `sync_once()`. Power states in the database after: "
+        f"{states}.{pinned}",
+        f"- redfishtool: `redfishtool -r 127.0.0.1:PORT -u admin -p ... -S Always -A "
+        f"{par['auth']} Systems -1 get -P PowerState`, one process per BMC (which reads "
+        "the service root, the Systems collection and the System, and never verifies the "
+        f"certificate): {par['bmcs']:,} BMCs with {par['parallel']} at a time (threads "
+        "forking redfishtool). A call fails unless it exits 0 with a PowerState of On or "
+        "Off. CPU is the redfishtool processes' (RUSAGE_CHILDREN).",
+        "- x redfishtool -P16: the time of redfishtool with 16 parallel processes over the "
+        "same BMCs divided by the row's time.",
+    ]
+    if noisy := busy_phases(results):
+        lines.append(
+            "- **Warning: other processes were busy during this run** (their share of the "
+            f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
+        )
+    if par["failure_examples"]:
+        lines.append(f"- redfishtool failures, first few: {'; '.join(par['failure_examples'])}.")
+    lines += [
+        "",
+        *figures_table(results, markdown=True),
+        "",
+        *targets_table(results, markdown=True),
+        "",
+        "Where each sync's time went (`_due` loads the rows, the polls are the gather over "
+        "`BmcPool.call`, `_record` writes the results; per BMC is a worker thread's time "
+        "for one BMC, login included; logins are the driver factory's calls (TLS "
+        "handshake and session); retries are pool attempts that failed and were repeated; "
+        "lab and others are the CPU seconds of the lab's processes and of the rest of the "
+        "machine during the sync):",
+        "",
+        *breakdown_table(results, markdown=True),
+        "",
+        f"Raw figures: `{results['raw']}` (not committed).",
+        "",
+        RESULTS_END,
+    ]
+    return "\n".join(lines)
+
+
+REPORT = ps.Report(
+    measured,
+    lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
+    busy_phases,
+    results_markdown,
+    RESULTS_BEGIN,
+    RESULTS_END,
+)
