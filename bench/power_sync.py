@@ -1,25 +1,27 @@
 """Power-sync benchmark: one full power-state sync of 1,000 lab BMCs by the service,
-beside ipmitool over the same BMCs in the same run.
+beside a command-line tool over the same BMCs in the same run: IPMI BMCs and ipmitool
+(the default), or Redfish BMCs and the DMTF's redfishtool (`--protocol redfish`).
 
 Run by hand (not in CI), from the checkout, with the project's venv:
 
     .venv/bin/python bench/power_sync.py                 # full size; rewrites its block
+    .venv/bin/python bench/power_sync.py --protocol redfish          # the Redfish block
     .venv/bin/python bench/power_sync.py --nodes 200 --no-write-results
 
 The lab (`provisioner-lab up`) serves the BMCs from its own processes on 127.0.0.1. The
 service enrolls them through its API (`provisioner serve`, then POST /api/v1/racks/import
 of the lab's manifest); the sync itself is then run in a separate, fresh Python process
 by the service's own code: `create_app()`, its lifespan, and
-`app.state.services.power_sync.sync_once()`, as its background loop would call it. See
-bench/README.md for what is measured.
+`app.state.services.power_sync.sync_once()`, as its background loop would call it
+(power_sync_child.py). What differs by protocol, the reference tool and the report, is
+in power_sync_ipmi.py and power_sync_redfish.py. See bench/README.md for what is
+measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import os
 import shutil
 import socket
@@ -27,14 +29,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ from common import (
     BENCH_DIR,
     NO_BACKGROUND_WORK,
     QUIET_CORES,
-    TICKS,
     Meter,
     Process,
     admin_token,
@@ -50,27 +49,18 @@ from common import (
     clean_env,
     code_state,
     command_line,
-    contention,
     cpu_seconds,
     expect,
-    judge,
-    latency,
-    machine,
-    machine_busy_seconds,
     now_utc,
     progress,
     provisioner_serve,
     py_spy,
-    render_table,
-    results_head,
     save_raw,
     start_lab,
-    tool_version,
     write_results,
 )
+from power_sync_child import spread
 
-RESULTS_BEGIN = "<!-- bench/power_sync.py writes from here -->"
-RESULTS_END = "<!-- bench/power_sync.py writes up to here -->"
 USERNAME = "admin"
 # One shared lab password: the ipmitool command lines then differ only by port.
 PASSWORD = "bench-power-sync"
@@ -79,14 +69,6 @@ PASSWORD = "bench-power-sync"
 # change what is measured), the sync triggered by the bench alone, and no inspection on
 # enrollment (1,000 of them would compete for the same BMCs).
 SERVICE_ENV = NO_BACKGROUND_WORK
-
-# The issue's targets, each checked against one measured figure.
-TARGETS: dict[str, tuple[str, float, str]] = {
-    "first_contact_s": ("<=", 3.0, "s"),
-    "warm_s": ("<=", 2.0, "s"),
-    "x_faster_than_ipmitool_16": (">=", 10.0, "x"),
-    "failures": ("<=", 0, ""),
-}
 
 
 # ---- the lab --------------------------------------------------------------------------
@@ -244,261 +226,7 @@ def sync_process(
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-class _RetryCount(logging.Handler):
-    """Counts the pool's "attempt N of M failed; retrying" lines: a retried poll counts
-    as a success in the SyncReport, but it cost at least one timeout."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "retrying" in record.getMessage():
-            self.count += 1
-
-
-def _wrap(owner: object, name: str, wrapper: Callable[[Any], Any]) -> bool:
-    """Replace ``owner.name`` by ``wrapper(original)`` on the instance, for the timing
-    breakdown. The service looks these methods up on ``self`` at call time, so the
-    instance attribute is what it calls; without the attribute (the code changed), the
-    breakdown is skipped and the sync is measured all the same."""
-    original = getattr(owner, name, None)
-    if original is None:
-        return False
-    setattr(owner, name, wrapper(original))
-    return True
-
-
-class Breakdown:
-    """Where one sync's wall time goes: loading the due nodes (`_due`), the polls (the
-    gather over `BmcPool.call`), recording (`_record`, the DB writes), and per BMC the
-    time a worker thread spent on it (`BmcPool._run`: login if needed, then Get Chassis
-    Status) and on logins alone (the driver factory)."""
-
-    def __init__(self) -> None:
-        self.marks: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
-        self.per_bmc: list[float] = []
-        self.logins: list[float] = []
-        self.lock = threading.Lock()
-
-    def reset(self) -> None:
-        self.marks.clear()
-        self.cpu.clear()
-        # In place: the wrappers hold these very lists.
-        self.per_bmc.clear()
-        self.logins.clear()
-
-    def phase(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def timed(*args: Any) -> Any:
-                t0, c0 = time.perf_counter(), time.process_time()
-                try:
-                    return fn(*args)
-                finally:
-                    self.marks[name] = time.perf_counter() - t0
-                    self.cpu[name] = time.process_time() - c0
-
-            return timed
-
-        return wrapper
-
-    def samples(self, into: list[float]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def wrapper(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def timed(*args: Any) -> Any:
-                t0 = time.perf_counter()
-                try:
-                    return fn(*args)
-                finally:
-                    with self.lock:
-                        into.append(time.perf_counter() - t0)
-
-            return timed
-
-        return wrapper
-
-    def summary(self, wall: float, cpu: float) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        load, record = self.marks.get("load"), self.marks.get("record")
-        if load is not None and record is not None:
-            out["load_s"] = round(load, 3)
-            out["polls_s"] = round(wall - load - record, 3)
-            out["record_s"] = round(record, 3)
-            out["load_cpu_s"] = round(self.cpu["load"], 3)
-            out["polls_cpu_s"] = round(cpu - self.cpu["load"] - self.cpu["record"], 3)
-            out["record_cpu_s"] = round(self.cpu["record"], 3)
-        for key, values in (("per_bmc", self.per_bmc), ("login", self.logins)):
-            if values:
-                out[key] = spread(values)
-        return out
-
-
-THREAD_KINDS = ("BMC workers", "DB threads (AnyIO)", "event loop (main)", "pyghmi I/O")
-# The breakdown's column of each kind of thread.
-THREAD_COLUMNS = {
-    "BMC workers": "BMC workers",
-    "DB threads (AnyIO)": "DB",
-    "event loop (main)": "event loop",
-    "pyghmi I/O": "pyghmi I/O",
-}
-
-
-def thread_cpu() -> dict[str, float]:
-    """CPU seconds of this process's threads so far, by kind of thread: the event loop
-    (MainThread), the pool's BMC workers, the AnyIO threads that run the DB work, pyghmi's
-    I/O thread, the keepalive thread. From /proc, by each thread's native id."""
-    groups: dict[str, float] = {}
-    for thread in threading.enumerate():
-        name = thread.name
-        kind = (
-            "BMC workers"
-            if name.startswith("bmc")
-            else "DB threads (AnyIO)"
-            if name.startswith("AnyIO")
-            else "event loop (main)"
-            if thread is threading.main_thread()
-            else "pyghmi I/O"
-            if type(thread).__name__ == "_IOWorker"
-            else name
-        )
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        groups[kind] = groups.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
-    return groups
-
-
-def spread(values: list[float]) -> dict[str, float]:
-    return {
-        **latency(values),
-        "sum_s": round(sum(values), 2),
-        "over_500ms": sum(1 for v in values if v > 0.5),
-    }
-
-
-def sync_child(args: argparse.Namespace) -> int:
-    """In the sync process: the service's app on the enrolled database, one first-contact
-    sync and ``--warm-syncs`` warm ones; the figures as one JSON line on stdout."""
-    from sqlalchemy import func
-    from sqlmodel import Session, col, select
-
-    from provisioner.app import create_app
-    from provisioner.models import Node
-    from provisioner.settings import Settings
-
-    overrides: dict[str, Any] = {
-        "data_dir": Path(args.sync_child),
-        "reconciler": False,
-        "inspect_on_enroll": False,
-        "power_sync_interval": 0,
-    }
-    if args.workers is not None:
-        overrides["bmc_workers"] = args.workers
-    settings = Settings(**overrides)
-    retries = _RetryCount()
-    pool_log = logging.getLogger("provisioner.bmc.pool")
-    pool_log.setLevel(logging.INFO)
-    pool_log.addHandler(retries)
-    pool_log.propagate = False
-    lab_pids = [int(p) for p in args.lab_pids.split(",") if p]
-    app = create_app(settings)
-
-    breakdown = Breakdown()
-    sync = app.state.services.power_sync
-    pool = app.state.services.bmc_pool
-    instrumented = all(
-        [
-            _wrap(sync, "_due", breakdown.phase("load")),
-            _wrap(sync, "_record", breakdown.phase("record")),
-            _wrap(pool, "_run", breakdown.samples(breakdown.per_bmc)),
-            _wrap(pool, "_factory", breakdown.samples(breakdown.logins)),
-        ]
-    )
-
-    # uvicorn's default (loop="auto") runs the service on uvloop when it is installed,
-    # as in the project's venv: do the same, so the event loop is the service's.
-    runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]
-    try:
-        import uvloop
-
-        runner, loop_name = uvloop.run, f"uvloop {metadata.version('uvloop')}"
-    except ImportError:
-        runner, loop_name = asyncio.run, "asyncio"
-
-    async def main() -> dict[str, Any]:
-        runs: list[dict[str, Any]] = []
-        async with app.router.lifespan_context(app):
-            if args.wait_go:
-                print("ready", flush=True)
-                await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-            for index in range(1 + args.warm_syncs):
-                breakdown.reset()
-                retries.count = 0
-                lab0, busy0 = cpu_seconds(lab_pids), machine_busy_seconds()
-                threads0 = thread_cpu()
-                t0, c0 = time.perf_counter(), time.process_time()
-                report = await sync.sync_once()
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu().items()}
-                lab = cpu_seconds(lab_pids) - lab0
-                others = machine_busy_seconds() - busy0 - cpu - lab
-                runs.append(
-                    {
-                        "kind": "first contact" if index == 0 else "warm",
-                        "wall_s": round(wall, 3),
-                        "cpu_s": round(cpu, 3),
-                        "lab_cpu_s": round(lab, 3),
-                        "others_cpu_s": round(max(others, 0.0), 3),
-                        "polled": report.polled,
-                        "changed": report.changed,
-                        "failed": report.failed,
-                        "flagged": len(report.flagged),
-                        "retried_attempts": retries.count,
-                        "cpu_by_thread_s": {
-                            k: round(v, 2) for k, v in sorted(threads.items(), key=lambda i: -i[1])
-                        },
-                        **breakdown.summary(wall, cpu),
-                    }
-                )
-                # Warm syncs a little apart, as the service's loop would run them (it
-                # waits its interval): pyghmi's keepalive thread then gets its turn.
-                await asyncio.sleep(0.5)
-            with Session(app.state.services.engine) as session:
-                query = select(Node.power_state, func.count()).group_by(col(Node.power_state))
-                power = dict(session.exec(query).all())
-        return {
-            "bmc_workers": settings.bmc_workers,
-            "bmc_workers_is_default": args.workers is None,
-            "bmc_timeout_s": settings.bmc_timeout,
-            "bmc_retries": settings.bmc_retries,
-            "event_loop": loop_name,
-            "instrumented": instrumented,
-            "runs": runs,
-            "power_states_after": power,
-        }
-
-    result = runner(main())
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-# ---- ipmitool -------------------------------------------------------------------------
-
-
-def ipmitool_status(port: int) -> tuple[bool, float, str]:
-    argv = ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port)]
-    argv += ["-U", USERNAME, "-P", PASSWORD, "power", "status"]
-    t0 = time.perf_counter()
-    try:
-        run = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return False, time.perf_counter() - t0, "no exit within 60 s"
-    seconds = time.perf_counter() - t0
-    if run.returncode == 0 and run.stdout.startswith("Chassis Power is "):
-        return True, seconds, ""
-    return False, seconds, (run.stderr or run.stdout).strip()[-200:]
+# ---- the reference tools --------------------------------------------------------------
 
 
 StatusCall = Callable[[int], tuple[bool, float, str]]
@@ -575,37 +303,13 @@ def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path)
     return runs
 
 
-def ipmitool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -> dict[str, Any]:
-    """The IPMI run's reference: ipmitool over every BMC, 16 at a time, then one after
-    another over ``--sequential-bmcs`` of them."""
-    progress(f"ipmitool: {len(ports)} BMCs, {args.reference_parallel} in parallel")
-    parallel = tool_run(ipmitool_status, ports, args.reference_parallel, meter, args.wait_quiet)
-    progress(f"  {parallel['wall_s']} s, {parallel['failed']} failed")
-    sequential_ports = ports[: args.sequential_bmcs]
-    progress(f"ipmitool: {len(sequential_ports)} BMCs, one after another")
-    sequential = tool_run(ipmitool_status, sequential_ports, 1, meter, args.wait_quiet)
-    progress(f"  {sequential['wall_s']} s, {sequential['failed']} failed")
-    return {"ipmitool_parallel": parallel, "ipmitool_sequential": sequential}
-
-
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    # The Redfish run shares the lab, the enrollment and the service's sync; its
-    # reference tool and its report are power_sync_redfish.py's.
-    import power_sync_redfish as redfish
-
+def run(args: argparse.Namespace, protocol: Protocol) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="provisioner-bench-power-"))
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
         "protocol": args.protocol,
-        "machine": (
-            redfish.machine_info()
-            if args.protocol == "redfish"
-            else {
-                **machine(("pyghmi", "sqlalchemy", "uvloop")),
-                "ipmitool": tool_version(["ipmitool", "-V"], "ipmitool version "),
-            }
-        ),
+        "machine": protocol.machine_info(),
         "code": code_state(("provisioner", "lab", "migrations")),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
@@ -625,8 +329,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["service"] = service_runs(args, lab, enrolled, work)
             meter = lab.meter()
             ports = [lab.port(i) for i in range(args.nodes)]
-            reference = redfish.redfishtool_runs if args.protocol == "redfish" else ipmitool_runs
-            results.update(reference(args, ports, meter))
+            results.update(protocol.reference(args, ports, meter))
     finally:
         if args.keep:
             progress(f"work directory kept: {work}")
@@ -648,219 +351,8 @@ def default_run(results: dict[str, Any]) -> dict[str, Any]:
     return next(r for r in results["service"] if r["bmc_workers_is_default"])
 
 
-def measured(results: dict[str, Any]) -> dict[str, float | None]:
-    service = default_run(results)
-    first = service["runs"][0]["wall_s"]
-    reference = results["ipmitool_parallel"]
-    # The ratio is taken on the same BMCs; were the reference run on fewer, it would be
-    # scaled to 1,000 first (it is not by default).
-    scale = results["lab"]["nodes"] / reference["bmcs"]
-    return {
-        "first_contact_s": first,
-        "warm_s": warm_median(service),
-        "x_faster_than_ipmitool_16": round(reference["wall_s"] * scale / first, 1),
-        "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
-    }
-
-
-def verdict(key: str, value: float | None) -> tuple[str, str]:
-    op, limit, unit = TARGETS[key]
-    text = f"{op} {limit:g}{' ' + unit if unit and unit != 'x' else unit}"
-    return text, judge(op, limit, value)
-
-
 def per_1000(seconds: float, bmcs: int) -> str:
     return f"{seconds * 1000 / bmcs:.2f}"
-
-
-def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
-    nodes = results["lab"]["nodes"]
-    par, seq = results["ipmitool_parallel"], results["ipmitool_sequential"]
-    reference = par["wall_s"] * nodes / par["bmcs"]
-    head = ["Work", "BMCs", "Wall s", "s per 1,000", "CPU s", "Failed", "x ipmitool -P16"]
-    body = []
-    for service in results["service"]:
-        workers = service["bmc_workers"]
-        label = f"{workers} workers{' (default)' if service['bmc_workers_is_default'] else ''}"
-        for index, r in enumerate(service["runs"]):
-            kind = "first contact" if index == 0 else f"warm #{index}"
-            body.append(
-                [
-                    f"service sync, {label}, {kind}",
-                    f"{r['polled']:,}",
-                    f"{r['wall_s']:.2f}",
-                    per_1000(r["wall_s"], nodes),
-                    f"{r['cpu_s']:.2f}",
-                    str(r["failed"]),
-                    f"{reference / r['wall_s']:.1f}x",
-                ]
-            )
-    for name, ref in (
-        (f"ipmitool, {par['parallel']} parallel processes", par),
-        ("ipmitool, sequential", seq),
-    ):
-        body.append(
-            [
-                name,
-                f"{ref['bmcs']:,}",
-                f"{ref['wall_s']:.2f}",
-                per_1000(ref["wall_s"], ref["bmcs"])
-                + ("" if ref["bmcs"] == nodes else " (extrapolated)"),
-                f"{ref['cpu_s']:.2f}",
-                str(ref["failed"]),
-                f"{reference / (ref['wall_s'] * nodes / ref['bmcs']):.2f}x",
-            ]
-        )
-    return render_table(head, body, markdown, right={1, 2, 3, 4, 5, 6})
-
-
-def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
-    values = measured(results)
-    workers = default_run(results)["bmc_workers"]
-    labels = {
-        "first_contact_s": (
-            f"full sync of {results['lab']['nodes']:,} BMCs, first contact ({workers} workers)"
-        ),
-        "warm_s": f"full sync, warm (median of {len(default_run(results)['runs']) - 1})",
-        "x_faster_than_ipmitool_16": "first-contact sync vs ipmitool, 16 parallel processes",
-        "failures": "failed polls, every service sync of the run",
-    }
-    body = []
-    for key, label in labels.items():
-        target, result = verdict(key, values[key])
-        value = values[key]
-        shown = "n/a" if value is None else f"{value:g}{'x' if key.startswith('x_') else ''}"
-        body.append([label, shown, target, result])
-    return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
-
-
-def breakdown_table(
-    results: dict[str, Any], markdown: bool, kinds: tuple[str, ...] = THREAD_KINDS
-) -> list[str]:
-    head = [
-        "Sync",
-        "load rows s",
-        "polls s",
-        "record s",
-        "CPU load/polls/record s",
-        f"CPU {'/'.join(THREAD_COLUMNS[k] for k in kinds)} s",
-        "per BMC p50/p99/max ms",
-        "logins",
-        "retries",
-        "lab CPU s",
-        "others CPU s",
-    ]
-    body = []
-    for service in results["service"]:
-        for index, r in enumerate(service["runs"]):
-            if "load_s" not in r:
-                continue
-            per = r.get("per_bmc", {})
-            threads = {k.lower(): v for k, v in r.get("cpu_by_thread_s", {}).items()}
-            kind = "first contact" if index == 0 else f"warm #{index}"
-            spread_ms = "/".join(f"{per.get(k, 0):.0f}" for k in ("p50_ms", "p99_ms", "max_ms"))
-            body.append(
-                [
-                    f"{service['bmc_workers']} workers, {kind}",
-                    f"{r['load_s']:.2f}",
-                    f"{r['polls_s']:.2f}",
-                    f"{r['record_s']:.2f}",
-                    f"{r['load_cpu_s']:.2f} / {r['polls_cpu_s']:.2f} / {r['record_cpu_s']:.2f}",
-                    " / ".join(f"{threads.get(k.lower(), 0):.2f}" for k in kinds),
-                    spread_ms,
-                    str(r.get("login", {}).get("count", 0)),
-                    str(r["retried_attempts"]),
-                    f"{r['lab_cpu_s']:.2f}",
-                    f"{r['others_cpu_s']:.2f}",
-                ]
-            )
-    return render_table(head, body, markdown, right=set(range(1, len(head))))
-
-
-def busy_phases(results: dict[str, Any]) -> list[str]:
-    """Phases during which processes other than the bench, the service, ipmitool and the
-    lab took more than a tenth of the machine: their figures are pessimistic."""
-    phases: dict[str, tuple[float, float]] = {}
-    for service in results["service"]:
-        for index, r in enumerate(service["runs"]):
-            name = f"sync {service['bmc_workers']} workers #{index}"
-            phases[name] = (r["others_cpu_s"], r["wall_s"])
-    for key, name in (
-        ("ipmitool_parallel", "ipmitool parallel"),
-        ("ipmitool_sequential", "ipmitool sequential"),
-    ):
-        cpu = results[key]["cpu"]
-        phases[name] = (cpu["others_s"], cpu["wall_s"])
-    return contention(phases, results["machine"]["cores"])
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    lab = results["lab"]
-    par, seq = results["ipmitool_parallel"], results["ipmitool_sequential"]
-    service = default_run(results)
-    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    # The lab's process tree: one serving process, or serving workers and a supervisor.
-    workers = lab["processes"] - 1
-    serving = f"{workers} serving processes and a supervisor" if workers else "one process"
-    states = ", ".join(f"{k}: {v}" for k, v in service["power_states_after"].items())
-    lines = [
-        *results_head(RESULTS_BEGIN, f"Power sync: run of {results['date']}", results),
-        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
-        f"{m['kernel']}; Python {m['python']}, {packages}, ipmitool {m['ipmitool']}. "
-        f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
-        f"{m['loadavg_at_end']:.2f}.",
-        f"- Lab: `provisioner-lab up --nodes {lab['nodes']} --base-port {lab['base_port']} "
-        f"--password ... --per-process {lab['per_process']}` ({serving}) "
-        f'on 127.0.0.1, on the same cores as everything else; "{lab["up"]}".',
-        f"- Enrollment: the lab's manifest to `POST /api/v1/racks/import` of `provisioner "
-        f"serve` ({results['enroll']['import_s']} s), with inspection on enrollment, the "
-        "reconciler and the periodic power sync switched off.",
-        f"- Service sync: a fresh Python process per row group runs `create_app()` on a copy "
-        f"of that database, enters its lifespan and awaits "
-        f"`app.state.services.power_sync.sync_once()` "
-        f"once on first contact (no session yet: a login per BMC) and "
-        f"{len(service['runs']) - 1} times warm (cached sessions), on {service['event_loop']} "
-        "as uvicorn would. BMC workers: the service's default of "
-        f"{service['bmc_workers']} (PROVISIONER_BMC_WORKERS unset), plus any extra rows as "
-        f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
-        "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
-        f"are taken around each `sync_once()`. Power states in the database after: {states}.",
-        f"- ipmitool: `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U admin -P ... power status`, "
-        f"one process per BMC: {par['bmcs']:,} BMCs with {par['parallel']} at a time "
-        f"(threads forking ipmitool), and {seq['bmcs']:,} one after another"
-        + ("" if seq["bmcs"] == lab["nodes"] else ", scaled to 1,000 in the table")
-        + ". CPU is the ipmitool processes' (RUSAGE_CHILDREN).",
-        "- x ipmitool -P16: the time of ipmitool with 16 parallel processes over the same "
-        "BMCs divided by the row's time.",
-    ]
-    if noisy := busy_phases(results):
-        lines.append(
-            "- **Warning: other processes were busy during this run** (their share of the "
-            f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
-        )
-    failures = par["failure_examples"] + seq["failure_examples"]
-    if failures:
-        lines.append(f"- ipmitool failures, first few: {'; '.join(failures)}.")
-    lines += [
-        "",
-        *figures_table(results, markdown=True),
-        "",
-        *targets_table(results, markdown=True),
-        "",
-        "Where each sync's time went (`_due` loads the rows, the polls are the gather over "
-        "`BmcPool.call`, `_record` writes the results; per BMC is a worker thread's time "
-        "for one BMC, login included; retries are pool attempts that failed and were "
-        "repeated; lab and others are the CPU seconds of the lab's processes and of the "
-        "rest of the machine during the sync):",
-        "",
-        *breakdown_table(results, markdown=True),
-        "",
-        f"Raw figures: `{results['raw']}` (not committed).",
-        "",
-        RESULTS_END,
-    ]
-    return "\n".join(lines)
 
 
 # ---- main -----------------------------------------------------------------------------
@@ -951,9 +443,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @dataclass(frozen=True)
-class Report:
-    """One protocol's figures: its targets, its tables, its RESULTS.md block."""
+class Protocol:
+    """What differs between the IPMI and the Redfish run: the reference tool, the
+    targets, the tables and the RESULTS.md block (power_sync_ipmi.py,
+    power_sync_redfish.py). The lab, the enrollment and the service's sync are shared."""
 
+    machine_info: Callable[[], dict[str, Any]]
+    missing_tool: Callable[[], str | None]
+    reference: Callable[[argparse.Namespace, list[int], Meter], dict[str, Any]]
     measured: Callable[[dict[str, Any]], dict[str, float | None]]
     tables: Callable[[dict[str, Any], bool], list[list[str]]]
     busy: Callable[[dict[str, Any]], list[str]]
@@ -962,36 +459,31 @@ class Report:
     end: str
 
 
-IPMI_REPORT = Report(
-    measured,
-    lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
-    busy_phases,
-    results_markdown,
-    RESULTS_BEGIN,
-    RESULTS_END,
-)
+def protocol_of(name: str) -> Protocol:
+    # Imported here: both import this module, for what the runs share.
+    import power_sync_ipmi
+    import power_sync_redfish
+
+    return power_sync_redfish.PROTOCOL if name == "redfish" else power_sync_ipmi.PROTOCOL
 
 
 def main(argv: list[str] | None = None) -> int:
-    import power_sync_redfish as redfish
-
     args = parse_args(argv)
     if args.sync_child:
+        from power_sync_child import sync_child
+
         return sync_child(args)
     if args.from_json:
         results = json.loads(args.from_json.read_text())
         raw = args.from_json.resolve()
+        # Raw figures of runs before --protocol existed are IPMI ones.
+        report = protocol_of(results.get("protocol", "ipmi"))
     else:
-        missing = redfish.missing_tool() if args.protocol == "redfish" else None
-        if args.protocol == "ipmi" and shutil.which("ipmitool") is None:
-            missing = "ipmitool is not installed (Debian: apt-get install ipmitool)"
-        if missing:
+        report = protocol_of(args.protocol)
+        if missing := report.missing_tool():
             progress(missing)
             return 2
-        results = run(args)
-    # Raw figures of runs before --protocol existed are IPMI ones.
-    report = redfish.REPORT if results.get("protocol") == "redfish" else IPMI_REPORT
-    if not args.from_json:
+        results = run(args, report)
         results["targets"] = report.measured(results)
         raw = save_raw(results, args.out, f"power-sync-{args.protocol}")
     print("\n\n".join("\n".join(table) for table in report.tables(results, False)))
@@ -1005,6 +497,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # One module, not two: power_sync_redfish imports this one by name.
+    # One module, not two: power_sync_ipmi and power_sync_redfish import it by name.
     sys.modules.setdefault("power_sync", sys.modules[__name__])
     sys.exit(main())

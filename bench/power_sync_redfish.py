@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import power_sync as ps
+import power_sync_child as child
 from common import (
     BIN,
     Meter,
@@ -182,7 +183,7 @@ def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
 def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
     # No pyghmi I/O thread: every Redfish call runs in the BMC worker that made it.
     kinds = ("BMC workers", "DB threads (AnyIO)", "event loop (main)")
-    return ps.breakdown_table(results, markdown, kinds)
+    return child.breakdown_table(results, markdown, kinds)
 
 
 def busy_phases(results: dict[str, Any]) -> list[str]:
@@ -275,7 +276,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-REPORT = ps.Report(
+PROTOCOL = ps.Protocol(
+    machine_info,
+    missing_tool,
+    redfishtool_runs,
     measured,
     lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
     busy_phases,
