@@ -50,6 +50,7 @@ from provisioner.secrets import Vault
 from provisioner.services import Services
 from provisioner.settings import Settings, get_settings
 from provisioner.tokens import TokenCache
+from provisioner.ui import router as ui_router
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def create_app(
         tokens.router,
         handoff_api.router,
         events.router,
+        ui_router,
     ):
         app.include_router(router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
