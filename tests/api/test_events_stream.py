@@ -160,3 +160,34 @@ def test_an_id_that_commits_late_is_delivered_and_held_below_the_horizon(
     feed.tick()
     assert len(got) == 3
     engine.dispose()
+
+
+def test_an_event_that_commits_after_a_newer_one_is_not_lost(database_url: str) -> None:
+    """Two writers on PostgreSQL: the one holding the lower id commits last."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: its ids commit in order")
+    from provisioner import db
+
+    engine = db.make_engine(database_url)
+    db.upgrade(engine)
+    with Session(engine) as session:
+        node = Node(name="n1", state="enrolled")
+        session.add(node)
+        session.commit()
+        node_id = node.id
+    feed = events_stream.EventFeed(engine)
+    feed.horizon = feed._top()
+    got: list[str] = []
+    feed._publish = lambda event, position: got.append(event.data["message"])  # type: ignore[method-assign]
+    row = {"node_id": node_id, "actor": "t", "kind": "update"}
+    with engine.connect() as slow:
+        transaction = slow.begin()
+        slow.execute(insert(table_of(Event)), [{**row, "message": "slow"}])
+        with engine.begin() as fast:
+            fast.execute(insert(table_of(Event)), [{**row, "message": "fast"}])
+        feed.tick()
+        assert got == ["fast"]
+        transaction.commit()
+    feed.tick()
+    assert got == ["fast", "slow"]
+    engine.dispose()
