@@ -118,6 +118,11 @@ class Bmc(SQLModel, table=True):
     timeout: float | None = None
     retries: int | None = None
     cipher_suite: int | None = None
+    # HTTPS BMCs (Redfish): None means verify (against the CA bundle, else the pin).
+    tls_verify: bool | None = None
+    # The certificate pinned on first contact, "sha256:<hex>"; replaced only by an
+    # operator accepting a changed certificate.
+    tls_fingerprint: str | None = Field(default=None, max_length=71)
 
 
 class Nic(SQLModel, table=True):

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from provisioner import db, outage
 from provisioner.bmc.base import BmcError, Driver, PowerAction, Target
-from provisioner.bmc.credentials import deadline_for, target_for
+from provisioner.bmc.credentials import deadline_for, power_deadline_for, target_for
 from provisioner.bmc.pool import BmcPool
 from provisioner.lifecycle import State
 from provisioner.models import Bmc, Node, table_of, utcnow
@@ -39,7 +39,7 @@ def _apply(driver: Driver, action: PowerAction) -> str:
 async def carry_out(pool: BmcPool, target: Target, action: str) -> str:
     """Do ``action`` (on, off, cycle, reset, soft-off); return the power state after."""
     wanted = PowerAction(action)
-    return await pool.call(target, lambda d: _apply(d, wanted), deadline=2 * deadline_for(target))
+    return await pool.call(target, lambda d: _apply(d, wanted), deadline=power_deadline_for(target))
 
 
 @dataclass

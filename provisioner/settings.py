@@ -88,6 +88,15 @@ class Settings(BaseSettings):
     bmc_cipher_suite: int = Field(default=3, description="IPMI cipher suite: 3 or 17.")
     bmc_workers: int = at_least(1, 64, "BMC calls in flight at once.")
     bmc_per_bmc: int = at_least(1, 1, "Calls in flight per BMC.")
+    bmc_power_deadline: float = seconds(
+        20.0,
+        "Seconds a power action may take to show in the power state the BMC reports "
+        "(Redfish BMCs accept an action before carrying it out).",
+    )
+    bmc_ca_bundle: Path | None = unset(
+        "PEM file of the CAs Redfish BMCs' certificates must chain to; when unset, each "
+        "BMC's certificate is pinned on first contact (trust on first use)."
+    )
 
     profiles_dir: Path | None = unset("Hardware profiles; the shipped ones when unset.")
     images_dir: Path | None = unset(
@@ -255,6 +264,22 @@ class Settings(BaseSettings):
                 + "; ".join(problems)
             )
         return self
+
+    @field_validator("bmc_ca_bundle")
+    @classmethod
+    def _ca_bundle_readable(cls, path: Path | None) -> Path | None:
+        """Checked at start-up: a missing bundle would otherwise refuse every Redfish BMC
+        at its first contact, with a TLS error that does not name this setting."""
+        if path is None:
+            return None
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ValueError(f"PROVISIONER_BMC_CA_BUNDLE ({path}) is not a readable file")
+        if b"-----BEGIN CERTIFICATE-----" not in path.read_bytes():
+            raise ValueError(
+                f"PROVISIONER_BMC_CA_BUNDLE ({path}) holds no PEM certificate "
+                "(-----BEGIN CERTIFICATE-----)"
+            )
+        return path
 
     @property
     def resolved_tftp_root(self) -> Path:

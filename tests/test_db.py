@@ -334,3 +334,38 @@ def test_start_warns_once_with_the_command_when_secrets_are_open(
     for command in commands:
         assert command.format(data=data.resolve()) in warning, warning
     assert "secret.key" not in warning  # 0600 since it was created
+
+
+def test_bmcs_from_before_redfish_keep_their_driver_and_verify_tls(database_url: str) -> None:
+    """Migration 0012: a BMC stored by 0011 comes through with no TLS policy of its own
+    (verify, nothing pinned) and the same driver, port and credentials."""
+    import uuid
+    from datetime import UTC, datetime
+
+    engine = make_engine(database_url)
+    upgrade(engine, "0011")
+    node_id = uuid.uuid4()
+    node_key = node_id.hex if engine.dialect.name == "sqlite" else node_id
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO node (id, name, state, power_state, maintenance, created_at,"
+                " updated_at, version, power_failures) VALUES (:id, 'old', 'enrolled',"
+                " 'unknown', false, :now, :now, 1, 0)"
+            ),
+            {"id": node_key, "now": datetime.now(UTC)},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO bmc (node_id, driver, address, port, username, password_encrypted)"
+                " VALUES (:id, 'ipmi', '10.0.0.5', 623, 'admin', 'sealed')"
+            ),
+            {"id": node_key},
+        )
+    upgrade(engine)
+    with engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT driver, port, username, tls_verify, tls_fingerprint FROM bmc")
+        ).one()
+    engine.dispose()
+    assert tuple(row) == ("ipmi", 623, "admin", None, None)

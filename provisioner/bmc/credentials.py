@@ -21,9 +21,20 @@ def target_for(bmc: Bmc, vault: Vault, settings: Settings) -> Target:
             bmc.cipher_suite if bmc.cipher_suite is not None else settings.bmc_cipher_suite
         ),
         driver=bmc.driver,
+        power_deadline=settings.bmc_power_deadline,
+        tls_verify=bmc.tls_verify is not False,
+        ca_bundle=str(settings.bmc_ca_bundle) if settings.bmc_ca_bundle else None,
+        tls_fingerprint=bmc.tls_fingerprint,
     )
 
 
 def deadline_for(target: Target) -> float:
     """How long one call may take in all: every attempt, plus slack for pyghmi's stalls."""
     return target.timeout * (target.retries + 1) + 2.0
+
+
+def power_deadline_for(target: Target) -> float:
+    """How long a power change may take in all: its attempts, then the wait for the BMC
+    to report the new state (Redfish accepts an action before carrying it out), so the
+    pool does not give up on an action that is only waiting for its read-back."""
+    return deadline_for(target) * 2 + target.power_deadline

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from provisioner import timeline
 from provisioner.bmc.base import BootDevice, BootSetting, Driver
-from provisioner.bmc.credentials import deadline_for, target_for
+from provisioner.bmc.credentials import deadline_for, power_deadline_for, target_for
 from provisioner.errors import Problem
 from provisioner.lifecycle import POWER_STATES, State
 from provisioner.models import Bmc, Node
@@ -72,9 +72,10 @@ def _node_and_bmc(session: Session, ref: str) -> tuple[Node, Bmc]:
 
 
 async def _ask(services: Services, bmc: Bmc, fn: Callable[[Driver], T], *, read: bool) -> T:
-    """Call the node's BMC through the pool; reads are retried, changes are not."""
+    """Call the node's BMC through the pool; reads are retried, changes are not (and may
+    wait for the BMC to report them done)."""
     target = target_for(bmc, services.vault, services.settings)
-    deadline = deadline_for(target) * (1 if read else 2)
+    deadline = deadline_for(target) if read else power_deadline_for(target)
     return await services.bmc_pool.call(target, fn, deadline=deadline, idempotent=read)
 
 
