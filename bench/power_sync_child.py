@@ -168,7 +168,7 @@ def sync_child(args: argparse.Namespace) -> int:
     from sqlmodel import Session, col, select
 
     from provisioner.app import create_app
-    from provisioner.models import Node
+    from provisioner.models import Bmc, Node
     from provisioner.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -210,6 +210,18 @@ def sync_child(args: argparse.Namespace) -> int:
     except ImportError:
         runner, loop_name = asyncio.run, "asyncio"
 
+    # HTTPS BMCs' certificates pinned on first contact (trust on first use), counted
+    # after each sync, outside its timing: the pins must be written by the sync that
+    # first saw the certificates. Absent before the column existed.
+    fingerprint = getattr(Bmc, "tls_fingerprint", None)
+
+    def pinned() -> int | None:
+        if fingerprint is None:
+            return None
+        with Session(app.state.services.engine) as session:
+            query = select(func.count()).select_from(Bmc).where(col(fingerprint).is_not(None))
+            return int(session.exec(query).one())
+
     async def main() -> dict[str, Any]:
         runs: list[dict[str, Any]] = []
         async with app.router.lifespan_context(app):
@@ -243,6 +255,7 @@ def sync_child(args: argparse.Namespace) -> int:
                             k: round(v, 2) for k, v in sorted(threads.items(), key=lambda i: -i[1])
                         },
                         **breakdown.summary(wall, cpu),
+                        "tls_pinned_after": pinned(),
                     }
                 )
                 # Warm syncs a little apart, as the service's loop would run them (it
