@@ -5,8 +5,9 @@ the driver that speaks to its BMC.
     pool = BmcPool(driver_factory=drivers)        # each target gets its own driver's session
     drivers(target)                               # or one session, outside the pool
 
-``ipmi`` is :class:`provisioner.bmc.ipmi.IpmiDriver`; ``fake`` is an in-memory BMC per
-address (:mod:`provisioner.bmc.fake`), for trying the service without hardware.
+``ipmi`` is :class:`provisioner.bmc.ipmi.IpmiDriver`; ``redfish`` is
+:class:`provisioner.bmc.redfish.RedfishDriver`; ``fake`` is an in-memory BMC per address
+(:mod:`provisioner.bmc.fake`), for trying the service without hardware.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from collections.abc import Callable, Mapping
 
 from provisioner.bmc.base import BmcError, Driver, ErrorKind, Target
 from provisioner.bmc.fake import FakeFleet
+
+OnPin = Callable[[Target, str], None]
+"""Told a BMC's certificate fingerprint (``sha256:<hex>``) when a Redfish driver pins it
+on first contact; called from the worker thread that logs in."""
 
 DriverFactory = Callable[[Target], Driver]
 """Logs in to ``target``'s BMC and returns the session, or raises :class:`BmcError`."""
@@ -50,12 +55,25 @@ def _ipmi(target: Target) -> Driver:
     return IpmiDriver(target)
 
 
-def service_drivers(fake: FakeFleet | None = None) -> DriverRegistry:
+def _redfish(on_pin: OnPin | None) -> DriverFactory:
+    def factory(target: Target) -> Driver:
+        # Imported at the first Redfish login, for the same reason as _ipmi.
+        from provisioner.bmc.redfish import RedfishDriver
+
+        return RedfishDriver(target, on_pin=on_pin)
+
+    return factory
+
+
+def service_drivers(
+    fake: FakeFleet | None = None, *, on_pin: OnPin | None = None
+) -> DriverRegistry:
     """The drivers a service offers. Its ``fake`` BMCs live as long as the registry, in
     ``fake`` when given, else in a fleet that makes a BMC for any address on first
-    contact, with the credentials that first logged in."""
+    contact, with the credentials that first logged in. ``on_pin(target, fingerprint)``
+    records a Redfish BMC's certificate pinned on first contact (trust on first use)."""
     fleet = fake if fake is not None else FakeFleet(adopt_unknown=True)
-    return DriverRegistry({"ipmi": _ipmi, "fake": fleet.driver})
+    return DriverRegistry({"ipmi": _ipmi, "redfish": _redfish(on_pin), "fake": fleet.driver})
 
 
 DRIVER_NAMES = service_drivers().names

@@ -42,8 +42,8 @@ def power_state(driver: Driver) -> str:
     return driver.power_state()
 
 
-def test_the_service_offers_ipmi_and_fake() -> None:
-    assert DRIVER_NAMES == ("fake", "ipmi")
+def test_the_service_offers_ipmi_redfish_and_fake() -> None:
+    assert DRIVER_NAMES == ("fake", "ipmi", "redfish")
     assert service_drivers().names == DRIVER_NAMES
 
 
@@ -78,7 +78,7 @@ def test_an_unknown_driver_is_unsupported_and_names_the_known_ones(pool: BmcPool
         asyncio.run(pool.call(target, power_state))
     assert info.value.kind is ErrorKind.UNSUPPORTED
     assert "'redfish'" in str(info.value)
-    assert "use one of fake, ipmi" in str(info.value)
+    assert "use one of fake, ipmi, redfish" in str(info.value)
 
 
 def test_a_registry_of_its_own() -> None:
@@ -118,4 +118,4 @@ def test_enrollment_accepts_the_registry_names_and_the_fake_answers(
     body = node_body("r01-u02", "52:54:00:00:01:02", bmc={**bmc, "driver": "redfish"})
     refused = client.post("/api/v1/nodes", json=body, headers=operator)
     assert refused.status_code == 422
-    assert "use one of fake, ipmi" in refused.text
+    assert "use one of fake, ipmi, redfish" in refused.text
