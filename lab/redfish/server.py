@@ -24,7 +24,7 @@ import threading
 from collections.abc import Sequence
 
 from lab import faults
-from lab.redfish.http import hang, serve_connection
+from lab.redfish.http import Request, Response, Silence, hang, serve_connection
 from lab.redfish.service import RedfishBmc
 from lab.redfish.tls import Certificate
 
@@ -114,14 +114,24 @@ class RedfishServer:
             # Accepted by the kernel, never answered: not even the TLS handshake.
             await hang(reader)
             return
-        if self._context is not None:
-            try:
-                await writer.start_tls(
-                    bmc.tls_context(self._context), ssl_handshake_timeout=_HANDSHAKE_SECONDS
-                )
-            except (ssl.SSLError, ConnectionError, TimeoutError):
-                return  # a client that refuses the certificate, or a port scanner
-        await serve_connection(reader, writer, bmc.handle)
+        shared = self._context
+        if shared is None:
+            await serve_connection(reader, writer, bmc.handle)
+            return
+        context = bmc.tls_context(shared)
+        try:
+            await writer.start_tls(context, ssl_handshake_timeout=_HANDSHAKE_SECONDS)
+        except (ssl.SSLError, ConnectionError, TimeoutError):
+            return  # a client that refuses the certificate, or a port scanner
+
+        async def handle(request: Request) -> Response | Silence:
+            # A BMC whose certificate is replaced restarts its web server: connections
+            # made with the old one end rather than go on under it.
+            if bmc.tls_context(shared) is not context:
+                return Silence.CLOSE
+            return await bmc.handle(request)
+
+        await serve_connection(reader, writer, handle)
 
     async def _shutdown(self) -> None:
         for server in self._servers:
