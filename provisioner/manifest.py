@@ -33,6 +33,8 @@ COLUMNS = (
     "bmc_port",
     "bmc_username",
     "bmc_password",
+    "bmc_driver",
+    "bmc_tls_verify",
     "macs",
     "hardware_profile",
     "image",
@@ -44,7 +46,10 @@ YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml"})
 CSV_TYPES = frozenset({"text/csv"})
 
 _PLAIN_FIELDS = ("name", "rack", "role", "hardware_profile", "image")
-_BMC_COLUMNS = ("bmc_address", "bmc_port", "bmc_username", "bmc_password")
+_BMC_COLUMNS = ("bmc_address", "bmc_port", "bmc_username", "bmc_password", "bmc_driver")
+# CSV and YAML alike give text (see _Loader): only these two spellings, so that a typo
+# such as "flase" is an error rather than pydantic's idea of a boolean.
+_BOOLEANS = {"true": True, "false": False}
 _FIELD_TO_COLUMN = {"rack_unit": "u", "nics": "macs"}
 _MAC_SEPARATORS = re.compile(r"[\s;]+")
 # A repr()-quoted value, escapes included.
@@ -326,7 +331,8 @@ def _node(
     row.update((key, defaults[key]) for key in inherited)
     problems = [(key, _unknown(key, "key")) for key in row if key not in COLUMNS]
     macs = _macs(row.get("macs", []), problems)
-    node, invalid = _validate(row, macs)
+    tls_verify = _tls_verify(row.get("bmc_tls_verify"), problems)
+    node, invalid = _validate(row, macs, tls_verify)
     problems.extend(invalid)
     problems.extend(_duplicates(number, _identity(node, row, macs), seen))
     # The rack-wide password may be typed into a row that overrides its own.
@@ -352,21 +358,36 @@ def _macs(value: object, problems: list[RowProblem]) -> list[object]:
     return macs
 
 
+def _tls_verify(value: object, problems: list[RowProblem]) -> bool | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in _BOOLEANS:
+        return _BOOLEANS[value.strip().lower()]
+    shown = repr(value) if isinstance(value, str) else _kind(value)
+    problems.append(("bmc_tls_verify", f"bmc_tls_verify must be true or false, not {shown}"))
+    return None
+
+
 def _validate(
-    row: dict[str, object], macs: list[object]
+    row: dict[str, object], macs: list[object], tls_verify: bool | None
 ) -> tuple[NodeCreate | None, list[RowProblem]]:
     try:
-        return NodeCreate.model_validate(_payload(row, macs)), []
+        return NodeCreate.model_validate(_payload(row, macs, tls_verify)), []
     except ValidationError as exc:
         return None, [_problem(error) for error in exc.errors(include_url=False)]
 
 
-def _payload(row: dict[str, object], macs: list[object]) -> dict[str, object]:
+def _payload(
+    row: dict[str, object], macs: list[object], tls_verify: bool | None
+) -> dict[str, object]:
     payload = {key: row[key] for key in _PLAIN_FIELDS if key in row}
     if "u" in row:
         payload["rack_unit"] = row["u"]
+    # Without bmc_driver, the API's default (ipmi); with auto, the import probes.
     bmc = {key.removeprefix("bmc_"): row[key] for key in _BMC_COLUMNS if key in row}
-    payload["bmc"] = {"driver": "ipmi", **bmc}
+    if tls_verify is not None:
+        bmc["tls_verify"] = tls_verify
+    payload["bmc"] = bmc
     # The first MAC listed is the NIC the node PXE-boots from.
     payload["nics"] = [{"mac": mac, "pxe": index == 0} for index, mac in enumerate(macs)]
     return payload

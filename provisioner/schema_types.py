@@ -129,6 +129,25 @@ def _known_driver(name: str) -> str:
 
 BmcDriver = Annotated[str, AfterValidator(_known_driver), _described(enum=list(DRIVER_NAMES))]
 
+AUTO_DRIVER = "auto"
+
+
+def _known_driver_or_auto(name: str) -> str:
+    if name != AUTO_DRIVER and name not in DRIVER_NAMES:
+        raise ValueError(
+            f"unknown BMC driver {name!r}; use one of {', '.join(DRIVER_NAMES)}, "
+            f"or {AUTO_DRIVER} to find out"
+        )
+    return name
+
+
+# On input only: "auto" is resolved by probing the BMC before anything is stored.
+BmcDriverChoice = Annotated[
+    str,
+    AfterValidator(_known_driver_or_auto),
+    _described(enum=[*DRIVER_NAMES, AUTO_DRIVER]),
+]
+
 
 # IPMI 2.0 keeps 16 bytes of a user name and 20 of a password; BMCs cut longer ones
 # silently. Printable ASCII only, so the lengths in characters are the ones in bytes.

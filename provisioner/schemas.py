@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 # Re-exported: the catalog's models live in catalog_schemas.py.
+from provisioner.bmc.probe import DEFAULT_PORTS
 from provisioner.catalog_schemas import AnswerTemplate as AnswerTemplate
 from provisioner.catalog_schemas import Handoff as Handoff
 from provisioner.catalog_schemas import ImageIn as ImageIn
@@ -30,6 +31,7 @@ from provisioner.patches import Keep
 from provisioner.schema_types import (
     JSON_NUMBER,
     BmcDriver,
+    BmcDriverChoice,
     BmcPassword,
     BmcRetries,
     BmcTimeout,
@@ -53,14 +55,35 @@ from provisioner.schema_types import Strict as Strict
 
 
 class BmcIn(Strict):
-    driver: BmcDriver = "ipmi"
+    driver: BmcDriverChoice = Field(
+        default="ipmi",
+        description="auto: probe Redfish (HTTPS /redfish/v1), then IPMI, and store the "
+        "driver (and port) that answered.",
+    )
     address: Host
-    port: Port = 623
+    port: Port | None = Field(
+        default=None,
+        description="623 for IPMI, 443 for Redfish when left out; with auto, the port "
+        "both protocols are tried on.",
+    )
     username: BmcUser
     password: BmcPassword
     timeout: BmcTimeout | None = None
     retries: BmcRetries | None = None
     cipher_suite: CipherSuite | None = None
+    tls_verify: bool | None = Field(
+        default=None,
+        description="false: do not check an HTTPS BMC's certificate at all (logged); "
+        "null: verify against the CA bundle, else pin on first contact.",
+    )
+
+    @model_validator(mode="after")
+    def _default_port(self) -> BmcIn:
+        if self.port is None and self.driver in DEFAULT_PORTS:
+            # Past the model's __setattr__: a default is not a port the caller gave,
+            # which the conflict checks tell apart (model_fields_set).
+            object.__setattr__(self, "port", DEFAULT_PORTS[self.driver])
+        return self
 
 
 class BmcPatch(Strict):
@@ -72,6 +95,9 @@ class BmcPatch(Strict):
     timeout: BmcTimeout | None = None
     retries: BmcRetries | None = None
     cipher_suite: CipherSuite | None = None
+    tls_verify: bool | None = Field(
+        default=None, description="false: do not check the certificate; null: verify."
+    )
 
 
 class BmcOut(BaseModel):
@@ -84,6 +110,12 @@ class BmcOut(BaseModel):
     timeout: float | None = Field(description="null: the service default")
     retries: int | None
     cipher_suite: int | None
+    tls_verify: bool | None = Field(
+        default=None, description="false: the certificate is not checked; null: verified."
+    )
+    tls_fingerprint: str | None = Field(
+        default=None, description="The certificate pinned on first contact (sha256:<hex>)."
+    )
 
 
 class NicIn(Strict):

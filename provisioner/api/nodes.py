@@ -9,9 +9,18 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from pydantic import TypeAdapter
 
 from provisioner import nodes
-from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep, Viewer, run_db
+from provisioner.api.deps import (
+    Operator,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+    VaultDep,
+    Viewer,
+    run_db,
+)
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.lifecycle import Action, State
+from provisioner.nodes.enrollment import find_auto_drivers
 from provisioner.schema_types import Mac, never_null
 from provisioner.schemas import (
     ActionRequest,
@@ -62,14 +71,27 @@ def node_response(
     responses=responses(400, 403, _TAKEN, 413, 422),
 )
 async def enroll_node(
-    body: NodeCreate, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
+    body: NodeCreate,
+    services: ServicesDep,
+    session: SessionDep,
+    vault: VaultDep,
+    settings: SettingsDep,
+    token: Operator,
 ) -> Response:
     """Enroll one server by its BMC; it starts ``enrolled`` and, unless the service is
     configured otherwise, is inspected right after. If one of its MACs belongs to a
     ``discovered`` node, that node is adopted: it keeps its id and timeline and takes
-    the name, BMC and the rest of the request."""
+    the name, BMC and the rest of the request. BMC driver ``auto`` probes Redfish, then
+    IPMI, and stores what answered (422 when neither did)."""
+    probed = await find_auto_drivers(services, [body])
     enroll = functools.partial(
-        nodes.enroll_one, session, vault, body, token.name, inspect=settings.inspect_on_enroll
+        nodes.enroll_one,
+        session,
+        vault,
+        probed.items[0],
+        token.name,
+        inspect=settings.inspect_on_enroll,
+        note=probed.notes.get(0),
     )
     view = await run_db(session, enroll)
     return node_response(view, 201, {"Location": f"/api/v1/nodes/{view['id']}"})

@@ -7,10 +7,11 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import manifest, nodes
-from provisioner.api.deps import Operator, SessionDep, SettingsDep, VaultDep
+from provisioner.api.deps import Operator, ServicesDep, SessionDep, SettingsDep, VaultDep
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.errors import Problem
-from provisioner.schemas import ImportResult
+from provisioner.nodes.enrollment import find_auto_drivers
+from provisioner.schemas import ImportResult, NodeCreate
 from provisioner.secrets import Vault
 
 router = APIRouter(prefix="/api/v1/racks", tags=["racks"], responses=API_ERRORS)
@@ -41,7 +42,12 @@ _MANIFEST_BODY = {
     ),
 )
 async def import_rack(
-    request: Request, session: SessionDep, vault: VaultDep, settings: SettingsDep, token: Operator
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    vault: VaultDep,
+    settings: SettingsDep,
+    token: Operator,
 ) -> Response:
     """Enroll every node of a YAML or CSV manifest; a bad row rejects the whole manifest.
     A row naming the MAC of a ``discovered`` node adopts that node (same id, timeline
@@ -51,24 +57,35 @@ async def import_rack(
         raise Problem(415, "Send the manifest as application/yaml or text/csv.")
     body = await request.body()
     # Parsing and inserting a thousand rows takes a while: keep the event loop free.
+    items = await run_in_threadpool(_parse, body, media_type)
+    # Rows with bmc_driver auto are probed (concurrently) before anything is written.
+    probed = await find_auto_drivers(services, items, rows=True)
     return await run_in_threadpool(
-        _import, body, media_type, session, vault, token.name, settings.inspect_on_enroll
+        _import, probed.items, probed.notes, session, vault, token.name, settings.inspect_on_enroll
     )
 
 
-def _import(
-    body: bytes, media_type: str, session: Session, vault: Vault, actor: str, inspect: bool
-) -> Response:
+def _parse(body: bytes, media_type: str) -> list[NodeCreate]:
     try:
-        items = manifest.parse_manifest(body, media_type)
+        return manifest.parse_manifest(body, media_type)
     except manifest.ManifestError as exc:
         raise Problem(
             422,
             f"The manifest has {len(exc.errors)} error(s); nothing was imported.",
             errors=exc.errors,
         ) from None
+
+
+def _import(
+    items: list[NodeCreate],
+    notes: dict[int, str],
+    session: Session,
+    vault: Vault,
+    actor: str,
+    inspect: bool,
+) -> Response:
     enrolled = nodes.enroll(
-        session, vault, items, actor, "imported from a rack manifest", inspect=inspect
+        session, vault, items, actor, "imported from a rack manifest", inspect=inspect, notes=notes
     )
     result = ImportResult.model_validate(
         {

@@ -10,8 +10,9 @@ only after one fails.
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,14 +21,22 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
 from provisioner import timeline
+from provisioner.bmc import probe
+from provisioner.bmc.base import Target
+from provisioner.bmc.credentials import deadline_for
 from provisioner.errors import Problem
 from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.nodes import adoption
 from provisioner.nodes.checks import Claim, conflict_errors, in_api_terms, reference_errors
 from provisioner.nodes.queries import present, present_written
+from provisioner.schema_types import AUTO_DRIVER
 from provisioner.schemas import NodeCreate
 from provisioner.secrets import Vault
+from provisioner.services import Services
+from provisioner.timeline import EventKind
+
+log = logging.getLogger(__name__)
 
 _UNKNOWN = "Some nodes name a role or image that does not exist."
 _TAKEN = "Some names, MACs, BMCs or rack positions are taken."
@@ -44,6 +53,63 @@ class Enrolled:
 
     nodes: list[dict[str, Any]]
     adopted: int
+
+
+@dataclass(frozen=True)
+class Probed:
+    """Nodes with every ``auto`` driver replaced by what answered, and a timeline note
+    for each node probed, by its index."""
+
+    items: list[NodeCreate]
+    notes: dict[int, str]
+
+
+async def find_auto_drivers(
+    services: Services, items: Sequence[NodeCreate], *, rows: bool = False
+) -> Probed:
+    """Probe the BMC of every item whose driver is ``auto``, several at once (see
+    :mod:`provisioner.bmc.probe`). Raises :class:`Problem` 422 naming each BMC where
+    neither protocol answered (by manifest ``row`` when ``rows``); nothing is stored."""
+    asked = [i for i, item in enumerate(items) if item.bmc.driver == AUTO_DRIVER]
+    if not asked:
+        return Probed(list(items), {})
+    settings, pool = services.settings, services.bmc_pool
+
+    async def ipmi_login(target: Target) -> None:
+        await pool.call(target, lambda _driver: None, deadline=deadline_for(target))
+
+    targets = [(_probe_target(items[i], settings.bmc_timeout), items[i].bmc.port) for i in asked]
+    async with probe.probe_client() as client:
+        found = await probe.find_drivers(
+            targets, redfish_root=probe.redfish_root_over(client), ipmi_login=ipmi_login
+        )
+    resolved, notes, errors = list(items), {}, []
+    for i, result in zip(asked, found, strict=True):
+        if isinstance(result, probe.NothingAnswered):
+            where = {"row": i + 1, "field": "bmc_driver"} if rows else {"field": "bmc.driver"}
+            errors.append({**where, "message": str(result)})
+            continue
+        bmc = items[i].bmc.model_copy(update={"driver": result.driver, "port": result.port})
+        resolved[i] = items[i].model_copy(update={"bmc": bmc})
+        notes[i] = result.describe()
+    if errors:
+        many = f"{len(errors)} BMCs" if len(errors) > 1 else "The BMC"
+        raise Problem(
+            422, f"{many} answered neither Redfish nor IPMI; nothing was enrolled.", errors=errors
+        )
+    return Probed(resolved, notes)
+
+
+def _probe_target(item: NodeCreate, default_timeout: float) -> Target:
+    bmc = item.bmc
+    return Target(
+        address=bmc.address,
+        username=bmc.username,
+        password=bmc.password.get_secret_value(),
+        timeout=bmc.timeout if bmc.timeout is not None else default_timeout,
+        cipher_suite=bmc.cipher_suite if bmc.cipher_suite is not None else 3,
+        driver=AUTO_DRIVER,
+    )
 
 
 @functools.cache
@@ -87,10 +153,21 @@ def _rows(
     actor: str,
     how: str,
     inspect: bool,
+    notes: Mapping[int, str],
 ) -> _Rows:
     now = utcnow()
     rows = _Rows()
-    for item, node_id in zip(items, ids, strict=True):
+    for index, (item, node_id) in enumerate(zip(items, ids, strict=True)):
+        if item.bmc.driver == AUTO_DRIVER or item.bmc.port is None:
+            # Never stored: find_auto_drivers replaces it with what answered.
+            raise Problem(422, f"Node {item.name}: BMC driver auto was not probed.")
+        if item.bmc.tls_verify is False:
+            log.warning(
+                "node %s: the certificate of BMC %s:%s will not be checked (tls_verify false)",
+                item.name,
+                item.bmc.address,
+                item.bmc.port,
+            )
         rows.nodes.append(
             {
                 "id": node_id,
@@ -131,12 +208,16 @@ def _rows(
                 "timeout": item.bmc.timeout,
                 "retries": item.bmc.retries,
                 "cipher_suite": item.bmc.cipher_suite,
+                "tls_verify": item.bmc.tls_verify,
+                "tls_fingerprint": None,
             }
         )
         rows.nics.extend({"node_id": node_id, "mac": n.mac, "pxe": n.pxe} for n in item.nics)
         rows.events.append(
             timeline.event_row(node_id, Outcome.ENROLL, actor, how, to_state=State.ENROLLED)
         )
+        if index in notes:
+            rows.events.append(timeline.event_row(node_id, EventKind.UPDATE, actor, notes[index]))
     return rows
 
 
@@ -148,6 +229,7 @@ def enroll(
     how: str,
     *,
     inspect: bool = False,
+    notes: Mapping[int, str] | None = None,
 ) -> Enrolled:
     """Enroll ``items`` in one transaction: all or none. A node whose MACs belong to a
     ``discovered`` node adopts it (see :mod:`provisioner.nodes.adoption`); the others
@@ -156,13 +238,15 @@ def enroll(
     Raises :class:`Problem` 422 for unknown roles/images and 409 for names, MACs, BMCs
     or rack positions in use (or a BMC two rows share), with ``errors`` naming each row
     (1-based). With ``inspect``, the reconciler inspects
-    each node once on its own.
+    each node once on its own. ``notes`` go on the timelines of created nodes, by index
+    (what :func:`find_auto_drivers` found).
     """
+    notes = notes or {}
     # One node's role and image are checked by its INSERT (see _insert_if_known).
     single = len(items) == 1
     if not single and (errors := reference_errors(session, items)):
         raise Problem(422, _UNKNOWN, errors=errors)
-    rows = _rows(vault, items, [uuid.uuid4() for _ in items], actor, how, inspect)
+    rows = _rows(vault, items, [uuid.uuid4() for _ in items], actor, how, inspect, notes)
     try:
         # Core inserts on the session's connection: the ORM's bulk path costs several
         # times more Python per row, and enrollment is the API's hottest write.
@@ -183,7 +267,7 @@ def enroll(
         # The unique constraints are the check; asking first would cost every enrollment
         # three queries to help only the ones that fail (or adopt, which is rarer).
         session.rollback()
-        return _enroll_adopting(session, vault, items, actor, how, inspect)
+        return _enroll_adopting(session, vault, items, actor, how, inspect, notes)
     return Enrolled(present_written(rows.nodes, rows.bmcs, rows.nics), adopted=0)
 
 
@@ -194,6 +278,7 @@ def _enroll_adopting(
     actor: str,
     how: str,
     inspect: bool,
+    notes: Mapping[int, str],
 ) -> Enrolled:
     """Enroll ``items`` whose names, MACs, BMCs or positions are in use: the MACs of
     discovered nodes are adopted with them; anything else in use is a 409 naming every
@@ -211,7 +296,7 @@ def _enroll_adopting(
     if errors := reference_errors(session, items):
         raise Problem(422, _UNKNOWN, errors=errors)
     node_ids = [adopted[i].id if i in adopted else uuid.uuid4() for i in range(len(items))]
-    rows = _rows(vault, items, node_ids, actor, how, inspect)
+    rows = _rows(vault, items, node_ids, actor, how, inspect, notes)
     created = [i for i in range(len(items)) if i not in adopted]
     try:
         nics = [
@@ -265,11 +350,23 @@ def _insert_rest(
 
 
 def enroll_one(
-    session: Session, vault: Vault, item: NodeCreate, actor: str, *, inspect: bool = False
+    session: Session,
+    vault: Vault,
+    item: NodeCreate,
+    actor: str,
+    *,
+    inspect: bool = False,
+    note: str | None = None,
 ) -> dict[str, Any]:
     try:
         enrolled = enroll(
-            session, vault, [item], actor, "enrolled through the API", inspect=inspect
+            session,
+            vault,
+            [item],
+            actor,
+            "enrolled through the API",
+            inspect=inspect,
+            notes={0: note} if note else None,
         )
     except Problem as problem:
         problem.extra["errors"] = in_api_terms(problem.extra.get("errors", []))

@@ -57,6 +57,8 @@ class _Bmc(NamedTuple):
     timeout: float | None
     retries: int | None
     cipher_suite: int | None
+    tls_verify: bool | None
+    tls_fingerprint: str | None
 
 
 @functools.cache

@@ -38,7 +38,7 @@ def _with(path: tuple[str | int, ...], value: object) -> dict[str, Any]:
         (_with(("bmc", "address"), "bmc_1.example.com"), "bmc.address"),
         (_with(("bmc", "port"), 70000), "bmc.port"),
         (_with(("bmc", "port"), 0), "bmc.port"),
-        (_with(("bmc", "driver"), "redfish"), "bmc.driver"),
+        (_with(("bmc", "driver"), "wsman"), "bmc.driver"),
         (_with(("bmc", "password"), "x" * 21), "bmc.password"),
         (_with(("name",), "-bad-"), "name"),
         (_with(("name",), "a" * 64), "name"),

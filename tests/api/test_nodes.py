@@ -41,6 +41,8 @@ def test_enroll_returns_the_node_without_its_password(
         "timeout": None,
         "retries": None,
         "cipher_suite": None,
+        "tls_verify": None,
+        "tls_fingerprint": None,
     }
     assert "inspect" in node["allowed_actions"]
     assert "s3cret-bmc-pw" not in response.text
