@@ -346,8 +346,9 @@ class RedfishDriver:
         update = root.get("UpdateService", {}).get("@odata.id")
         service = self._optional(update, deadline) if update else None
         items = self._members(service or {}, "FirmwareInventory", deadline)
+        # By Id: unique in the collection, where names repeat on some BMCs.
         return {
-            str(i.get("Name") or i.get("Id")): str(i["Version"]) for i in items if i.get("Version")
+            str(i.get("Id") or i.get("Name")): str(i["Version"]) for i in items if i.get("Version")
         }
 
 

@@ -136,14 +136,14 @@ class RedfishHttp:
 
     def log_out(self) -> None:
         """DELETE the session; never raises, and gives up after a second."""
-        session, self._token = self._session, None
-        self._session = None
+        session, self._session = self._session, None
         if session is None or self._conn is None or self._aborted.is_set():
             return
         try:
-            self._send("DELETE", session, None, time.monotonic() + 1.0, auth=False)
+            self._exchange("DELETE", session, None, time.monotonic() + 1.0, True, None)
         except (BmcError, OSError) as exc:
             log.debug("logout from %s failed: %s", self.where, exc)
+        self._token = None
 
     def refused(self, reply: Reply) -> BmcError:
         return BmcError(

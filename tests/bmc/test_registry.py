@@ -73,11 +73,11 @@ def test_an_adopted_fake_keeps_the_first_credentials(pool: BmcPool) -> None:
 
 
 def test_an_unknown_driver_is_unsupported_and_names_the_known_ones(pool: BmcPool) -> None:
-    target = Target("192.0.2.9", "admin", "pw", driver="redfish")
+    target = Target("192.0.2.9", "admin", "pw", driver="snmp")
     with pytest.raises(BmcError) as info:
         asyncio.run(pool.call(target, power_state))
     assert info.value.kind is ErrorKind.UNSUPPORTED
-    assert "'redfish'" in str(info.value)
+    assert "'snmp'" in str(info.value)
     assert "use one of fake, ipmi, redfish" in str(info.value)
 
 
@@ -115,7 +115,7 @@ def test_enrollment_accepts_the_registry_names_and_the_fake_answers(
     power = client.get("/api/v1/nodes/r01-u01/power", headers=operator)
     assert power.json() == {"power_state": "off"}
 
-    body = node_body("r01-u02", "52:54:00:00:01:02", bmc={**bmc, "driver": "redfish"})
+    body = node_body("r01-u02", "52:54:00:00:01:02", bmc={**bmc, "driver": "snmp"})
     refused = client.post("/api/v1/nodes", json=body, headers=operator)
     assert refused.status_code == 422
     assert "use one of fake, ipmi, redfish" in refused.text
