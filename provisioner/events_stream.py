@@ -25,6 +25,7 @@ import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, or_, select
@@ -97,7 +98,9 @@ class StreamEvent:
     def of(cls, row: Any) -> StreamEvent:
         data = dict(row._mapping)
         data["node"] = data.pop("name")
-        data["time"] = row.time.isoformat()
+        # SQLite hands back naive datetimes; everything is stored in UTC.
+        when = row.time if row.time.tzinfo else row.time.replace(tzinfo=UTC)
+        data["time"] = when.isoformat(timespec="milliseconds")
         return cls(row.id, data)
 
     def frame(self, position: int) -> bytes:

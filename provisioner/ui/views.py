@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, cast, func, or_
@@ -183,6 +183,11 @@ class TimelineEntry:
     hop: bool
 
 
+def utc(when: datetime) -> datetime:
+    """``when`` with its time zone: SQLite hands back naive datetimes, stored in UTC."""
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def is_hop(kind: str) -> bool:
     return kind.startswith(_HOP_PREFIXES) or kind in _HOP_KINDS
 
@@ -244,12 +249,13 @@ def timeline(session: Session, node_id: uuid.UUID) -> list[TimelineEntry]:
     entries = []
     previous: datetime | None = None
     for event in reversed(rows):
-        since = (event.time - previous).total_seconds() if previous is not None else None
-        previous = event.time
+        when = utc(event.time)
+        since = (when - previous).total_seconds() if previous is not None else None
+        previous = when
         entries.append(
             TimelineEntry(
                 event.id or 0,
-                event.time,
+                when,
                 since,
                 event.actor,
                 event.kind,
@@ -275,7 +281,9 @@ class Discovered:
 def discovered(session: Session) -> list[Discovered]:
     """Machines that network-booted with a MAC no node had, newest first."""
     found = session.exec(
-        select(Node).where(Node.state == State.DISCOVERED.value).order_by(col(Node.created_at))
+        select(Node)
+        .where(Node.state == State.DISCOVERED.value)
+        .order_by(col(Node.created_at).desc())
     ).all()
     ids = [n.id for n in found]
     macs: dict[uuid.UUID, list[str]] = defaultdict(list)
@@ -283,32 +291,34 @@ def discovered(session: Session) -> list[Discovered]:
         select(Nic.node_id, Nic.mac).where(col(Nic.node_id).in_(ids))
     ):
         macs[node_id].append(mac)
-    counts: dict[uuid.UUID, int] = dict(
-        session.execute(
-            select_rows(col(Event.node_id), func.count())
+    counts: dict[uuid.UUID, tuple[int, int]] = {
+        node_id: (count, newest)
+        for node_id, count, newest in session.execute(
+            select_rows(col(Event.node_id), func.count(), func.max(Event.id))
             .where(col(Event.node_id).in_(ids))
             .group_by(col(Event.node_id))
+        )
+    }
+    newest = [newest for _, newest in counts.values()]
+    last: dict[uuid.UUID, str] = dict(
+        session.execute(
+            select_rows(col(Event.node_id), col(Event.message)).where(col(Event.id).in_(newest))
         ).all()
     )
-    out = []
-    for node in reversed(found):
-        last = session.exec(
-            select(Event.message)
-            .where(Event.node_id == node.id)
-            .order_by(col(Event.id).desc())
-            .limit(1)
-        ).first()
-        out.append(
-            Discovered(
-                node.name,
-                macs[node.id],
-                node.created_at,
-                counts.get(node.id, 0),
-                last or "",
-                inspection.kept(session, node.id),
-            )
+    reported = set(
+        session.exec(select(InventoryFact.node_id).where(col(InventoryFact.node_id).in_(ids)))
+    )
+    return [
+        Discovered(
+            node.name,
+            macs[node.id],
+            utc(node.created_at),
+            counts.get(node.id, (0, 0))[0],
+            last.get(node.id, ""),
+            inspection.kept(session, node.id) if node.id in reported else {},
         )
-    return out
+        for node in found
+    ]
 
 
 def unknown_hops(session: Session, limit: int = 20) -> list[BootHop]:

@@ -48,6 +48,10 @@
         card.dataset.state = e.state;
         count(old, -1);
         count(e.state, 1);
+        if (stale && !live.classList.contains("racks")) {
+          // A node's page: the actions it offers were those of the old state.
+          stale.hidden = false;
+        }
       }
       field(card, "state", e.state);
       field(card, "power_state", "power " + e.power_state);
