@@ -261,7 +261,8 @@ def _report(api: httpx.Client, run: _Demo, example: str) -> None:
     out.print(f"\n[bold]Timeline of {example}[/bold] (provisioner node events {example})")
     events_table(api.get(f"/api/v1/nodes/{example}/events").json())
     out.print(
-        f"\nAPI docs: {run.url}/docs (with --keep-running; the token is in {run.workdir}/token)"
+        f"\nWeb view: {run.url}/ui, API docs: {run.url}/docs (with --keep-running; sign in "
+        f"with the token in {run.workdir}/token)"
     )
     token_file = run.workdir / "token"
     token_file.touch(mode=0o600)
