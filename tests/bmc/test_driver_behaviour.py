@@ -20,6 +20,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,10 +91,15 @@ class Rack:
     def certificate(self) -> Path:
         return self.lab.control_dir / CERTIFICATE_FILE
 
-    def take(self, bmc: Bmc = REDFISH) -> Node:
+    def take(self, bmc: Bmc | None = None) -> Node:
         """A node no test has used (tests change power, boot flags and faults), whose
-        Redfish BMC speaks ``bmc.dialect``."""
-        node = next(n for n in self.unused if self.dialects[n.name] is bmc.dialect)
+        Redfish BMC speaks ``bmc.dialect``; any node for IPMI or without ``bmc``."""
+        if bmc is None or bmc.protocol == "ipmi":
+            left = Counter(self.dialects[n.name] for n in self.unused)
+            dialect = left.most_common(1)[0][0]
+        else:
+            dialect = bmc.dialect
+        node = next(n for n in self.unused if self.dialects[n.name] is dialect)
         self.unused.remove(node)
         return node
 
@@ -387,7 +393,7 @@ async def _during_fault(
 
 def _neighbours(lab_rack: Rack) -> list[Target]:
     """A healthy node's two BMCs, one of each protocol."""
-    neighbour = lab_rack.take(REDFISH)
+    neighbour = lab_rack.take()
     return [lab_rack.target(neighbour, IPMI), lab_rack.target(neighbour, REDFISH)]
 
 
@@ -535,16 +541,31 @@ def test_a_task_that_never_completes_times_out(lab_rack: Rack, pool: BmcPool, bm
         )
     )
     assert outcome.error.kind is ErrorKind.TIMEOUT, str(outcome.error)
+    assert "task" in str(outcome.error), str(outcome.error)
     assert target.power_deadline <= outcome.elapsed < target.power_deadline + 10
     assert outcome.neighbours_answered_meanwhile(), outcome
     assert lab_rack.machine(node)["power"] == "off"
+
+
+@pytest.mark.parametrize("bmc", redfish_only(Dialect.GENERIC, Dialect.SUPERMICRO))
+def test_a_certificate_is_pinned_on_first_contact(lab_rack: Rack, bmc: Bmc) -> None:
+    pinned: list[tuple[Target, str]] = []
+    pool = BmcPool(driver_factory=service_drivers(on_pin=lambda t, f: pinned.append((t, f))))
+    node = lab_rack.take(bmc)
+    # Neither a CA bundle nor a pin: trust on first use.
+    target = lab_rack.target(node, bmc, ca_bundle=None)
+    try:
+        assert run(pool, target, power_state) == "off"
+    finally:
+        pool.close()
+    assert pinned == [(target, f"sha256:{_lab_fingerprint(lab_rack)}")]
 
 
 @pytest.mark.parametrize("bmc", redfish_only(Dialect.GENERIC))
 def test_a_changed_certificate_is_refused_naming_both_fingerprints(
     lab_rack: Rack, pool: BmcPool, bmc: Bmc
 ) -> None:
-    pinned = _fingerprint(x509.load_pem_x509_certificate(lab_rack.certificate.read_bytes()))
+    pinned = _lab_fingerprint(lab_rack)
     node = lab_rack.take(bmc)
     target = lab_rack.target(node, bmc, ca_bundle=None, tls_fingerprint=f"sha256:{pinned}")
     assert run(pool, target, power_state) == "off"  # the pinned certificate is the lab's
@@ -561,6 +582,10 @@ def test_a_changed_certificate_is_refused_naming_both_fingerprints(
     assert outcome.elapsed < 10
     lab_rack.fault(node, "none")  # the lab's certificate again: the pin holds
     assert run(pool, target, power_state) == "off"
+
+
+def _lab_fingerprint(lab_rack: Rack) -> str:
+    return _fingerprint(x509.load_pem_x509_certificate(lab_rack.certificate.read_bytes()))
 
 
 def _fingerprint(cert: x509.Certificate) -> str:

@@ -137,23 +137,26 @@ class Lab:
 
 
 def free_port_block(count: int) -> int:
-    """The first of ``count`` consecutive UDP ports free on 127.0.0.1."""
+    """The first of ``count`` consecutive ports free on 127.0.0.1 for UDP (IPMI) and TCP
+    (Redfish), below Linux's ephemeral range (32768-60999), where any client's
+    connection could take one between this check and the lab's bind."""
     rng = random.Random()
     for _ in range(100):
-        base = rng.randrange(20000, 60000 - count)
+        base = rng.randrange(20000, 32768 - count)
         sockets: list[socket.socket] = []
         try:
             for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    sock = socket.socket(socket.AF_INET, kind)
+                    sockets.append(sock)
+                    sock.bind(("127.0.0.1", port))
             return base
         except OSError:
             continue
         finally:
             for sock in sockets:
                 sock.close()
-    raise RuntimeError("no block of free UDP ports")
+    raise RuntimeError("no block of free ports")
 
 
 @pytest.fixture(scope="module")
