@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import subprocess
 import time
 from typing import Any
@@ -31,8 +32,9 @@ from common import (
 RESULTS_BEGIN = "<!-- bench/power_sync.py --protocol redfish writes from here -->"
 RESULTS_END = "<!-- bench/power_sync.py --protocol redfish writes up to here -->"
 REDFISHTOOL = BIN / "redfishtool"
-# The service's Redfish driver and its storage; the lab's TLS and HTTP.
-PACKAGES = ("httpx", "sqlalchemy", "uvloop", "cryptography", "h11")
+# The service's storage and event loop, and the lab's HTTP; TLS on both sides is the
+# standard library's ssl (its OpenSSL is recorded too), the driver's HTTP http.client.
+PACKAGES = ("sqlalchemy", "uvloop", "h11")
 
 # The issue's targets (issue 14, part 3), each checked against one measured figure.
 TARGETS: dict[str, tuple[str, float, str]] = {
@@ -53,6 +55,7 @@ def missing_tool() -> str | None:
 def machine_info() -> dict[str, Any]:
     return {
         **machine(PACKAGES),
+        "openssl": ssl.OPENSSL_VERSION,
         "redfishtool": tool_version([str(REDFISHTOOL), "-V"], "redfishtool Version: "),
     }
 
@@ -223,7 +226,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = [
         *results_head(RESULTS_BEGIN, f"Power sync, Redfish: run of {results['date']}", results),
         f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
-        f"{m['kernel']}; Python {m['python']}, {packages}, redfishtool {m['redfishtool']}. "
+        f"{m['kernel']}; Python {m['python']} ({m['openssl']}), {packages}, redfishtool "
+        f"{m['redfishtool']}. "
         f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
         f"{m['loadavg_at_end']:.2f}.",
         f"- Lab: `provisioner-lab up --nodes {lab['nodes']} --protocol redfish --base-port "
@@ -261,6 +265,17 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append(
             "- **Warning: other processes were busy during this run** (their share of the "
             f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
+        )
+    relogins = [
+        f"warm #{index} ({r['login']['count']:,} logins)"
+        for index, r in enumerate(service["runs"][1:], start=1)
+        if r.get("login", {}).get("count")
+    ]
+    if relogins:
+        lines.append(
+            "- Not every warm sync was warm: the driver factory logged in again during "
+            f"{', '.join(relogins)} of the default row, which then did not run over "
+            "cached sessions only."
         )
     if par["failure_examples"]:
         lines.append(f"- redfishtool failures, first few: {'; '.join(par['failure_examples'])}.")
