@@ -191,3 +191,23 @@ def test_an_event_that_commits_after_a_newer_one_is_not_lost(database_url: str) 
     feed.tick()
     assert got == ["fast", "slow"]
     engine.dispose()
+
+
+def test_a_replica_streams_what_another_replica_wrote(settings: Settings) -> None:
+    """Two service processes (here two apps, each with its own engine and feed) on one
+    database: the stream of one carries an action taken through the other."""
+    first, second = Served(settings), Served(settings)
+    try:
+        operator = auth(first.tokens["operator"])
+        assert (
+            first.http.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
+        )
+        viewer = auth(second.tokens["viewer"])
+        with second.http.stream("GET", "/api/v1/events/stream", headers=viewer) as stream:
+            messages = frames(stream)
+            act(first, "r01-u01", "inspect")
+            assert until(messages, "inspect", "r01-u01")["data"]["state"] == "inspecting"
+    finally:
+        for served in (first, second):
+            served.http.close()
+            served.server.stop()
