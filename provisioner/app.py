@@ -35,13 +35,14 @@ from provisioner.api import handoff as handoff_api
 from provisioner.api import nodes as nodes_api
 from provisioner.api import profiles as profiles_api
 from provisioner.bmc.pool import BmcPool
-from provisioner.bmc.registry import DriverFactory
+from provisioner.bmc.registry import DriverFactory, service_drivers
 from provisioner.body_limit import BodySizeLimit
 from provisioner.boot.embedded_tftp import embedded_tftp
 from provisioner.boot.hops import HopRecorder
 from provisioner.boot.service import BootService
 from provisioner.handoff import WebhookSender
 from provisioner.metrics import Metrics, MetricsMiddleware, ReplicaCollector, ReplicaWork
+from provisioner.nodes.certificates import pin_recorder
 from provisioner.power import PowerSync
 from provisioner.profiles import load_profiles, shipped_profiles_dir
 from provisioner.reconciler import Reconciler
@@ -67,7 +68,9 @@ def create_app(
     pool = BmcPool(
         max_workers=settings.bmc_workers,
         per_bmc=settings.bmc_per_bmc,
-        driver_factory=driver_factory,
+        # The service's drivers record certificates pinned on first contact on the BMC's
+        # row; a factory given by a test speaks for every BMC as it is.
+        driver_factory=driver_factory or service_drivers(on_pin=pin_recorder(engine)),
     )
     reconciler = Reconciler(
         engine,

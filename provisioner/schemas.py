@@ -118,6 +118,28 @@ class BmcOut(BaseModel):
     )
 
 
+Fingerprint = Annotated[
+    str,
+    Field(
+        pattern=r"^(sha256:|SHA256:)?([0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}$",
+        description="sha256: and the SHA-256 of the certificate (hex, colons allowed).",
+    ),
+]
+
+
+class AcceptCertificateIn(Strict):
+    fingerprint: Fingerprint | None = Field(
+        default=None,
+        description="The certificate you expect the BMC to present; refused with 409 if "
+        "it presents another.",
+    )
+
+
+class AcceptCertificateOut(BaseModel):
+    previous: str | None = Field(description="The certificate pinned until now.")
+    fingerprint: str = Field(description="The certificate pinned from now on.")
+
+
 class NicIn(Strict):
     mac: Mac
     pxe: bool = False

@@ -1,22 +1,30 @@
-"""/api/v1/nodes/{ref}/power, /boot-device and /inventory: reading and setting what the
-BMC controls directly. Power changes go through the lifecycle actions (power-on, ...);
-these routes read live state and set the boot device."""
+"""/api/v1/nodes/{ref}/power, /boot-device, /inventory and /bmc/accept-certificate:
+reading and setting what the BMC controls directly, and trusting a Redfish BMC's new
+certificate. Power changes go through the lifecycle actions (power-on, ...); these
+routes read live state and set the boot device."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 
 from provisioner import nodes
 from provisioner.api.deps import Operator, ServicesDep, SessionDep, Viewer
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.bmc.base import BootSetting
 from provisioner.errors import Problem
-from provisioner.nodes import control
-from provisioner.schemas import BootDeviceIn, BootDeviceOut, InventoryOut, PowerOut
+from provisioner.nodes import certificates, control
+from provisioner.schemas import (
+    AcceptCertificateIn,
+    AcceptCertificateOut,
+    BootDeviceIn,
+    BootDeviceOut,
+    InventoryOut,
+    PowerOut,
+)
 
 T = TypeVar("T")
 
@@ -93,3 +101,40 @@ def read_inventory(ref: str, session: SessionDep, _viewer: Viewer) -> InventoryO
         # The node is there and its inventory comes with its first inspection: a state
         # to change (the detail says how), not a resource that is missing.
         raise Problem(409, problem.detail) from None
+
+
+@router.post(
+    "/{ref}/bmc/accept-certificate",
+    response_model=AcceptCertificateOut,
+    responses=responses(
+        400,
+        403,
+        404,
+        (
+            409,
+            "The BMC has no certificate (IPMI), is verified against the CA bundle instead, "
+            "or presents another certificate than `fingerprint`.",
+        ),
+        413,
+        422,
+        502,
+        503,
+        504,
+    ),
+)
+async def accept_certificate(
+    ref: str,
+    services: ServicesDep,
+    session: SessionDep,
+    token: Operator,
+    body: Annotated[AcceptCertificateIn | None, Body()] = None,
+) -> AcceptCertificateOut:
+    """Trust the certificate a Redfish BMC presents now, in place of the one pinned on
+    first contact (a BMC whose certificate changed is refused with 502
+    ``certificate-refused`` until then). Give ``fingerprint`` to accept only the
+    certificate you expect."""
+    expected = body.fingerprint if body is not None else None
+    accepted = await _within_wait(
+        certificates.accept_certificate(services, session, ref, expected, token.name)
+    )
+    return AcceptCertificateOut(previous=accepted.previous, fingerprint=accepted.fingerprint)

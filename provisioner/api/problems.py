@@ -4,6 +4,7 @@ sentence that tells the caller what to do. Field errors are listed in ``errors``
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -44,7 +45,15 @@ _TITLES = {
 
 # A BMC that cannot be reached or does not answer in time is a gateway's 504; one that
 # answers wrongly (a refused login, an error) a 502.
-_BMC_ERROR_STATUS = {"unreachable": 504, "timed-out": 504, "authentication-failed": 502}
+# A busy BMC asks to be asked again later, as 503 does; a refused certificate is an
+# answer the operator acts on (its message says how to accept a new one).
+_BMC_ERROR_STATUS = {
+    "unreachable": 504,
+    "timed-out": 504,
+    "authentication-failed": 502,
+    "busy": 503,
+    "certificate-refused": 502,
+}
 
 
 # What each status means wherever the service answers it; a route says more where it
@@ -62,7 +71,8 @@ _MEANINGS = {
     "Besides the constraints in this schema: references to roles, images or nodes that "
     "do not exist, and rules that span fields.",
     502: "The node's BMC answered with an error (`bmc_error` says which).",
-    503: "The database is unavailable; retry shortly.",
+    503: "The database is unavailable, or the node's BMC said it is busy "
+    "(`bmc_error` busy); retry shortly (after Retry-After when given).",
     504: "The node's BMC did not answer in time.",
 }
 
@@ -234,7 +244,11 @@ async def _on_illegal(_: Request, exc: Exception) -> JSONResponse:
 async def _on_bmc_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BmcError)
     status = _BMC_ERROR_STATUS.get(exc.kind.value, 502)
-    return problem_response(status, str(exc), bmc_error=exc.kind.value)
+    headers = None
+    retry_after = getattr(exc, "retry_after", None)
+    if status == 503 and isinstance(retry_after, int | float) and retry_after > 0:
+        headers = {"Retry-After": str(math.ceil(retry_after))}
+    return problem_response(status, str(exc), headers, bmc_error=exc.kind.value)
 
 
 # The constraints whose failure is a conflict with other data, by PostgreSQL SQLSTATE
