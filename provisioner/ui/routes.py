@@ -159,7 +159,9 @@ async def node(request: Request, name: str) -> Response:
     if user is None:
         return _to_login()
     try:
-        view = await _db(request, lambda s: views.node_view(s, nodes.find(s, name)))
+        view = await _db(
+            request, lambda s: views.node_view(s, nodes.find(s, name), _services(request).profiles)
+        )
     except Problem as problem:
         return page("error.html", user, problem.status, message=problem.detail)
     return page("node.html", user, view=view, node=view.node, effects=EFFECTS)
@@ -182,7 +184,9 @@ async def _action_page(
     if action not in EFFECTS:
         return page("error.html", user, 404, message=f"There is no action {action!r}.")
     try:
-        view = await _db(request, lambda s: views.node_view(s, nodes.find(s, name)))
+        view = await _db(
+            request, lambda s: views.node_view(s, nodes.find(s, name), _services(request).profiles)
+        )
     except Problem as problem:
         return page("error.html", user, problem.status, message=problem.detail)
     return page(
@@ -270,7 +274,9 @@ async def _enroll_page(
         message = "Enrolling needs an operator token; you are signed in as a viewer."
         return page("error.html", user, 403, message=message)
     try:
-        found = await _db(request, lambda s: views.node_view(s, nodes.find(s, name)))
+        found = await _db(
+            request, lambda s: views.node_view(s, nodes.find(s, name), _services(request).profiles)
+        )
     except Problem as problem:
         return page("error.html", user, problem.status, message=problem.detail)
     given = {k: v for k, v in given.items() if k not in ("password", "csrf")}

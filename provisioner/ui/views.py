@@ -31,6 +31,7 @@ from provisioner.models import (
     OsImage,
     Role,
 )
+from provisioner.profiles import Profile, ProfileSet
 
 # A rack is drawn at least this tall: the common full-height rack.
 RACK_UNITS = 42
@@ -203,9 +204,10 @@ class NodeView:
     actions: list[str]
     roles: list[str]
     images: list[str]
+    profile: Profile | None
 
 
-def node_view(session: Session, node: Node) -> NodeView:
+def node_view(session: Session, node: Node, profiles: ProfileSet) -> NodeView:
     bmc = session.get(Bmc, node.id)
     shown_bmc = None
     if bmc is not None:
@@ -235,6 +237,7 @@ def node_view(session: Session, node: Node) -> NodeView:
         ),
         roles=list(session.exec(select(Role.name).order_by(col(Role.name)))),
         images=list(session.exec(select(OsImage.name).order_by(col(OsImage.name)))),
+        profile=profiles.get(node.hardware_profile) if node.hardware_profile else None,
     )
 
 

@@ -99,7 +99,7 @@ def _hops(app: FastAPI, name: str) -> None:
 
 
 def test_the_node_view(client: TestClient, app: FastAPI, tokens: dict[str, str]) -> None:
-    enroll(client, tokens["operator"], rack_unit=3)
+    enroll(client, tokens["operator"], rack_unit=3, hardware_profile="generic")
     _hops(app, "r01-u01")
     sign_in(client, tokens["viewer"])
     page = client.get("/ui/nodes/r01-u01")
@@ -117,6 +117,8 @@ def test_the_node_view(client: TestClient, app: FastAPI, tokens: dict[str, str])
     assert "+5.0 s" in rows[3]
     assert "callback-done" in rows[3]
     assert 'data-live="/ui/events?node=r01-u01"' in html
+    assert "<h3>Hardware profile generic</h3>" in html
+    assert "<dt>Boot mode</dt>" in html
     assert client.get("/ui/nodes/nope").status_code == 404
 
 
