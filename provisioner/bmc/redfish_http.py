@@ -236,6 +236,7 @@ class RedfishHttp:
             conn = self._connection(deadline)
             try:
                 conn.request(method, path, payload, headers)
+                _ack_at_once(self._sock)
                 response = conn.getresponse()
                 data = response.read()
             except _STALE as exc:
@@ -365,6 +366,20 @@ class RedfishHttp:
     def close(self) -> None:
         self.log_out()
         self._drop()
+
+
+def _ack_at_once(sock: socket.socket | None) -> None:
+    """Linux: acknowledge the answer's first segment at once. A BMC that writes its
+    headers and body separately without TCP_NODELAY (the lab's, embedded web servers)
+    holds the body back until that ACK, which delayed ACK sends 40 ms late; measured
+    against the lab: 44 ms per request without, 0.5 ms with. Quick-ACK mode does not
+    last, so it is asked for before every answer."""
+    if sock is not None and _QUICKACK is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+
+
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 def _retry_after(value: str | None) -> float:
