@@ -61,7 +61,7 @@ class Reply:
         if not isinstance(value, dict):
             raise BmcError(
                 ErrorKind.PROTOCOL,
-                f"The BMC at {self.where} answered GET {self.path} with something that is not "
+                f"The BMC at {self.where} answered for {self.path} with something that is not "
                 "a JSON object; check that the address and port are its Redfish service.",
             )
         return value
@@ -336,7 +336,12 @@ class RedfishHttp:
         if self._pinned is None:
             self._pinned = shown
             if self._on_pin is not None:
-                self._on_pin(self.target, shown)
+                try:
+                    self._on_pin(self.target, shown)
+                except Exception:
+                    # Not recording the pin must not fail the call: the next driver for
+                    # this BMC pins again, on first use as this one did.
+                    log.exception("BMC %s: recording its certificate %s failed", self.where, shown)
             return
         if shown != self._pinned:
             tls.close()
