@@ -280,6 +280,16 @@ def sync_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_label(service: dict[str, Any]) -> str:
+    """A sync process's row label: its workers, and its round when there were several."""
+    label = f"{service['bmc_workers']} workers"
+    if service["bmc_workers_is_default"]:
+        label += " (default)"
+    if "round" in service:
+        label += f", round {service['round']}"
+    return label
+
+
 def breakdown_table(
     results: dict[str, Any], markdown: bool, kinds: tuple[str, ...] = THREAD_KINDS
 ) -> list[str]:
@@ -307,7 +317,7 @@ def breakdown_table(
             spread_ms = "/".join(f"{per.get(k, 0):.0f}" for k in ("p50_ms", "p99_ms", "max_ms"))
             body.append(
                 [
-                    f"{service['bmc_workers']} workers, {kind}",
+                    f"{service_label(service)}, {kind}",
                     f"{r['load_s']:.2f}",
                     f"{r['polls_s']:.2f}",
                     f"{r['record_s']:.2f}",

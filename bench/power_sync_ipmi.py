@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import power_sync as ps
+import power_sync_child as child
 from common import (
     Meter,
     contention,
@@ -22,7 +23,6 @@ from common import (
     results_head,
     tool_version,
 )
-from power_sync_child import breakdown_table
 
 RESULTS_BEGIN = "<!-- bench/power_sync.py writes from here -->"
 RESULTS_END = "<!-- bench/power_sync.py writes up to here -->"
@@ -83,15 +83,14 @@ def ipmitool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -> d
 
 
 def measured(results: dict[str, Any]) -> dict[str, float | None]:
-    service = ps.default_run(results)
-    first = service["runs"][0]["wall_s"]
+    first = ps.first_contact(results)
     reference = results["ipmitool_parallel"]
     # The ratio is taken on the same BMCs; were the reference run on fewer, it would be
     # scaled to 1,000 first (it is not by default).
     scale = results["lab"]["nodes"] / reference["bmcs"]
     return {
         "first_contact_s": first,
-        "warm_s": ps.warm_median(service),
+        "warm_s": ps.warm_median(results),
         "x_faster_than_ipmitool_16": round(reference["wall_s"] * scale / first, 1),
         "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
     }
@@ -110,8 +109,7 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
     head = ["Work", "BMCs", "Wall s", "s per 1,000", "CPU s", "Failed", "x ipmitool -P16"]
     body = []
     for service in results["service"]:
-        workers = service["bmc_workers"]
-        label = f"{workers} workers{' (default)' if service['bmc_workers_is_default'] else ''}"
+        label = child.service_label(service)
         for index, r in enumerate(service["runs"]):
             kind = "first contact" if index == 0 else f"warm #{index}"
             body.append(
@@ -147,11 +145,14 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
 def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
     values = measured(results)
     workers = ps.default_run(results)["bmc_workers"]
+    rounds = len(ps.default_runs(results))
+    first_of = f"median of {rounds} rounds, " if rounds > 1 else ""
     labels = {
         "first_contact_s": (
-            f"full sync of {results['lab']['nodes']:,} BMCs, first contact ({workers} workers)"
+            f"full sync of {results['lab']['nodes']:,} BMCs, first contact ({first_of}"
+            f"{workers} workers)"
         ),
-        "warm_s": f"full sync, warm (median of {len(ps.default_run(results)['runs']) - 1})",
+        "warm_s": f"full sync, warm (median of {len(ps.warm_syncs(results))})",
         "x_faster_than_ipmitool_16": "first-contact sync vs ipmitool, 16 parallel processes",
         "failures": "failed polls, every service sync of the run",
     }
@@ -170,7 +171,7 @@ def busy_phases(results: dict[str, Any]) -> list[str]:
     phases: dict[str, tuple[float, float]] = {}
     for service in results["service"]:
         for index, r in enumerate(service["runs"]):
-            name = f"sync {service['bmc_workers']} workers #{index}"
+            name = f"sync {child.service_label(service)} #{index}"
             phases[name] = (r["others_cpu_s"], r["wall_s"])
     for key, name in (
         ("ipmitool_parallel", "ipmitool parallel"),
@@ -212,7 +213,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{service['bmc_workers']} (PROVISIONER_BMC_WORKERS unset), plus any extra rows as "
         f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
         "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
-        f"are taken around each `sync_once()`. Power states in the database after: {states}.",
+        f"are taken around each `sync_once()`. Power states in the database after: {states}."
+        + ps.rounds_note(results),
         f"- ipmitool: `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U admin -P ... power status`, "
         f"one process per BMC: {par['bmcs']:,} BMCs with {par['parallel']} at a time "
         f"(threads forking ipmitool), and {seq['bmcs']:,} one after another"
@@ -241,7 +243,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         "repeated; lab and others are the CPU seconds of the lab's processes and of the "
         "rest of the machine during the sync):",
         "",
-        *breakdown_table(results, markdown=True),
+        *child.breakdown_table(results, markdown=True),
         "",
         f"Raw figures: `{results['raw']}` (not committed).",
         "",
@@ -255,7 +257,7 @@ PROTOCOL = ps.Protocol(
     missing_tool,
     ipmitool_runs,
     measured,
-    lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
+    lambda r, md: [figures_table(r, md), targets_table(r, md), child.breakdown_table(r, md)],
     busy_phases,
     results_markdown,
     RESULTS_BEGIN,

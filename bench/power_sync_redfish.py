@@ -109,15 +109,14 @@ def redfishtool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -
 
 
 def measured(results: dict[str, Any]) -> dict[str, float | None]:
-    service = ps.default_run(results)
-    first = service["runs"][0]["wall_s"]
+    first = ps.first_contact(results)
     reference = results["redfishtool_parallel"]
     # Every redfishtool process opens its own TLS connection and authenticates: the
     # ratio is taken on the service's first contact, which does the same once per BMC.
     scale = results["lab"]["nodes"] / reference["bmcs"]
     return {
         "first_contact_s": first,
-        "warm_s": ps.warm_median(service),
+        "warm_s": ps.warm_median(results),
         "x_faster_than_redfishtool_16": round(reference["wall_s"] * scale / first, 1),
         "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
     }
@@ -131,8 +130,7 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
     head.append("x redfishtool -P16")
     body = []
     for service in results["service"]:
-        workers = service["bmc_workers"]
-        label = f"{workers} workers{' (default)' if service['bmc_workers_is_default'] else ''}"
+        label = child.service_label(service)
         for index, r in enumerate(service["runs"]):
             kind = "first contact" if index == 0 else f"warm #{index}"
             body.append(
@@ -164,13 +162,14 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
 
 def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
     values = measured(results)
-    service = ps.default_run(results)
+    rounds = len(ps.default_runs(results))
+    first_of = f"median of {rounds} rounds, " if rounds > 1 else ""
     labels = {
         "first_contact_s": (
             f"full sync of {results['lab']['nodes']:,} Redfish BMCs, first contact "
-            f"({service['bmc_workers']} workers)"
+            f"({first_of}{ps.default_run(results)['bmc_workers']} workers)"
         ),
-        "warm_s": f"full sync, warm (median of {len(service['runs']) - 1})",
+        "warm_s": f"full sync, warm (median of {len(ps.warm_syncs(results))})",
         "x_faster_than_redfishtool_16": (
             "first-contact sync vs redfishtool, 16 parallel processes"
         ),
@@ -198,7 +197,7 @@ def busy_phases(results: dict[str, Any]) -> list[str]:
     phases: dict[str, tuple[float, float]] = {}
     for service in results["service"]:
         for index, r in enumerate(service["runs"]):
-            phases[f"sync {service['bmc_workers']} workers #{index}"] = (
+            phases[f"sync {child.service_label(service)} #{index}"] = (
                 r["others_cpu_s"],
                 r["wall_s"],
             )
@@ -249,7 +248,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
         "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
         f"are taken around each `sync_once()`. Power states in the database after: "
-        f"{states}.{pinned}",
+        f"{states}.{pinned}" + ps.rounds_note(results),
         f"- redfishtool: `redfishtool -r 127.0.0.1:PORT -u admin -p ... -S Always -A "
         f"{par['auth']} Systems -1 get -P PowerState`, one process per BMC (which reads "
         "the service root, the Systems collection and the System, and never verifies the "
