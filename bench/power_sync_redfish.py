@@ -141,7 +141,7 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
                     ps.per_1000(r["wall_s"], nodes),
                     f"{r['cpu_s']:.2f}",
                     str(r["failed"]),
-                    f"{r.get('tls_pinned_after')}",
+                    "" if r.get("tls_pinned_after") is None else f"{r['tls_pinned_after']:,}",
                     f"{reference / r['wall_s']:.1f}x",
                 ]
             )
@@ -266,15 +266,16 @@ def results_markdown(results: dict[str, Any]) -> str:
             f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
         )
     relogins = [
-        f"warm #{index} ({r['login']['count']:,} logins)"
-        for index, r in enumerate(service["runs"][1:], start=1)
+        f"{child.service_label(run)} warm #{index} ({r['login']['count']:,})"
+        for run in ps.default_runs(results)
+        for index, r in enumerate(run["runs"][1:], start=1)
         if r.get("login", {}).get("count")
     ]
     if relogins:
         lines.append(
-            "- Not every warm sync was warm: the driver factory logged in again during "
-            f"{', '.join(relogins)} of the default row, which then did not run over "
-            "cached sessions only."
+            "- Not every warm sync was warm: the driver factory logged in again (logins in "
+            f"brackets) during {'; '.join(relogins)}. Those syncs did not run over cached "
+            "sessions only, and count among the warm ones all the same."
         )
     if par["failure_examples"]:
         lines.append(f"- redfishtool failures, first few: {'; '.join(par['failure_examples'])}.")
