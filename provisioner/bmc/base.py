@@ -136,6 +136,11 @@ class HealthReader(Protocol):
 class Driver(PowerControl, BootControl, InventoryReader, HealthReader, Protocol):
     """One BMC session with every capability. Methods block and raise :class:`BmcError`."""
 
+    def certificate_fingerprint(self) -> str | None:
+        """``sha256:<hex>`` of the TLS certificate the BMC presented to this session;
+        None where the protocol has none (IPMI, Redfish over plain HTTP)."""
+        ...
+
     def abort(self) -> None:
         """From another thread: make the call in progress give up soon. Never blocks;
         the driver is not used again afterwards."""

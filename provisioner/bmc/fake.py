@@ -154,6 +154,9 @@ class FakeDriver:
         self._enter("health")
         return self.bmc.health
 
+    def certificate_fingerprint(self) -> None:
+        return None
+
     def abort(self) -> None:
         self.aborted.set()  # a delayed call returns at once
 

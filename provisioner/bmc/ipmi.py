@@ -167,6 +167,9 @@ class IpmiDriver:
             sensors.append(SensorReading(r.name, value, r.units or "", _health_word(r.health)))
         return Health(_health_word(worst), sensors)
 
+    def certificate_fingerprint(self) -> None:
+        return None
+
     def abort(self) -> None:
         # pyghmi gives up on a command when its retry interval outgrows maxtimeout; with
         # 0 that happens at the next retry timer. A single attribute store: safe from

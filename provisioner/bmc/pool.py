@@ -13,7 +13,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from provisioner.bmc.base import BmcError, Driver, ErrorKind, Target
@@ -234,10 +234,25 @@ class BmcPool:
         with self._idle_lock:
             idle = self._idle.pop((target.address, target.port, target.username), None)
         if idle is not None:
-            if idle.target == target:
+            if _serves(idle, target):
                 return idle.driver
             idle.driver.close()  # password, timeout, cipher suite or driver changed
         return self._factory(target)
+
+
+def _serves(idle: _Idle, target: Target) -> bool:
+    """Whether a cached session may serve ``target``: made for the same settings, or for
+    the same but the certificate pin, where the pin is the one this session presented
+    (pinned on its first contact, and recorded on the node since). Without this, the
+    sync after a first contact would log in to every BMC again."""
+    if idle.target == target:
+        return True
+    return (
+        idle.target.tls_fingerprint is None
+        and target.tls_fingerprint is not None
+        and replace(idle.target, tls_fingerprint=target.tls_fingerprint) == target
+        and (idle.driver.certificate_fingerprint() or "").lower() == target.tls_fingerprint.lower()
+    )
 
 
 def _settle(release: Callable[[], None]) -> Callable[[asyncio.Future[Any]], None]:

@@ -8,13 +8,14 @@ Redfish inventory of one machine agreeing) is in test_driver_behaviour.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from lab.redfish.server import RedfishServer
 from lab.redfish.service import RedfishBmc
 from lab.redfish.tls import make_certificate, write_certificate
 from provisioner.bmc import BmcError, BootDevice, BootSetting, ErrorKind, PowerAction, Target
+from provisioner.bmc.pool import BmcPool
 from provisioner.bmc.redfish import RedfishDriver
 from provisioner.bmc.registry import service_drivers
 from provisioner.profiles import load_profiles, shipped_profiles_dir
@@ -331,6 +333,37 @@ def test_first_contact_pins_the_certificate(lab: Lab) -> None:
     assert pins == [(target, expected)]
     assert isinstance(driver, RedfishDriver)
     assert driver.certificate_fingerprint() == expected
+
+
+def test_the_pool_keeps_the_session_that_pinned_once_the_pin_is_recorded(lab: Lab) -> None:
+    """The node's target carries the pin from the next read on; the session that
+    presented that certificate goes on serving it rather than logging in again."""
+    bmc = lab.add()
+    pins: list[str] = []
+    pool = BmcPool(
+        max_workers=2, driver_factory=service_drivers(on_pin=lambda _, fp: pins.append(fp))
+    )
+    first = lab.target(bmc, ca_bundle=None)
+
+    sessions: list[list[str]] = []
+
+    async def reads() -> None:
+        assert await pool.call(first, lambda d: d.power_state()) == "off"
+        pinned = replace(first, tls_fingerprint=pins[0])
+        for _ in range(3):
+            assert await pool.call(pinned, lambda d: d.power_state()) == "off"
+        sessions.append(bmc.sessions.ids())
+        # Any other change of settings is a new session, as before.
+        slower = replace(pinned, timeout=6.0)
+        assert await pool.call(slower, lambda d: d.power_state()) == "off"
+        sessions.append(bmc.sessions.ids())
+
+    try:
+        asyncio.run(reads())
+    finally:
+        pool.close()
+    # Session ids count the BMC's logins: the first one served every pinned read.
+    assert sessions == [["1"], ["2"]]
 
 
 def test_a_pinned_bmc_with_a_new_certificate_is_refused_naming_both(
