@@ -47,6 +47,8 @@ BATCH = 1000
 QUEUE = 5000
 # Events sent again at most to a client that resumes with Last-Event-ID.
 REPLAY = 10_000
+# Streams one process serves at once; more are turned away (each holds a queue).
+MAX_CLIENTS = 1000
 
 _COLUMNS = (
     _event.c.id,

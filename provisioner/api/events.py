@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from provisioner import events_stream
 from provisioner.api.deps import ServicesDep, Viewer
 from provisioner.api.problems import API_ERRORS, responses
+from provisioner.errors import Problem
 from provisioner.schema_types import NodeName
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"], responses=API_ERRORS)
@@ -31,8 +32,16 @@ def sse_response(
     services: ServicesDep, last_event_id: str | None, node: str | None = None
 ) -> StreamingResponse:
     """The stream of one client; shared with the web view, which signs in by cookie."""
+    feed = events_stream.feed_for(services.engine)
+    if feed.subscribers >= events_stream.MAX_CLIENTS:
+        raise Problem(
+            503,
+            f"This service process already streams to {feed.subscribers} clients; "
+            "try again in a minute or ask another replica.",
+            headers={"Retry-After": "60"},
+        )
     resume = int(last_event_id) if last_event_id and last_event_id.isdecimal() else None
-    body = events_stream.frames(events_stream.feed_for(services.engine), resume, node=node)
+    body = events_stream.frames(feed, resume, node=node)
     # no-transform and X-Accel-Buffering: a proxy (nginx) must pass frames on as they come.
     headers = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
     return StreamingResponse(body, media_type="text/event-stream", headers=headers)

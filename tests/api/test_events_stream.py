@@ -20,7 +20,7 @@ from provisioner.models import Event, Node, table_of
 from provisioner.settings import Settings
 from provisioner.tokens import create_token
 from tests.conftest import auth, node_body
-from tests.serving import InThread
+from tests.serving import InThread, poll
 
 
 class Served:
@@ -211,3 +211,22 @@ def test_a_replica_streams_what_another_replica_wrote(settings: Settings) -> Non
         for served in (first, second):
             served.http.close()
             served.server.stop()
+
+
+def test_streams_past_the_limit_are_turned_away(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events_stream, "MAX_CLIENTS", 1)
+    viewer = auth(served.tokens["viewer"])
+    with served.http.stream("GET", "/api/v1/events/stream", headers=viewer) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()  # kept: a dropped iterator closes the response
+        next(lines)  # it is subscribed once its first line is sent
+        second = served.http.get("/api/v1/events/stream", headers=viewer)
+        assert second.status_code == 503
+        assert second.headers["retry-after"] == "60"
+    # Once the service has seen the first client go, there is room again.
+    feed = events_stream.feed_for(served.engine)
+    poll(lambda: feed.subscribers == 0, 10, lambda: f"{feed.subscribers} still subscribed")
+    with served.http.stream("GET", "/api/v1/events/stream", headers=viewer) as again:
+        assert again.status_code == 200
