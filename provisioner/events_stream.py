@@ -136,7 +136,7 @@ class EventFeed:
         self.interval = interval
         self._subscribers: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
-        self._started = asyncio.Lock()
+        self._started: asyncio.Future[None] | None = None
         # Everything with an id <= horizon has been delivered or given up on; above it,
         # ``_above`` has been delivered and ``_gaps`` (id -> first seen) is awaited.
         self.horizon = 0
@@ -151,15 +151,17 @@ class EventFeed:
     async def subscribe(self, node: str | None = None) -> AsyncIterator[Subscription]:
         """A queue of the events written from now on (of ``node`` only, when given)."""
         subscription = Subscription(node)
-        async with self._started:
-            if self._task is None or self._task.done():
-                # Read before the caller replays anything: what commits in between is
-                # above it and reaches the queue.
-                top = await asyncio.to_thread(self._top)
-                self.horizon, self._above, self._gaps = top, set(), {}
-                self._task = asyncio.create_task(self._run(), name="event-feed")
-            self._subscribers.add(subscription)
+        self._subscribers.add(subscription)
         try:
+            if self._task is None or self._task.done():
+                # No await between the check and the start: one poller, however many
+                # clients arrive at once.
+                self._started = asyncio.get_running_loop().create_future()
+                self._task = asyncio.create_task(self._run(self._started), name="event-feed")
+            assert self._started is not None
+            # Started reading before the caller replays anything: what commits in
+            # between is above the feed's start and reaches the queue.
+            await asyncio.shield(self._started)
             yield subscription
         finally:
             self._subscribers.discard(subscription)
@@ -171,7 +173,14 @@ class EventFeed:
         with self.engine.connect() as connection:
             return int(connection.execute(_TOP).scalar() or 0)
 
-    async def _run(self) -> None:
+    async def _run(self, started: asyncio.Future[None]) -> None:
+        try:
+            top = await asyncio.to_thread(self._top)
+        except Exception as exc:
+            started.set_exception(exc)  # each waiting client's stream ends with it
+            return
+        self.horizon, self._above, self._gaps = top, set(), {}
+        started.set_result(None)
         watcher = outage.of(self.engine)
         while self._subscribers:
             full = False
