@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lab import faults
 from lab.bmc import LabBmc
@@ -18,6 +18,7 @@ from lab.packet_loop import PacketLoop
 from lab.redfish.server import RedfishServer
 from lab.redfish.service import RedfishBmc
 from lab.redfish.tls import make_certificate
+from provisioner.bmc import pyghmi_fixes
 
 USER, PASSWORD = "admin", "lab-secret"
 
@@ -33,7 +34,6 @@ def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
 class LabBmcs:
     redfish: RedfishServer
     ipmi: PacketLoop
-    made: list[LabBmc] = field(default_factory=list)
     count: int = 0
 
     def _machine(self) -> tuple[str, int]:
@@ -62,23 +62,34 @@ class LabBmcs:
             machine, USER, PASSWORD, gate, self.ipmi, "127.0.0.1", free_port(socket.SOCK_DGRAM)
         )
         self.ipmi.bmcs.append(bmc)
-        self.made.append(bmc)
         return bmc
+
+
+_ipmi_loop: PacketLoop | None = None
+
+
+def _packet_loop() -> PacketLoop:
+    """One for the process, never stopped: pyghmi's I/O is process-wide, and a second
+    loop beside (or after) the first loses packets to it."""
+    global _ipmi_loop
+    # The I/O fixes first, as in the lab and the service: no BMC socket may meet
+    # pyghmi's stock send.
+    pyghmi_fixes.install()
+    if _ipmi_loop is None:
+        _ipmi_loop = PacketLoop()
+        threading.Thread(target=_ipmi_loop.run, name="lab-ipmi-bmcs", daemon=True).start()
+    return _ipmi_loop
 
 
 @contextmanager
 def lab_bmcs() -> Iterator[LabBmcs]:
     redfish = RedfishServer(make_certificate("127.0.0.1"))
     redfish.start()
-    loop = PacketLoop()
-    thread = threading.Thread(target=loop.run, name="lab-ipmi-bmcs", daemon=True)
-    thread.start()
+    loop = _packet_loop()
     bmcs = LabBmcs(redfish, loop)
     try:
         yield bmcs
     finally:
-        loop.stop()
-        thread.join(timeout=5)
-        for bmc in bmcs.made:
-            bmc.close()
+        # IPMI BMCs stay in the loop, as tests/bmc/test_ipmi.py's do: closing one under
+        # the running loop leaves the BMCs added after it unanswered.
         redfish.close()

@@ -76,3 +76,27 @@ def test_a_service_root_is_json_with_redfish_version() -> None:
     assert probe.service_root_verdict(200, b"<html>") == "an answer that is not JSON"
     assert probe.service_root_verdict(200, b'{"Name": "x"}') == "JSON without RedfishVersion"
     assert probe.service_root_verdict(404, b"") == "HTTP 404 instead of the service root"
+
+
+def test_a_batch_is_probed_several_at_once_up_to_the_limit() -> None:
+    """Many rows of a manifest: not one after another, and no more at once than asked."""
+    in_flight, most = 0, 0
+
+    async def answers_after_others_started(address: str, port: int) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+
+    async def never(_target: Target) -> None:
+        raise AssertionError("Redfish answered: IPMI is not asked")
+
+    targets: list[tuple[Target, int | None]] = [(_target(), 1000 + i) for i in range(20)]
+    found = asyncio.run(
+        probe.find_drivers(
+            targets, redfish_root=answers_after_others_started, ipmi_login=never, limit=8
+        )
+    )
+    assert found == [probe.Found("redfish", 1000 + i) for i in range(20)]
+    assert most == 8

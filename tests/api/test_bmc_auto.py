@@ -1,0 +1,98 @@
+"""``bmc driver auto`` through the API and rack manifests, against lab BMCs: Redfish is
+found on a Redfish BMC and IPMI on an IPMI BMC, each recorded as the driver with the
+port that answered and a timeline event; where neither answers, a 422 names both
+attempts and nothing is stored."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.lab_bmcs import PASSWORD, USER, LabBmcs, free_port, lab_bmcs
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabBmcs]:
+    with lab_bmcs() as bmcs:
+        yield bmcs
+
+
+def _bmc(port: int) -> dict[str, object]:
+    return {
+        "driver": "auto",
+        "address": "127.0.0.1",
+        "port": port,
+        "username": USER,
+        "password": PASSWORD,
+        "timeout": 1.5,
+    }
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_enrolling_with_auto_records_what_answered(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
+) -> None:
+    redfish, ipmi = lab.add_redfish(), lab.add_ipmi()
+    for name, port, driver in (("n-rf", redfish.port, "redfish"), ("n-ipmi", ipmi.port, "ipmi")):
+        answer = client.post(
+            "/api/v1/nodes", json={"name": name, "bmc": _bmc(port)}, headers=operator
+        )
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["bmc"]["driver"] == driver
+        assert answer.json()["bmc"]["port"] == port
+        assert PASSWORD not in answer.text
+        events = client.get(f"/api/v1/nodes/{name}/events", headers=viewer).json()
+        assert any(f"answered on port {port}; driver {driver}" in e["message"] for e in events)
+    assert client.get("/api/v1/nodes/n-rf/power", headers=viewer).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_nothing_answering_is_a_422_naming_both_and_nothing_is_stored(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str]
+) -> None:
+    silent = free_port(socket.SOCK_DGRAM)
+    body = {"name": "n-silent", "bmc": _bmc(silent)}
+    answer = client.post("/api/v1/nodes", json=body, headers=operator)
+    assert answer.status_code == 422, answer.text
+    (error,) = answer.json()["errors"]
+    assert error["field"] == "bmc.driver"
+    assert "Redfish at https://127.0.0.1" in error["message"]
+    assert f"IPMI at 127.0.0.1 port {silent}" in error["message"]
+    assert PASSWORD not in answer.text
+    assert client.get("/api/v1/nodes/n-silent", headers=viewer).status_code == 404
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_mixed_manifest_is_probed_row_by_row_all_or_nothing(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
+) -> None:
+    ports = [lab.add_redfish().port, lab.add_ipmi().port, lab.add_redfish().port]
+    ports.append(lab.add_ipmi().port)
+    rows = "".join(
+        f"  - {{name: m-{i}, bmc_address: 127.0.0.1, bmc_port: '{port}', bmc_driver: auto}}\n"
+        for i, port in enumerate(ports)
+    )
+    head = f"defaults: {{bmc_username: {USER}, bmc_password: {PASSWORD}}}\nnodes:\n"
+    silent = free_port(socket.SOCK_DGRAM)
+    bad = f"  - {{name: m-x, bmc_address: 127.0.0.1, bmc_port: '{silent}', bmc_driver: auto}}\n"
+    yaml = {"Content-Type": "application/yaml"}
+
+    refused = client.post(
+        "/api/v1/racks/import", content=head + rows + bad, headers=operator | yaml
+    )
+    assert refused.status_code == 422, refused.text
+    assert [(e["row"], e["field"]) for e in refused.json()["errors"]] == [(5, "bmc_driver")]
+    assert client.get("/api/v1/nodes", headers=viewer).json()["items"] == []
+
+    imported = client.post("/api/v1/racks/import", content=head + rows, headers=operator | yaml)
+    assert imported.status_code == 201, imported.text
+    drivers = [(n["bmc"]["driver"], n["bmc"]["port"]) for n in imported.json()["nodes"]]
+    assert drivers == [
+        ("redfish", ports[0]),
+        ("ipmi", ports[1]),
+        ("redfish", ports[2]),
+        ("ipmi", ports[3]),
+    ]
