@@ -1,5 +1,6 @@
 """``provisioner node power|bootdev|inventory``: what the node's BMC controls directly,
-and what inspection found (the BMC's facts and the deploy agent's in-band ones)."""
+and what inspection found (the BMC's facts and the deploy agent's in-band ones);
+``provisioner node bmc accept-certificate``: trust a Redfish BMC's new certificate."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from provisioner.cli.client import CliError, api, path_segment, request
+from provisioner.cli.client import ApiError, CliError, api, path_segment, request
+from provisioner.cli.groups import command_group
 from provisioner.cli.nodes import NodeArg, node_app
 from provisioner.cli.output import (
     JsonOption,
@@ -22,6 +24,9 @@ from provisioner.cli.output import (
     size_text,
     spinner,
 )
+
+bmc_app = command_group("What concerns a node's BMC itself.")
+node_app.add_typer(bmc_app, name="bmc")
 
 
 class PowerVerb(StrEnum):
@@ -218,3 +223,37 @@ def _nics(nics: list[dict[str, Any]]) -> None:
             for n in nics
         ),
     )
+
+
+@bmc_app.command("accept-certificate")
+def accept_certificate(
+    ctx: typer.Context,
+    node: NodeArg,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            help="The certificate you expect (sha256:<hex>, e.g. from the BMC's web page); "
+            "nothing is accepted if the BMC presents another."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Trust the certificate a Redfish BMC presents now, in place of the pinned one."""
+    body = {"fingerprint": fingerprint} if fingerprint else {}
+    try:
+        data = request(
+            ctx, "POST", f"/nodes/{path_segment(node)}/bmc/accept-certificate", json=body
+        )
+    except ApiError as error:
+        if error.status == 409 and error.problem.get("presented"):
+            raise CliError(
+                f"{error} Compare it with the certificate on the BMC itself (its console "
+                "or web page); if they match, run again with "
+                f"--fingerprint {error.problem['presented']}"
+            ) from None
+        raise
+    if as_json:
+        print_json(data)
+        return
+    previous = data["previous"] or "none"
+    info(f"{node}: BMC certificate {data['fingerprint']} accepted (was {previous})")

@@ -107,8 +107,17 @@ def enroll(
     bmc_address: Annotated[str, typer.Option(help="BMC IP address or hostname.")],
     bmc_username: Annotated[str, typer.Option(help="BMC (IPMI) user.")],
     bmc_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="IPMI port (default 623).")
+        int | None,
+        typer.Option(min=1, max=65535, help="BMC port (default 623 for IPMI, 443 for Redfish)."),
     ] = None,
+    bmc_driver: Annotated[
+        str | None,
+        typer.Option(help="ipmi (the default), redfish, or auto: ask the BMC which it speaks."),
+    ] = None,
+    bmc_tls_verify: Annotated[
+        bool,
+        typer.Option(help="Check a Redfish BMC's certificate; --no-bmc-tls-verify is logged."),
+    ] = True,
     bmc_password_stdin: Annotated[
         bool,
         typer.Option(
@@ -134,6 +143,10 @@ def enroll(
     }
     if bmc_port is not None:
         bmc["port"] = bmc_port
+    if bmc_driver is not None:
+        bmc["driver"] = bmc_driver
+    if not bmc_tls_verify:
+        bmc["tls_verify"] = False
     optional = {
         "rack": rack,
         "rack_unit": u,

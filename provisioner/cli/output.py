@@ -180,7 +180,12 @@ def node_table(nodes: list[dict[str, Any]]) -> None:
 
 
 def _bmc(bmc: dict[str, Any]) -> str:
-    return f"{bmc['driver']}://{bmc['username']}@{bmc['address']}:{bmc['port']}"
+    shown = f"{bmc['driver']}://{bmc['username']}@{bmc['address']}:{bmc['port']}"
+    if bmc.get("tls_verify") is False:
+        shown += " (tls_verify: false)"
+    if bmc.get("tls_fingerprint"):
+        shown += f" pinned {bmc['tls_fingerprint']}"
+    return shown
 
 
 def node_detail(node: dict[str, Any]) -> None:
