@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from provisioner import timeline
+from provisioner.bmc.probe import DEFAULT_PORTS
 from provisioner.errors import Problem
 from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node
@@ -140,13 +141,13 @@ def _bmc_wanted(
     if current is None:
         if patch.bmc.address is None:
             return None, "bmc_address"  # refused as incomplete when applied
-        port = patch.bmc.port if patch.bmc.port is not None else IPMI_PORT
+        port = patch.bmc.port if patch.bmc.port is not None else _default_port(patch.bmc.driver)
         return bmc_claim(patch.bmc.address, port, "port" in given)
-    if not given:
+    if not given and _kept_port(current, patch) == current.port:
         return None, "bmc_address"
     # Given, they are not None (a null is refused for them); left out, they are kept.
     address = patch.bmc.address if patch.bmc.address is not None else current.address
-    port = patch.bmc.port if patch.bmc.port is not None else current.port
+    port = patch.bmc.port if patch.bmc.port is not None else _kept_port(current, patch)
     if given == {"address"}:
         return (address, port), "bmc_address"
     return bmc_claim(address, port, "port" in given)
@@ -187,10 +188,33 @@ def _apply(
             timeline.change(session, node, changes, EventKind.UPDATE, actor, message)
 
 
+# What a pinned certificate belongs to.
+_PINNED_TO = ("address", "port", "driver")
+
+
+def _default_port(driver: str | None) -> int:
+    return DEFAULT_PORTS.get(driver or "ipmi", IPMI_PORT)
+
+
+def _kept_port(current: Bmc, patch: NodePatch) -> int:
+    """A BMC that changes driver but not port moves from the old driver's default port
+    to the new one's (623 to 443, say); a port of its own stays."""
+    assert patch.bmc is not None
+    driver = patch.bmc.driver
+    if driver is None or driver == current.driver or current.port != _default_port(current.driver):
+        return current.port
+    return _default_port(driver)
+
+
 def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) -> None:
     assert patch.bmc is not None
     bmc = session.get(Bmc, node.id)
     fields = patch.bmc.model_dump(exclude_unset=True, exclude={"password"})
+    if patch.bmc.tls_verify is False:
+        log.warning(
+            "node %s: the certificate of its BMC will not be checked (tls_verify false)",
+            node.name,
+        )
     if bmc is None:
         missing = [f for f in ("address", "username", "password") if getattr(patch.bmc, f) is None]
         if missing:
@@ -199,12 +223,18 @@ def _change_bmc(session: Session, vault: Vault, node: Node, patch: NodePatch) ->
                 "This node has no BMC yet: give address, username and password.",
                 errors=[{"field": f"bmc.{f}", "message": "required"} for f in missing],
             )
+        fields.setdefault("port", _default_port(patch.bmc.driver))
         bmc = Bmc(node_id=node.id, password_encrypted="", **fields)
     else:
+        fields.setdefault("port", _kept_port(bmc, patch))
+        moved = any(fields.get(k, getattr(bmc, k)) != getattr(bmc, k) for k in _PINNED_TO)
         # The schema refuses null where a field cannot be cleared; a null left here (the
         # timeout, retries, cipher suite) returns the BMC to the service's default.
         for key, value in fields.items():
             setattr(bmc, key, value)
+        if moved:
+            # The pinned certificate was another BMC's: the new one is pinned on contact.
+            bmc.tls_fingerprint = None
     if patch.bmc.password is not None:
         bmc.password_encrypted = vault.encrypt(patch.bmc.password.get_secret_value())
     session.add(bmc)

@@ -122,3 +122,29 @@ def test_tls_verify_false_is_stored_shown_and_logged(
     assert any("rf-unchecked" in m and f"127.0.0.1:{bmc.port}" in m for m in warnings)
     bmc.gate.fault = faults.parse_fault("new-certificate")
     assert client.get("/api/v1/nodes/rf-unchecked/power", headers=viewer).status_code == 200
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_bmc_changed_to_redfish_moves_to_443_and_forgets_its_pin(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
+) -> None:
+    bmc = lab.add_redfish()
+    _enroll(client, operator, "rf-moved", {"driver": "redfish", "port": bmc.port})
+    assert client.get("/api/v1/nodes/rf-moved/power", headers=viewer).status_code == 200
+    assert client.get("/api/v1/nodes/rf-moved", headers=viewer).json()["bmc"]["tls_fingerprint"]
+
+    moved = client.patch(
+        "/api/v1/nodes/rf-moved", json={"bmc": {"address": "10.9.9.9"}}, headers=operator
+    )
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["bmc"]["tls_fingerprint"] is None
+
+    _enroll(client, operator, "was-ipmi", {"address": "10.9.9.10"})
+    as_ipmi = client.get("/api/v1/nodes/was-ipmi", headers=viewer).json()["bmc"]
+    assert (as_ipmi["driver"], as_ipmi["port"]) == ("ipmi", 623)
+    patch = {"bmc": {"driver": "redfish", "tls_verify": False}}
+    changed = client.patch("/api/v1/nodes/was-ipmi", json=patch, headers=operator)
+    assert changed.status_code == 200, changed.text
+    shown = changed.json()["bmc"]
+    assert (shown["driver"], shown["port"], shown["tls_verify"]) == ("redfish", 443, False)
+    assert PASSWORD not in changed.text
