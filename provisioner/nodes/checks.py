@@ -79,7 +79,9 @@ class Claim:
         position = rack_position(item.rack, item.rack_unit)
         bmc = item.bmc
         port_given = "port" in bmc.model_fields_set
-        return cls(item.name, macs, position, *bmc_claim(bmc.address, bmc.port, port_given))
+        # No port only for driver auto before its probe, which is never stored.
+        port = bmc.port if bmc.port is not None else IPMI_PORT
+        return cls(item.name, macs, position, *bmc_claim(bmc.address, port, port_given))
 
 
 def bmc_claim(address: str, port: int, port_given: bool) -> tuple[tuple[str, int], str]:

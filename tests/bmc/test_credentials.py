@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
@@ -18,9 +19,9 @@ from provisioner.settings import Settings
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
-def _row(**fields: object) -> tuple[Bmc, Vault]:
+def _row(**fields: Any) -> tuple[Bmc, Vault]:
     vault = Vault(Fernet.generate_key())
-    values: dict[str, object] = {
+    values: dict[str, Any] = {
         "node_id": uuid.uuid4(),
         "driver": "redfish",
         "address": "10.0.0.9",
