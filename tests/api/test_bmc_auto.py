@@ -31,7 +31,6 @@ def _bmc(port: int) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_enrolling_with_auto_records_what_answered(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
 ) -> None:
@@ -49,7 +48,6 @@ def test_enrolling_with_auto_records_what_answered(
     assert client.get("/api/v1/nodes/n-rf/power", headers=viewer).status_code == 200
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_nothing_answering_is_a_422_naming_both_and_nothing_is_stored(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str]
 ) -> None:
@@ -65,7 +63,6 @@ def test_nothing_answering_is_a_422_naming_both_and_nothing_is_stored(
     assert client.get("/api/v1/nodes/n-silent", headers=viewer).status_code == 404
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_mixed_manifest_is_probed_row_by_row_all_or_nothing(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
 ) -> None:

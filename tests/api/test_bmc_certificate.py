@@ -43,7 +43,6 @@ def _pin(client: TestClient, viewer: dict[str, str]) -> str | None:
     return pin
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_pin_on_first_contact_then_refuse_a_new_certificate_until_accepted(
     client: TestClient,
     operator: dict[str, str],
@@ -93,7 +92,6 @@ def test_pin_on_first_contact_then_refuse_a_new_certificate_until_accepted(
     assert again.json() == {"previous": new, "fingerprint": new}
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_ipmi_bmc_has_no_certificate_to_accept(
     client: TestClient, operator: dict[str, str], lab: LabBmcs
 ) -> None:
@@ -104,7 +102,6 @@ def test_an_ipmi_bmc_has_no_certificate_to_accept(
     assert "IPMI has no certificate" in refused.json()["detail"]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_tls_verify_false_is_stored_shown_and_logged(
     client: TestClient,
     operator: dict[str, str],
@@ -124,7 +121,6 @@ def test_tls_verify_false_is_stored_shown_and_logged(
     assert client.get("/api/v1/nodes/rf-unchecked/power", headers=viewer).status_code == 200
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bmc_changed_to_redfish_moves_to_443_and_forgets_its_pin(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
 ) -> None:

@@ -18,7 +18,6 @@ def lab() -> Iterator[LabBmcs]:
         yield bmcs
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_bmc_that_stays_busy_is_a_503(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
 ) -> None:
