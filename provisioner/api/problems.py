@@ -245,9 +245,8 @@ async def _on_bmc_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BmcError)
     status = _BMC_ERROR_STATUS.get(exc.kind.value, 502)
     headers = None
-    retry_after = getattr(exc, "retry_after", None)
-    if status == 503 and isinstance(retry_after, int | float) and retry_after > 0:
-        headers = {"Retry-After": str(math.ceil(retry_after))}
+    if status == 503 and exc.retry_after:
+        headers = {"Retry-After": str(math.ceil(exc.retry_after))}
     return problem_response(status, str(exc), headers, bmc_error=exc.kind.value)
 
 

@@ -30,9 +30,11 @@ class ErrorKind(StrEnum):
 class BmcError(Exception):
     """A BMC call failed; ``str(err)`` is a sentence an operator can act on."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.retry_after = retry_after
+        """For BUSY: the seconds the BMC asked its clients to wait, when it said."""
 
 
 class PowerAction(StrEnum):

@@ -204,6 +204,7 @@ class RedfishHttp:
                     f"The BMC at {self.where} is busy (HTTP {reply.status}); it asked to retry "
                     f"after {wait:g} s, longer than the {max(left, 0):.3g} s this call had "
                     "left. Try again later.",
+                    retry_after=wait,
                 )
             log.info("BMC %s busy (HTTP %s); retrying in %g s", self.where, reply.status, wait)
             self.pause(wait)

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lab import faults
+from lab.redfish.service import RETRY_AFTER_SECONDS
 from tests.lab_bmcs import PASSWORD, USER, LabBmcs, lab_bmcs
 
 
@@ -41,6 +42,8 @@ def test_a_bmc_that_stays_busy_is_a_503(
     assert busy.status_code == 503, busy.text
     assert busy.headers["content-type"].startswith("application/problem+json")
     assert busy.json()["bmc_error"] == "busy"
+    # What the BMC asked of its clients, passed on to the API's.
+    assert busy.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
     assert "busy" in busy.json()["detail"]
     assert PASSWORD not in busy.text
     bmc.gate.fault = faults.NO_FAULT
