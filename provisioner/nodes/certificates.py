@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 
 from sqlalchemy import Engine, update
@@ -33,42 +34,58 @@ log = logging.getLogger(__name__)
 
 
 def pin_recorder(engine: Engine) -> Callable[[Target, str], None]:
-    """The registry's ``on_pin``: called from a BMC worker thread, in a short session
-    of its own."""
+    """The registry's ``on_pin``: called from BMC worker threads, and returns once the
+    pin is committed. Pins met at once (a first power sync meets every BMC) are written
+    together: whichever thread takes the lock commits every pin waiting, in one
+    transaction, rather than one commit per BMC."""
+    waiting: list[tuple[Target, str]] = []
+    queue_lock, write_lock = threading.Lock(), threading.Lock()
 
     def record(target: Target, fingerprint: str) -> None:
-        try:
-            _record_pin(engine, target, fingerprint)
-        except SQLAlchemyError as exc:
-            # The call that met the BMC goes on; the next contact pins again.
-            log.warning(
-                "BMC %s:%s: could not record its certificate %s (%s)",
-                target.address,
-                target.port,
-                fingerprint,
-                type(exc).__name__,
-            )
+        with queue_lock:
+            waiting.append((target, fingerprint))
+        with write_lock:
+            with queue_lock:
+                batch = waiting[:]
+                waiting.clear()
+            if not batch:
+                return  # another thread committed it while this one waited
+            try:
+                _record_pins(engine, batch)
+            except SQLAlchemyError as exc:
+                # The calls that met the BMCs go on; their next contact pins again.
+                log.warning(
+                    "could not record the certificates of %d BMC(s), %s:%s among them (%s)",
+                    len(batch),
+                    batch[0][0].address,
+                    batch[0][0].port,
+                    type(exc).__name__,
+                )
 
     return record
 
 
-def _record_pin(engine: Engine, target: Target, fingerprint: str) -> None:
+def _record_pins(engine: Engine, batch: list[tuple[Target, str]]) -> None:
     with Session(engine) as session:
-        # Only where nothing is pinned: a replica that pinned first wins, and a pin an
-        # operator accepted is never overwritten by a driver.
-        pinned = session.execute(
-            update(Bmc)
-            .where(col(Bmc.address) == target.address)
-            .where(col(Bmc.port) == target.port)
-            .where(col(Bmc.tls_fingerprint).is_(None))
-            .values(tls_fingerprint=fingerprint)
-            .returning(col(Bmc.node_id))
-        ).all()
-        for (node_id,) in pinned:
-            message = f"BMC certificate pinned on first contact: {fingerprint}"
-            timeline.note(session, node_id, EventKind.UPDATE, Actor.PROVISIONER, message)
+        pinned = []
+        # In one order on every replica, so that two batches cannot wait on each other.
+        for target, fingerprint in sorted(batch, key=lambda p: (p[0].address, p[0].port)):
+            # Only where nothing is pinned: a replica that pinned first wins, and a pin
+            # an operator accepted is never overwritten by a driver.
+            rows = session.execute(
+                update(Bmc)
+                .where(col(Bmc.address) == target.address)
+                .where(col(Bmc.port) == target.port)
+                .where(col(Bmc.tls_fingerprint).is_(None))
+                .values(tls_fingerprint=fingerprint)
+                .returning(col(Bmc.node_id))
+            ).all()
+            for (node_id,) in rows:
+                message = f"BMC certificate pinned on first contact: {fingerprint}"
+                timeline.note(session, node_id, EventKind.UPDATE, Actor.PROVISIONER, message)
+                pinned.append((target, fingerprint))
         session.commit()
-    if pinned:
+    for target, fingerprint in pinned:
         log.info("BMC %s:%s: certificate %s pinned", target.address, target.port, fingerprint)
 
 

@@ -5,13 +5,18 @@ operator accepts it, and accepting reads what the BMC presents now."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import Session, select
 
 from lab import faults
+from provisioner.bmc.base import Target
+from provisioner.models import Bmc
+from provisioner.nodes.certificates import pin_recorder
 from tests.lab_bmcs import PASSWORD, USER, LabBmcs, lab_bmcs
 
 
@@ -144,3 +149,35 @@ def test_a_bmc_changed_to_redfish_moves_to_443_and_forgets_its_pin(
     shown = changed.json()["bmc"]
     assert (shown["driver"], shown["port"], shown["tls_verify"]) == ("redfish", 443, False)
     assert PASSWORD not in changed.text
+
+
+def test_pins_met_at_once_are_each_recorded_once_before_their_calls_return(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], app: Any
+) -> None:
+    """Worker threads meeting many BMCs at once share commits; each one's pin is in the
+    database when its call returns, with one timeline event, and never overwritten."""
+    names = [f"rf-many-{i:02d}" for i in range(24)]
+    for i, name in enumerate(names):
+        _enroll(client, operator, name, {"driver": "redfish", "port": 20000 + i})
+    record = pin_recorder(app.state.services.engine)
+    seen: list[str | None] = [None] * len(names)
+
+    def meet(i: int) -> None:
+        target = Target("127.0.0.1", USER, PASSWORD, port=20000 + i, driver="redfish")
+        record(target, f"sha256:{i:064x}")
+        with Session(app.state.services.engine) as session:
+            bmc = session.exec(select(Bmc).where(Bmc.port == 20000 + i)).one()
+            seen[i] = bmc.tls_fingerprint
+
+    threads = [threading.Thread(target=meet, args=(i,)) for i in range(len(names))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert seen == [f"sha256:{i:064x}" for i in range(len(names))]
+    record(Target("127.0.0.1", USER, PASSWORD, port=20000, driver="redfish"), "sha256:" + "f" * 64)
+    for i, name in enumerate(names):
+        bmc = client.get(f"/api/v1/nodes/{name}", headers=viewer).json()["bmc"]
+        assert bmc["tls_fingerprint"] == f"sha256:{i:064x}"
+        pinned = [m for m in _messages(client, name, viewer) if "pinned on first contact" in m]
+        assert len(pinned) == 1, pinned
