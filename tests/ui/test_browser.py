@@ -4,10 +4,10 @@ and a lab rack of 12 that network-boots from it.
 
 Signing in; the racks view following the rack to ``active`` without a reload; a node's
 timeline with its boot hops; a viewer seeing no action; the keyboard reaching every
-action; and axe-core (vendored in tests/ui/vendor/) finding no serious or critical
-accessibility violation on any page. A failing test leaves a screenshot and the page's
-HTML in ``test-artefacts/`` (or ``$PROVISIONER_TEST_ARTEFACTS``); the racks view's
-screenshot is kept there always.
+action; a reimage from the page reaching ``active``; and axe-core (vendored in
+tests/ui/vendor/) finding no serious or critical accessibility violation on any page.
+A failing test leaves a screenshot and the page's HTML in ``test-artefacts/`` (or
+``$PROVISIONER_TEST_ARTEFACTS``); the racks view's screenshot is kept there always.
 """
 
 from __future__ import annotations
@@ -183,6 +183,29 @@ def test_the_keyboard_reaches_every_action(
         ActionChains(browser).send_keys(Keys.TAB).perform()
         reached.add(browser.switch_to.active_element.get_attribute("href"))
     assert actions <= reached, actions - reached
+
+
+def test_a_reimage_from_the_page_reaches_active(
+    browser: WebDriver, rack: Site, tokens: dict[str, str]
+) -> None:
+    rack.wait_for(rack.names, "active", 180)
+    url = rack.service.url
+    sign_in(browser, url, tokens["operator"])
+    browser.get(f"{url}/ui/nodes/{FIRST}")
+    browser.find_element(By.CSS_SELECTOR, f"a[href='/ui/nodes/{FIRST}/actions/reimage']").click()
+    assert FIRST in browser.find_element(By.TAG_NAME, "h1").text
+    # The confirmation's own button, not the header's sign-out.
+    browser.find_element(By.CSS_SELECTOR, "form[action$='/actions/reimage'] button").click()
+    poll(lambda: browser.current_url == f"{url}/ui/nodes/{FIRST}", 20, lambda: browser.current_url)
+
+    def shown() -> str:
+        head = browser.find_element(By.CSS_SELECTOR, ".node-head")
+        return head.get_attribute("data-state") or ""
+
+    poll(lambda: shown() == "active", 180, lambda: f"{shown()}\n{rack.explain([FIRST])}")
+    kinds = [e["kind"] for e in rack.events(FIRST)]
+    assert "handed-off" in kinds[kinds.index("reimage") :], kinds
+    assert "reimage" in browser.find_element(By.CSS_SELECTOR, "table.timeline").text
 
 
 def test_no_serious_accessibility_violations(
