@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -105,7 +106,10 @@ class Reconciler:
                 except Exception as exc:
                     # A database outage must not end the loop; the next tick tries again.
                     self.outage.failed("reconciler tick", exc)
-                until = time.monotonic() + self.settings.reconcile_interval
+                # Jittered: replicas ticking in a fixed order would hand each node that
+                # falls due alone to whichever ticks first, every time.
+                pause = self.settings.reconcile_interval * random.uniform(0.75, 1.25)  # noqa: S311
+                until = time.monotonic() + pause
                 while not self._stopping and time.monotonic() < until:
                     await asyncio.sleep(min(0.1, until - time.monotonic()))
             await self.hand_back(HAND_BACK_AFTER)

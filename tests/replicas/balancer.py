@@ -36,9 +36,10 @@ class Balancer:
         self.sent: Counter[str] = Counter()  # requests answered, per replica URL
         self.retried = 0  # requests moved to another replica
         self.failed = 0  # requests answered 502: no replica could answer them
-        # Requests a replica accepted and then cut short (it died, or closed the
-        # connection while stopping); retried on the next replica if idempotent, unless
-        # this is False (a test that proves stopping replicas drain their requests).
+        # Requests a replica cut short (it died, or closed the connection while stopping)
+        # once answering, or before answering a POST; retried on the next replica if
+        # idempotent, unless this is False (a test that proves stopping replicas drain
+        # their requests).
         self.cut = 0
         self.retry_cut = True
         self.server = InThread(self)
@@ -86,17 +87,23 @@ class Balancer:
         answer: tuple[int, list[Any], bytes] | None = None
         for attempt in range(len(self.backends)):
             backend = self.backends[(start + attempt) % len(self.backends)]
+            answering = False
             try:
                 request = client.build_request(
                     method, backend + target, headers=headers, content=body
                 )
                 response = await client.send(request, stream=True)
+                answering = True
                 try:
                     content = b"".join([chunk async for chunk in response.aiter_raw()])
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
-                if not isinstance(exc, httpx.ConnectError):
+                # A connection reset before any answer is, for a stopping replica, one the
+                # kernel had queued when the replica closed its listening socket: moved
+                # on, for GET and HEAD, as nginx's proxy_next_upstream does.
+                reset = not answering and method in _IDEMPOTENT
+                if not isinstance(exc, httpx.ConnectError) and not reset:
                     with self.lock:
                         self.cut += 1
                     if not self.retry_cut:

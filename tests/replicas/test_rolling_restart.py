@@ -140,7 +140,18 @@ def test_replicas_restarted_one_at_a_time_mid_rollout(tmp_path: Path) -> None:
 
             def idle(replica: Replica) -> str:
                 states = Counter(f.states().values())
-                return f"replica {replica.index} held no nodes mid-rollout; {states}"
+                # Who took leases, by process: was this replica left out, or stuck?
+                taken = Counter(
+                    owner.split(":")[1]
+                    for changes in leases.history.values()
+                    for _, owner in changes
+                    if owner is not None
+                )
+                pids = {r.index: r.pid for r in f.replicas}
+                return (
+                    f"replica {replica.index} held no nodes mid-rollout; {states}; leases "
+                    f"taken by pid: {dict(taken)}, replicas' pids now: {pids}\n{f.logs()}"
+                )
 
             for replica in f.replicas:
                 poll(functools.partial(holding, replica), 60, functools.partial(idle, replica))
