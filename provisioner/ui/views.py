@@ -63,9 +63,27 @@ class Rack:
     slots: dict[int, Card] = field(default_factory=dict)
     unplaced: list[Card] = field(default_factory=list)
 
-    def rows(self) -> list[tuple[int, Card | None]]:
-        """Slots from the top unit down, as a rack is labelled."""
-        return [(u, self.slots.get(u)) for u in range(self.units, 0, -1)]
+    def rows(self) -> list[Slots]:
+        """Slots from the top unit down, as a rack is labelled; each run of empty units
+        is one row, so that a rack's few machines show without scrolling past 40 empty
+        slots."""
+        rows: list[Slots] = []
+        for unit in range(self.units, 0, -1):
+            card = self.slots.get(unit)
+            if card is None and rows and rows[-1].card is None:
+                rows[-1].bottom = unit
+            else:
+                rows.append(Slots(unit, unit, card))
+        return rows
+
+
+@dataclass
+class Slots:
+    """One node's slot (``top == bottom``), or a run of empty units."""
+
+    top: int
+    bottom: int
+    card: Card | None
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ def enroll(client: TestClient, token: str, **kw: object) -> None:
     assert response.status_code == 201, response.text
 
 
-def _slot(html: str, unit: int) -> str:
-    """The markup of one U slot of the (first) rack."""
-    found = re.search(rf'<li class="slot"><span class="u">U{unit}</span>(.*?)</li>', html, re.S)
-    assert found, f"no slot U{unit}"
+def _slot(html: str, unit: str) -> str:
+    """The markup of one row of U slots of the (first) rack: ``U7``, or ``U6-U1``."""
+    found = re.search(rf'<li class="slot"><span class="u">{unit}</span>(.*?)</li>', html, re.S)
+    assert found, f"no slot {unit}"
     return found.group(1)
 
 
@@ -38,15 +38,16 @@ def test_racks_show_each_node_in_its_slot_with_state_power_and_role(
     enroll(client, tokens["operator"], name="loose", mac="52:54:00:00:09:09", rack=None)
     sign_in(client, tokens["viewer"])
     html = client.get("/ui").text
-    slot = _slot(html, 7)
+    slot = _slot(html, "U7")
     assert 'data-node="r01-u07"' in slot
     # The state is written out, and the colour (the class) repeats it.
     assert 'class="card state-enrolled"' in slot
     assert '<span class="state" data-field="state">enrolled</span>' in slot
     assert "power unknown" in slot
     assert "no role" in slot
-    assert "empty" in _slot(html, 6)
-    assert "U42" in html  # a full-height rack
+    # A full-height rack, its empty units one row per run.
+    assert "empty (35 U)" in _slot(html, "U42-U8")
+    assert "empty (6 U)" in _slot(html, "U6-U1")
     unracked = html.split('id="unracked-heading"')[1]
     assert 'data-node="loose"' in unracked
     assert '<strong data-count="enrolled">2</strong>' in html
