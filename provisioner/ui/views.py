@@ -235,6 +235,8 @@ def node_view(session: Session, node: Node, profiles: ProfileSet) -> NodeView:
             "address": bmc.address,
             "port": bmc.port,
             "username": bmc.username,
+            "tls_verify": bmc.tls_verify,
+            "tls_fingerprint": bmc.tls_fingerprint,
         }
     nics = session.exec(select(Nic).where(Nic.node_id == node.id).order_by(col(Nic.id))).all()
     deployment = session.exec(

@@ -123,6 +123,24 @@ def test_the_node_view(client: TestClient, app: FastAPI, tokens: dict[str, str])
     assert client.get("/ui/nodes/nope").status_code == 404
 
 
+def test_the_node_view_says_how_a_redfish_bmc_certificate_is_trusted(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    redfish = {"driver": "redfish", "address": "127.0.0.1", "username": "admin"}
+    for name, mac, extra in (
+        ("rf-pin", "52:54:00:00:02:01", {}),
+        ("rf-off", "52:54:00:00:02:02", {"tls_verify": False}),
+    ):
+        bmc = {**redfish, "port": 8443 + len(extra), "password": "s3cret-bmc-pw", **extra}
+        enroll(client, tokens["operator"], name=name, mac=mac, bmc=bmc)
+    sign_in(client, tokens["viewer"])
+    pinned = client.get("/ui/nodes/rf-pin").text
+    assert "verified against the CA bundle, or pinned on first contact" in pinned
+    unverified = client.get("/ui/nodes/rf-off").text
+    assert "not verified (<code>tls_verify: false</code> set for this BMC)" in unverified
+    assert "s3cret-bmc-pw" not in pinned + unverified
+
+
 def test_the_last_error_in_plain_words(
     client: TestClient, app: FastAPI, tokens: dict[str, str]
 ) -> None:
