@@ -135,8 +135,11 @@ def test_replicas_restarted_one_at_a_time_mid_rollout(tmp_path: Path) -> None:
             f.import_manifest()
 
             def holding(replica: Replica) -> bool:
+                # One lease is enough: past the power-ons, steps hold a node briefly, one
+                # at a time (a loaded CI machine once saw a replica take 46 leases and
+                # never two at once in a 60 s wait).
                 held = leases.held_by(replica).values()
-                return sum(s != "active" for s in held) >= 2
+                return any(s != "active" for s in held)
 
             def idle(replica: Replica) -> str:
                 states = Counter(f.states().values())
