@@ -21,6 +21,10 @@ every use, so swapping the module attributes reaches every caller.
 - A session that fails has its error message before it is marked broken: a synchronous
   login (stock ``Command``) whose answer another thread handled read a broken session
   with no message and raised ``AttributeError`` instead of the login's error.
+- A logout removes only its own entry from the session table: pyghmi drops a stale
+  session from the table without marking it broken and may give the next session to
+  that BMC the same socket; the stale session's late logout then removed the next
+  session's entry, and that session heard no answers.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ def install() -> None:
         # loop holds WAITING_SESSIONS and, on a timeout, takes KEEPALIVE_SESSIONS.
         pyghmi_session.WAITING_SESSIONS = pyghmi_session.KEEPALIVE_SESSIONS
         pyghmi_session.Session._mark_broken = _message_first(pyghmi_session.Session._mark_broken)
+        pyghmi_session.Session.logout = _own_entry_only(pyghmi_session.Session.logout)
         _installed = True
 
 
@@ -68,6 +73,29 @@ def _message_first(mark_broken: Callable[..., None]) -> Callable[..., None]:
         mark_broken(session, error)
 
     return marked
+
+
+def _own_entry_only(logout: Callable[..., Any]) -> Callable[..., Any]:
+    """pyghmi's ``logout`` deletes the table entry for its BMC and socket port, whoever
+    holds it; put back an entry that belonged to another session."""
+
+    def logged_out(session: Any, *args: Any, **kwargs: Any) -> Any:
+        handlers = pyghmi_session.Session.bmc_handlers
+        port = None
+        with contextlib.suppress(AttributeError, OSError):
+            port = session.socket.getsockname()[1]
+        others = {}
+        for sockaddr in getattr(session, "allsockaddrs", ()):
+            holder = handlers.get(sockaddr, {}).get(port)
+            if holder is not None and holder is not session:
+                others[sockaddr] = holder
+        try:
+            return logout(session, *args, **kwargs)
+        finally:
+            for sockaddr, holder in others.items():
+                handlers.setdefault(sockaddr, {})[port] = holder
+
+    return logged_out
 
 
 def send_keeping_mode(sock: socket.socket, packet: bytes, sockaddr: Any) -> None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
 from lab import faults
@@ -122,6 +123,32 @@ def test_a_stock_bmc_that_ignores_the_suite_is_a_protocol_error_not_a_crash(
     driver = IpmiDriver(target_for(stock, cipher_suite=3))
     assert driver.power_state() == "on"
     driver.close()
+
+
+def test_a_stale_session_that_breaks_late_leaves_the_next_session_its_answers(
+    bmc: Any, target_for: TargetFor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # pyghmi drops a session whose keepalive is 15 s overdue from its table without
+    # marking it broken, and may give the next session to that BMC the same socket; when
+    # the stale one is finally marked broken, its logout must not take the next
+    # session's entry with it (seen in CI: "a session other than the one just opened").
+    stale = IpmiDriver(target_for(bmc))
+    state = stale.power_state()
+    with pyghmi_session.util.protect(pyghmi_session.KEEPALIVE_SESSIONS):
+        pyghmi_session.Session.keepalive_sessions[stale._session]["timeout"] -= 60
+    sock = stale._session.socket
+
+    def least_used_socket(cls: Any, server: Any = None, forbiddensockets: Any = ()) -> Any:
+        # pyghmi picks the least used socket; with other tests' sockets around, make
+        # sure it is this one.
+        cls.socketpool[sock] += 1
+        return sock
+
+    monkeypatch.setattr(pyghmi_session.Session, "_assignsocket", classmethod(least_used_socket))
+    fresh = IpmiDriver(target_for(bmc))
+    stale._session._mark_broken()
+    assert fresh.power_state() == state
+    fresh.close()
 
 
 def test_a_closed_driver_fails_at_once(bmc: Any, target_for: TargetFor) -> None:
