@@ -18,11 +18,9 @@ import io
 import json
 import os
 import random
-import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,18 +30,20 @@ from typing import Any
 
 import httpx
 from common import (
-    BENCH_DIR,
     IRONIC_DIR,
     IRONIC_HEADERS,
     IRONIC_VENV,
     MIB,
     NO_BACKGROUND_WORK,
-    QUIET_CORES,
     Meter,
     Process,
+    add_output_options,
+    add_wait_quiet,
     admin_token,
     answers_200,
     api_client,
+    busy_note,
+    busy_warning,
     code_state,
     command_line,
     contention,
@@ -58,10 +58,12 @@ from common import (
     machine,
     now_utc,
     progress,
+    publish,
     rate,
     render_table,
     results_head,
     save_raw,
+    work_dir,
     write_results,
 )
 
@@ -851,11 +853,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     else:
         lines.append(f"- Reference: not run ({results.get('ironic_status', 'skipped')}).")
     if noisy := busy_phases(results):
-        lines.append(
-            "- **Warning: other processes were busy during this run** (their share of the "
-            f"machine: {', '.join(noisy)}); rates and tails are pessimistic. Rerun on a quiet "
-            "machine."
-        )
+        lines.append(busy_note(noisy, "rates and tails are pessimistic"))
     lines += [
         "- x better: the provisioner's figure over Ironic's for rates, Ironic's over the "
         "provisioner's for times and memory; above 1 means the provisioner does better.",
@@ -889,14 +887,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--big-pages", type=int, default=30, help="pages of 1,000 to time (default 30)")
     add("--filtered", type=int, default=300, help="rack-filtered pages (default 300)")
     add("--lookups", type=int, default=1000, help="MAC lookups, and gets by name (default 1,000)")
-    add(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="before each timed phase, wait up to this long for other processes to go "
-        f"quiet (under {QUIET_CORES} cores busy); default 0: do not wait",
-    )
+    add_wait_quiet(parser)
     add("--seed", type=int, default=1, help="for the random racks, MACs and names")
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument(
@@ -907,20 +898,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     reference.add_argument("--no-reference", dest="reference", action="store_const", const=None)
     add("--ironic-nodes", type=int, default=1000, help="nodes for Ironic (default 1,000: slow)")
-    add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
-    add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add(
-        "--no-write-results",
-        dest="write_results",
-        action="store_false",
-        help="leave bench/RESULTS.md alone (trial runs)",
-    )
+    add_output_options(parser, keep="data directories and server logs")
     add(
         "--rev",
         help="run the service from this git revision (exported to a scratch directory) "
         "instead of the working tree, e.g. HEAD while the tree is mid-edit",
     )
-    add("--keep", action="store_true", help="keep the data directories and server logs")
     add(
         "--render",
         type=Path,
@@ -938,14 +921,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="provisioner-bench-"))
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
         "machine": {**machine(PACKAGES), "sqlite": sqlite3.sqlite_version},
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
-    try:
+    with work_dir("provisioner-bench-", args.keep) as work:
         commit = None
         if args.rev:
             commit = export_revision(args.rev, work / "source")
@@ -963,11 +945,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress(results["ironic_status"])
         else:
             results["ironic_status"] = "skipped: --no-reference, or no bench/ironic/.venv"
-    finally:
-        if args.keep:
-            progress(f"data directories kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     return results
 
@@ -986,11 +963,9 @@ def main(argv: list[str] | None = None) -> int:
     raw = save_raw(results, args.out, "api")
     print("\n".join(table_lines(results, markdown=False)))
     if noisy := busy_phases(results):
-        print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
+        print(busy_warning(noisy))
     print(f"\nraw figures: {raw}")
-    if args.write_results:
-        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
-        print(f"results: {args.results}")
+    publish(args, lambda: results_markdown(results), RESULTS_BEGIN, RESULTS_END)
     return 0
 
 

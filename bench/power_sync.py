@@ -28,7 +28,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,25 +38,28 @@ from pathlib import Path
 from typing import Any
 
 from common import (
-    BENCH_DIR,
     NO_BACKGROUND_WORK,
-    QUIET_CORES,
     Meter,
     Process,
+    add_output_options,
+    add_wait_quiet,
     admin_token,
     api_client,
+    busy_warning,
     clean_env,
     code_state,
     command_line,
+    contention,
     cpu_seconds,
     expect,
     now_utc,
     progress,
     provisioner_serve,
+    publish,
     py_spy,
     save_raw,
     start_lab,
-    write_results,
+    work_dir,
 )
 from power_sync_child import spread
 
@@ -308,7 +310,6 @@ def service_runs(args: argparse.Namespace, lab: Lab, enrolled: Path, work: Path)
 
 
 def run(args: argparse.Namespace, protocol: Protocol) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="provisioner-bench-power-"))
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
@@ -317,28 +318,22 @@ def run(args: argparse.Namespace, protocol: Protocol) -> dict[str, Any]:
         "code": code_state(("provisioner", "lab", "migrations")),
         "settings": {k: str(v) for k, v in vars(args).items()},
     }
-    try:
-        with running_lab(args, work) as lab:
-            results["lab"] = {
-                "nodes": args.nodes,
-                "base_port": lab.base_port,
-                "per_process": args.per_process,
-                "processes": len(lab.pids()),
-                "up": lab.up_line,
-            }
-            enrolled = work / "enrolled"
-            enrolled.mkdir()
-            progress("service: enrolling the lab's manifest through the API")
-            results["enroll"] = enroll(lab, enrolled)
-            results["service"] = service_runs(args, lab, enrolled, work)
-            meter = lab.meter()
-            ports = [lab.port(i) for i in range(args.nodes)]
-            results.update(protocol.reference(args, ports, meter))
-    finally:
-        if args.keep:
-            progress(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("provisioner-bench-power-", args.keep) as work, running_lab(args, work) as lab:
+        results["lab"] = {
+            "nodes": args.nodes,
+            "base_port": lab.base_port,
+            "per_process": args.per_process,
+            "processes": len(lab.pids()),
+            "up": lab.up_line,
+        }
+        enrolled = work / "enrolled"
+        enrolled.mkdir()
+        progress("service: enrolling the lab's manifest through the API")
+        results["enroll"] = enroll(lab, enrolled)
+        results["service"] = service_runs(args, lab, enrolled, work)
+        meter = lab.meter()
+        ports = [lab.port(i) for i in range(args.nodes)]
+        results.update(protocol.reference(args, ports, meter))
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     return results
 
@@ -383,6 +378,132 @@ def rounds_note(results: dict[str, Any]) -> str:
 
 def per_1000(seconds: float, bmcs: int) -> str:
     return f"{seconds * 1000 / bmcs:.2f}"
+
+
+def measured_figures(results: dict[str, Any], reference: str, ratio: str) -> dict[str, Any]:
+    """The figures the targets check, both protocols alike: first contact, warm, the
+    reference tool's ``reference`` run over the first contact as ``ratio``, failures. The
+    ratio is taken on the same BMCs: a reference run on fewer is scaled to the lab's
+    count first (it is not by default)."""
+    first = first_contact(results)
+    ref = results[reference]
+    scale = results["lab"]["nodes"] / ref["bmcs"]
+    return {
+        "first_contact_s": first,
+        "warm_s": warm_median(results),
+        ratio: round(ref["wall_s"] * scale / first, 1),
+        "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
+    }
+
+
+def service_rows(
+    results: dict[str, Any],
+    reference_s: float,
+    extra: Callable[[dict[str, Any]], list[str]] = lambda r: [],
+) -> list[list[str]]:
+    """The figures table's row of each service sync: work, BMCs, wall, per 1,000, CPU,
+    failed, ``extra``'s cells, and how many times faster than ``reference_s``."""
+    from power_sync_child import service_label
+
+    rows = []
+    for service in results["service"]:
+        label = service_label(service)
+        for index, r in enumerate(service["runs"]):
+            kind = "first contact" if index == 0 else f"warm #{index}"
+            rows.append(
+                [
+                    f"service sync, {label}, {kind}",
+                    f"{r['polled']:,}",
+                    f"{r['wall_s']:.2f}",
+                    per_1000(r["wall_s"], results["lab"]["nodes"]),
+                    f"{r['cpu_s']:.2f}",
+                    str(r["failed"]),
+                    *extra(r),
+                    f"{reference_s / r['wall_s']:.1f}x",
+                ]
+            )
+    return rows
+
+
+def target_labels(results: dict[str, Any], first: str, ratio: str, vs: str) -> dict[str, str]:
+    """The targets table's goals: ``first`` names the BMCs of the first-contact sync,
+    ``vs`` the reference tool of the ``ratio`` key."""
+    rounds = len(default_runs(results))
+    first_of = f"median of {rounds} rounds, " if rounds > 1 else ""
+    workers = default_run(results)["bmc_workers"]
+    return {
+        "first_contact_s": (
+            f"full sync of {results['lab']['nodes']:,} {first}, first contact ({first_of}"
+            f"{workers} workers)"
+        ),
+        "warm_s": f"full sync, warm (median of {len(warm_syncs(results))})",
+        ratio: f"first-contact sync vs {vs}, 16 parallel processes",
+        "failures": "failed polls, every service sync of the run",
+    }
+
+
+def sync_phases(results: dict[str, Any], references: dict[str, str]) -> list[str]:
+    """Phases during which processes other than the bench, the service, the reference
+    tool and the lab took more than a tenth of the machine: their figures are
+    pessimistic. ``references``: the reference runs' keys and names."""
+    from power_sync_child import service_label
+
+    phases: dict[str, tuple[float, float]] = {}
+    for service in results["service"]:
+        for index, r in enumerate(service["runs"]):
+            phases[f"sync {service_label(service)} #{index}"] = (r["others_cpu_s"], r["wall_s"])
+    for key, name in references.items():
+        cpu = results[key]["cpu"]
+        phases[name] = (cpu["others_s"], cpu["wall_s"])
+    return contention(phases, results["machine"]["cores"])
+
+
+def machine_line(results: dict[str, Any], python: str, tools: str) -> str:
+    """RESULTS.md's machine line; ``python``: what follows Python's version, ``tools``:
+    the reference tool's version."""
+    m = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    return (
+        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}; Python {m['python']}{python}, {packages}, {tools}. "
+        f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
+        f"{m['loadavg_at_end']:.2f}."
+    )
+
+
+def lab_serving(results: dict[str, Any]) -> str:
+    """The lab's process tree: one serving process, or serving workers and a supervisor."""
+    workers = results["lab"]["processes"] - 1
+    return f"{workers} serving processes and a supervisor" if workers else "one process"
+
+
+def power_states(results: dict[str, Any]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in default_run(results)["power_states_after"].items())
+
+
+def report_tail(
+    results: dict[str, Any], tables: list[list[str]], breakdown_of: str, end: str
+) -> list[str]:
+    """The end of a RESULTS.md block: the figures and targets tables, the breakdown
+    (``tables``' last) after its explanation, whose middle part ``breakdown_of`` is the
+    protocol's, the raw figures' file and the block's ``end`` marker."""
+    *shown, breakdown = tables
+    lines = [line for table in shown for line in ("", *table)]
+    return [
+        *lines,
+        "",
+        "Where each sync's time went (`_due` loads the rows, the polls are the gather over "
+        "`BmcPool.call`, `_record` writes the results; per BMC is a worker thread's time "
+        f"for one BMC, login included; {breakdown_of}retries are pool attempts that failed "
+        "and were repeated; lab and others are the CPU seconds of the lab's processes and "
+        "of the rest of the machine during the sync):",
+        "",
+        *breakdown,
+        "",
+        f"Raw figures: `{results['raw']}` (not committed).",
+        "",
+        end,
+    ]
 
 
 # ---- main -----------------------------------------------------------------------------
@@ -438,28 +559,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="BMCs for the sequential ipmitool run (default: all; fewer are scaled to 1,000)",
     )
-    add(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="before each timed phase, wait up to this long for other processes to go "
-        f"quiet (under {QUIET_CORES} cores busy); default 0: do not wait",
-    )
+    add_wait_quiet(parser)
     add(
         "--profile-dir",
         type=Path,
         help="sample the default sync process with py-spy (raw collapsed stacks) into here",
     )
-    add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
-    add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add(
-        "--no-write-results",
-        dest="write_results",
-        action="store_false",
-        help="leave bench/RESULTS.md alone (trial runs)",
-    )
-    add("--keep", action="store_true", help="keep the work directory (lab log, databases)")
+    add_output_options(parser, keep="lab log, databases")
     add(
         "--from-json",
         type=Path,
@@ -526,11 +632,9 @@ def main(argv: list[str] | None = None) -> int:
         raw = save_raw(results, args.out, f"power-sync-{args.protocol}")
     print("\n\n".join("\n".join(table) for table in report.tables(results, False)))
     if noisy := report.busy(results):
-        print(f"\nwarning: other processes were busy ({', '.join(noisy)}): rerun when quiet")
+        print(busy_warning(noisy))
     print(f"\nraw figures: {raw}")
-    if args.write_results:
-        write_results(args.results, report.markdown(results), report.begin, report.end)
-        print(f"results: {args.results}")
+    publish(args, lambda: report.markdown(results), report.begin, report.end)
     return 0
 
 

@@ -15,13 +15,13 @@ import power_sync as ps
 import power_sync_child as child
 from common import (
     Meter,
-    contention,
-    judge,
+    busy_note,
     machine,
     progress,
     render_table,
     results_head,
     tool_version,
+    verdict_table,
 )
 
 RESULTS_BEGIN = "<!-- bench/power_sync.py writes from here -->"
@@ -83,23 +83,7 @@ def ipmitool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -> d
 
 
 def measured(results: dict[str, Any]) -> dict[str, float | None]:
-    first = ps.first_contact(results)
-    reference = results["ipmitool_parallel"]
-    # The ratio is taken on the same BMCs; were the reference run on fewer, it would be
-    # scaled to 1,000 first (it is not by default).
-    scale = results["lab"]["nodes"] / reference["bmcs"]
-    return {
-        "first_contact_s": first,
-        "warm_s": ps.warm_median(results),
-        "x_faster_than_ipmitool_16": round(reference["wall_s"] * scale / first, 1),
-        "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
-    }
-
-
-def verdict(key: str, value: float | None) -> tuple[str, str]:
-    op, limit, unit = TARGETS[key]
-    text = f"{op} {limit:g}{' ' + unit if unit and unit != 'x' else unit}"
-    return text, judge(op, limit, value)
+    return ps.measured_figures(results, "ipmitool_parallel", "x_faster_than_ipmitool_16")
 
 
 def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -107,22 +91,7 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
     par, seq = results["ipmitool_parallel"], results["ipmitool_sequential"]
     reference = par["wall_s"] * nodes / par["bmcs"]
     head = ["Work", "BMCs", "Wall s", "s per 1,000", "CPU s", "Failed", "x ipmitool -P16"]
-    body = []
-    for service in results["service"]:
-        label = child.service_label(service)
-        for index, r in enumerate(service["runs"]):
-            kind = "first contact" if index == 0 else f"warm #{index}"
-            body.append(
-                [
-                    f"service sync, {label}, {kind}",
-                    f"{r['polled']:,}",
-                    f"{r['wall_s']:.2f}",
-                    ps.per_1000(r["wall_s"], nodes),
-                    f"{r['cpu_s']:.2f}",
-                    str(r["failed"]),
-                    f"{reference / r['wall_s']:.1f}x",
-                ]
-            )
+    body = ps.service_rows(results, reference)
     for name, ref in (
         (f"ipmitool, {par['parallel']} parallel processes", par),
         ("ipmitool, sequential", seq),
@@ -143,43 +112,24 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
 
 
 def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
-    values = measured(results)
-    workers = ps.default_run(results)["bmc_workers"]
-    rounds = len(ps.default_runs(results))
-    first_of = f"median of {rounds} rounds, " if rounds > 1 else ""
-    labels = {
-        "first_contact_s": (
-            f"full sync of {results['lab']['nodes']:,} BMCs, first contact ({first_of}"
-            f"{workers} workers)"
-        ),
-        "warm_s": f"full sync, warm (median of {len(ps.warm_syncs(results))})",
-        "x_faster_than_ipmitool_16": "first-contact sync vs ipmitool, 16 parallel processes",
-        "failures": "failed polls, every service sync of the run",
-    }
-    body = []
-    for key, label in labels.items():
-        target, result = verdict(key, values[key])
-        value = values[key]
-        shown = "n/a" if value is None else f"{value:g}{'x' if key.startswith('x_') else ''}"
-        body.append([label, shown, target, result])
-    return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
+    labels = ps.target_labels(results, "BMCs", "x_faster_than_ipmitool_16", "ipmitool")
+    return verdict_table(TARGETS, measured(results), labels, markdown)
+
+
+def tables(results: dict[str, Any], markdown: bool) -> list[list[str]]:
+    return [
+        figures_table(results, markdown),
+        targets_table(results, markdown),
+        child.breakdown_table(results, markdown),
+    ]
 
 
 def busy_phases(results: dict[str, Any]) -> list[str]:
-    """Phases during which processes other than the bench, the service, ipmitool and the
-    lab took more than a tenth of the machine: their figures are pessimistic."""
-    phases: dict[str, tuple[float, float]] = {}
-    for service in results["service"]:
-        for index, r in enumerate(service["runs"]):
-            name = f"sync {child.service_label(service)} #{index}"
-            phases[name] = (r["others_cpu_s"], r["wall_s"])
-    for key, name in (
-        ("ipmitool_parallel", "ipmitool parallel"),
-        ("ipmitool_sequential", "ipmitool sequential"),
-    ):
-        cpu = results[key]["cpu"]
-        phases[name] = (cpu["others_s"], cpu["wall_s"])
-    return contention(phases, results["machine"]["cores"])
+    references = {
+        "ipmitool_parallel": "ipmitool parallel",
+        "ipmitool_sequential": "ipmitool sequential",
+    }
+    return ps.sync_phases(results, references)
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -187,19 +137,11 @@ def results_markdown(results: dict[str, Any]) -> str:
     lab = results["lab"]
     par, seq = results["ipmitool_parallel"], results["ipmitool_sequential"]
     service = ps.default_run(results)
-    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    # The lab's process tree: one serving process, or serving workers and a supervisor.
-    workers = lab["processes"] - 1
-    serving = f"{workers} serving processes and a supervisor" if workers else "one process"
-    states = ", ".join(f"{k}: {v}" for k, v in service["power_states_after"].items())
     lines = [
         *results_head(RESULTS_BEGIN, f"Power sync: run of {results['date']}", results),
-        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
-        f"{m['kernel']}; Python {m['python']}, {packages}, ipmitool {m['ipmitool']}. "
-        f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
-        f"{m['loadavg_at_end']:.2f}.",
+        ps.machine_line(results, "", f"ipmitool {m['ipmitool']}"),
         f"- Lab: `provisioner-lab up --nodes {lab['nodes']} --base-port {lab['base_port']} "
-        f"--password ... --per-process {lab['per_process']}` ({serving}) "
+        f"--password ... --per-process {lab['per_process']}` ({ps.lab_serving(results)}) "
         f'on 127.0.0.1, on the same cores as everything else; "{lab["up"]}".',
         f"- Enrollment: the lab's manifest to `POST /api/v1/racks/import` of `provisioner "
         f"serve` ({results['enroll']['import_s']} s), with inspection on enrollment, the "
@@ -213,8 +155,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"{service['bmc_workers']} (PROVISIONER_BMC_WORKERS unset), plus any extra rows as "
         f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
         "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
-        f"are taken around each `sync_once()`. Power states in the database after: {states}."
-        + ps.rounds_note(results),
+        f"are taken around each `sync_once()`. Power states in the database after: "
+        f"{ps.power_states(results)}." + ps.rounds_note(results),
         f"- ipmitool: `ipmitool -I lanplus -H 127.0.0.1 -p PORT -U admin -P ... power status`, "
         f"one process per BMC: {par['bmcs']:,} BMCs with {par['parallel']} at a time "
         f"(threads forking ipmitool), and {seq['bmcs']:,} one after another"
@@ -224,31 +166,11 @@ def results_markdown(results: dict[str, Any]) -> str:
         "BMCs divided by the row's time.",
     ]
     if noisy := busy_phases(results):
-        lines.append(
-            "- **Warning: other processes were busy during this run** (their share of the "
-            f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
-        )
+        lines.append(busy_note(noisy))
     failures = par["failure_examples"] + seq["failure_examples"]
     if failures:
         lines.append(f"- ipmitool failures, first few: {'; '.join(failures)}.")
-    lines += [
-        "",
-        *figures_table(results, markdown=True),
-        "",
-        *targets_table(results, markdown=True),
-        "",
-        "Where each sync's time went (`_due` loads the rows, the polls are the gather over "
-        "`BmcPool.call`, `_record` writes the results; per BMC is a worker thread's time "
-        "for one BMC, login included; retries are pool attempts that failed and were "
-        "repeated; lab and others are the CPU seconds of the lab's processes and of the "
-        "rest of the machine during the sync):",
-        "",
-        *child.breakdown_table(results, markdown=True),
-        "",
-        f"Raw figures: `{results['raw']}` (not committed).",
-        "",
-        RESULTS_END,
-    ]
+    lines += ps.report_tail(results, tables(results, markdown=True), "", RESULTS_END)
     return "\n".join(lines)
 
 
@@ -257,7 +179,7 @@ PROTOCOL = ps.Protocol(
     missing_tool,
     ipmitool_runs,
     measured,
-    lambda r, md: [figures_table(r, md), targets_table(r, md), child.breakdown_table(r, md)],
+    tables,
     busy_phases,
     results_markdown,
     RESULTS_BEGIN,

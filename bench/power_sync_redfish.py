@@ -20,13 +20,13 @@ import power_sync_child as child
 from common import (
     BIN,
     Meter,
-    contention,
-    judge,
+    busy_note,
     machine,
     progress,
     render_table,
     results_head,
     tool_version,
+    verdict_table,
 )
 
 RESULTS_BEGIN = "<!-- bench/power_sync.py --protocol redfish writes from here -->"
@@ -109,17 +109,9 @@ def redfishtool_runs(args: argparse.Namespace, ports: list[int], meter: Meter) -
 
 
 def measured(results: dict[str, Any]) -> dict[str, float | None]:
-    first = ps.first_contact(results)
-    reference = results["redfishtool_parallel"]
     # Every redfishtool process opens its own TLS connection and authenticates: the
     # ratio is taken on the service's first contact, which does the same once per BMC.
-    scale = results["lab"]["nodes"] / reference["bmcs"]
-    return {
-        "first_contact_s": first,
-        "warm_s": ps.warm_median(results),
-        "x_faster_than_redfishtool_16": round(reference["wall_s"] * scale / first, 1),
-        "failures": sum(r["failed"] for s in results["service"] for r in s["runs"]),
-    }
+    return ps.measured_figures(results, "redfishtool_parallel", "x_faster_than_redfishtool_16")
 
 
 def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -128,23 +120,11 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
     reference = par["wall_s"] * nodes / par["bmcs"]
     head = ["Work", "BMCs", "Wall s", "s per 1,000", "CPU s", "Failed", "Pinned after"]
     head.append("x redfishtool -P16")
-    body = []
-    for service in results["service"]:
-        label = child.service_label(service)
-        for index, r in enumerate(service["runs"]):
-            kind = "first contact" if index == 0 else f"warm #{index}"
-            body.append(
-                [
-                    f"service sync, {label}, {kind}",
-                    f"{r['polled']:,}",
-                    f"{r['wall_s']:.2f}",
-                    ps.per_1000(r["wall_s"], nodes),
-                    f"{r['cpu_s']:.2f}",
-                    str(r["failed"]),
-                    "" if r.get("tls_pinned_after") is None else f"{r['tls_pinned_after']:,}",
-                    f"{reference / r['wall_s']:.1f}x",
-                ]
-            )
+
+    def pinned(r: dict[str, Any]) -> list[str]:
+        return ["" if r.get("tls_pinned_after") is None else f"{r['tls_pinned_after']:,}"]
+
+    body = ps.service_rows(results, reference, pinned)
     body.append(
         [
             f"redfishtool -A {par['auth']}, {par['parallel']} parallel processes",
@@ -161,28 +141,10 @@ def figures_table(results: dict[str, Any], markdown: bool) -> list[str]:
 
 
 def targets_table(results: dict[str, Any], markdown: bool) -> list[str]:
-    values = measured(results)
-    rounds = len(ps.default_runs(results))
-    first_of = f"median of {rounds} rounds, " if rounds > 1 else ""
-    labels = {
-        "first_contact_s": (
-            f"full sync of {results['lab']['nodes']:,} Redfish BMCs, first contact "
-            f"({first_of}{ps.default_run(results)['bmc_workers']} workers)"
-        ),
-        "warm_s": f"full sync, warm (median of {len(ps.warm_syncs(results))})",
-        "x_faster_than_redfishtool_16": (
-            "first-contact sync vs redfishtool, 16 parallel processes"
-        ),
-        "failures": "failed polls, every service sync of the run",
-    }
-    body = []
-    for key, label in labels.items():
-        op, limit, unit = TARGETS[key]
-        target = f"{op} {limit:g}{' ' + unit if unit and unit != 'x' else unit}"
-        value = values[key]
-        shown = "n/a" if value is None else f"{value:g}{'x' if key.startswith('x_') else ''}"
-        body.append([label, shown, target, judge(op, limit, value)])
-    return render_table(["Goal", "Measured", "Target", "Result"], body, markdown, right={1})
+    labels = ps.target_labels(
+        results, "Redfish BMCs", "x_faster_than_redfishtool_16", "redfishtool"
+    )
+    return verdict_table(TARGETS, measured(results), labels, markdown)
 
 
 def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
@@ -191,19 +153,16 @@ def breakdown_table(results: dict[str, Any], markdown: bool) -> list[str]:
     return child.breakdown_table(results, markdown, kinds)
 
 
+def tables(results: dict[str, Any], markdown: bool) -> list[list[str]]:
+    return [
+        figures_table(results, markdown),
+        targets_table(results, markdown),
+        breakdown_table(results, markdown),
+    ]
+
+
 def busy_phases(results: dict[str, Any]) -> list[str]:
-    """Phases during which processes other than the bench, the service, redfishtool and
-    the lab took more than a tenth of the machine: their figures are pessimistic."""
-    phases: dict[str, tuple[float, float]] = {}
-    for service in results["service"]:
-        for index, r in enumerate(service["runs"]):
-            phases[f"sync {child.service_label(service)} #{index}"] = (
-                r["others_cpu_s"],
-                r["wall_s"],
-            )
-    cpu = results["redfishtool_parallel"]["cpu"]
-    phases["redfishtool parallel"] = (cpu["others_s"], cpu["wall_s"])
-    return contention(phases, results["machine"]["cores"])
+    return ps.sync_phases(results, {"redfishtool_parallel": "redfishtool parallel"})
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -211,10 +170,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lab = results["lab"]
     par = results["redfishtool_parallel"]
     service = ps.default_run(results)
-    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
-    workers = lab["processes"] - 1
-    serving = f"{workers} serving processes and a supervisor" if workers else "one process"
-    states = ", ".join(f"{k}: {v}" for k, v in service["power_states_after"].items())
+    serving = ps.lab_serving(results)
     pins = service["runs"][0].get("tls_pinned_after")
     pinned = (
         ""
@@ -224,11 +180,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     )
     lines = [
         *results_head(RESULTS_BEGIN, f"Power sync, Redfish: run of {results['date']}", results),
-        f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, Linux "
-        f"{m['kernel']}; Python {m['python']} ({m['openssl']}), {packages}, redfishtool "
-        f"{m['redfishtool']}. "
-        f"Load average when the run began: {m['loadavg_at_start']:.2f}, at its end: "
-        f"{m['loadavg_at_end']:.2f}.",
+        ps.machine_line(results, f" ({m['openssl']})", f"redfishtool {m['redfishtool']}"),
         f"- Lab: `provisioner-lab up --nodes {lab['nodes']} --protocol redfish --base-port "
         f"{lab['base_port']} --password ... --per-process {lab['per_process']}` ({serving}) "
         "on 127.0.0.1, Redfish over HTTPS with the lab's self-signed certificate, generic "
@@ -248,7 +200,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         f"labelled; timeout {service['bmc_timeout_s']:g} s, {service['bmc_retries']} retries. "
         "Wall time and the process's CPU seconds (`time.process_time()`, all its threads) "
         f"are taken around each `sync_once()`. Power states in the database after: "
-        f"{states}.{pinned}" + ps.rounds_note(results),
+        f"{ps.power_states(results)}.{pinned}" + ps.rounds_note(results),
         f"- redfishtool: `redfishtool -r 127.0.0.1:PORT -u admin -p ... -S Always -A "
         f"{par['auth']} Systems -1 get -P PowerState`, one process per BMC (which reads "
         "the service root, the Systems collection and the System, and never verifies the "
@@ -261,10 +213,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         "time.",
     ]
     if noisy := busy_phases(results):
-        lines.append(
-            "- **Warning: other processes were busy during this run** (their share of the "
-            f"machine: {', '.join(noisy)}); times are pessimistic. Rerun on a quiet machine."
-        )
+        lines.append(busy_note(noisy))
     relogins = [
         f"{child.service_label(run)} warm #{index} ({r['login']['count']:,})"
         for run in ps.default_runs(results)
@@ -279,25 +228,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         )
     if par["failure_examples"]:
         lines.append(f"- redfishtool failures, first few: {'; '.join(par['failure_examples'])}.")
-    lines += [
-        "",
-        *figures_table(results, markdown=True),
-        "",
-        *targets_table(results, markdown=True),
-        "",
-        "Where each sync's time went (`_due` loads the rows, the polls are the gather over "
-        "`BmcPool.call`, `_record` writes the results; per BMC is a worker thread's time "
-        "for one BMC, login included; logins are the driver factory's calls (TLS "
-        "handshake and session); retries are pool attempts that failed and were repeated; "
-        "lab and others are the CPU seconds of the lab's processes and of the rest of the "
-        "machine during the sync):",
-        "",
-        *breakdown_table(results, markdown=True),
-        "",
-        f"Raw figures: `{results['raw']}` (not committed).",
-        "",
-        RESULTS_END,
-    ]
+    logins = "logins are the driver factory's calls (TLS handshake and session); "
+    lines += ps.report_tail(results, tables(results, markdown=True), logins, RESULTS_END)
     return "\n".join(lines)
 
 
@@ -306,7 +238,7 @@ PROTOCOL = ps.Protocol(
     missing_tool,
     redfishtool_runs,
     measured,
-    lambda r, md: [figures_table(r, md), targets_table(r, md), breakdown_table(r, md)],
+    tables,
     busy_phases,
     results_markdown,
     RESULTS_BEGIN,

@@ -36,7 +36,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,12 +47,12 @@ from typing import Any
 
 import httpx
 from common import (
-    BENCH_DIR,
     IPXE,
     IRONIC_HEADERS,
     IRONIC_VENV,
     Meter,
     Process,
+    add_output_options,
     admin_token,
     api_client,
     clean_env,
@@ -70,6 +69,7 @@ from common import (
     profile_summary,
     progress,
     provisioner_serve,
+    publish,
     py_spy,
     render_table,
     results_head,
@@ -77,7 +77,7 @@ from common import (
     save_raw,
     start_lab,
     wait_for,
-    write_results,
+    work_dir,
 )
 
 from provisioner.cli.demo import free_udp_block
@@ -762,15 +762,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="sample the service with py-spy during each run "
         "(raw collapsed stacks of GIL-holding samples; the figures of such a run are skewed)",
     )
-    add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
-    add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add(
-        "--no-write-results",
-        dest="write_results",
-        action="store_false",
-        help="leave bench/RESULTS.md alone (trial runs)",
-    )
-    add("--keep", action="store_true", help="keep the work directory (logs, databases)")
+    add_output_options(parser, keep="logs, databases")
     add(
         "--render",
         type=Path,
@@ -781,7 +773,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="provisioner-rack-"))
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
@@ -791,7 +782,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_dir("provisioner-rack-", args.keep) as work:
         commit = export_revision(args.rev, work / "source") if args.rev else None
         paths = ("provisioner", "pxe", "lab", "migrations", "pyproject.toml")
         results["code"] = code_state(paths, args.rev, commit)
@@ -808,11 +799,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress(results["ironic_status"])
         else:
             results["ironic_status"] = "--no-reference, or no bench/ironic/.venv"
-    finally:
-        if args.keep:
-            progress(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     return results
 
@@ -836,9 +822,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             for frame, share in prof.get("own", [])[:15]:
                 print(f"  {share:6.1%}  {frame}")
-    if args.write_results:
-        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
-        print(f"results: {args.results}")
+    publish(args, lambda: results_markdown(results), RESULTS_BEGIN, RESULTS_END)
     ok = all(passed for r in results["runs"] for *_, passed in verdicts(r))
     return 0 if ok else 1
 

@@ -45,7 +45,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -56,12 +55,12 @@ from typing import Any
 
 import httpx
 from common import (
-    BENCH_DIR,
     BIN,
     IPXE,
     MIB,
     REPO,
     Process,
+    add_output_options,
     clean_env,
     code_state,
     command_line,
@@ -69,11 +68,12 @@ from common import (
     machine,
     now_utc,
     progress,
+    publish,
     render_table,
     results_head,
     save_raw,
     wait_for,
-    write_results,
+    work_dir,
 )
 
 from lab import vm as qemu
@@ -734,10 +734,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--no-project", dest="project", action="store_false", help="skip the project")
     add("--data-dir", type=Path, default=REPO / "var", help="the agent's and lab image's builds")
     add("--timeout", type=float, default=900, help="seconds before a configuration gives up")
-    add("--out", type=Path, default=BENCH_DIR / "out", help="raw JSON directory")
-    add("--results", type=Path, default=BENCH_DIR / "RESULTS.md")
-    add("--no-write-results", dest="write_results", action="store_false", help="trial runs")
-    add("--keep", action="store_true", help="keep the work directory (consoles, logs)")
+    add_output_options(parser, keep="consoles, logs")
     add("--render", type=Path, metavar="JSON", help="run nothing: the block from a raw JSON")
     return parser.parse_args(argv)
 
@@ -750,8 +747,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"no agent built in {args.data_dir / 'agent'}: run `provisioner agent build`"
         )
-    work = Path(tempfile.mkdtemp(prefix="vmc-"))
-    work.chmod(0o755)  # the raw chain's TFTP root is in it, and dnsmasq runs as nobody
     results: dict[str, Any] = {
         "date": now_utc(),
         "command": command_line(__file__),
@@ -764,7 +759,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "image_mib": args.image_mib,
         "runs": [],
     }
-    try:
+    with work_dir("vmc-", args.keep) as work:
+        work.chmod(0o755)  # the raw chain's TFTP root is in it, and dnsmasq runs as nobody
         image = work / "image.raw"
         lab_image: list[str | Path] = [BIN / "provisioner-lab", "image", "build", "--output", image]
         lab_image += ["--data-dir", args.data_dir]
@@ -794,11 +790,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         results["runs"].append(done)
                         totals = [n.get("inspect", {}).get("total") for n in done["nodes"].values()]
                         progress(f"  power-on -> inventory: {totals}")
-    finally:
-        if args.keep:
-            progress(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     results["machine"]["loadavg_at_end"] = os.getloadavg()[0]
     return results
 
@@ -813,9 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         results["ratios"] = ratios(results["summary"])
         print(f"raw figures: {save_raw(results, args.out, 'vm_cycle')}")
     print("\n".join(tables(results, markdown=False)))
-    if args.write_results:
-        write_results(args.results, results_markdown(results), RESULTS_BEGIN, RESULTS_END)
-        print(f"results: {args.results}")
+    publish(args, lambda: results_markdown(results), RESULTS_BEGIN, RESULTS_END)
     return 0 if all(r["pass"] for r in results["ratios"]) else 1
 
 
