@@ -52,6 +52,7 @@ from provisioner.services import Services
 from provisioner.settings import Settings, get_settings
 from provisioner.tokens import TokenCache
 from provisioner.ui import router as ui_router
+from pxe.dhcp_log import DhcpLogFollower
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ def create_app(
                 tftp.port,
             )
         loops = [asyncio.create_task(hops.run(), name="boot-hops")]
+        if settings.dhcp_log is not None:
+            follower = DhcpLogFollower(settings.dhcp_log, boot_service.record_dhcp_log)
+            loops.append(asyncio.create_task(follower.run(), name="dhcp-log"))
+            log.info("DHCP hops read from %s", settings.dhcp_log)
         reconciling = None
         if settings.reconciler:
             reconciling = asyncio.create_task(reconciler.run(), name="reconciler")

@@ -379,6 +379,23 @@ class TftpTrace(BaseModel):
     transfers: list[TftpTransfer] = Field(max_length=1000)
 
 
+class DhcpExchange(BaseModel):
+    """One answer of the DHCP server, as the pxe process read it from dnsmasq's log."""
+
+    mac: Mac
+    interface: str = Field(default="", max_length=64)
+    kind: Literal["ack", "nak", "proxy"]
+    address: str = Field(default="", max_length=45)
+    vendor_class: str = Field(default="", max_length=128)
+    user_class: str = Field(default="", max_length=128)
+    bootfile: str = Field(default="", max_length=300)
+    note: str = Field(default="", max_length=128)
+
+
+class DhcpTrace(BaseModel):
+    exchanges: list[DhcpExchange] = Field(max_length=1000)
+
+
 class BootHopOut(BaseModel):
     time: str
     client: str

@@ -196,6 +196,10 @@ class Settings(BaseSettings):
     tftp_address: str = "0.0.0.0"  # noqa: S104 (boot networks reach it on any interface)
     tftp_port: int = Field(default=69, ge=0, le=65535)
     tftp_root: Path | None = unset("iPXE binaries served by TFTP; <data_dir>/tftp when unset.")
+    dhcp_log: Path | None = unset(
+        "dnsmasq's log file (its log-facility, with log-dhcp), read for the DHCP hops of the "
+        "boot trace; no DHCP hops when unset."
+    )
     # Role webhooks (provisioner/handoff/webhooks.py).
     webhook_timeout: float = seconds(10.0, "Seconds per delivery.")
     webhook_retry_base: float = seconds(2.0, "Seconds before the first retry; doubles each time.")

@@ -53,6 +53,7 @@ class EventKind(StrEnum):
     POWER_SYNC_FLAGGED = "power-sync-flagged"
     BOOT_DEVICE = "boot-device"
     # The boot chain, as the machine walks it
+    BOOT_DHCP = "boot-dhcp"
     BOOT_IPXE = "boot-ipxe"
     BOOT_TFTP = "boot-tftp"
     BOOT_FILE = "boot-file"

@@ -1,5 +1,5 @@
 """The pxe process's link to the provisioner API: per-node TFTP files fetched on demand,
-and every finished transfer reported back as a boot hop.
+and every finished transfer and DHCP answer reported back as a boot hop.
 
 A TFTP transfer must never wait on, or fail because of, the API's health: the reports
 go through a bounded in-memory queue that a background task drains in batches, and
@@ -21,12 +21,18 @@ from urllib.parse import quote
 import httpx
 
 from provisioner import __version__
+from pxe.dhcp_log import DhcpExchange
 from pxe.tftp import Transfer
 
 log = logging.getLogger(__name__)
 
 # Loader configuration files are a few KiB; anything far larger is a misrouted request.
 MAX_DYNAMIC_BYTES = 4 << 20
+
+# Each kind of report: the route that takes it and the body's list field.
+_TFTP = ("/boot/trace/tftp", "transfers")
+_DHCP = ("/boot/trace/dhcp", "exchanges")
+_Entry = tuple[tuple[str, str], dict[str, Any]]
 
 
 def _tftp_path(filename: str) -> str | None:
@@ -93,7 +99,7 @@ class ApiBridge:
             base_url=self.api_url, headers=headers, timeout=timeout, transport=transport
         )
         self._health = _Health(self.api_url)
-        self._queue: deque[dict[str, Any]] = deque(maxlen=queue_size)
+        self._queue: deque[_Entry] = deque(maxlen=queue_size)
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._max_backoff = max_backoff
@@ -166,19 +172,32 @@ class ApiBridge:
 
     def observe(self, transfer: Transfer) -> None:
         """Queue a finished transfer's report; never blocks, never raises."""
+        self._report(_TFTP, transfer.report())
+
+    def observe_dhcp(self, exchanges: list[DhcpExchange]) -> None:
+        """Queue DHCP answers read from dnsmasq's log; never blocks, never raises."""
+        for exchange in exchanges:
+            self._report(_DHCP, exchange.report())
+
+    def _report(self, kind: tuple[str, str], report: dict[str, Any]) -> None:
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1  # the deque discards its oldest entry on append
-        self._queue.append(transfer.report())
+        self._queue.append((kind, report))
         if len(self._queue) >= self._batch_size:
             self._wake.set()
 
     async def flush(self) -> bool:
-        """Send one batch; False when the API did not take it (it stays queued)."""
+        """Send one batch (reports of one kind); False when the API did not take it (it
+        stays queued)."""
         if not self._queue:
             return True
-        batch = [self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))]
+        kind = self._queue[0][0]
+        batch: list[_Entry] = []
+        while self._queue and self._queue[0][0] == kind and len(batch) < self._batch_size:
+            batch.append(self._queue.popleft())
+        route, field = kind
         try:
-            response = await self._http.post("/boot/trace/tftp", json={"transfers": batch})
+            response = await self._http.post(route, json={field: [r for _, r in batch]})
         except httpx.HTTPError as exc:
             self._health.failed("take transfer reports", str(exc) or type(exc).__name__)
             self._requeue(batch)
@@ -204,7 +223,7 @@ class ApiBridge:
         self.sent += len(batch)
         return True
 
-    def _requeue(self, batch: list[dict[str, Any]]) -> None:
+    def _requeue(self, batch: list[_Entry]) -> None:
         # Back at the front, in order; when reports arrived meanwhile and the queue is
         # full, the batch's oldest go, as observe() would have dropped them.
         assert self._queue.maxlen is not None

@@ -23,7 +23,7 @@ from provisioner.boot import scripts
 from provisioner.boot.service import BootService
 from provisioner.deployments import Callback
 from provisioner.errors import Problem
-from provisioner.schemas import CallbackOut, TftpTrace
+from provisioner.schemas import CallbackOut, DhcpTrace, TftpTrace
 from provisioner.services import Services
 from provisioner.validation import MAC_PATTERN, NOT_ZERO_MAC_PATTERN, normalize_mac
 
@@ -277,3 +277,14 @@ def tftp_trace(body: TftpTrace, boot: Boot, _: Operator) -> dict[str, int]:
     """Finished TFTP transfers, reported by a pxe process, for the nodes' timelines."""
     boot.record_tftp(body.transfers)
     return {"accepted": len(body.transfers)}
+
+
+@router.post(
+    "/boot/trace/dhcp",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=responses(400, 401, 403, 413, 422, 503),
+)
+def dhcp_trace(body: DhcpTrace, boot: Boot, _: Operator) -> dict[str, int]:
+    """DHCP answers read from dnsmasq's log by a pxe process, for the nodes' timelines."""
+    boot.record_dhcp(body.exchanges)
+    return {"accepted": len(body.exchanges)}

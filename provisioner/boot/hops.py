@@ -1,4 +1,5 @@
-"""The boot trace: every hop a machine makes (TFTP file, iPXE script, kernel, answer file)
+"""The boot trace: every hop a machine makes (DHCP answer, TFTP file, iPXE script, kernel,
+answer file)
 written to its node's timeline, or to a bounded table of hops no node could be found for.
 
 Hops are written in batches by a background task, not in the request: a boot storm is
@@ -21,7 +22,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -53,11 +65,12 @@ class _Pending:
     # address (TFTP): looked up at write time, after this batch's boot addresses.
     by_token: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
     by_address: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+    # Hops known by the MAC they came from (DHCP): (MAC, address, event).
+    by_mac: list[tuple[str, str, dict[str, object]]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return sum(
-            map(len, (self.events, self.unknown, self.boot_ips, self.by_token, self.by_address))
-        )
+        kinds = (self.events, self.unknown, self.boot_ips, self.by_token, self.by_address)
+        return sum(map(len, kinds)) + len(self.by_mac)
 
     def oldest(self, count: int) -> _Pending:
         """The first ``count`` hops of each kind (the boot addresses: one per NIC)."""
@@ -67,6 +80,7 @@ class _Pending:
             self.boot_ips,
             self.by_token[:count],
             self.by_address[:count],
+            self.by_mac[:count],
         )
 
     def then(self, later: _Pending) -> _Pending:
@@ -77,6 +91,7 @@ class _Pending:
             {**self.boot_ips, **later.boot_ips},
             self.by_token + later.by_token,
             self.by_address + later.by_address,
+            self.by_mac + later.by_mac,
         )
 
 
@@ -108,6 +123,12 @@ class HopRecorder:
         event = _unplaced(kind, message)
         with self._lock:
             self._pending.by_address.append((client, event))
+
+    def by_mac(self, mac: str, client: str, kind: EventKind, message: str) -> None:
+        """A hop of whichever node has a NIC with ``mac``; kept with the MAC if none."""
+        event = _unplaced(kind, message)
+        with self._lock:
+            self._pending.by_mac.append((mac, client, event))
 
     def unknown(self, client: str, mac: str | None, kind: EventKind, detail: str) -> None:
         hop = {
@@ -201,14 +222,19 @@ class HopRecorder:
 
     @staticmethod
     def _claim(connection: Connection, boot_ips: dict[str, str]) -> None:
-        """Move the recent anonymous hops of a newly known boot address to its node:
-        a machine's first TFTP fetch comes before the iPXE request that names it."""
+        """Move the recent anonymous hops of a newly known boot address, and those of its
+        MAC, to its node: a machine's DHCP answer and first TFTP fetch come before the
+        iPXE request that names it (and, for a machine not yet known, creates its node)."""
         since = utcnow() - CLAIM_WINDOW
         owners = _owners_of(connection, set(boot_ips.values()))
-        for address, node_id in owners.items():
+        for mac, address in boot_ips.items():
+            node_id = owners.get(address)
+            if node_id is None:
+                continue
+            by_address = and_(_hop.c.client == address, _hop.c.mac.is_(None))
             claimed = connection.execute(
                 delete(_hop)
-                .where(_hop.c.client == address, _hop.c.mac.is_(None), _hop.c.time >= since)
+                .where(or_(by_address, _hop.c.mac == mac), _hop.c.time >= since)
                 .returning(_hop.c.time, _hop.c.kind, _hop.c.detail)
             ).all()
             note_many(
@@ -229,6 +255,7 @@ class HopRecorder:
         events, unknown = list(batch.events), list(batch.unknown)
         by_token: dict[str, uuid.UUID] = {}
         by_address: dict[str, uuid.UUID] = {}
+        by_mac: dict[str, uuid.UUID] = {}
         if batch.by_token:
             wanted = {digest for digest, _, _ in batch.by_token}
             by_token = dict(
@@ -240,9 +267,21 @@ class HopRecorder:
             )
         if batch.by_address:
             by_address = _owners_of(connection, {client for client, _ in batch.by_address})
-        placed = [(by_token.get(key), client, event) for key, client, event in batch.by_token]
-        placed += [(by_address.get(client), client, event) for client, event in batch.by_address]
-        for node_id, client, event in placed:
+        if batch.by_mac:
+            wanted = {mac for mac, _, _ in batch.by_mac}
+            by_mac = dict(
+                connection.execute(
+                    select(_nic.c.mac, _nic.c.node_id).where(_nic.c.mac.in_(wanted))
+                ).all()
+            )
+        placed: list[tuple[uuid.UUID | None, str, str | None, dict[str, object]]] = [
+            (by_token.get(key), client, None, event) for key, client, event in batch.by_token
+        ]
+        placed += [
+            (by_address.get(client), client, None, event) for client, event in batch.by_address
+        ]
+        placed += [(by_mac.get(mac), client, mac, event) for mac, client, event in batch.by_mac]
+        for node_id, client, mac, event in placed:
             if node_id is not None:
                 events.append({**event, "node_id": node_id})
             else:
@@ -250,7 +289,7 @@ class HopRecorder:
                     {
                         "time": event["time"],
                         "client": client,
-                        "mac": None,
+                        "mac": mac,
                         "kind": str(event["kind"])[:16],
                         "detail": str(event["message"])[:500],
                     }

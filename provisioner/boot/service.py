@@ -28,7 +28,7 @@ from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
 from provisioner import deployments, timeline
-from provisioner.boot import agent_boot, answers, scripts
+from provisioner.boot import agent_boot, answers, dhcp, scripts
 from provisioner.boot.discovery import Discovery
 from provisioner.boot.files import FileServed
 from provisioner.boot.hops import HopRecorder
@@ -38,12 +38,13 @@ from provisioner.lifecycle import NETBOOT_STATES, State
 from provisioner.metrics import DiscoveryCounters
 from provisioner.models import Deployment, Nic, Node, OsImage, Role, table_of, utcnow
 from provisioner.profiles import ProfileSet
-from provisioner.schemas import TftpTransfer
+from provisioner.schemas import DhcpExchange, TftpTransfer
 from provisioner.secrets import Vault
 from provisioner.settings import Settings
 from provisioner.steps import LIVE, DeploymentKind, DeploymentStatus, Method
 from provisioner.timeline import Actor, EventKind
 from provisioner.validation import normalize_mac
+from pxe import dhcp_log
 
 log = logging.getLogger(__name__)
 
@@ -438,6 +439,14 @@ class BootService:
                 f"{transfer.bytes:,} bytes in {transfer.duration:.2f} s"
             )
             self.hops.by_address(transfer.client, EventKind.BOOT_TFTP, detail)
+
+    def record_dhcp(self, exchanges: Sequence[DhcpExchange]) -> None:
+        """Put DHCP answers on the timelines of the nodes whose NICs they went to."""
+        dhcp.record(self.hops, exchanges)
+
+    def record_dhcp_log(self, exchanges: Sequence[dhcp_log.DhcpExchange]) -> None:
+        """The same, for answers this process read from dnsmasq's log itself."""
+        self.record_dhcp([DhcpExchange.model_validate(e.report()) for e in exchanges])
 
     def file_served(self, served: FileServed) -> None:
         """The boot-file route's observer: kernels and initrds fetched with a token."""

@@ -207,6 +207,13 @@ def serve(
     tftp_address: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",  # noqa: S104
     tftp_port: Annotated[int, typer.Option(min=0, max=65535, help="UDP port.")] = 69,
     root: RootOption = None,
+    dhcp_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="dnsmasq's log file (its log-facility, with log-dhcp): its DHCP answers "
+            "are reported as boot hops. Needs --api.",
+        ),
+    ] = None,
 ) -> None:
     """Run the TFTP server of this boot segment until SIGINT or SIGTERM."""
     from provisioner import logs
@@ -224,6 +231,8 @@ def serve(
     missing = [name for name in BOOT_FILES if not (directory / name).is_file()]
     if missing:
         log.warning("pxe: %s lacks %s; run `provisioner pxe assets`", directory, ", ".join(missing))
+    if dhcp_log is not None and api is None:
+        raise CliError("--dhcp-log reports to the provisioner: give --api too")
     bridge = None
     if api is not None:
         options = ctx.find_root().obj
@@ -235,7 +244,7 @@ def serve(
 
         bridge = ApiBridge(config.url, config.token)
     try:
-        asyncio.run(_serve(directory, tftp_address, tftp_port, bridge))
+        asyncio.run(_serve(directory, tftp_address, tftp_port, bridge, dhcp_log))
     except OSError as exc:
         hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if tftp_port < 1024 else ""
         raise CliError(
@@ -243,7 +252,10 @@ def serve(
         ) from exc
 
 
-async def _serve(root: Path, host: str, port: int, bridge: ApiBridge | None) -> None:
+async def _serve(
+    root: Path, host: str, port: int, bridge: ApiBridge | None, dhcp_log: Path | None
+) -> None:
+    from pxe.dhcp_log import DhcpLogFollower
     from pxe.tftp import TftpServer
 
     stopping = asyncio.Event()
@@ -262,5 +274,9 @@ async def _serve(root: Path, host: str, port: int, bridge: ApiBridge | None) -> 
         await server.start(host, port)
         stack.push_async_callback(server.stop)
         log.info("pxe: serving %s on %s:%d, %s", root, host, server.port, how)
+        if bridge is not None and dhcp_log is not None:
+            following = asyncio.create_task(DhcpLogFollower(dhcp_log, bridge.observe_dhcp).run())
+            stack.callback(following.cancel)
+            log.info("pxe: reporting DHCP answers logged in %s", dhcp_log)
         await stopping.wait()
     log.info("pxe: stopped")

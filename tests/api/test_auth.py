@@ -15,7 +15,7 @@ PUBLIC = {"/healthz", "/readyz", "/metrics"}
 # token guards these.
 NODE_FACING = ("/boot/", "/callback/", "/agent/")
 # ...except where the pxe process reports on the nodes' behalf, which writes timelines.
-PXE_REPORTS = {"/boot/trace/tftp"}
+PXE_REPORTS = {"/boot/trace/tftp", "/boot/trace/dhcp"}
 
 
 def _needs_token(path: str) -> bool:

@@ -305,6 +305,62 @@ def test_tftp_trace_lands_on_the_node_that_booted_from_the_address(
     )
 
 
+def test_dhcp_answers_land_on_the_node_and_place_its_first_tftp_fetch(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str]
+) -> None:
+    assert client.post("/api/v1/nodes", json=node_body(), headers=operator).status_code == 201
+    answer = {
+        "mac": MAC.upper(),
+        "interface": "br0",
+        "kind": "ack",
+        "address": "192.0.2.50",
+        "vendor_class": "PXEClient:Arch:00007:UNDI:003016",
+        "bootfile": "snponly.efi",
+    }
+    stranger = {**answer, "mac": "52:54:00:ff:ff:fe", "address": "192.0.2.51"}
+    body = {"exchanges": [answer, stranger]}
+    assert client.post("/boot/trace/dhcp", json=body).status_code == 401
+    bad = {"exchanges": [{**answer, "mac": "52:54:00:ff:ff"}]}
+    assert client.post("/boot/trace/dhcp", json=bad, headers=operator).status_code == 422
+    assert client.post("/boot/trace/dhcp", json=body, headers=operator).status_code == 202
+    wait_for(
+        lambda: has_event(
+            client,
+            viewer,
+            "boot-dhcp",
+            "DHCP: 192.0.2.50 to PXEClient:Arch:00007:UNDI:003016 on br0, boot file snponly.efi",
+        )
+    )
+    # The firmware fetches its loader before any request names the machine: the DHCP
+    # answer already told which node that address is.
+    transfer = {
+        "client": "192.0.2.50",
+        "file": "snponly.efi",
+        "bytes": 200_000,
+        "duration": 0.3,
+        "result": "ok",
+    }
+    response = client.post("/boot/trace/tftp", json={"transfers": [transfer]}, headers=operator)
+    assert response.status_code == 202
+    wait_for(lambda: has_event(client, viewer, "boot-tftp", "TFTP snponly.efi to 192.0.2.50"))
+
+    def stranger_hops() -> list[dict[str, str]]:
+        hops = client.get("/api/v1/boot/hops", headers=viewer).json()
+        return [h for h in hops if h["mac"] == "52:54:00:ff:ff:fe" and h["kind"] == "boot-dhcp"]
+
+    wait_for(lambda: len(stranger_hops()) == 1)
+    # Once the stranger's iPXE asks for its script, it is discovered, and its DHCP
+    # answer moves to its node's timeline.
+    client.get("/boot/ipxe", params={"mac": "52:54:00:ff:ff:fe"})
+    wait_for(
+        lambda: any(
+            e["kind"] == "boot-dhcp" and e["message"].startswith("DHCP: 192.0.2.51 ")
+            for e in events(client, viewer, "discovered-525400fffffe")
+        )
+    )
+    assert stranger_hops() == []
+
+
 def test_unknown_hops_are_bounded(settings: Settings) -> None:
     keep = 100
     app = create_app(settings.model_copy(update={"boot_hops_kept": keep}))

@@ -209,6 +209,10 @@ def test_vms_are_inspected_deployed_reimaged_released_and_discovered(
     # EDK2's own PXE client fetched iPXE over the service's TFTP server.
     tftp = [e["message"] for e in vm_lab.events(UEFI) if e["kind"] == "boot-tftp"]
     assert any("snponly.efi" in m and ": ok," in m for m in tftp), tftp
+    # Before it, dnsmasq's answers to the firmware and then to iPXE, read from its log.
+    dhcp = [e["message"] for e in vm_lab.events(UEFI) if e["kind"] == "boot-dhcp"]
+    assert any("PXEClient" in m and "boot file snponly.efi" in m for m in dhcp), dhcp
+    assert any("to iPXE" in m and "bootstrap.ipxe" in m for m in dhcp), dhcp
 
     # One reimaged, one released with a wipe, one unknown machine powered on.
     assert api.post(f"/api/v1/nodes/{BIOS}/actions/reimage").status_code == 202

@@ -286,6 +286,8 @@ def test_an_unknown_uefi_vm_pxe_boots_the_agent_from_the_service(
             events = api.get(f"/api/v1/nodes/{name}/events").json()
             hops = [(e["kind"], e["message"]) for e in events if e["kind"].startswith("boot-")]
             assert any(k == "boot-tftp" and "TFTP snponly.efi" in m for k, m in hops), hops
+            # Answered before the machine had a node: moved to it once discovered.
+            assert any(k == "boot-dhcp" and "boot file snponly.efi" in m for k, m in hops), hops
             assert ("boot-ipxe", "iPXE script: discovery image") in hops, hops
             assert service.poll() is None
             qemu = lab.vm.process
@@ -299,7 +301,8 @@ def serve_in(
     network: vmnet.LabNetwork, tmp: Path, built: build.Agent
 ) -> tuple[subprocess.Popen[bytes], httpx.Client]:
     """`provisioner serve` inside the namespace on the bridge's address (port 8080, TFTP
-    on 69), the agent as its discovery image; the API as the host sees it."""
+    on 69, reading dnsmasq's log for DHCP hops), the agent as its discovery image; the
+    API as the host sees it."""
     images = tmp / "images" / "agent"
     images.mkdir(parents=True)
     shutil.copyfile(built.kernel, images / "vmlinuz")
@@ -313,6 +316,7 @@ def serve_in(
         PROVISIONER_TFTP_ADDRESS=network.address,
         PROVISIONER_TFTP_PORT="69",
         PROVISIONER_TFTP_ROOT=str(tmp / "tftp"),
+        PROVISIONER_DHCP_LOG=str(network.dhcp_log),
         PROVISIONER_BOOT_URL=url,
         PROVISIONER_RECONCILE_INTERVAL="0.5",
         PROVISIONER_POWER_SYNC_INTERVAL="0",

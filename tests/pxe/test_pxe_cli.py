@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -287,6 +288,52 @@ def test_serve_fetches_per_node_files_and_reports_transfers(
         ("snponly.efi", "ok", 70_000),
     ]
     assert TOKEN not in "\n".join(pxe.output)
+
+
+def test_serve_reports_the_dhcp_answers_dnsmasq_logs(
+    tmp_path: Path, root: Path, stub_api: str
+) -> None:
+    dnsmasq_log = tmp_path / "dnsmasq.log"
+    dnsmasq_log.write_text("Dec  3 16:43:14 dnsmasq[1]: started, version 2.90 DNS disabled\n")
+    extra = ("--api", stub_api, "--dhcp-log", str(dnsmasq_log))
+    pxe = PxeProcess(tmp_path, root, *extra, env={"PROVISIONER_TOKEN": TOKEN})
+    try:
+        pxe.wait_for("pxe: reporting DHCP answers")
+        with dnsmasq_log.open("a") as log:
+            log.write(
+                "Dec  3 16:43:17 dnsmasq-dhcp[1]: 9 vendor class: PXEClient:Arch:00007\n"
+                "Dec  3 16:43:17 dnsmasq-dhcp[1]: 9 DHCPACK(br0) 10.0.0.5 52:54:00:aa:bb:cc \n"
+                "Dec  3 16:43:17 dnsmasq-dhcp[1]: 9 bootfile name: snponly.efi\n"
+            )
+        deadline = time.monotonic() + 20  # the report goes out within a second
+        while not any(r[1] == "/boot/trace/dhcp" for r in StubApi.requests):
+            assert time.monotonic() < deadline, "\n".join(pxe.output)
+            time.sleep(0.05)
+    finally:
+        code = pxe.stop()
+    assert code == 0, "\n".join(pxe.output)
+    [report] = [r for r in StubApi.requests if r[1] == "/boot/trace/dhcp"]
+    assert report[2]["Authorization"] == f"Bearer {TOKEN}"
+    assert report[3]["exchanges"] == [
+        {
+            "mac": "52:54:00:aa:bb:cc",
+            "interface": "br0",
+            "kind": "ack",
+            "address": "10.0.0.5",
+            "vendor_class": "PXEClient:Arch:00007",
+            "user_class": "",
+            "bootfile": "snponly.efi",
+            "note": "",
+        }
+    ]
+
+
+def test_dhcp_log_without_api_is_refused(tmp_path: Path, root: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["pxe", "serve", "--root", str(root), "--dhcp-log", str(tmp_path / "x.log")]
+    )
+    assert result.exit_code != 0
+    assert "--dhcp-log reports to the provisioner: give --api too" in result.output
 
 
 def test_serve_without_a_root_says_how_to_make_one(tmp_path: Path) -> None:
