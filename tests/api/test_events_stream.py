@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 from sqlmodel import Session
 
 from provisioner import events_stream
@@ -122,6 +122,21 @@ def test_a_token_is_needed(served: Served) -> None:
     assert bad.status_code == 401
 
 
+def _feed_of_one_node(url: str) -> tuple[Engine, Any, events_stream.EventFeed]:
+    """A fresh database at ``url`` with one node, its id, and a feed of its events that
+    the test ticks by hand."""
+    from provisioner import db
+
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with Session(engine) as session:
+        node = Node(name="n1", state="enrolled")
+        session.add(node)
+        session.commit()
+        node_id = node.id
+    return engine, node_id, events_stream.EventFeed(engine)
+
+
 def _event(engine: Any, node_id: Any, event_id: int, message: str) -> None:
     with engine.begin() as connection:
         row = {"id": event_id, "node_id": node_id, "actor": "t", "kind": "update"}
@@ -133,16 +148,7 @@ def test_an_id_that_commits_late_is_delivered_and_held_below_the_horizon(
 ) -> None:
     """As on PostgreSQL, where id 2 may commit after id 3: the feed delivers 3, waits
     for 2 (its frames' resume point stays at 1), then delivers 2 and moves on."""
-    from provisioner import db
-
-    engine = db.make_engine(settings.resolved_database_url)
-    db.upgrade(engine)
-    with Session(engine) as session:
-        node = Node(name="n1", state="enrolled")
-        session.add(node)
-        session.commit()
-        node_id = node.id
-    feed = events_stream.EventFeed(engine)
+    engine, node_id, feed = _feed_of_one_node(settings.resolved_database_url)
     got: list[tuple[int, bytes]] = []
     feed._publish = lambda event, position: got.append((event.id, event.frame(position)))  # type: ignore[method-assign]
     _event(engine, node_id, 1, "one")
@@ -166,16 +172,7 @@ def test_an_event_that_commits_after_a_newer_one_is_not_lost(database_url: str) 
     """Two writers on PostgreSQL: the one holding the lower id commits last."""
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has one writer at a time: its ids commit in order")
-    from provisioner import db
-
-    engine = db.make_engine(database_url)
-    db.upgrade(engine)
-    with Session(engine) as session:
-        node = Node(name="n1", state="enrolled")
-        session.add(node)
-        session.commit()
-        node_id = node.id
-    feed = events_stream.EventFeed(engine)
+    engine, node_id, feed = _feed_of_one_node(database_url)
     feed.horizon = feed._top()
     got: list[str] = []
     feed._publish = lambda event, position: got.append(event.data["message"])  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ import pyghmi.ipmi.private.serversession as serversession
 import pyghmi.ipmi.private.session as pyghmi_session
 import pytest
 
-from provisioner.bmc import Target, pyghmi_fixes
+from provisioner.bmc import BmcPool, Target, pyghmi_fixes
 
 USER = "admin"
 PASSWORD = "s3cret-pw"
@@ -203,6 +203,15 @@ def bmc(make_bmc: Callable[..., FixtureBmc]) -> FixtureBmc:
 def stock_bmc() -> StockBmc:
     start_server()
     return StockBmc()
+
+
+@pytest.fixture
+def pool() -> Iterator[BmcPool]:
+    """A pool with the service's drivers (test_pool.py, test_driver_behaviour.py),
+    closed after the test."""
+    p = BmcPool(max_workers=32)
+    yield p
+    p.close()
 
 
 @pytest.fixture

@@ -147,13 +147,6 @@ def lab_rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
     assert code == 0, f"the lab exited with {code}:\n" + "\n".join(lab.output)
 
 
-@pytest.fixture
-def pool() -> Iterator[BmcPool]:
-    p = BmcPool(max_workers=16, driver_factory=service_drivers())
-    yield p
-    p.close()
-
-
 def run(pool: BmcPool, target: Target, fn: Callable[[Driver], T], **kw: Any) -> T:
     """One call through the pool, from a test's synchronous body."""
     return asyncio.run(pool.call(target, fn, **kw))
@@ -409,13 +402,23 @@ def _fault_case(lab_rack: Rack, bmc: Bmc, fault: str) -> tuple[Node, list[Target
 NO_ANSWER_KIND = {"ipmi": ErrorKind.UNREACHABLE, "redfish": ErrorKind.TIMEOUT}
 
 
+def _fault_ends_in(
+    lab_rack: Rack, pool: BmcPool, bmc: Bmc, fault: str, kind: ErrorKind, timeout: float
+) -> tuple[Node, Outcome]:
+    """A power-state read of a node with ``fault``, given ``timeout`` and one retry,
+    while its neighbours are read: it ends in ``kind`` within the bound of both tries."""
+    node, neighbours = _fault_case(lab_rack, bmc, fault)
+    target = lab_rack.target(node, bmc, timeout=timeout, retries=1)
+    outcome = asyncio.run(_during_fault(pool, target, power_state, neighbours))
+    assert outcome.error.kind is kind, str(outcome.error)
+    assert outcome.elapsed < 2 * (target.timeout + 0.5) + 5
+    return node, outcome
+
+
 @pytest.mark.parametrize("bmc", BOTH)
 def test_no_answer(lab_rack: Rack, pool: BmcPool, bmc: Bmc) -> None:
-    node, neighbours = _fault_case(lab_rack, bmc, "no-answer")
-    target = lab_rack.target(node, bmc, timeout=2.0, retries=1)
-    outcome = asyncio.run(_during_fault(pool, target, power_state, neighbours))
-    assert outcome.error.kind is NO_ANSWER_KIND[bmc.protocol], str(outcome.error)
-    assert outcome.elapsed < 2 * (target.timeout + 0.5) + 5
+    kind = NO_ANSWER_KIND[bmc.protocol]
+    _, outcome = _fault_ends_in(lab_rack, pool, bmc, "no-answer", kind, timeout=2.0)
     assert outcome.neighbours_answered_meanwhile(), outcome
 
 
@@ -476,11 +479,8 @@ SLOW_KIND = {"ipmi": ErrorKind.UNREACHABLE, "redfish": ErrorKind.TIMEOUT}
 def test_slow_answers_time_out_with_a_short_timeout(
     lab_rack: Rack, pool: BmcPool, bmc: Bmc
 ) -> None:
-    node, neighbours = _fault_case(lab_rack, bmc, "slow:3000")
-    target = lab_rack.target(node, bmc, timeout=1.0, retries=1)
-    outcome = asyncio.run(_during_fault(pool, target, power_state, neighbours))
-    assert outcome.error.kind is SLOW_KIND[bmc.protocol], str(outcome.error)
-    assert outcome.elapsed < 2 * (target.timeout + 0.5) + 5
+    kind = SLOW_KIND[bmc.protocol]
+    _, outcome = _fault_ends_in(lab_rack, pool, bmc, "slow:3000", kind, timeout=1.0)
     assert outcome.neighbours_answered_meanwhile(), outcome
 
 
@@ -521,13 +521,9 @@ def test_busy_for_less_than_the_call_allows_waits_then_succeeds(
 def test_busy_for_longer_than_the_call_allows_is_busy(
     lab_rack: Rack, pool: BmcPool, bmc: Bmc
 ) -> None:
-    node, neighbours = _fault_case(lab_rack, bmc, "busy")
     # The lab asks for 2 s; a call given 1 s cannot wait that long.
-    target = lab_rack.target(node, bmc, timeout=1.0, retries=1)
-    outcome = asyncio.run(_during_fault(pool, target, power_state, neighbours))
-    assert outcome.error.kind is ErrorKind.BUSY, str(outcome.error)
+    node, outcome = _fault_ends_in(lab_rack, pool, bmc, "busy", ErrorKind.BUSY, timeout=1.0)
     assert "Retry-After" in str(outcome.error) or "busy" in str(outcome.error).lower()
-    assert outcome.elapsed < 2 * (target.timeout + 0.5) + 5
     assert lab_rack.machine(node)["power"] == "off"
 
 

@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,13 +30,6 @@ TargetFor = Callable[..., Target]
 
 def power_state(driver: Driver) -> str:
     return driver.power_state()
-
-
-@pytest.fixture
-def pool() -> Iterator[BmcPool]:
-    p = BmcPool(max_workers=32)
-    yield p
-    p.close()
 
 
 async def _fails(kind: ErrorKind, call: Any) -> tuple[BmcError, float]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from lab import faults
-from lab.machine import build_machine
 from lab.redfish.dialects import Dialect
 from lab.redfish.server import RedfishServer
 from lab.redfish.service import RedfishBmc
@@ -34,36 +32,23 @@ from provisioner.bmc.pool import BmcPool
 from provisioner.bmc.redfish import RedfishDriver
 from provisioner.bmc.registry import service_drivers
 from provisioner.profiles import load_profiles, shipped_profiles_dir
+from tests.lab_bmcs import USER, LabBmcs, free_port, lab_bmcs
 
-USER, PASSWORD = "admin", "rf-Secret-pw9"
+PASSWORD = "rf-Secret-pw9"
 
 
 @dataclass
 class Lab:
-    server: RedfishServer
+    bmcs: LabBmcs
     plain: RedfishServer
     ca_file: Path
-    count: int = 0
 
     def add(
         self, dialect: Dialect = Dialect.GENERIC, *, plain: bool = False, **kw: Any
     ) -> RedfishBmc:
-        self.count += 1
-        name = f"rfd-{self.count:02d}"
-        machine = build_machine(name, self.count, 7, [f"52:54:00:cc:00:{self.count:02x}"])
-        machine.macs.append(f"52:54:00:dd:00:{self.count:02x}")
-        bmc = RedfishBmc(
-            machine,
-            USER,
-            PASSWORD,
-            faults.FaultGate(7, name),
-            address="127.0.0.1",
-            port=_free_port(),
-            dialect=dialect,
-            **kw,
-        )
-        (self.plain if plain else self.server).add(bmc)
-        return bmc
+        """Two NICs, so that the PXE NIC's place is seen; ``plain``: over plain HTTP."""
+        server = self.plain if plain else None
+        return self.bmcs.add_redfish(dialect, nics=2, server=server, **kw)
 
     def target(self, bmc: RedfishBmc, **overrides: Any) -> Target:
         settings: dict[str, Any] = {
@@ -78,13 +63,6 @@ class Lab:
         return Target(**(settings | overrides))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _fingerprint_of_pem(pem: bytes) -> str:
     """Independently of the driver: SHA-256 of the certificate's DER form."""
     der = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
@@ -93,14 +71,12 @@ def _fingerprint_of_pem(pem: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    certificate = make_certificate("127.0.0.1")
     ca_file = tmp_path_factory.mktemp("redfish") / "cert.pem"
-    write_certificate(certificate, ca_file)
-    server, plain = RedfishServer(certificate), RedfishServer(None)
-    server.start()
+    plain = RedfishServer(None)
     plain.start()
-    yield Lab(server, plain, ca_file)
-    server.close()
+    with lab_bmcs(ipmi=False, password=PASSWORD) as bmcs:
+        write_certificate(bmcs.certificate, ca_file)
+        yield Lab(bmcs, plain, ca_file)
     plain.close()
 
 
@@ -279,7 +255,7 @@ def test_wrong_password_is_authentication_failed_at_once(
 
 
 def test_nothing_listening_is_unreachable(lab: Lab) -> None:
-    port = _free_port()
+    port = free_port()
     began = time.monotonic()
     with pytest.raises(BmcError) as info:
         RedfishDriver(Target("127.0.0.1", USER, PASSWORD, port=port, timeout=2.0))

@@ -6,7 +6,6 @@ sessions, ETags, each dialect's peculiarity and each fault, ending within a boun
 from __future__ import annotations
 
 import re
-import socket
 import ssl
 import time
 import xml.etree.ElementTree as ET
@@ -18,13 +17,12 @@ import httpx
 import pytest
 
 from lab import faults
-from lab.machine import BootDevice, BootFlags, Machine, build_machine
+from lab.machine import BootDevice, BootFlags, Machine
 from lab.redfish.dialects import TASK_SECONDS, Dialect
-from lab.redfish.server import RedfishServer
 from lab.redfish.service import RedfishBmc
-from lab.redfish.tls import Certificate, make_certificate, write_certificate
+from lab.redfish.tls import write_certificate
+from tests.lab_bmcs import PASSWORD, USER, LabBmcs, lab_bmcs
 
-USER, PASSWORD = "admin", "lab-secret"
 _TYPE = re.compile(r"^#(\w+)\.(v\d+_\d+_\d+\.)?\w+$")
 
 
@@ -51,10 +49,8 @@ class Bmc:
 
 @dataclass
 class Served:
-    server: RedfishServer
-    certificate: Certificate
+    bmcs: LabBmcs
     ca_file: Path
-    count: int = 0
 
     def context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -62,21 +58,8 @@ class Served:
     def add(
         self, dialect: Dialect = Dialect.GENERIC, session_timeout: float = 60.0, auth: bool = True
     ) -> Bmc:
-        self.count += 1
-        name = f"rf-{self.count:02d}"
-        machine = build_machine(name, self.count, 7, [f"52:54:00:aa:00:{self.count:02x}"])
-        machine.macs.append(f"52:54:00:bb:00:{self.count:02x}")
-        bmc = RedfishBmc(
-            machine,
-            USER,
-            PASSWORD,
-            faults.FaultGate(7, name),
-            address="127.0.0.1",
-            port=_free_tcp_port(),
-            dialect=dialect,
-            session_timeout=session_timeout,
-        )
-        self.server.add(bmc)
+        # Two NICs: every one of them is listed.
+        bmc = self.bmcs.add_redfish(dialect, session_timeout=session_timeout, nics=2)
         url = f"https://127.0.0.1:{bmc.port}"
         context = self.context()
         client = httpx.Client(
@@ -85,22 +68,12 @@ class Served:
         return Bmc(bmc, url, client, context)
 
 
-def _free_tcp_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    certificate = make_certificate("127.0.0.1")
     ca_file = tmp_path_factory.mktemp("redfish") / "cert.pem"
-    write_certificate(certificate, ca_file)
-    server = RedfishServer(certificate)
-    server.start()
-    yield Served(server, certificate, ca_file)
-    server.close()
+    with lab_bmcs(ipmi=False) as bmcs:
+        write_certificate(bmcs.certificate, ca_file)
+        yield Served(bmcs, ca_file)
 
 
 @pytest.fixture
@@ -441,7 +414,7 @@ def test_new_certificate_is_not_the_labs(new: Callable[..., Bmc], served: Served
         node.client.get(node.system)
     assert time.monotonic() - began < 10
     shown = ssl.get_server_certificate(("127.0.0.1", node.bmc.port))
-    assert shown.encode() != served.certificate.cert_pem
+    assert shown.encode() != served.bmcs.certificate.cert_pem
     node.bmc.gate.fault = faults.NO_FAULT
     assert node.client.get(node.system).status_code == 200
 
