@@ -6,6 +6,7 @@ order."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,10 +45,21 @@ def served(settings: Settings) -> Iterator[Served]:
     served.server.stop()
 
 
-def frames(response: httpx.Response) -> Iterator[dict[str, Any]]:
-    """Each SSE message of the response as {"id", "data"} (comments skipped)."""
+def frames(response: httpx.Response, within: float = 30.0) -> Iterator[dict[str, Any]]:
+    """Each SSE message of the response as {"id", "data"} (comments skipped), once the
+    service has subscribed the client: its first line, "retry:", is sent after that, and
+    an event written before would not be on this stream. Fails when no message comes
+    within ``within`` seconds (a keepalive comment every 15 s lets it notice)."""
+    lines = response.iter_lines()
+    first = next(lines)
+    assert first.startswith("retry: "), first
+    return _messages(lines, within)
+
+
+def _messages(lines: Iterator[str], within: float) -> Iterator[dict[str, Any]]:
     message: dict[str, Any] = {}
-    for line in response.iter_lines():
+    deadline = time.monotonic() + within
+    for line in lines:
         if line.startswith("id: "):
             message["id"] = line[4:]
         elif line.startswith("data: "):
@@ -55,6 +67,8 @@ def frames(response: httpx.Response) -> Iterator[dict[str, Any]]:
         elif line == "" and "data" in message:
             yield message
             message = {}
+            deadline = time.monotonic() + within
+        assert time.monotonic() < deadline, f"no event on the stream for {within:g} s"
 
 
 def until(stream: Iterator[dict[str, Any]], kind: str, node: str) -> dict[str, Any]:
