@@ -422,10 +422,11 @@ SERVICE_PORT = 8080
 
 
 def start_service(network: LabNetwork, home: Path, agent_dir: Path, api_port: int = 0) -> str:
-    """``provisioner serve`` in ``network``'s namespace on the bridge (HTTP and TFTP),
-    its files in ``home``, its API forwarded to the host's 127.0.0.1:``api_port`` (a
-    free port when 0), an admin token for it in ``home/admin-token``, the build of the
-    agent directory ``agent_dir`` as its deploy agent. Returns the API's URL on the host
+    """``provisioner serve`` in ``network``'s namespace on the bridge (HTTP, TFTP, and the
+    DHCP hops read from the network's dnsmasq log), its files in ``home``, its API
+    forwarded to the host's 127.0.0.1:``api_port`` (a free port when 0), an admin token
+    for it in ``home/admin-token``, the build of the agent directory ``agent_dir`` as its
+    deploy agent. Returns the API's URL on the host
     once the service is ready; the network's closing stops it."""
     data = home / "data"
     home.mkdir(parents=True, exist_ok=True)
@@ -438,8 +439,10 @@ def start_service(network: LabNetwork, home: Path, agent_dir: Path, api_port: in
         PROVISIONER_TFTP_ADDRESS=network.address,
         PROVISIONER_TFTP_PORT="69",
         PROVISIONER_TFTP_ROOT=str(home / "tftp"),
+        PROVISIONER_DHCP_LOG=str(network.dhcp_log),
         PROVISIONER_BOOT_URL=boot_url,
     )
+    network.dhcp_log.touch()  # the network's dnsmasq, started later, appends to it
     # Answered quickly, a VM's agent is noticed quickly when it stops (a TCG boot is slow
     # enough already).
     env.update(PROVISIONER_AGENT_HEARTBEAT_INTERVAL="2", PROVISIONER_AGENT_HEARTBEAT_TIMEOUT="60")
