@@ -310,6 +310,13 @@ def _enroll_adopting(
         new_ids = {node_ids[i] for i in created}
         nics += [nic for nic in rows.nics if nic["node_id"] in new_ids]
         events = [event for event in rows.events if event["node_id"] in new_ids]
+        # An adopted node's enrollment is its adoption's event; what a probe found is
+        # news on its timeline all the same.
+        events += [
+            timeline.event_row(node_ids[i], EventKind.UPDATE, actor, notes[i])
+            for i in adopted
+            if i in notes
+        ]
         _insert_rest(connection, rows.bmcs, nics, events)
         session.commit()
     except timeline.Stale:

@@ -48,6 +48,22 @@ def test_enrolling_with_auto_records_what_answered(
     assert client.get("/api/v1/nodes/n-rf/power", headers=viewer).status_code == 200
 
 
+def test_adopting_a_discovered_node_with_auto_records_what_answered(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
+) -> None:
+    mac = "52:54:00:00:0a:01"
+    client.get("/boot/ipxe", params={"mac": mac})  # it boots unknown: discovered
+    redfish = lab.add_redfish()
+    body = {"name": "n-adopted", "bmc": _bmc(redfish.port), "nics": [{"mac": mac}]}
+    answer = client.post("/api/v1/nodes", json=body, headers=operator)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["bmc"]["driver"] == "redfish"
+    events = client.get("/api/v1/nodes/n-adopted/events", headers=viewer).json()
+    assert any(e["kind"] == "discovered" for e in events)  # the same node, adopted
+    found = f"answered on port {redfish.port}; driver redfish"
+    assert [e["kind"] for e in events if found in e["message"]] == ["update"]
+
+
 def test_nothing_answering_is_a_422_naming_both_and_nothing_is_stored(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str]
 ) -> None:
