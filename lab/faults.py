@@ -11,6 +11,8 @@ its Redfish service only (`lab.redfish`; an IPMI BMC behaves under these):
 - ``busy``: answer every request 503 with ``Retry-After``;
 - ``task-hang``: answer power actions 202 with a task that never completes;
 - ``new-certificate``: serve a new self-signed certificate instead of the lab's;
+- ``etag-race[:N]``: another client changes the System just before each of the first N
+  (or every) ``If-Match`` PATCH of it, so the client's ETag is stale: 412;
 
 the machine behind it (see `lab.netboot`):
 
@@ -27,6 +29,7 @@ node, so a run with the same seed and the same traffic drops the same packets.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,12 +47,14 @@ class Kind(StrEnum):
     BUSY = "busy"
     TASK_HANG = "task-hang"
     NEW_CERTIFICATE = "new-certificate"
+    ETAG_RACE = "etag-race"
 
 
 @dataclass(frozen=True)
 class Fault:
     kind: Kind = Kind.NONE
-    # Milliseconds for SLOW, a probability for DROP, unused otherwise.
+    # Milliseconds for SLOW, a probability for DROP, how many PATCHes ETAG_RACE races
+    # (infinity: every one), unused otherwise.
     value: float = 0.0
 
     def __str__(self) -> str:
@@ -57,6 +62,8 @@ class Fault:
             return f"slow:{self.value:g}"
         if self.kind is Kind.DROP:
             return f"drop:{self.value:g}"
+        if self.kind is Kind.ETAG_RACE and math.isfinite(self.value):
+            return f"etag-race:{self.value:g}"
         return self.kind.value
 
 
@@ -65,7 +72,8 @@ NO_FAULT = Fault()
 
 def parse_fault(text: str) -> Fault:
     """``no-answer``, ``wrong-password``, ``slow:250``, ``drop:0.3``, ``busy``, ... or
-    ``none``: a `Kind`, with a value for ``slow`` and ``drop`` only."""
+    ``none``: a `Kind`, with a value for ``slow`` and ``drop``, one optional for
+    ``etag-race``."""
     name, _, raw = text.strip().lower().partition(":")
     try:
         kind = Kind(name)
@@ -85,9 +93,21 @@ def parse_fault(text: str) -> Fault:
         if kind is Kind.DROP and not 0 < value < 1:
             raise ValueError(f"drop takes a probability between 0 and 1, not {raw}")
         return Fault(kind, value)
+    if kind is Kind.ETAG_RACE:
+        return Fault(kind, _race_count(raw, text) if raw else math.inf)
     if raw:
         raise ValueError(f"fault {kind.value!r} takes no value")
     return Fault(kind)
+
+
+def _race_count(raw: str, text: str) -> float:
+    try:
+        count = float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number in fault {text!r}") from None
+    if not count.is_integer() or not 1 <= count <= 1_000_000:
+        raise ValueError(f"etag-race takes a count of PATCHes from 1 to 1000000, not {raw}")
+    return count
 
 
 def parse_assignment(text: str) -> tuple[str, Fault]:

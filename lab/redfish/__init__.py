@@ -8,6 +8,7 @@ made per lab run. See docs/lab.md, "Redfish BMCs".
 - `lab.redfish.system`, `lab.redfish.resources`: the payloads, from the machine;
 - `lab.redfish.hardware`: what Redfish tells beyond the FRU (CPUs, memory, drives);
 - `lab.redfish.sessions`, `lab.redfish.tasks`: SessionService and TaskService;
+- `lab.redfish.race`: the other client of the ``etag-race`` fault;
 - `lab.redfish.dialects`: generic, Dell-, HPE- and Supermicro-like behaviour;
 - `lab.redfish.odata`: schema versions, OData annotations, ``$metadata``;
 - `lab.redfish.errors`: Redfish error bodies; `lab.redfish.tls`: certificates.

@@ -26,6 +26,7 @@ from lab.redfish.hardware import hardware_of
 from lab.redfish.http import Request, Response, Silence
 from lab.redfish.odata import METADATA, ROOT, Json, collection, metadata_document, resource
 from lab.redfish.odata import service_document as odata_service_document
+from lab.redfish.race import OtherClient
 from lab.redfish.resources import SESSIONS, TOPS, service_routes
 from lab.redfish.sessions import Session, Sessions
 from lab.redfish.system import RESET_TYPES, patched_boot, system_routes
@@ -69,6 +70,11 @@ class RedfishBmc:
         }
         self._system = f"{ROOT}/Systems/{self.traits.system_id}"
         self._reset = f"{self._system}/Actions/ComputerSystem.Reset"
+        # The System as it reads, with what another client wrote under etag-race, so
+        # GETs and ETags show that write.
+        self._other_client = OtherClient(machine.name)
+        machine_view = self._routes[self._system]
+        self._routes[self._system] = lambda: {**machine_view(), **self._other_client.written}
 
     # --- TLS ----------------------------------------------------------------------
 
@@ -276,7 +282,6 @@ class RedfishBmc:
         }[reset_type]
 
     def _patch_system(self, request: Request) -> Response:
-        current = etag_of(self._routes[self._system]())
         given = request.headers.get("if-match")
         if given is None and self.traits.patch_needs_if_match:
             raise errors.RedfishError(
@@ -286,6 +291,9 @@ class RedfishBmc:
                 f"at {self._system}.",
                 (self._system,),
             )
+        if given is not None:
+            self._other_client.before_patch(self.gate.fault)
+        current = etag_of(self._routes[self._system]())
         if given is not None and not _etag_matches(given, current):
             raise errors.RedfishError(
                 412,

@@ -419,6 +419,61 @@ def test_new_certificate_is_not_the_labs(new: Callable[..., Bmc], served: Served
     assert node.client.get(node.system).status_code == 200
 
 
+def test_etag_race_changes_the_system_between_a_get_and_the_patch(
+    new: Callable[..., Bmc],
+) -> None:
+    node = new()
+    patch = {"Boot": {"BootSourceOverrideTarget": "Pxe", "BootSourceOverrideEnabled": "Once"}}
+    node.bmc.gate.fault = faults.parse_fault("etag-race:1")
+    read = node.client.get(node.system)
+    raced = node.client.patch(node.system, json=patch, headers={"If-Match": read.headers["ETag"]})
+    assert raced.status_code == 412
+    info = raced.json()["error"]["@Message.ExtendedInfo"][0]
+    assert info["MessageId"] == "Base.1.8.PreconditionFailed"
+    assert "ETag" in info["Message"]
+    assert not node.machine.boot.valid
+    # The other client's write is real: the System shows it, under a new ETag...
+    again = node.client.get(node.system)
+    assert again.headers["ETag"] != read.headers["ETag"]
+    assert again.json()["HostName"] != read.json().get("HostName")
+    # ...which the next PATCH may use: etag-race:1 races one PATCH only.
+    done = node.client.patch(node.system, json=patch, headers={"If-Match": again.headers["ETag"]})
+    assert done.status_code == 200
+    assert node.machine.boot == BootFlags(True, False, False, BootDevice.PXE)
+
+    # A bare etag-race races every If-Match PATCH, however fresh its ETag.
+    node.bmc.gate.fault = faults.parse_fault("etag-race")
+    names: set[str] = set()
+    for _ in range(3):
+        read = node.client.get(node.system)
+        names.add(read.json()["HostName"])
+        disk = {"Boot": {"BootSourceOverrideTarget": "Hdd"}}
+        answer = node.client.patch(
+            node.system, json=disk, headers={"If-Match": read.headers["ETag"]}
+        )
+        assert answer.status_code == 412
+    assert len(names) == 3
+    assert node.machine.boot == BootFlags(True, False, False, BootDevice.PXE)
+    # If-Match: * matches whatever was written, and without If-Match nothing is judged.
+    assert node.client.patch(node.system, json=patch, headers={"If-Match": "*"}).status_code == 200
+    assert node.client.patch(node.system, json=patch).status_code == 200
+    # Set again, etag-race:1 counts afresh: one more PATCH is raced, the next is not.
+    node.bmc.gate.fault = faults.parse_fault("etag-race:1")
+    for expected in (412, 200):
+        etag = node.client.get(node.system).headers["ETag"]
+        answer = node.client.patch(node.system, json=patch, headers={"If-Match": etag})
+        assert answer.status_code == expected
+
+
+def test_etag_race_takes_an_optional_count() -> None:
+    assert str(faults.parse_fault("etag-race")) == "etag-race"
+    assert faults.parse_fault("etag-race:2").value == 2
+    assert str(faults.parse_fault("etag-race:2")) == "etag-race:2"
+    for bad in ("etag-race:0", "etag-race:1.5", "etag-race:often"):
+        with pytest.raises(ValueError, match="etag-race"):
+            faults.parse_fault(bad)
+
+
 def test_a_faulty_bmc_leaves_its_neighbours_alone(new: Callable[..., Bmc]) -> None:
     hung, neighbour = new(), new()
     hung.bmc.gate.fault = faults.parse_fault("slow:60000")
