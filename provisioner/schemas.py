@@ -30,7 +30,6 @@ from provisioner.lifecycle import Action, State
 from provisioner.patches import Keep
 from provisioner.schema_types import (
     JSON_NUMBER,
-    BmcDriver,
     BmcDriverChoice,
     BmcPassword,
     BmcRetries,
@@ -87,7 +86,11 @@ class BmcIn(Strict):
 
 
 class BmcPatch(Strict):
-    driver: Keep[BmcDriver] = None
+    driver: Keep[BmcDriverChoice] = Field(
+        default=None,
+        description="auto: probe Redfish, then IPMI, and store the driver (and port) that "
+        "answered.",
+    )
     address: Keep[Host] = None
     port: Keep[Port] = None
     username: Keep[BmcUser] = None

@@ -20,7 +20,8 @@ from provisioner.api.deps import (
 )
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.lifecycle import Action, State
-from provisioner.nodes.enrollment import find_auto_drivers
+from provisioner.models import Bmc, Node
+from provisioner.nodes.auto_driver import find_auto_drivers, find_patch_driver
 from provisioner.schema_types import Mac, never_null
 from provisioner.schemas import (
     ActionRequest,
@@ -145,9 +146,10 @@ async def show_node(ref: NodeRef, session: SessionDep, _: Viewer) -> Response:
         422,
     ),
 )
-def change_node(
+async def change_node(
     ref: NodeRef,
     body: NodePatch,
+    services: ServicesDep,
     session: SessionDep,
     vault: VaultDep,
     settings: SettingsDep,
@@ -155,17 +157,31 @@ def change_node(
     if_match: Annotated[str | None, Header(json_schema_extra=_if_match)] = None,
 ) -> Response:
     """Change fields; send ``If-Match`` with the ETag you read to refuse a stale write.
-    Giving a ``discovered`` node a BMC enrolls it (then it is inspected, as on POST)."""
-    node = nodes.change(
-        session,
-        vault,
-        nodes.find(session, ref),
-        body,
-        token.name,
-        if_match,
-        inspect=settings.inspect_on_enroll,
-    )
-    return node_response(nodes.present(session, [node])[0])
+    Giving a ``discovered`` node a BMC enrolls it (then it is inspected, as on POST).
+    BMC driver ``auto`` probes the BMC (with the address, user and password it will
+    have) for Redfish, then IPMI, and stores what answered (422 when neither did)."""
+
+    def read() -> tuple[Node, Bmc | None]:
+        node = nodes.find(session, ref)
+        return node, session.get(Bmc, node.id)
+
+    node, current = await run_db(session, read)
+    patch, note = await find_patch_driver(services, vault, current, body)
+
+    def change() -> dict[str, Any]:
+        changed = nodes.change(
+            session,
+            vault,
+            node,
+            patch,
+            token.name,
+            if_match,
+            inspect=settings.inspect_on_enroll,
+            note=note,
+        )
+        return nodes.present(session, [changed])[0]
+
+    return node_response(await run_db(session, change))
 
 
 @router.delete("/{ref}", status_code=status.HTTP_204_NO_CONTENT, responses=responses(403, 404, 409))

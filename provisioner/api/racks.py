@@ -10,7 +10,7 @@ from provisioner import manifest, nodes
 from provisioner.api.deps import Operator, ServicesDep, SessionDep, SettingsDep, VaultDep
 from provisioner.api.problems import API_ERRORS, responses
 from provisioner.errors import Problem
-from provisioner.nodes.enrollment import find_auto_drivers
+from provisioner.nodes.auto_driver import find_auto_drivers
 from provisioner.schemas import ImportResult, NodeCreate
 from provisioner.secrets import Vault
 

@@ -30,6 +30,7 @@ from provisioner.nodes.checks import (
     rack_position,
     reference_errors,
 )
+from provisioner.schema_types import AUTO_DRIVER
 from provisioner.schemas import NodePatch
 from provisioner.secrets import Vault
 from provisioner.timeline import EventKind
@@ -93,11 +94,20 @@ def change(
     if_match: str | None,
     *,
     inspect: bool = False,
+    note: str | None = None,
 ) -> Node:
     """Apply ``patch``. A ``discovered`` node given a BMC is enrolled by it (the
     lifecycle's discovered --enroll--> enrolled); with ``inspect`` the reconciler then
-    inspects it, as it does a node enrolled by POST /api/v1/nodes."""
+    inspects it, as it does a node enrolled by POST /api/v1/nodes. ``note`` (what a
+    probe found) goes with the change's event."""
     check_if_match(node, if_match)
+    if patch.bmc is not None and patch.bmc.driver == AUTO_DRIVER:
+        # Never stored: the API's find_patch_driver replaces it with what answered.
+        raise Problem(
+            422,
+            "BMC driver auto is probed by PATCH /api/v1/nodes/{name} only; choose a driver.",
+            errors=[{"field": "bmc.driver", "message": "not probed"}],
+        )
     given = patch.model_fields_set
     if errors := reference_errors(session, [patch]):
         raise Problem(
@@ -117,7 +127,7 @@ def change(
     if errors := conflict_errors(session, [claim], exclude=[node.id]):
         raise Problem(409, _TAKEN, errors=in_api_terms(errors))
     try:
-        _apply(session, vault, node, patch, actor, inspect=inspect)
+        _apply(session, vault, node, patch, actor, inspect=inspect, note=note)
     except IntegrityError:
         # Another request took what the check above found free; anything else the
         # database refused is not a conflict, and is answered as what it is.
@@ -161,6 +171,7 @@ def _apply(
     actor: str,
     *,
     inspect: bool,
+    note: str | None,
 ) -> None:
     given = patch.model_fields_set
     changes: dict[str, Any] = {
@@ -179,6 +190,8 @@ def _apply(
             rows = [{"node_id": node.id, "mac": n.mac, "pxe": n.pxe} for n in patch.nics]
             session.execute(insert(Nic), rows)
     message = f"changed {', '.join(touched) or 'nothing'}"
+    if note:
+        message = f"{message}; {note}"
     with saving(session, node):
         if patch.bmc is not None and node.state == State.DISCOVERED.value:
             changes.update(auto_inspect=inspect, auto_provision=inspect)

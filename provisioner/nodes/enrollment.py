@@ -21,9 +21,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
 from provisioner import timeline
-from provisioner.bmc import probe
-from provisioner.bmc.base import Target
-from provisioner.bmc.credentials import deadline_for
 from provisioner.errors import Problem
 from provisioner.lifecycle import Outcome, State
 from provisioner.models import Bmc, Nic, Node, OsImage, Role, table_of, utcnow
@@ -33,7 +30,6 @@ from provisioner.nodes.queries import present, present_written
 from provisioner.schema_types import AUTO_DRIVER
 from provisioner.schemas import NodeCreate
 from provisioner.secrets import Vault
-from provisioner.services import Services
 from provisioner.timeline import EventKind
 
 log = logging.getLogger(__name__)
@@ -53,63 +49,6 @@ class Enrolled:
 
     nodes: list[dict[str, Any]]
     adopted: int
-
-
-@dataclass(frozen=True)
-class Probed:
-    """Nodes with every ``auto`` driver replaced by what answered, and a timeline note
-    for each node probed, by its index."""
-
-    items: list[NodeCreate]
-    notes: dict[int, str]
-
-
-async def find_auto_drivers(
-    services: Services, items: Sequence[NodeCreate], *, rows: bool = False
-) -> Probed:
-    """Probe the BMC of every item whose driver is ``auto``, several at once (see
-    :mod:`provisioner.bmc.probe`). Raises :class:`Problem` 422 naming each BMC where
-    neither protocol answered (by manifest ``row`` when ``rows``); nothing is stored."""
-    asked = [i for i, item in enumerate(items) if item.bmc.driver == AUTO_DRIVER]
-    if not asked:
-        return Probed(list(items), {})
-    settings, pool = services.settings, services.bmc_pool
-
-    async def ipmi_login(target: Target) -> None:
-        await pool.call(target, lambda _driver: None, deadline=deadline_for(target))
-
-    targets = [(_probe_target(items[i], settings.bmc_timeout), items[i].bmc.port) for i in asked]
-    async with probe.probe_client() as client:
-        found = await probe.find_drivers(
-            targets, redfish_root=probe.redfish_root_over(client), ipmi_login=ipmi_login
-        )
-    resolved, notes, errors = list(items), {}, []
-    for i, result in zip(asked, found, strict=True):
-        if isinstance(result, probe.NothingAnswered):
-            where = {"row": i + 1, "field": "bmc_driver"} if rows else {"field": "bmc.driver"}
-            errors.append({**where, "message": str(result)})
-            continue
-        bmc = items[i].bmc.model_copy(update={"driver": result.driver, "port": result.port})
-        resolved[i] = items[i].model_copy(update={"bmc": bmc})
-        notes[i] = result.describe()
-    if errors:
-        many = f"{len(errors)} BMCs" if len(errors) > 1 else "The BMC"
-        raise Problem(
-            422, f"{many} answered neither Redfish nor IPMI; nothing was enrolled.", errors=errors
-        )
-    return Probed(resolved, notes)
-
-
-def _probe_target(item: NodeCreate, default_timeout: float) -> Target:
-    bmc = item.bmc
-    return Target(
-        address=bmc.address,
-        username=bmc.username,
-        password=bmc.password.get_secret_value(),
-        timeout=bmc.timeout if bmc.timeout is not None else default_timeout,
-        cipher_suite=bmc.cipher_suite if bmc.cipher_suite is not None else 3,
-        driver=AUTO_DRIVER,
-    )
 
 
 @functools.cache

@@ -79,6 +79,55 @@ def test_nothing_answering_is_a_422_naming_both_and_nothing_is_stored(
     assert client.get("/api/v1/nodes/n-silent", headers=viewer).status_code == 404
 
 
+def test_a_bmc_changed_to_auto_is_probed_with_the_stored_password(
+    client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
+) -> None:
+    ipmi, redfish = lab.add_ipmi(), lab.add_redfish()
+    bmc = {**_bmc(ipmi.port), "driver": "ipmi"}
+    body = {"name": "n-swapped", "bmc": bmc}
+    assert client.post("/api/v1/nodes", json=body, headers=operator).status_code == 201
+    # Its mainboard is replaced by one whose BMC speaks Redfish on another port.
+    silent = free_port(socket.SOCK_DGRAM)
+    refused = client.patch(
+        "/api/v1/nodes/n-swapped",
+        json={"bmc": {"driver": "auto", "port": silent}},
+        headers=operator,
+    )
+    assert refused.status_code == 422, refused.text
+    assert "nothing was changed" in refused.json()["detail"]
+    assert f"IPMI at 127.0.0.1 port {silent}" in refused.json()["errors"][0]["message"]
+    kept = client.get("/api/v1/nodes/n-swapped", headers=viewer).json()["bmc"]
+    assert (kept["driver"], kept["port"]) == ("ipmi", ipmi.port)
+    changed = client.patch(
+        "/api/v1/nodes/n-swapped",
+        json={"bmc": {"driver": "auto", "port": redfish.port}},
+        headers=operator,
+    )
+    assert changed.status_code == 200, changed.text
+    assert (changed.json()["bmc"]["driver"], changed.json()["bmc"]["port"]) == (
+        "redfish",
+        redfish.port,
+    )
+    assert PASSWORD not in changed.text
+    events = client.get("/api/v1/nodes/n-swapped/events", headers=viewer).json()
+    found = f"answered on port {redfish.port}; driver redfish"
+    assert any(e["message"].startswith("changed bmc; ") and found in e["message"] for e in events)
+    assert client.get("/api/v1/nodes/n-swapped/power", headers=viewer).status_code == 200
+
+
+def test_auto_on_a_node_without_a_bmc_needs_its_credentials(
+    client: TestClient, operator: dict[str, str]
+) -> None:
+    client.get("/boot/ipxe", params={"mac": "52:54:00:00:0a:02"})
+    answer = client.patch(
+        "/api/v1/nodes/discovered-525400000a02",
+        json={"bmc": {"driver": "auto", "address": "127.0.0.1"}},
+        headers=operator,
+    )
+    assert answer.status_code == 422, answer.text
+    assert "needs the BMC's address, username and password" in answer.json()["detail"]
+
+
 def test_a_mixed_manifest_is_probed_row_by_row_all_or_nothing(
     client: TestClient, operator: dict[str, str], viewer: dict[str, str], lab: LabBmcs
 ) -> None:
