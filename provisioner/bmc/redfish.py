@@ -48,6 +48,11 @@ _HEALTH = {"ok": "ok", "warning": "warning", "critical": "critical"}
 _MAC = re.compile(r"^([0-9a-f]{2}[:-]?){5}[0-9a-f]{2}$", re.IGNORECASE)
 # How often power state and tasks are read while waiting, unless the BMC says otherwise.
 _POLL = 0.25
+# Why a boot override PATCH refused twice (412) is not retried a third time.
+_CHANGED_TWICE = (
+    "the System changed again after it was read again, so another client is writing it; "
+    "the boot override was not set, try again"
+)
 
 
 class RedfishDriver:
@@ -202,6 +207,8 @@ class RedfishDriver:
             )
             if reply.status == 412 and attempt == 1:
                 continue  # changed since we read it: read it again, once
+            if reply.status == 412:
+                raise self._http.failed("PATCH", url, reply, _CHANGED_TWICE)
             if reply.status >= 300:
                 raise self._http.failed("PATCH", url, reply)
             return

@@ -153,10 +153,14 @@ class RedfishHttp:
             "may log in over Redfish.",
         )
 
-    def failed(self, method: str, path: str, reply: Reply) -> BmcError:
+    def failed(self, method: str, path: str, reply: Reply, hint: str = "") -> BmcError:
         kind = ErrorKind.UNSUPPORTED if reply.status in (404, 405, 501) else ErrorKind.PROTOCOL
+        # BMCs end their messages with a full stop, or not.
+        said = reply.message().rstrip(".")
         return BmcError(
-            kind, f"The BMC at {self.where} answered {method} {path} with {reply.message()}."
+            kind,
+            f"The BMC at {self.where} answered {method} {path} with {said}"
+            + (f"; {hint}." if hint else "."),
         )
 
     # -- requests -------------------------------------------------------------------

@@ -122,6 +122,7 @@ def test_a_change_before_every_patch_ends_after_one_retry_leaving_the_override(
         f"The BMC at 127.0.0.1:{bmc.port} answered PATCH {system} with HTTP 412: "
         "The ETag supplied did not match the ETag required to change the resource"
     )
+    assert "another client is writing it; the boot override was not set" in str(error)
     assert PASSWORD not in str(error)
     # Exactly two PATCHes reached the BMC (each raced): one retry, not a loop.
     assert lab.system(bmc)["HostName"] == f"{bmc.machine.name}-other-client-2"
