@@ -7,8 +7,8 @@ and Redfish, and the machines behind them. The product never imports this packag
 - `lab.redfish`: Redfish BMCs in front of the same machines (HTTPS, sessions, ETags,
   task monitors; generic, Dell-, HPE- and Supermicro-like dialects), many per process;
 - `lab.faults`: the faults a node can show (BMC: no answer, wrong password, slow, lossy,
-  busy, a task that never ends, a new certificate, an ETag race; machine: boot hangs, installer
-  silent, installer fails);
+  busy, a task that never ends, a new certificate, an ETag race; machine: boot hangs,
+  installer silent, installer fails);
 - `lab.netboot`: machines that boot from the network like real ones, with `lab.ipxe`
   (enough of iPXE's script language), `lab.installer` (answer files and their
   callbacks) and `lab.tftp_client`;
