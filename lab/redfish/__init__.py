@@ -7,6 +7,7 @@ made per lab run. See docs/lab.md, "Redfish BMCs".
 - `lab.redfish.service`: one BMC: authentication, routing, ETags, power and boot;
 - `lab.redfish.system`, `lab.redfish.resources`: the payloads, from the machine;
 - `lab.redfish.hardware`: what Redfish tells beyond the FRU (CPUs, memory, drives);
+- `lab.redfish.sensors`: the machine's sensors, in legacy Thermal/Power or Sensors;
 - `lab.redfish.sessions`, `lab.redfish.tasks`: SessionService and TaskService;
 - `lab.redfish.race`: the other client of the ``etag-race`` fault;
 - `lab.redfish.dialects`: generic, Dell-, HPE- and Supermicro-like behaviour;

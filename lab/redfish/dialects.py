@@ -7,7 +7,9 @@ Each lab node's Redfish BMC speaks one, chosen when the lab starts.
   with 428; virtual media live under the Manager; ids ``System.Embedded.1`` and
   ``iDRAC.Embedded.1``;
 - ``hpe`` (iLO-like): a power action is answered 202 with a task monitor, and the power
-  changes when the task completes, a little later; ids ``1``;
+  changes when the task completes, a little later; sensors in the Chassis' ``Sensors``
+  collection instead of the legacy Thermal and Power (as iLO 6 and other Redfish
+  2020.4+ firmware), and ``$expand`` of it; ids ``1``;
 - ``supermicro``: a session is required, basic authentication is refused; ids ``1``.
 """
 
@@ -34,6 +36,12 @@ class Traits:
     virtual_media: bool = False  # a VirtualMedia collection under the Manager
     power_through_task: bool = False  # 202 and a task monitor for every power action
     basic_auth: bool = True  # False: only a session's X-Auth-Token is accepted
+    # Sensors in the Chassis' Sensors collection (with ThermalSubsystem and
+    # PowerSubsystem), no legacy Thermal and Power.
+    sensors_collection: bool = False
+    # $expand=. and * with $levels=1, advertised in the service root's
+    # ProtocolFeaturesSupported; other dialects answer 501 to $expand.
+    expand_query: bool = False
 
 
 # How long an HPE-like BMC takes to carry out a power action it accepted: long enough
@@ -49,7 +57,9 @@ TRAITS: dict[Dialect, Traits] = {
         patch_needs_if_match=True,
         virtual_media=True,
     ),
-    Dialect.HPE: Traits("1", "1", "1", power_through_task=True),
+    Dialect.HPE: Traits(
+        "1", "1", "1", power_through_task=True, sensors_collection=True, expand_query=True
+    ),
     Dialect.SUPERMICRO: Traits("1", "1", "1", basic_auth=False),
 }
 

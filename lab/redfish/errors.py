@@ -29,6 +29,15 @@ _MESSAGES: dict[str, tuple[str, str]] = {
         "Place a valid resource at the URI or correct the URI and resubmit the request.",
     ),
     "OperationNotAllowed": ("Critical", "None."),
+    "QueryNotSupported": (
+        "Warning",
+        "Remove the query parameters and resubmit the request if the operation failed.",
+    ),
+    "QueryParameterValueFormatError": (
+        "Warning",
+        "Correct the value for the query parameter in the request and resubmit the "
+        "request if the operation failed.",
+    ),
     "MalformedJSON": (
         "Critical",
         "Ensure that the request body is valid JSON and resubmit the request.",

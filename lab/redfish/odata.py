@@ -7,6 +7,7 @@ payloads use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -23,7 +24,13 @@ VERSIONS: dict[str, str] = {
     "Storage": "v1_9_0",
     "Drive": "v1_12_0",
     "EthernetInterface": "v1_6_0",
-    "Chassis": "v1_14_0",
+    "Chassis": "v1_15_0",  # 1.15: ThermalSubsystem and PowerSubsystem
+    "Thermal": "v1_7_0",
+    "Power": "v1_7_0",
+    "Sensor": "v1_2_0",
+    "ThermalSubsystem": "v1_0_0",
+    "PowerSubsystem": "v1_0_0",
+    "Fan": "v1_0_0",
     "Manager": "v1_9_0",
     "VirtualMedia": "v1_3_0",
     "SessionService": "v1_1_8",
@@ -40,6 +47,8 @@ COLLECTIONS = (
     "Storage",
     "EthernetInterface",
     "Chassis",
+    "Sensor",
+    "Fan",
     "Manager",
     "VirtualMedia",
     "Session",
@@ -86,6 +95,27 @@ def collection(path: str, schema: str, name: str, members: list[str]) -> Json:
 
 def status(state: str = "Enabled", health: str = "OK") -> Json:
     return {"State": state, "Health": health}
+
+
+def expand(payload: Json, resolve: Callable[[str], Json | None], *, links: bool) -> Json:
+    """``$expand`` one level (DSP0266): each reference ``{"@odata.id": path}`` in the
+    payload replaced by the resource it names, the members of a collection among them;
+    those under ``Links`` too when ``links`` (``*``), not for ``.``. A reference to
+    nothing ``resolve`` knows stays a reference."""
+
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, list):
+            return [walk(item, key) for item in value]
+        if not isinstance(value, dict):
+            return value
+        if list(value) == ["@odata.id"]:
+            found = resolve(str(value["@odata.id"]))
+            return value if found is None else found
+        if key == "Links" and not links:
+            return value
+        return {k: walk(v, k) for k, v in value.items()}
+
+    return {k: walk(v, k) for k, v in payload.items()}
 
 
 def metadata_document() -> str:

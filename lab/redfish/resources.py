@@ -1,6 +1,7 @@
-"""The service-wide resources of one Redfish BMC: the service root, Chassis, the Manager
-(the BMC itself, its NIC and, in the Dell dialect, its virtual media), the session,
-update and task services. The system subtree is `lab.redfish.system`'s.
+"""The service-wide resources of one Redfish BMC: the service root, Chassis (its sensors
+are `lab.redfish.sensors`'), the Manager (the BMC itself, its NIC and, in the Dell
+dialect, its virtual media), the session, update and task services. The system subtree
+is `lab.redfish.system`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from lab.redfish.hardware import (
     Hardware,
 )
 from lab.redfish.odata import ROOT, Json, collection, link, resource, status
+from lab.redfish.sensors import chassis_links, sensor_routes
 from lab.redfish.tasks import TASKS
 
 SESSIONS = f"{ROOT}/SessionService/Sessions"
@@ -44,7 +46,7 @@ def service_routes(
     manager = f"{ROOT}/Managers/{traits.manager_id}"
     system = f"{ROOT}/Systems/{traits.system_id}"
     routes: dict[str, Callable[[], Json]] = {
-        ROOT: lambda: _service_root(machine),
+        ROOT: lambda: _service_root(machine, traits),
         TOPS["Chassis"]: lambda: collection(
             TOPS["Chassis"], "Chassis", "Chassis Collection", [chassis]
         ),
@@ -101,6 +103,7 @@ def service_routes(
             Status=status(),
         ),
     }
+    routes.update(sensor_routes(machine, traits, chassis))
     if traits.virtual_media:
         media = f"{manager}/VirtualMedia"
         routes[media] = lambda: collection(
@@ -116,7 +119,12 @@ def service_routes(
     return routes
 
 
-def _service_root(machine: Machine) -> Json:
+def _service_root(machine: Machine, traits: Traits) -> Json:
+    features: Json = {}
+    if traits.expand_query:
+        # $expand=. and * one level deep; ~ (Links only) is not served.
+        expand = {"ExpandAll": True, "NoLinks": True, "Links": False, "Levels": True}
+        features["ProtocolFeaturesSupported"] = {"ExpandQuery": {**expand, "MaxLevels": 1}}
     # With the trailing slash, as the DMTF's own mock-ups and most BMCs write it.
     return resource(
         f"{ROOT}/",
@@ -129,6 +137,7 @@ def _service_root(machine: Machine) -> Json:
         Product=BMC_MODEL,
         **{name: link(path) for name, path in TOPS.items()},
         Links={"Sessions": link(SESSIONS)},
+        **features,
     )
 
 
@@ -147,6 +156,7 @@ def _chassis(machine: Machine, traits: Traits, path: str, system: str, manager: 
         AssetTag=inv.asset_tag,
         PowerState="On" if machine.power_on else "Off",
         Status=status(),
+        **chassis_links(traits, path),
         Links={"ComputerSystems": [link(system)], "ManagedBy": [link(manager)]},
     )
 

@@ -17,6 +17,7 @@ import json
 import ssl
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qs
 
 from lab import faults
 from lab.machine import NOT_IN_PRESENT_STATE, Machine
@@ -24,7 +25,15 @@ from lab.redfish import errors
 from lab.redfish.dialects import TASK_SECONDS, TRAITS, Dialect
 from lab.redfish.hardware import hardware_of
 from lab.redfish.http import Request, Response, Silence
-from lab.redfish.odata import METADATA, ROOT, Json, collection, metadata_document, resource
+from lab.redfish.odata import (
+    METADATA,
+    ROOT,
+    Json,
+    collection,
+    expand,
+    metadata_document,
+    resource,
+)
 from lab.redfish.odata import service_document as odata_service_document
 from lab.redfish.race import OtherClient
 from lab.redfish.resources import SESSIONS, TOPS, service_routes
@@ -130,7 +139,7 @@ class RedfishBmc:
         if build is None:
             raise errors.not_found(request.path)
         if method == "GET":
-            return self._get(request, build())
+            return self._get(request, self._expanded(request, build()))
         if path == self._system and method == "PATCH":
             return self._patch_system(request)
         allowed = "GET, HEAD, PATCH" if path == self._system else "GET, HEAD"
@@ -145,6 +154,32 @@ class RedfishBmc:
         if path == ROOT:
             return self._get(request, self._routes[ROOT]())
         return self._get(request, odata_service_document(TOPS))
+
+    def _expanded(self, request: Request, payload: Json) -> Json:
+        """The payload with ``$expand`` applied: ``.`` or ``*``, one level, in a dialect
+        that advertises it; 501 elsewhere, as DSP0266 has it for an unsupported query."""
+        given = parse_qs(request.query).get("$expand")
+        if not given:
+            return payload
+        if not self.traits.expand_query:
+            raise errors.RedfishError(
+                501, "QueryNotSupported", "Querying is not supported by the implementation."
+            )
+        value = given[0].replace(" ", "")
+        if value not in (".", "*", ".($levels=1)", "*($levels=1)"):
+            raise errors.RedfishError(
+                400,
+                "QueryParameterValueFormatError",
+                f"The value {given[0]} for the parameter $expand is of a different format "
+                "than the parameter can accept.",
+                (given[0], "$expand"),
+            )
+
+        def resolve(path: str) -> Json | None:
+            build = self._routes.get(path)
+            return build() if build is not None else None
+
+        return expand(payload, resolve, links=value.startswith("*"))
 
     def _get(self, request: Request, payload: Json) -> Response:
         etag = etag_of(payload)

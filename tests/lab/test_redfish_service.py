@@ -10,14 +10,15 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from lab import faults
-from lab.machine import BootDevice, BootFlags, Machine
+from lab.machine import BootDevice, BootFlags, Machine, SensorSpec
 from lab.redfish.dialects import TASK_SECONDS, Dialect
 from lab.redfish.service import RedfishBmc
 from lab.redfish.tls import write_certificate
@@ -157,6 +158,149 @@ def test_metadata_and_service_document_need_no_login(new: Callable[..., Bmc]) ->
     ]
     assert node.client.get("/redfish/v1").json()["Links"]["Sessions"]["@odata.id"]
     assert node.client.get("/redfish").json() == {"v1": "/redfish/v1/"}
+
+
+# --- sensors ----------------------------------------------------------------------
+
+_LEGACY = (Dialect.GENERIC, Dialect.DELL, Dialect.SUPERMICRO)
+
+
+def _chassis(node: Bmc) -> dict[str, Any]:
+    answer: dict[str, Any] = node.client.get(
+        f"/redfish/v1/Chassis/{node.bmc.traits.chassis_id}"
+    ).json()
+    return answer
+
+
+def _by_name(node: Bmc) -> dict[str, SensorSpec]:
+    return {s.name: s for s in node.machine.sensors}
+
+
+@pytest.mark.parametrize("dialect", _LEGACY)
+def test_legacy_thermal_and_power_are_the_machines_sensors(
+    new: Callable[..., Bmc], dialect: Dialect
+) -> None:
+    node = new(dialect, auth=dialect is not Dialect.SUPERMICRO)
+    if dialect is Dialect.SUPERMICRO:
+        node.client.headers["X-Auth-Token"] = _login(node).headers["X-Auth-Token"]
+    chassis = _chassis(node)
+    assert not {"Sensors", "ThermalSubsystem", "PowerSubsystem"} & set(chassis)
+    thermal_path = chassis["Thermal"]["@odata.id"]
+    power_path = chassis["Power"]["@odata.id"]
+    assert thermal_path == f"{chassis['@odata.id']}/Thermal"
+    specs = _by_name(node)
+    for powered in (False, True):
+        node.machine.power_on = powered
+        thermal = node.client.get(thermal_path).json()
+        power = node.client.get(power_path).json()
+        assert thermal["@odata.type"] == "#Thermal.v1_7_0.Thermal"
+        assert power["@odata.type"] == "#Power.v1_7_0.Power"
+        assert (thermal["@odata.id"], power["@odata.id"]) == (thermal_path, power_path)
+        arrays = [
+            ("Temperatures", thermal, "ReadingCelsius", 0x01),
+            ("Fans", thermal, "Reading", 0x04),
+            ("Voltages", power, "ReadingVolts", 0x02),
+        ]
+        for name, payload, key, sensor_type in arrays:
+            items = payload[name]
+            wanted = [s.name for s in node.machine.sensors if s.sensor_type == sensor_type]
+            assert [i["Name"] for i in items] == wanted
+            for index, item in enumerate(items):
+                spec = specs[item["Name"]]
+                assert item["@odata.id"] == f"{payload['@odata.id']}#/{name}/{index}"
+                assert item["MemberId"] == str(index)
+                value = node.machine.reading(spec)
+                if value is None:
+                    assert item[key] is None
+                    assert item["Status"] == {"State": "StandbyOffline", "Health": "OK"}
+                else:
+                    assert item[key] == pytest.approx(value)
+                    assert item["Status"] == {"State": "Enabled", "Health": "OK"}
+                assert item["UpperThresholdCritical"] == spec.upper_critical
+        assert thermal["Fans"][0]["ReadingUnits"] == "RPM"
+        unavailable = [i for i in thermal["Temperatures"] if i["ReadingCelsius"] is None]
+        assert bool(unavailable) is not powered  # the CPU has no standby power
+
+
+def test_hpe_serves_a_sensors_collection_and_subsystems(new: Callable[..., Bmc]) -> None:
+    node = new(Dialect.HPE)
+    node.machine.power_on = True
+    chassis = _chassis(node)
+    assert not {"Thermal", "Power"} & set(chassis)
+    base = chassis["@odata.id"]
+    assert node.client.get(f"{base}/Thermal").status_code == 404
+    collection = node.client.get(chassis["Sensors"]["@odata.id"]).json()
+    assert collection["@odata.id"] == f"{base}/Sensors"
+    assert collection["@odata.type"] == "#SensorCollection.SensorCollection"
+    assert collection["Members@odata.count"] == len(node.machine.sensors)
+    units = {0x01: ("Temperature", "Cel"), 0x02: ("Voltage", "V"), 0x04: ("Rotational", "RPM")}
+    specs = _by_name(node)
+    for member in collection["Members"]:
+        sensor = node.client.get(member["@odata.id"]).json()
+        assert sensor["@odata.id"] == member["@odata.id"]
+        assert sensor["@odata.type"] == "#Sensor.v1_2_0.Sensor"
+        spec = specs[sensor["Name"]]
+        assert (sensor["ReadingType"], sensor["ReadingUnits"]) == units[spec.sensor_type]
+        assert sensor["Reading"] == pytest.approx(node.machine.reading(spec))
+        assert sensor["Thresholds"]["UpperCritical"]["Reading"] == spec.upper_critical
+        assert sensor["Status"] == {"State": "Enabled", "Health": "OK"}
+    subsystem = node.client.get(chassis["ThermalSubsystem"]["@odata.id"]).json()
+    assert subsystem["@odata.type"] == "#ThermalSubsystem.v1_0_0.ThermalSubsystem"
+    fans = node.client.get(subsystem["Fans"]["@odata.id"]).json()
+    fan = node.client.get(fans["Members"][0]["@odata.id"]).json()
+    assert fan["@odata.type"] == "#Fan.v1_0_0.Fan"
+    source = node.client.get(fan["SpeedPercent"]["DataSourceUri"]).json()
+    assert source["ReadingType"] == "Rotational"
+    assert source["Reading"] == fan["SpeedPercent"]["SpeedRPM"]
+    power = node.client.get(chassis["PowerSubsystem"]["@odata.id"]).json()
+    assert power["@odata.type"] == "#PowerSubsystem.v1_0_0.PowerSubsystem"
+    metadata = node.client.get("/redfish/v1/$metadata").text
+    for namespace in ("Sensor.v1_2_0", "SensorCollection", "ThermalSubsystem.v1_0_0"):
+        assert f'Namespace="{namespace}"' in metadata
+
+
+def test_expand_where_advertised_and_501_elsewhere(new: Callable[..., Bmc]) -> None:
+    hpe = new(Dialect.HPE)
+    features = hpe.client.get("/redfish/v1/").json()["ProtocolFeaturesSupported"]
+    assert features["ExpandQuery"]["NoLinks"] is True
+    assert features["ExpandQuery"]["MaxLevels"] == 1
+    sensors = _chassis(hpe)["Sensors"]["@odata.id"]
+    plain = hpe.client.get(sensors).json()
+    expanded = hpe.client.get(sensors, params={"$expand": ".($levels=1)"}).json()
+    assert [m["@odata.id"] for m in expanded["Members"]] == [
+        m["@odata.id"] for m in plain["Members"]
+    ]
+    assert expanded["Members"] == [hpe.client.get(m["@odata.id"]).json() for m in plain["Members"]]
+    chassis = hpe.client.get(_chassis(hpe)["@odata.id"], params={"$expand": "."}).json()
+    assert chassis["Sensors"]["Members@odata.count"] == len(hpe.machine.sensors)
+    assert list(chassis["Links"]["ManagedBy"][0]) == ["@odata.id"]  # "." leaves Links
+    wrong = hpe.client.get(sensors, params={"$expand": ".($levels=3)"})
+    assert wrong.status_code == 400
+    generic = new()
+    assert "ProtocolFeaturesSupported" not in generic.client.get("/redfish/v1/").json()
+    refused = generic.client.get(_chassis(generic)["@odata.id"], params={"$expand": "."})
+    assert refused.status_code == 501
+    assert refused.json()["error"]["code"].endswith("QueryNotSupported")
+
+
+@pytest.mark.parametrize(
+    ("inlet", "health"), [(37, "OK"), (38, "Warning"), (42, "Critical"), (8, "Warning")]
+)
+@pytest.mark.parametrize("dialect", [Dialect.GENERIC, Dialect.HPE])
+def test_sensor_health_follows_the_ipmi_thresholds(
+    new: Callable[..., Bmc], dialect: Dialect, inlet: float, health: str
+) -> None:
+    node = new(dialect)
+    sensors = node.machine.sensors
+    sensors[0] = replace(sensors[0], reading_on=inlet, reading_off=inlet)
+    chassis = _chassis(node)
+    if dialect is Dialect.HPE:
+        path = f"{chassis['Sensors']['@odata.id']}/{sensors[0].name.replace(' ', '_')}"
+        item = node.client.get(path).json()
+    else:
+        item = node.client.get(chassis["Thermal"]["@odata.id"]).json()["Temperatures"][0]
+    assert item["Name"] == "Inlet Temp"
+    assert item["Status"]["Health"] == health
 
 
 # --- power and boot ---------------------------------------------------------------
