@@ -28,6 +28,15 @@ from provisioner.bmc.base import (
     Target,
 )
 from provisioner.bmc.redfish_http import OnPin, RedfishHttp, Reply
+from provisioner.bmc.redfish_sensors import (
+    LEGACY,
+    MAX_SENSORS,
+    expand_query,
+    health_word,
+    is_reference,
+    legacy,
+    reading,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +53,6 @@ _RESET_TYPES: dict[PowerAction, tuple[str, ...]] = {
 _ON_STATES = ("on", "poweringoff", "paused")
 _TARGETS = {"Pxe": BootDevice.NETWORK, "Hdd": BootDevice.DISK}
 _FAILED_TASK = ("Exception", "Killed", "Cancelled", "Interrupted")
-_HEALTH = {"ok": "ok", "warning": "warning", "critical": "critical"}
 _MAC = re.compile(r"^([0-9a-f]{2}[:-]?){5}[0-9a-f]{2}$", re.IGNORECASE)
 # How often power state and tasks are read while waiting, unless the BMC says otherwise.
 _POLL = 0.25
@@ -67,6 +75,7 @@ class RedfishDriver:
         self.target = target
         self._http = RedfishHttp(target, on_pin)
         self._system_url: str | None = None
+        self._expand: str | None = None  # the $expand query for collections; "" for none
         self._http.log_in(self._deadline())
 
     def certificate_fingerprint(self) -> str | None:
@@ -226,7 +235,7 @@ class RedfishDriver:
             "guid": _guid(system.get("UUID")),
             "sku": system.get("SKU"),
             "bios_version": system.get("BiosVersion"),
-            "health": _health(system),
+            "health": health_word(system),
         }
         manager = self._linked(system, "ManagedBy", f"{ROOT}/Managers", deadline)
         facts["firmware"] = manager.get("FirmwareVersion") if manager else None
@@ -274,14 +283,40 @@ class RedfishDriver:
     def health(self) -> Health:
         deadline = self._deadline()
         system, _ = self._system(deadline)
-        chassis = self._linked(system, "Chassis", f"{ROOT}/Chassis", deadline)
+        chassis = self._linked(system, "Chassis", f"{ROOT}/Chassis", deadline) or {}
+        links = [(chassis.get(part) or {}).get("@odata.id") for part, _ in LEGACY]
+        collection = (chassis.get("Sensors") or {}).get("@odata.id")
+        if collection and not any(links):
+            return Health(health_word(system), self._sensors(str(collection), deadline))
+        # The legacy Thermal and Power wherever the Chassis links them, though deprecated
+        # since Redfish 2020.4: two GETs give every reading, where the Sensors collection
+        # costs a GET per sensor on a BMC without $expand, and BMCs that serve both (iDRAC
+        # 9) list hundreds of Sensors.
         sensors: list[SensorReading] = []
-        for part, lists in (("Thermal", ("Temperatures", "Fans")), ("Power", ("Voltages",))):
-            link = (chassis or {}).get(part, {}).get("@odata.id")
+        for (_, arrays), link in zip(LEGACY, links, strict=True):
             found = self._optional(link, deadline) if link else None
-            for name in lists:
-                sensors += [_sensor(s) for s in (found or {}).get(name) or []]
-        return Health(_health(system), sensors)
+            sensors += legacy(found or {}, arrays)
+        return Health(health_word(system), sensors)
+
+    def _sensors(self, path: str, deadline: float) -> list[SensorReading]:
+        """The first :data:`MAX_SENSORS` members of a Sensors collection: in its own
+        answer where the BMC offers $expand, else each read in turn."""
+        if self._expand is None:
+            self._expand = expand_query(self._get(f"{ROOT}/", deadline))
+        found = self._optional(path + self._expand, deadline) or {}
+        members = found.get("Members") or []
+        if len(members) > MAX_SENSORS:
+            log.info(
+                "BMC %s lists %d sensors; reading the first %d",
+                self._http.where,
+                len(members),
+                MAX_SENSORS,
+            )
+        read = [
+            self._optional(str(m["@odata.id"]), deadline) if is_reference(m) else m
+            for m in members[:MAX_SENSORS]
+        ]
+        return [reading(m) for m in read if isinstance(m, dict)]
 
     def abort(self) -> None:
         self._http.abort()
@@ -408,11 +443,6 @@ def _seconds(value: str | None, default: float) -> float:
         return default
 
 
-def _health(resource: dict[str, Any]) -> str:
-    word = str((resource.get("Status") or {}).get("Health") or "").lower()
-    return _HEALTH.get(word, "unknown")
-
-
 def _guid(value: Any) -> str | None:
     if not value:
         return None
@@ -428,20 +458,6 @@ def _mac(value: Any) -> str | None:
         return None
     digits = re.sub(r"[:-]", "", text).lower()
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
-
-
-def _sensor(item: dict[str, Any]) -> SensorReading:
-    for key, units in (("ReadingCelsius", "C"), ("ReadingVolts", "V"), ("Reading", "")):
-        if key in item:
-            value = item[key]
-            units = units or str(item.get("ReadingUnits") or "")
-            break
-    else:
-        value, units = None, ""
-    number = float(value) if isinstance(value, int | float) else None
-    return SensorReading(
-        str(item.get("Name") or item.get("MemberId")), number, units, _health(item)
-    )
 
 
 __all__ = ["RedfishDriver"]

@@ -40,6 +40,7 @@ from provisioner.bmc import (
     BootSetting,
     Driver,
     ErrorKind,
+    Health,
     PowerAction,
     Target,
 )
@@ -317,14 +318,38 @@ def _manifest_macs(lab_rack: Rack, node: Node) -> list[str]:
     return row["macs"].split()
 
 
-@pytest.mark.parametrize("bmc", BOTH)
-def test_health(lab_rack: Rack, pool: BmcPool, bmc: Bmc) -> None:
-    node = lab_rack.take(bmc)
-    target = lab_rack.target(node, bmc)
-    run(pool, target, press(PowerAction.ON))
-    health = run(pool, target, lambda d: d.health(), idempotent=True)
-    assert health.health == "ok", health
-    assert all(s.health in ("ok", "warning", "critical", "unknown") for s in health.sensors)
+@pytest.mark.parametrize("dialect", list(DIALECTS), ids=[f"redfish-{d}" for d in DIALECTS])
+def test_health_is_the_same_sensors_through_both_protocols(
+    lab_rack: Rack, pool: BmcPool, dialect: Dialect
+) -> None:
+    """The IPMI SDR and the Redfish sensors (legacy Thermal/Power, or the HPE-like
+    dialect's Sensors collection) of one machine: the same names, units, health and
+    values within the SDR's resolution, off (no standby power to most) and on."""
+    node = lab_rack.take(Bmc("redfish", dialect))
+    both = (IPMI, Bmc("redfish", dialect))
+    unavailable: dict[str, set[str]] = {}
+    for action in (PowerAction.OFF, PowerAction.ON):
+        run(pool, lab_rack.target(node, IPMI), press(action))
+        health = {
+            bmc.protocol: run(pool, lab_rack.target(node, bmc), _health, idempotent=True)
+            for bmc in both
+        }
+        ipmi, redfish = health["ipmi"], health["redfish"]
+        assert ipmi.health == redfish.health == "ok", health
+        assert [s.name for s in ipmi.sensors] == [s.name for s in redfish.sensors], health
+        for mine, theirs in zip(ipmi.sensors, redfish.sensors, strict=True):
+            assert (mine.units, mine.health) == (theirs.units, theirs.health), (mine, theirs)
+            if mine.value is None or theirs.value is None:
+                assert mine.value is theirs.value is None, (mine, theirs)
+            else:
+                assert theirs.value == pytest.approx(mine.value, abs=0.01), (mine, theirs)
+        unavailable[action] = {s.name for s in redfish.sensors if s.value is None}
+    assert {s.units for s in redfish.sensors} == {"°C", "RPM", "V"}, redfish
+    assert unavailable == {PowerAction.OFF: {"CPU Temp", "Fan1", "PSU1 12V"}, PowerAction.ON: set()}
+
+
+def _health(driver: Driver) -> Health:
+    return driver.health()
 
 
 # --- faults: each ends in its error within a bound, the neighbours answering ----------

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from lab import faults
-from lab.redfish.dialects import Dialect
+from lab.redfish.dialects import TRAITS, Dialect
 from lab.redfish.server import RedfishServer
 from lab.redfish.service import RedfishBmc
 from lab.redfish.tls import make_certificate, write_certificate
@@ -421,10 +421,29 @@ def test_inventory_has_the_ipmi_keys_and_more(
     assert profile.name == "lab-virtual-server"
 
 
-def test_health_reads_the_system_status(lab: Lab, drivers: Callable[..., RedfishDriver]) -> None:
-    health = drivers(lab.target(lab.add())).health()
+@pytest.mark.parametrize(
+    ("dialect", "expand"),
+    [(Dialect.GENERIC, False), (Dialect.HPE, True), (Dialect.HPE, False)],
+    ids=["legacy-thermal-power", "sensors-expanded", "sensors-one-by-one"],
+)
+def test_health_reads_the_system_status_and_sensors(
+    lab: Lab,
+    drivers: Callable[..., RedfishDriver],
+    monkeypatch: pytest.MonkeyPatch,
+    dialect: Dialect,
+    expand: bool,
+) -> None:
+    # The HPE-like dialect serves a Sensors collection; without $expand advertised the
+    # driver reads each member.
+    monkeypatch.setitem(TRAITS, dialect, replace(TRAITS[dialect], expand_query=expand))
+    bmc = lab.add(dialect)
+    bmc.machine.power_on = True
+    health = drivers(lab.target(bmc)).health()
     assert health.health == "ok"
-    assert health.sensors == []  # the lab serves no Thermal or Power
+    assert [s.name for s in health.sensors] == [s.name for s in bmc.machine.sensors]
+    assert [s.value for s in health.sensors] == pytest.approx(
+        [s.reading_on for s in bmc.machine.sensors]
+    )
 
 
 def test_the_password_is_in_no_error_or_log(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
