@@ -294,7 +294,9 @@ Run it:    dnsmasq --keep-in-foreground --conf-file=THIS_FILE
         f"""
 DHCP only. No DNS (port 0), and no TFTP: `provisioner pxe serve` on {c.tftp_server}
 serves the iPXE binaries. dhcp-no-override keeps the boot file name in the BOOTP file
-field, the one place every firmware looks. Uncomment log-dhcp to log every exchange.
+field, the one place every firmware looks. Uncomment log-dhcp to log every exchange;
+with log-facility=FILE too, `provisioner pxe serve --dhcp-log FILE` puts each answer on
+the boot trace (docs/boot-network.md).
 """,
         "port=0",
         "dhcp-no-override",
